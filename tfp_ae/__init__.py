@@ -1,0 +1,24 @@
+"""tfp_ae: probabilistic autoencoders on TensorFlow Probability and Keras 2.
+
+The decoder of every model ends in a `tfp.layers.DistributionLambda` head, so the model
+outputs a probability distribution over images and is trained by negative log-likelihood
+with `model.fit(images, images)`. Reproduces Ciobanu, "Vanilla Probabilistic Autoencoder".
+
+`tfp.layers` needs Keras 2, so this package sets `TF_USE_LEGACY_KERAS=1` before TensorFlow
+is imported and builds every model with `tf_keras`. Import `tfp_ae` before TensorFlow (or set
+the variable yourself) for `tf.keras` to agree with it.
+"""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tfp_ae.heads import HEADS, get_head, make_head  # noqa: E402
+from tfp_ae.data import load_dataset, make_pipeline, dequantize  # noqa: E402
+from tfp_ae.models import build_model  # noqa: E402
+from tfp_ae.config import RunConfig  # noqa: E402
+from tfp_ae.train import run  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["HEADS", "get_head", "make_head", "load_dataset", "make_pipeline", "dequantize",
+           "build_model", "RunConfig", "run"]

@@ -1,0 +1,3 @@
+from tfp_ae.cli import main
+
+main()

@@ -1,0 +1,78 @@
+"""Command line: `tfp-ae train ...` runs an experiment, `tfp-ae heads` lists the heads."""
+import argparse
+import sys
+
+from tfp_ae.config import ARCHS, RunConfig
+from tfp_ae.data import DATASETS
+from tfp_ae.heads import HEADS, describe_heads
+
+
+def _add_train_args(p):
+    d = RunConfig()
+    p.add_argument("--dataset", default=d.dataset, choices=DATASETS)
+    p.add_argument("--head", default=d.head, help=f"output head, one of: {', '.join(HEADS)}")
+    p.add_argument("--components", "-K", type=int, default=d.components, help="mixture components K (>= 1)")
+    p.add_argument("--arch", default=d.arch, choices=ARCHS)
+    p.add_argument("--latent-dim", type=int, default=d.latent_dim)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--retries", type=int, default=d.retries, help="re-runs with a new seed after a NaN loss")
+    p.add_argument("--dequantize", action="store_true", help="train on uniformly dequantised pixels")
+    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--eval-images", type=int, default=d.eval_images, help="test images for l2_percent")
+    p.add_argument("--data-dir", default=None, help="folder with mnist/ and fashion-mnist/ IDX files")
+    p.add_argument("--jit", dest="jit_compile", action="store_true", help="compile training steps with XLA")
+    p.add_argument("--out", default=None, help="run folder (default runs/DATASET_ARCH_HEAD_kK)")
+
+
+def _config(args):
+    fields = {k.replace("-", "_"): v for k, v in vars(args).items() if k not in ("command", "func")}
+    cfg = RunConfig.from_dict(fields)
+    if cfg.head not in HEADS:
+        raise SystemExit(f"tfp-ae: error: unknown head {cfg.head!r}; valid heads: {', '.join(HEADS)}")
+    cfg.out = cfg.out or f"runs/{cfg.dataset}_{cfg.arch}_{cfg.head}_k{cfg.components}"
+    cfg.verbose = 1 if sys.stdout.isatty() else 2
+    return cfg
+
+
+def cmd_train(args):
+    from tfp_ae.train import run
+    cfg = _config(args)
+    _, m = run(cfg)
+    bpd = "n/a" if m["bits_per_dim"] is None else f"{m['bits_per_dim']:.4f}"
+    print(f"{cfg.head} K={cfg.components} {cfg.arch} on {cfg.dataset}: l2 {m['l2_percent']:.3f} %, "
+          f"test NLL {m['test_nll_nats']:.2f} nats/image, {bpd} bits/dim, "
+          f"{sum(m['seconds_per_epoch']) / len(m['seconds_per_epoch']):.2f} s/epoch, {m['num_params']} params")
+    if "nll_note" in m:
+        print("note:", m["nll_note"])
+    print(f"wrote {cfg.out}/metrics.json and {cfg.out}/reconstructions.png")
+
+
+def cmd_heads(args):
+    shape = tuple(args.shape)
+    print(f"{'head':24s} {'paper label':18s} {'params K=1':>12s} {'params K=10':>12s}   (decoder outputs for {shape})")
+    for name, label, sizes in describe_heads(shape):
+        k10 = "-" if sizes[10] is None else str(sizes[10])
+        print(f"{name:24s} {label:18s} {sizes[1]:>12d} {k10:>12s}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="tfp-ae", description="Probabilistic autoencoders (TFP + Keras).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train and evaluate one model")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("heads", help="list the output heads and their parameter counts")
+    p.add_argument("--shape", type=int, nargs=3, default=[28, 28, 1], metavar=("H", "W", "C"))
+    p.set_defaults(func=cmd_heads)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"tfp-ae: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

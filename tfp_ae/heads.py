@@ -1,0 +1,554 @@
+"""Output heads: the registry of distributions a decoder can end in.
+
+Each head is a `tfp.layers.DistributionLambda` subclass that declares, once:
+
+- `head_name` (the registry key used by the CLI, the tables and the tests) and the paper's `label`;
+- `component_params_size(event_shape)`: how many numbers one component needs;
+- `component(params)`: how a flat tensor `[..., P]` becomes one distribution (a batch of them);
+- how its point estimate is read (`point`: mean, mode or mean of samples).
+
+`num_components=K > 1` turns any mixable head into a `tfd.MixtureSameFamily` of K components,
+built from one batched component distribution (never a Python list). Its flat parameter layout is
+`[K mixture logits, K * P component parameters]`, i.e. `K * (P + 1)` numbers.
+
+Every head's distribution has the image's event shape `[H, W, C]`: vector heads (full covariance,
+Student-t) and matrix heads (matrix normal, matrix-t) live on their natural event shape
+(`[D]` or `[H, W]`) and are wrapped in a `tfb.Reshape`, so `dist.log_prob(images)` works for all
+heads and `model.fit(images, images)` is the same call for every head.
+
+Strictly positive parameters use `1e-6 + softplus` (Ciobanu, Section 3).
+
+Parameter counts against the paper (Tables 1, 2): the paper wraps even K=1 in a one-component
+mixture, so its K=1 heads carry one extra output (a mixture logit whose gradient is identically
+zero). Here K=1 is the plain distribution, which saves that output: one decoder unit fewer
+(33 parameters for the MLP). For K > 1 the counts are the paper's.
+"""
+import math
+
+import numpy as np
+
+from tfp_ae._tf import tf, tfb, tfd, tfk, tfpl
+
+POSITIVE_SHIFT = 1e-6
+MAF_SAMPLES = 50
+
+
+def positive(x):
+    """`1e-6 + softplus(x)`: the map of every strictly positive parameter (scale, df)."""
+    return POSITIVE_SHIFT + tf.math.softplus(x)
+
+
+def _unflatten(t, shape):
+    """Reshape the last axis of `t` `[..., prod(shape)]` to `[..., *shape]`."""
+    return tf.reshape(t, tf.concat([tf.shape(t)[:-1], shape], axis=0))
+
+
+def _tril_size(n):
+    return n * (n + 1) // 2
+
+
+def _scale_params_size(kind, n):
+    return {"identity": 0, "diag": n, "full": _tril_size(n)}[kind]
+
+
+def _scale_tril(params):
+    """Lower-triangular n x n matrix from `[..., n(n+1)/2]`: `FillScaleTriL`, diagonal 1e-6 + softplus."""
+    return tfb.FillScaleTriL(diag_bijector=tfb.Softplus(), diag_shift=POSITIVE_SHIFT)(params)
+
+
+def _scale_operator(kind, params, n):
+    """An n x n scale operator from its flat parameters `[..., _scale_params_size(kind, n)]`.
+
+    identity: I (no parameters); diag: diag(1e-6 + softplus(p)); full: `_scale_tril(p)`.
+    """
+    if kind == "identity":
+        return tf.linalg.LinearOperatorIdentity(n, dtype=params.dtype)
+    if kind == "diag":
+        return tf.linalg.LinearOperatorDiag(positive(params), is_non_singular=True,
+                                            is_positive_definite=True)
+    return tf.linalg.LinearOperatorLowerTriangular(_scale_tril(params), is_non_singular=True)
+
+
+def _row_variance(op):
+    """diag(S S^T) of a scale operator `S`, `[..., n]`, without forming S S^T."""
+    if isinstance(op, tf.linalg.LinearOperatorIdentity):
+        return tf.ones([op.range_dimension_tensor()], dtype=op.dtype)
+    if isinstance(op, tf.linalg.LinearOperatorDiag):
+        return tf.square(op.diag)
+    return tf.reduce_sum(tf.square(op.to_dense()), axis=-1)
+
+
+class Head(tfpl.DistributionLambda):
+    """Base class of the output heads (see the module docstring for the contract).
+
+    Args:
+      event_shape: image shape `(H, W, C)`.
+      num_components: K >= 1; K > 1 makes a `MixtureSameFamily` (only for `mixable` heads).
+    Raises:
+      ValueError: K is not an integer >= 1, or K > 1 for a head that does not mix, or an event
+        shape the head cannot take.
+    """
+    head_name = None
+    label = None
+    mixable = True
+    is_density = True      # a normalised density on pixel space (False: Bernoulli on [0, 1])
+    point = "mean"         # "mean" | "mode" | "sample_mean": how the point estimate is read
+    variance_note = None   # caveat shown on variance maps, if any
+
+    def __init__(self, event_shape, num_components=1, **kwargs):
+        event_shape = tuple(int(d) for d in event_shape)
+        if len(event_shape) != 3 or min(event_shape) < 1:
+            raise ValueError(f"{self.head_name}: event_shape must be (H, W, C), got {event_shape}")
+        if isinstance(num_components, bool) or not isinstance(num_components, (int, np.integer)) \
+                or num_components < 1:
+            raise ValueError(f"num_components (K) must be an integer >= 1, got {num_components!r}")
+        if num_components > 1 and not self.mixable:
+            raise ValueError(f"head {self.head_name!r} does not mix: K must be 1, got {num_components} "
+                             f"(the paper never mixed MSE or MAF). Mixable heads: {', '.join(mixable_heads())}")
+        self._image_shape = event_shape
+        self.num_components = int(num_components)
+        self._check_event_shape(event_shape)
+        kwargs.setdefault("name", f"{self.head_name}_head")
+        super().__init__(self.new, convert_to_tensor_fn=self._tensor, **kwargs)
+
+    # ---- declaration, overridden by families -------------------------------------------------
+    def _check_event_shape(self, event_shape):
+        pass
+
+    @property
+    def event_shape(self):
+        """The image shape `(H, W, C)` this head's distributions are over."""
+        return self._image_shape
+
+    @property
+    def natural_event_shape(self):
+        """Event shape of the component before the reshape to the image: `[H,W,C]`, `[D]` or `[H,W]`."""
+        return self._image_shape
+
+    @classmethod
+    def component_params_size(cls, event_shape):
+        """Number of flat parameters of one component for images of shape `event_shape`."""
+        raise NotImplementedError
+
+    def component(self, params):
+        """Distribution from flat parameters `[..., P]`; batch `[...]`, event `natural_event_shape`."""
+        raise NotImplementedError
+
+    # ---- shared machinery ---------------------------------------------------------------------
+    @classmethod
+    def params_size(cls, event_shape, num_components=1):
+        """Flat parameter count the decoder must output: `P` for K=1, `K * (P + 1)` for K > 1."""
+        p = cls.component_params_size(tuple(event_shape))
+        return p if num_components == 1 else num_components * (p + 1)
+
+    @property
+    def size(self):
+        """`params_size` of this instance."""
+        return self.params_size(self._image_shape, self.num_components)
+
+    def new(self, params):
+        """Turn decoder outputs `[B, params_size]` into a distribution, event shape `[H, W, C]`."""
+        k = self.num_components
+        if k == 1:
+            dist = self.component(params)
+        else:
+            p = self.component_params_size(self._image_shape)
+            comp = _unflatten(params[..., k:], [k, p])
+            dist = tfd.MixtureSameFamily(tfd.Categorical(logits=params[..., :k]), self.component(comp))
+        if tuple(self.natural_event_shape) != self._image_shape:
+            dist = tfd.TransformedDistribution(
+                dist, tfb.Reshape(self._image_shape, event_shape_in=self.natural_event_shape))
+        return dist
+
+    def loss(self, y_true, dist):
+        """Training loss for `model.compile`: negative log-likelihood in nats per image `[B]`."""
+        return -dist.log_prob(y_true)
+
+    def get_config(self):
+        config = tfk.layers.Layer.get_config(self)  # skip DistributionLambda's pickled function
+        config.update(event_shape=list(self._image_shape), num_components=self.num_components)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def _parts(self, dist):
+        """(natural-shape distribution, mixture logits or None, component distribution)."""
+        d = getattr(dist, "tensor_distribution", dist)
+        if isinstance(getattr(d, "bijector", None), tfb.Reshape):  # our image-shape wrapper
+            d = d.distribution
+        if isinstance(d, tfd.MixtureSameFamily):
+            return d, d.mixture_distribution.logits, d.components_distribution
+        return d, None, d
+
+    def _to_image(self, t):
+        """`[..., *natural_event_shape]` -> `[..., H, W, C]`."""
+        nd = len(self.natural_event_shape)
+        return tf.reshape(t, tf.concat([tf.shape(t)[:tf.rank(t) - nd], self._image_shape], 0))
+
+    def component_mean(self, comp):
+        return comp.mean()
+
+    def component_variance(self, comp):
+        return comp.variance()
+
+    def component_mode(self, comp):
+        return comp.mode()
+
+    def _mixture_moments(self, dist):
+        """Mean and variance `[B, H, W, C]` (law of total variance over components)."""
+        _, logits, comp = self._parts(dist)
+        mean, var = self._to_image(self.component_mean(comp)), self._to_image(self.component_variance(comp))
+        if logits is None:
+            return mean, var
+        w = tf.reshape(tf.nn.softmax(logits), tf.concat([tf.shape(logits), [1, 1, 1]], 0))
+        m = tf.reduce_sum(w * mean, axis=-4)
+        return m, tf.reduce_sum(w * (var + tf.square(mean)), axis=-4) - tf.square(m)
+
+    def mean(self, dist):
+        """Mean of the distribution, `[B, H, W, C]` (pixels, unclipped)."""
+        _, logits, comp = self._parts(dist)
+        mean = self._to_image(self.component_mean(comp))
+        if logits is None:
+            return mean
+        w = tf.reshape(tf.nn.softmax(logits), tf.concat([tf.shape(logits), [1, 1, 1]], 0))
+        return tf.reduce_sum(w * mean, axis=-4)
+
+    def variance(self, dist):
+        """Per-pixel variance `[B, H, W, C]`; NaN where it does not exist (e.g. t with df <= 2)."""
+        return self._mixture_moments(dist)[1]
+
+    def mode(self, dist):
+        """Mode `[B, H, W, C]`. For a mixture: the mode of the component with the highest mixture
+        density at its own mode (Ciobanu, Section 3), exact for K=1."""
+        inner, logits, comp = self._parts(dist)
+        modes = self.component_mode(comp)  # [B, (K,) *natural]
+        if logits is not None:
+            nd = len(self.natural_event_shape)
+            perm = [modes.shape.rank - nd - 1] + list(range(modes.shape.rank - nd - 1)) + \
+                list(range(modes.shape.rank - nd, modes.shape.rank))
+            lp = inner.log_prob(tf.transpose(modes, perm))  # [K, B]
+            modes = tf.gather(modes, tf.argmax(lp, axis=0), axis=1, batch_dims=1)
+        return self._to_image(modes)
+
+    def point_estimate(self, dist):
+        """The paper's point estimate `[B, H, W, C]` clipped to [0, 1]: mean for normals and
+        per-pixel heads, mode for t heads, mean of 50 samples for MAF."""
+        if self.point == "mode":
+            x = self.mode(dist)
+        elif self.point == "sample_mean":
+            x = tf.reduce_mean(dist.sample(MAF_SAMPLES), axis=0)
+        else:
+            x = self.mean(dist)
+        return tf.clip_by_value(x, 0.0, 1.0)
+
+    def _tensor(self, dist):
+        """Cheap tensor the Keras layer outputs (`convert_to_tensor_fn`): never a sample."""
+        return self.mean(dist)
+
+
+# ---- per-pixel heads -----------------------------------------------------------------------
+class PixelHead(Head):
+    """A factorised head: `Independent` over the H x W x C pixels of one univariate family."""
+    n_pixel_params = 1
+
+    @classmethod
+    def component_params_size(cls, event_shape):
+        return cls.n_pixel_params * int(np.prod(event_shape))
+
+    def pixel_distribution(self, *params):
+        raise NotImplementedError
+
+    def component(self, params):
+        d = int(np.prod(self._image_shape))
+        parts = [_unflatten(params[..., i * d:(i + 1) * d], self._image_shape)
+                 for i in range(self.n_pixel_params)]
+        return tfd.Independent(self.pixel_distribution(*parts), reinterpreted_batch_ndims=3)
+
+
+class NormalIdentity(PixelHead):
+    """N(mu, I): multivariate normal with identity covariance (the paper's Nµ)."""
+    head_name, label = "normal_identity", "Nµ"
+
+    def pixel_distribution(self, loc):
+        return tfd.Normal(loc, tf.ones_like(loc))
+
+
+class MSE(NormalIdentity):
+    """The plain autoencoder: trained on per-pixel mean squared error.
+
+    MSE is the unit-variance normal up to an affine map: `-log N(x; mu, I) =
+    D/2 * (MSE + log 2 pi)`, so its distribution (used for the reported NLL) is N(mu, I).
+    """
+    head_name, label = "mse", "MSE"
+    mixable = False
+
+    def loss(self, y_true, dist):
+        """Mean squared error per image `[B]` (pixels in [0, 1])."""
+        return tf.reduce_mean(tf.square(y_true - self.mean(dist)), axis=[-3, -2, -1])
+
+
+class NormalDiag(PixelHead):
+    """N(mu, diag(sigma^2)), sigma = 1e-6 + softplus (the paper's Nµ,diag(Σ))."""
+    head_name, label = "normal_diag", "Nµ,diag(Σ)"
+    n_pixel_params = 2
+
+    def pixel_distribution(self, loc, s):
+        return tfd.Normal(loc, positive(s))
+
+
+class Bernoulli(PixelHead):
+    """Bernoulli per pixel, i.e. binary cross-entropy on [0, 1] pixels.
+
+    Its `log_prob` on non-binary x in [0, 1] is `x log p + (1 - x) log(1 - p)`, which is NOT a
+    normalised density on [0, 1]: its NLL and bits/dim are not comparable with the other heads'
+    (the continuous Bernoulli fixes this, Loaiza-Ganem & Cunningham 2019).
+    """
+    head_name, label = "bernoulli", "Bern"
+    is_density = False
+
+    def pixel_distribution(self, logits):
+        return tfd.Bernoulli(logits=logits, dtype=tf.float32)
+
+
+class ContinuousBernoulli(PixelHead):
+    """Continuous Bernoulli per pixel (Loaiza-Ganem & Cunningham 2019): a normalised density on [0, 1]."""
+    head_name, label = "continuous_bernoulli", "CB"
+
+    def pixel_distribution(self, logits):
+        return tfd.ContinuousBernoulli(logits=logits)
+
+
+class Logistic(PixelHead):
+    """Logistic(mu, s) per pixel, s = 1e-6 + softplus (Kingma et al. 2016, VAE-IAF)."""
+    head_name, label = "logistic", "Logistic"
+    n_pixel_params = 2
+
+    def pixel_distribution(self, loc, s):
+        return tfd.Logistic(loc, positive(s))
+
+
+# ---- vector heads: one multivariate distribution over the D = H*W*C pixels -------------------
+class VectorHead(Head):
+    """Multivariate normal / Student-t over the flattened image, with an identity, diagonal or
+    full (lower-triangular, `FillScaleTriL`) scale. Student-t heads add one df per component."""
+    scale = "identity"
+    student_t = False
+
+    @property
+    def natural_event_shape(self):
+        return (int(np.prod(self._image_shape)),)
+
+    @classmethod
+    def component_params_size(cls, event_shape):
+        d = int(np.prod(event_shape))
+        return d + _scale_params_size(cls.scale, d) + int(cls.student_t)
+
+    def component(self, params):
+        d = self.natural_event_shape[0]
+        n_scale = _scale_params_size(self.scale, d)
+        loc, s = params[..., :d], params[..., d:d + n_scale]
+        if self.student_t:
+            return tfd.MultivariateStudentTLinearOperator(
+                df=positive(params[..., -1]), loc=loc, scale=_scale_operator(self.scale, s, d))
+        if self.scale == "full":
+            return tfd.MultivariateNormalTriL(loc, _scale_tril(s))
+        return tfd.MultivariateNormalLinearOperator(loc, _scale_operator(self.scale, s, d))
+
+    def component_variance(self, comp):
+        var = _row_variance(comp.scale) * tf.ones_like(comp.loc)
+        if self.student_t:
+            df = comp.df[..., None]
+            var = tf.where(df > 2, var * df / (df - 2), np.nan)
+        return var
+
+
+class NormalFull(VectorHead):
+    """N(mu, L L^T), L from `FillScaleTriL` (the paper's Nµ,Σ; D(D+1)/2 scale parameters)."""
+    head_name, label, scale = "normal_full", "Nµ,Σ", "full"
+
+
+class StudentTIdentity(VectorHead):
+    """Multivariate t(df, mu, I) (the paper's tdf,µ). Point estimate: the mode."""
+    head_name, label, scale, student_t, point = "student_t_identity", "tdf,µ", "identity", True, "mode"
+    variance_note = "variance exists only where df > 2 (blank elsewhere)"
+
+
+class StudentTDiag(StudentTIdentity):
+    """Multivariate t(df, mu, diag(sigma)^2) (the paper's tdf,µ,diag(Σ))."""
+    head_name, label, scale = "student_t_diag", "tdf,µ,diag(Σ)", "diag"
+
+
+class StudentTFull(StudentTIdentity):
+    """Multivariate t(df, mu, L L^T) with L from `FillScaleTriL` (the paper's tdf,µ,Σ)."""
+    head_name, label, scale = "student_t_full", "tdf,µ,Σ", "full"
+
+
+# ---- matrix heads: rows x columns of a grayscale image --------------------------------------
+class MatrixHead(Head):
+    """Matrix normal MN(M, U, V) or matrix-t on the H x W image, with row scale U (H x H) and
+    column scale V (W x W) each identity, diagonal or lower-triangular (Dawid 1981; Gupta & Nagar
+    2000). Its variance map is the product of row and column variances."""
+    scale = "identity"
+    student_t = False
+
+    def _check_event_shape(self, event_shape):
+        if event_shape[2] != 1:
+            raise ValueError(f"{self.head_name}: matrix heads need one channel, got event_shape {event_shape}")
+
+    @property
+    def natural_event_shape(self):
+        return self._image_shape[:2]
+
+    @classmethod
+    def component_params_size(cls, event_shape):
+        h, w = event_shape[:2]
+        return h * w + _scale_params_size(cls.scale, h) + _scale_params_size(cls.scale, w) + int(cls.student_t)
+
+    def component(self, params):
+        h, w = self.natural_event_shape
+        nr, nc = _scale_params_size(self.scale, h), _scale_params_size(self.scale, w)
+        loc = _unflatten(params[..., :h * w], [h, w])
+        rows = _scale_operator(self.scale, params[..., h * w:h * w + nr], h)
+        cols = _scale_operator(self.scale, params[..., h * w + nr:h * w + nr + nc], w)
+        if self.student_t:
+            return tfd.MatrixTLinearOperator(positive(params[..., -1]), loc, rows, cols)
+        return tfd.MatrixNormalLinearOperator(loc, rows, cols)
+
+    def component_variance(self, comp):
+        var = _row_variance(comp.scale_row)[..., :, None] * _row_variance(comp.scale_column)[..., None, :]
+        var = var * tf.ones_like(comp.loc)
+        if self.student_t:
+            df = comp.df[..., None, None]
+            var = tf.where(df > 2, var * df / (df - 2), np.nan)
+        return var
+
+
+class MatrixNormalIdentity(MatrixHead):
+    """Matrix normal MN(M, I, I) (the paper's MNµ)."""
+    head_name, label = "matrix_normal_identity", "MNµ"
+
+
+class MatrixNormalDiag(MatrixHead):
+    """Matrix normal with diagonal row and column scales (the paper's MNµ,diag(U,V))."""
+    head_name, label, scale = "matrix_normal_diag", "MNµ,diag(U,V)", "diag"
+
+
+class MatrixNormalFull(MatrixHead):
+    """Matrix normal with lower-triangular row and column scales (the paper's MNµ,U,V)."""
+    head_name, label, scale = "matrix_normal_full", "MNµ,U,V", "full"
+
+
+class MatrixTIdentity(MatrixHead):
+    """Matrix-t (`tfd.MatrixTLinearOperator`) with identity scales (the paper's Tdf,µ)."""
+    head_name, label, student_t, point = "matrix_t_identity", "Tdf,µ", True, "mode"
+    variance_note = "variance df/(df-2)·row·col, only where df > 2"
+
+
+class MatrixTDiag(MatrixTIdentity):
+    """Matrix-t with diagonal row and column scales (the paper's Tdf,µ,diag(U,V))."""
+    head_name, label, scale = "matrix_t_diag", "Tdf,µ,diag(U,V)", "diag"
+
+
+class MatrixTFull(MatrixTIdentity):
+    """Matrix-t with lower-triangular row and column scales (the paper's Tdf,µ,U,V)."""
+    head_name, label, scale = "matrix_t_full", "Tdf,µ,U,V", "full"
+
+
+# ---- masked autoregressive flow ------------------------------------------------------------
+class MAF(Head):
+    """Masked autoregressive flow (Papamakarios et al. 2017) on a unit-variance normal whose mean
+    the decoder outputs; the MADE has one 10-unit ReLU hidden layer (Ciobanu, Section 3).
+
+    The MADE's weights belong to this layer (input-independent, as in the paper). `log_prob` is one
+    network pass; sampling is D sequential passes, so the point estimate (mean of 50 samples) is
+    slow and is never computed during training.
+    """
+    head_name, label = "maf", "MAF"
+    mixable = False
+    point = "sample_mean"
+    variance_note = "variance estimated from 50 samples"
+
+    def __init__(self, event_shape, num_components=1, hidden_units=10, **kwargs):
+        super().__init__(event_shape, num_components, **kwargs)
+        d = int(np.prod(self._image_shape))
+        self.hidden_units = int(hidden_units)
+        self.made = tfb.AutoregressiveNetwork(params=2, event_shape=[d], hidden_units=[self.hidden_units],
+                                              activation="relu", name="made")
+        self.made.build([None, d])
+
+    @property
+    def natural_event_shape(self):
+        return (int(np.prod(self._image_shape)),)
+
+    @classmethod
+    def component_params_size(cls, event_shape):
+        return int(np.prod(event_shape))
+
+    def component(self, params):
+        base = tfd.MultivariateNormalDiag(params, tf.ones_like(params))
+        return tfd.TransformedDistribution(base, tfb.MaskedAutoregressiveFlow(self.made))
+
+    def get_config(self):
+        return dict(super().get_config(), hidden_units=self.hidden_units)
+
+    def _mixture_moments(self, dist):
+        x = dist.sample(MAF_SAMPLES)
+        return tf.reduce_mean(x, 0), tf.math.reduce_variance(x, 0)
+
+    def mean(self, dist):
+        return self._mixture_moments(dist)[0]
+
+    def _tensor(self, dist):
+        """The base distribution's mean, reshaped (cheap; the flow's mean needs sampling)."""
+        return self._to_image(self._parts(dist)[2].distribution.mean())
+
+
+HEADS = {cls.head_name: cls for cls in [
+    MSE, NormalIdentity, NormalDiag, NormalFull,
+    StudentTIdentity, StudentTDiag, StudentTFull, MAF,
+    MatrixNormalIdentity, MatrixNormalDiag, MatrixNormalFull,
+    MatrixTIdentity, MatrixTDiag, MatrixTFull,
+    Bernoulli, ContinuousBernoulli, Logistic,
+]}
+
+
+def mixable_heads():
+    return [n for n, c in HEADS.items() if c.mixable]
+
+
+def get_head(name):
+    """The head class registered as `name`.
+
+    Raises:
+      ValueError: unknown name; the message lists the valid ones.
+    """
+    try:
+        return HEADS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown head {name!r}; valid heads: {', '.join(HEADS)}") from None
+
+
+def make_head(name, event_shape, num_components=1, **kwargs):
+    """Instantiate the head `name` for images of shape `event_shape` with K components."""
+    return get_head(name)(event_shape, num_components, **kwargs)
+
+
+def describe_heads(event_shape=(28, 28, 1), components=(1, 10)):
+    """Rows `(name, label, {K: params_size or None})` for every registered head."""
+    rows = []
+    for name, cls in HEADS.items():
+        sizes = {k: cls.params_size(event_shape, k) if (k == 1 or cls.mixable) else None for k in components}
+        rows.append((name, cls.label, sizes))
+    return rows
+
+
+def bits_per_dim(nll_nats, num_dims, num_levels=256):
+    """Bits per dimension of a density on dequantised pixels: `nll / (D ln 2) + log2(L)`.
+
+    `nll_nats` is -log p(x_deq) per image (nats) for a density on [0, 1]^D evaluated at uniformly
+    dequantised pixels; `log2(L)` converts the density on bins of width 1/L into a probability
+    of the discrete image (Theis et al. 2016). For L = 256: `nll / (D ln 2) + 8`.
+    """
+    return nll_nats / (num_dims * math.log(2)) + math.log2(num_levels)

@@ -1,0 +1,35 @@
+"""Figures (matplotlib, Agg backend): functions return a `Figure`; the caller saves it."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def reconstruction_figure(images, point, variance=None, title="", variance_note=None):
+    """Rows: inputs, point estimates and (if given) per-pixel variance maps.
+
+    Args:
+      images, point: `[N, H, W, C]` in [0, 1].
+      variance: `[N, H, W, C]` or None; shown clipped to [0, 1]; NaN pixels (no variance) are blank.
+      variance_note: caveat printed beside the variance row.
+    """
+    rows = [("input", images), ("point estimate", point)]
+    if variance is not None:
+        rows.append(("variance" + (f"\n({variance_note})" if variance_note else ""), np.clip(variance, 0, 1)))
+    n = len(images)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.2, 1.2 * len(rows) + 0.4), squeeze=False)
+    for r, (name, batch) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r, i]
+            ax.imshow(np.asarray(batch[i])[..., 0], cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[r, 0].set_ylabel(name, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path):
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
