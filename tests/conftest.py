@@ -1,0 +1,28 @@
+import os
+
+import numpy as np
+import pytest
+
+import tfp_ae  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from tfp_ae.data import dataset_available
+
+
+def require_dataset(name):
+    """Skip when `name` is absent, unless TFP_AE_REQUIRE_DATA=1 (CI), where absence fails."""
+    if dataset_available(name):
+        return
+    if os.environ.get("TFP_AE_REQUIRE_DATA") == "1":
+        pytest.fail(f"dataset {name} is required (TFP_AE_REQUIRE_DATA=1) but was not found; "
+                    "set TFP_AE_DATA_DIR")
+    pytest.skip(f"dataset {name} not available (set TFP_AE_DATA_DIR)")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from tfp_ae.data import load_dataset
+    return load_dataset("digits")

@@ -1,0 +1,99 @@
+"""Training: a short fit lowers the NLL, the CLI writes its outputs, NaN runs are retried."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfp_ae.cli import main
+from tfp_ae.config import RunConfig
+from tfp_ae.heads import HEADS
+from tfp_ae.models import build_model, compile_model
+from tfp_ae.train import DivergedError, fit, nll_per_image
+from tests.conftest import require_dataset
+
+CASES = [(name, k) for name, cls in HEADS.items() for k in ([1, 3] if cls.mixable else [1])]
+
+
+@pytest.mark.parametrize("name,k", CASES)
+def test_short_fit_lowers_nll(name, k, digits):
+    tf.keras.utils.set_random_seed(0)
+    x = digits.x_train[:512]
+    model = compile_model(build_model(name, x.shape[1:], k))
+    before = nll_per_image(model, x).mean()
+    model.fit(x, x, batch_size=64, epochs=3, verbose=0)
+    after = nll_per_image(model, x).mean()
+    assert np.isfinite(after) and after < before - 1.0, (before, after)
+
+
+def test_cli_train_writes_metrics_and_figure(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--dataset", "digits", "--head", "normal_diag", "--epochs", "2", "--out", str(out)])
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("dataset", "head", "components", "arch", "epochs", "num_params", "seconds_per_epoch",
+                "test_nll_nats", "l2_percent", "bits_per_dim"):
+        assert key in m, key
+    assert m["dataset"] == "digits" and m["epochs"] == 2 and len(m["seconds_per_epoch"]) == 2
+    assert m["num_params"] == build_model("normal_diag", (8, 8, 1)).count_params()
+    assert 0 < m["l2_percent"] < 100 and np.isfinite(m["test_nll_nats"])
+    # bits/dim = NLL on dequantised data / (D ln 2) + log2(17) for the 17-level digits
+    assert np.isclose(m["bits_per_dim"], m["test_nll_dequantized_nats"] / (64 * np.log(2)) + np.log2(17))
+    png = (out / "reconstructions.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert "bits/dim" in capsys.readouterr().out
+
+
+def test_cli_mse_reports_its_nll_meaning(tmp_path, capsys):
+    main(["train", "--dataset", "digits", "--head", "mse", "--epochs", "1", "--out", str(tmp_path / "r")])
+    assert "unit-variance normal" in capsys.readouterr().out
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert "unit-variance" in m["nll_note"]
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--head", "gauss"], "unknown head 'gauss'"),
+    (["--head", "normal_diag", "--components", "0"], "num_components"),
+    (["--head", "mse", "--components", "10"], "does not mix"),
+])
+def test_cli_bad_arguments_exit_with_clear_error(argv, match, tmp_path):
+    with pytest.raises(SystemExit, match=match):
+        main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x")] + argv)
+
+
+def test_cli_lists_heads(capsys):
+    main(["heads"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in HEADS)
+    assert "308504" in out  # normal_full on 28x28: 784 + 784*785/2
+
+
+class _PoisonWeights(tf.keras.callbacks.Callback):
+    """Sets the decoder bias to NaN at the start of epoch 2, as a diverging run would."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            w = self.model.trainable_weights[-1]  # decoder bias: NaN reaches the loss
+            w.assign(tf.fill(w.shape, np.nan))
+
+
+def test_nan_loss_is_retried_then_reported(digits):
+    cfg = RunConfig(dataset="digits", head="normal_diag", epochs=3, retries=1, verbose=0)
+    with pytest.raises(DivergedError, match="NaN loss in all 2 attempt") as e:
+        fit(cfg, digits.x_train[:256], 17, callbacks=[_PoisonWeights()])
+    assert "'seed': 0" in str(e.value) and "'seed': 1" in str(e.value)
+
+
+def test_same_seed_same_result(digits):
+    cfg = RunConfig(dataset="digits", head="normal_diag", epochs=2, verbose=0, seed=3)
+    losses = [fit(cfg, digits.x_train[:256], 17)[1]["loss"] for _ in range(2)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_one_epoch_on_real_data(name, tmp_path):
+    require_dataset(name)
+    main(["train", "--dataset", name, "--head", "normal_diag", "--epochs", "1", "--train-limit", "2048",
+          "--out", str(tmp_path / name)])
+    m = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert m["num_params"] == 76864 and m["train_images"] == 2048
+    assert 0 < m["l2_percent"] < 20 and np.isfinite(m["bits_per_dim"])
