@@ -37,20 +37,20 @@ def _batched(fn, x, batch_size):
 
 def nll_per_image(model, x, batch_size=500):
     """-log p(x) in nats for each image, `[N]` (the head's distribution, not its training loss)."""
-    fn = tf.function(lambda b: -model(b, training=False).log_prob(b))
+    fn = tf.function(autograph=False, func=lambda b: -model(b, training=False).log_prob(b))
     return _batched(fn, x, batch_size)
 
 
 def point_estimates(model, x, batch_size=200):
     """The head's point estimate of each image, `[N, H, W, C]` clipped to [0, 1]."""
     head = model.head
-    return _batched(tf.function(lambda b: head.point_estimate(model(b, training=False))), x, batch_size)
+    return _batched(tf.function(autograph=False, func=lambda b: head.point_estimate(model(b, training=False))), x, batch_size)
 
 
 def variance_maps(model, x, batch_size=200):
     """Per-pixel variance of each image's distribution, `[N, H, W, C]` (NaN where undefined)."""
     head = model.head
-    return _batched(tf.function(lambda b: head.variance(model(b, training=False))), x, batch_size)
+    return _batched(tf.function(autograph=False, func=lambda b: head.variance(model(b, training=False))), x, batch_size)
 
 
 def evaluate(model, data, eval_images=1000, seed=0):
