@@ -31,26 +31,25 @@ class EpochTimer(tfk.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._t)
 
 
-def _batched(fn, x, batch_size):
-    return np.concatenate([fn(tf.constant(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)])
+def _map_batches(model, x, fn, batch_size):
+    """`fn(model(images), images)` batch by batch (one compiled graph), concatenated as numpy."""
+    step = tf.function(lambda b: fn(model(b, training=False), b), autograph=False)
+    return np.concatenate([step(tf.constant(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)])
 
 
 def nll_per_image(model, x, batch_size=500):
     """-log p(x) in nats for each image, `[N]` (the head's distribution, not its training loss)."""
-    fn = tf.function(autograph=False, func=lambda b: -model(b, training=False).log_prob(b))
-    return _batched(fn, x, batch_size)
+    return _map_batches(model, x, lambda d, b: -d.log_prob(b), batch_size)
 
 
 def point_estimates(model, x, batch_size=200):
     """The head's point estimate of each image, `[N, H, W, C]` clipped to [0, 1]."""
-    head = model.head
-    return _batched(tf.function(autograph=False, func=lambda b: head.point_estimate(model(b, training=False))), x, batch_size)
+    return _map_batches(model, x, lambda d, b: model.head.point_estimate(d), batch_size)
 
 
 def variance_maps(model, x, batch_size=200):
     """Per-pixel variance of each image's distribution, `[N, H, W, C]` (NaN where undefined)."""
-    head = model.head
-    return _batched(tf.function(autograph=False, func=lambda b: head.variance(model(b, training=False))), x, batch_size)
+    return _map_batches(model, x, lambda d, b: model.head.variance(d), batch_size)
 
 
 def evaluate(model, data, eval_images=1000, seed=0):
