@@ -438,6 +438,7 @@ class MatrixHead(Head):
     2000). Its variance map is the product of row and column variances."""
     scale = "identity"
     student_t = False
+    variance_note = "variance = row variance x column variance"
 
     def _check_event_shape(self, event_shape):
         if event_shape[2] != 1:
@@ -489,7 +490,7 @@ class MatrixNormalFull(MatrixHead):
 class MatrixTIdentity(MatrixHead):
     """Matrix-t (`tfd.MatrixTLinearOperator`) with identity scales (the paper's Tdf,µ)."""
     head_name, label, student_t, point = "matrix_t_identity", "Tdf,µ", True, "mode"
-    variance_note = "variance df/(df-2)·row·col, only where df > 2"
+    variance_note = "variance = df/(df-2) x row variance x column variance, only where df > 2 (blank elsewhere)"
 
 
 class MatrixTDiag(MatrixTIdentity):

@@ -16,17 +16,22 @@ def reconstruction_figure(images, point, variance=None, title="", variance_note=
     """
     rows = [("input", images), ("point estimate", point)]
     if variance is not None:
-        rows.append(("variance" + (f"\n({variance_note})" if variance_note else ""), np.clip(variance, 0, 1)))
+        rows.append(("variance", np.clip(variance, 0, 1)))
     n = len(images)
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.2, 1.2 * len(rows) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.2, 1.2 * len(rows) + 0.7), squeeze=False)
     for r, (name, batch) in enumerate(rows):
         for i in range(n):
             ax = axes[r, i]
-            ax.imshow(np.asarray(batch[i])[..., 0], cmap="gray", vmin=0, vmax=1)
+            img = np.asarray(batch[i])[..., 0]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            if np.all(np.isnan(img)):
+                ax.text(0.5, 0.5, "undefined", ha="center", va="center", fontsize=7, transform=ax.transAxes)
             ax.set_xticks([]), ax.set_yticks([])
         axes[r, 0].set_ylabel(name, fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 if variance_note else 0, 1, 1))
+    if variance_note and variance is not None:
+        fig.text(0.5, 0.01, variance_note, ha="center", fontsize=7)
     return fig
 
 
