@@ -1,15 +1,19 @@
-"""Command line: `tfp-ae train ...` runs an experiment, `tfp-ae heads` lists the heads."""
+"""Command line: `tfp-ae train ...` runs (or resumes) an experiment, `tfp-ae export` writes a
+SavedModel, `tfp-ae heads` lists the heads."""
 import argparse
 import sys
+from pathlib import Path
 
 from tfp_ae.config import ARCHS, RunConfig
 from tfp_ae.data import DATASETS
 from tfp_ae.heads import HEADS, describe_heads
+from tfp_ae.train import STRATEGIES, DivergedError
 
 
 def _add_train_args(p):
     d = RunConfig()
-    p.add_argument("--dataset", default=d.dataset, choices=DATASETS)
+    p.add_argument("--dataset", default=d.dataset,
+                   help=f"{', '.join(DATASETS)}, or a path to an .npz file with x_train and x_test [N, H, W, C]")
     p.add_argument("--head", default=d.head, help=f"output head, one of: {', '.join(HEADS)}")
     p.add_argument("--components", "-K", type=int, default=d.components, help="mixture components K (>= 1)")
     p.add_argument("--arch", default=d.arch, choices=ARCHS)
@@ -24,23 +28,30 @@ def _add_train_args(p):
     p.add_argument("--eval-images", type=int, default=d.eval_images, help="test images for l2_percent")
     p.add_argument("--data-dir", default=None, help="folder with mnist/ and fashion-mnist/ IDX files")
     p.add_argument("--jit", dest="jit_compile", action="store_true", help="compile training steps with XLA")
-    p.add_argument("--out", default=None, help="run folder (default runs/DATASET_ARCH_HEAD_kK)")
+    p.add_argument("--rescale", action="store_true", help="divide the images by 255 (data given as 0-255)")
+    p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
+                   help="tf.distribute strategy (mirrored: all GPUs, or all logical CPUs; multiworker: TF_CONFIG)")
+    p.add_argument("--out", default=None, help="run folder (default runs/DATASET_ARCH_HEAD_kK); an unfinished "
+                   "run there is resumed from its last finished epoch")
+    p.add_argument("--overwrite", action="store_true", help="train again even if --out holds a finished run")
 
 
 def _config(args):
-    fields = {k.replace("-", "_"): v for k, v in vars(args).items() if k not in ("command", "func")}
+    fields = {k.replace("-", "_"): v for k, v in vars(args).items() if k not in ("command", "func", "overwrite")}
     cfg = RunConfig.from_dict(fields)
     if cfg.head not in HEADS:
         raise SystemExit(f"tfp-ae: error: unknown head {cfg.head!r}; valid heads: {', '.join(HEADS)}")
-    cfg.out = cfg.out or f"runs/{cfg.dataset}_{cfg.arch}_{cfg.head}_k{cfg.components}"
+    cfg.out = cfg.out or f"runs/{Path(cfg.dataset).stem}_{cfg.arch}_{cfg.head}_k{cfg.components}"
     cfg.verbose = 1 if sys.stdout.isatty() else 2
     return cfg
 
 
 def cmd_train(args):
-    from tfp_ae.train import run
+    from tfp_ae.train import device_summary, make_strategy, run
     cfg = _config(args)
-    _, m = run(cfg)
+    strategy = make_strategy(cfg.strategy)
+    print(f"training on {device_summary(strategy)}")
+    _, m = run(cfg, overwrite=args.overwrite, strategy=strategy)
     bpd = "n/a" if m["bits_per_dim"] is None else f"{m['bits_per_dim']:.4f}"
     print(f"{cfg.head} K={cfg.components} {cfg.arch} on {cfg.dataset}: l2 {m['l2_percent']:.3f} %, "
           f"test NLL {m['test_nll_nats']:.2f} nats/image, {bpd} bits/dim, "
@@ -48,6 +59,12 @@ def cmd_train(args):
     if "nll_note" in m:
         print("note:", m["nll_note"])
     print(f"wrote {cfg.out}/metrics.json and {cfg.out}/reconstructions.png")
+
+
+def cmd_export(args):
+    from tfp_ae.export import export_run
+    names = export_run(args.run_dir, args.out, overwrite=args.overwrite)
+    print(f"wrote SavedModel {args.out} with signatures: {', '.join(names)}")
 
 
 def cmd_heads(args):
@@ -64,13 +81,18 @@ def main(argv=None):
     p = sub.add_parser("train", help="train and evaluate one model")
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("export", help="write a trained run as a SavedModel with tensor serving signatures")
+    p.add_argument("run_dir", help="a run folder written by `tfp-ae train`")
+    p.add_argument("--out", required=True, help="SavedModel folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("heads", help="list the output heads and their parameter counts")
     p.add_argument("--shape", type=int, nargs=3, default=[28, 28, 1], metavar=("H", "W", "C"))
     p.set_defaults(func=cmd_heads)
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, DivergedError) as e:
         raise SystemExit(f"tfp-ae: error: {e}")
 
 

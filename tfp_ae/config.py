@@ -26,6 +26,8 @@ class RunConfig:
     data_dir: Optional[str] = None
     out: Optional[str] = None
     jit_compile: bool = False
+    rescale: bool = False              # divide the images by 255 (user data given as 0-255)
+    strategy: str = "default"          # tf.distribute strategy: default | mirrored | multiworker
     verbose: int = 2
 
     def to_dict(self):

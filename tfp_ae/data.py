@@ -5,6 +5,7 @@ integer levels `k` in `0..L-1` (`L = 256` for the 8-bit IDX datasets, `L = 17` f
 and int64 labels of shape `[N]`.
 """
 import gzip
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -193,8 +194,11 @@ def load_dataset(name, data_dir=None):
         y = d.target.astype(np.int64)
         n_train = 1437
         return Dataset(name, x[:n_train], y[:n_train], x[n_train:], y[n_train:], 17, "sklearn.datasets.load_digits")
+    if str(name).endswith(".npz"):
+        return _load_npz(name)
     if name not in IDX_FOLDERS:
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}, or a path to an .npz file "
+                         "with arrays x_train and x_test")
     arrays, source = _load_idx_dataset(name, data_dir)
     (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
     scale = np.float32(1 / 255)
@@ -202,29 +206,70 @@ def load_dataset(name, data_dir=None):
                    (xte[..., None] * scale), yte.astype(np.int64), 256, source)
 
 
-def check_images(x, name="images"):
+def _load_npz(path):
+    """A user's dataset: an `.npz` file with `x_train`, `x_test` (`[N, H, W, C]`) and optional
+    `y_train`, `y_test`. Pixels in [0, 1] (or 0-255 with `--rescale`); assumed 8-bit (L = 256)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset file {path} does not exist")
+    with np.load(path) as f:
+        missing = [k for k in ("x_train", "x_test") if k not in f]
+        if missing:
+            raise ValueError(f"dataset file {path}: missing arrays {missing}; found {sorted(f.files)} "
+                             "(need x_train and x_test, [N, H, W, C])")
+        arrays = {k: f[k] for k in f.files}
+    xtr, xte = arrays["x_train"], arrays["x_test"]
+    ytr = arrays.get("y_train", np.zeros(len(xtr), np.int64)).astype(np.int64)
+    yte = arrays.get("y_test", np.zeros(len(xte), np.int64)).astype(np.int64)
+    return Dataset(path.stem, xtr.astype(np.float32), ytr, xte.astype(np.float32), yte, 256, str(path))
+
+
+def check_images(x, name="images", image_shape=None):
     """Validate a batch of images for the models of this package.
 
     Args:
       x: array `[N, H, W, C]`, pixels in [0, 1].
+      name: what `x` is, for the error message (e.g. `training images`).
+      image_shape: the `(H, W, C)` the model expects, or None to accept any.
     Returns:
       `x` as a float32 numpy array.
     Raises:
-      ValueError: wrong rank, empty, NaN/infinite values, or values outside [0, 1] (the
-        message names the argument, the value and what is allowed).
+      ValueError: wrong rank or image shape, empty, NaN/infinite values, or values outside [0, 1]
+        (the message names the argument, the value and what is allowed).
     """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 4:
-        raise ValueError(f"{name}: expected a 4-D array [N, H, W, C], got shape {x.shape}")
+        hint = " (add a channel axis: x[..., None])" if x.ndim == 3 else ""
+        raise ValueError(f"{name}: expected a 4-D array [N, H, W, C], got shape {x.shape}{hint}")
     if x.shape[0] == 0:
         raise ValueError(f"{name}: the dataset is empty (shape {x.shape})")
+    if image_shape is not None and tuple(x.shape[1:]) != tuple(image_shape):
+        raise ValueError(f"{name}: image shape {tuple(x.shape[1:])} does not match the model's "
+                         f"{tuple(image_shape)} (shape [N, H, W, C])")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name}: contains {int(np.sum(~np.isfinite(x)))} NaN or infinite pixels")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi > 1:
         raise ValueError(f"{name}: pixel values must lie in [0, 1], got range [{lo:g}, {hi:g}] "
-                         "(scale 0-255 data by 1/255)")
+                         "(for 0-255 data pass --rescale, or divide by 255)")
     return x
+
+
+def prepare_images(x, rescale=False, name="images", image_shape=None):
+    """`check_images` after an optional `x / 255` (`rescale`, for 8-bit data given as 0-255).
+
+    Raises:
+      ValueError: as `check_images`; or `rescale` on data already in [0, 1] (dividing again would
+        silently squash it to [0, 1/255]).
+    """
+    if rescale:
+        x = np.asarray(x, dtype=np.float32)
+        finite = x[np.isfinite(x)]
+        if finite.size and finite.max() <= 1:
+            raise ValueError(f"{name}: --rescale divides by 255, but the pixels already lie in [0, 1] "
+                             f"(max {finite.max():g}); drop --rescale")
+        x = x / np.float32(255)
+    return check_images(x, name, image_shape)
 
 
 def dequantize(x, num_levels=256, seed=None):
@@ -248,7 +293,8 @@ def dequantize(x, num_levels=256, seed=None):
     return (tf.round(x * (num_levels - 1)) + u) / num_levels
 
 
-def make_pipeline(x, batch_size=BATCH_SIZE, shuffle=True, num_levels=None, seed=None):
+def make_pipeline(x, batch_size=BATCH_SIZE, shuffle=True, num_levels=None, seed=None, repeat=False,
+                  skip_epochs=0):
     """A `tf.data` pipeline of `(images, images)` pairs for `model.fit`.
 
     Built once: the images are cached in memory, shuffled with a buffer of 1024 (reshuffled each
@@ -257,11 +303,17 @@ def make_pipeline(x, batch_size=BATCH_SIZE, shuffle=True, num_levels=None, seed=
     Args:
       x: float32 images `[N, H, W, C]` in [0, 1].
       num_levels: if given, dequantise each batch with `dequantize(..., num_levels)`.
+      repeat: repeat forever (pass `steps_per_epoch = ceil(N / batch_size)` to `fit`); epoch e is
+        then the e-th reshuffle of the seeded shuffle, whatever process runs it.
+      skip_epochs: with `repeat`, start at epoch `skip_epochs` (a resumed run sees the same
+        batches as an uninterrupted one).
     """
     ds = tf.data.Dataset.from_tensor_slices(x).cache()
     if shuffle:
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
+    if repeat:
+        ds = ds.repeat().skip(skip_epochs * math.ceil(len(x) / batch_size))
     if num_levels:
         ds = ds.map(lambda b: dequantize(b, num_levels), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.map(lambda b: (b, b)).prefetch(tf.data.AUTOTUNE)

@@ -31,6 +31,7 @@ from tfp_ae._tf import tf, tfb, tfd, tfk, tfpl
 
 POSITIVE_SHIFT = 1e-6
 MAF_SAMPLES = 50
+SAMPLE_SEED = (20, 26)  # stateless seed of sample-based estimates (MAF mean / variance)
 
 
 def positive(x):
@@ -197,7 +198,7 @@ class Head(tfpl.DistributionLambda):
     def component_mode(self, comp):
         return comp.mode()
 
-    def _mixture_moments(self, dist):
+    def _mixture_moments(self, dist, seed=SAMPLE_SEED):
         """Mean and variance `[B, H, W, C]` (law of total variance over components)."""
         _, logits, comp = self._parts(dist)
         mean, var = self._to_image(self.component_mean(comp)), self._to_image(self.component_variance(comp))
@@ -207,8 +208,9 @@ class Head(tfpl.DistributionLambda):
         m = tf.reduce_sum(w * mean, axis=-4)
         return m, tf.reduce_sum(w * (var + tf.square(mean)), axis=-4) - tf.square(m)
 
-    def mean(self, dist):
-        """Mean of the distribution, `[B, H, W, C]` (pixels, unclipped)."""
+    def mean(self, dist, seed=SAMPLE_SEED):
+        """Mean of the distribution, `[B, H, W, C]` (pixels, unclipped). `seed` is used only by
+        heads whose mean is estimated from samples (MAF)."""
         _, logits, comp = self._parts(dist)
         mean = self._to_image(self.component_mean(comp))
         if logits is None:
@@ -216,9 +218,18 @@ class Head(tfpl.DistributionLambda):
         w = tf.reshape(tf.nn.softmax(logits), tf.concat([tf.shape(logits), [1, 1, 1]], 0))
         return tf.reduce_sum(w * mean, axis=-4)
 
-    def variance(self, dist):
-        """Per-pixel variance `[B, H, W, C]`; NaN where it does not exist (e.g. t with df <= 2)."""
-        return self._mixture_moments(dist)[1]
+    def variance(self, dist, seed=SAMPLE_SEED):
+        """Per-pixel variance `[B, H, W, C]`; NaN where it does not exist (t with df <= 2, the
+        `mse` head, which models no variance). `seed`: as in `mean`."""
+        return self._mixture_moments(dist, seed)[1]
+
+    def _mixture_log_prob_at(self, inner, points):
+        """Mixture log-density at each component's point: points `[B, K, *natural]` -> `[B, K]`."""
+        nd = len(self.natural_event_shape)
+        r = points.shape.rank
+        perm = [r - nd - 1] + list(range(r - nd - 1)) + list(range(r - nd, r))
+        lp = inner.log_prob(tf.transpose(points, perm))  # [K, B]
+        return tf.transpose(lp, list(range(1, lp.shape.rank)) + [0])
 
     def mode(self, dist):
         """Mode `[B, H, W, C]`. For a mixture: the mode of the component with the highest mixture
@@ -226,22 +237,33 @@ class Head(tfpl.DistributionLambda):
         inner, logits, comp = self._parts(dist)
         modes = self.component_mode(comp)  # [B, (K,) *natural]
         if logits is not None:
-            nd = len(self.natural_event_shape)
-            perm = [modes.shape.rank - nd - 1] + list(range(modes.shape.rank - nd - 1)) + \
-                list(range(modes.shape.rank - nd, modes.shape.rank))
-            lp = inner.log_prob(tf.transpose(modes, perm))  # [K, B]
-            modes = tf.gather(modes, tf.argmax(lp, axis=0), axis=1, batch_dims=1)
+            best = tf.argmax(self._mixture_log_prob_at(inner, modes), axis=-1)
+            modes = tf.gather(modes, best, axis=1, batch_dims=1)
         return self._to_image(modes)
 
-    def point_estimate(self, dist):
+    def component_points(self, dist):
+        """Every mixture component's point estimate and the mixture's log-density there.
+
+        For Figure 4 of the paper (and the `component_means` / `component_log_prob` serving
+        signatures): the mean of each component (the mode for t heads), clipped to [0, 1],
+        `[B, K, H, W, C]`, and `log p_mixture(point_k)` in nats, `[B, K]`.
+        Raises:
+          ValueError: the head is not a mixture (K = 1).
+        """
+        inner, logits, comp = self._parts(dist)
+        if logits is None:
+            raise ValueError(f"{self.head_name}: component_points needs a mixture (K > 1), got K=1")
+        pts = self.component_mode(comp) if self.point == "mode" else self.component_mean(comp)
+        return tf.clip_by_value(self._to_image(pts), 0.0, 1.0), self._mixture_log_prob_at(inner, pts)
+
+    def point_estimate(self, dist, seed=SAMPLE_SEED):
         """The paper's point estimate `[B, H, W, C]` clipped to [0, 1]: mean for normals and
-        per-pixel heads, mode for t heads, mean of 50 samples for MAF."""
+        per-pixel heads, mode for t heads, mean of 50 samples for MAF (drawn with the stateless
+        `seed`, so the estimate is reproducible; None draws fresh samples)."""
         if self.point == "mode":
             x = self.mode(dist)
-        elif self.point == "sample_mean":
-            x = tf.reduce_mean(dist.sample(MAF_SAMPLES), axis=0)
         else:
-            x = self.mean(dist)
+            x = self.mean(dist, seed=seed)
         return tf.clip_by_value(x, 0.0, 1.0)
 
     def _tensor(self, dist):
@@ -284,6 +306,11 @@ class MSE(NormalIdentity):
     """
     head_name, label = "mse", "MSE"
     mixable = False
+    variance_note = "the MSE autoencoder models no variance"
+
+    def variance(self, dist, seed=SAMPLE_SEED):
+        """NaN `[B, H, W, C]`: MSE training fixes no variance (its NLL assumes 1, which is not learned)."""
+        return tf.fill(tf.shape(self.mean(dist)), np.nan)
 
     def loss(self, y_true, dist):
         """Mean squared error per image `[B]` (pixels in [0, 1])."""
@@ -540,12 +567,12 @@ class MAF(Head):
     def get_config(self):
         return dict(super().get_config(), hidden_units=self.hidden_units)
 
-    def _mixture_moments(self, dist):
-        x = dist.sample(MAF_SAMPLES)
+    def _mixture_moments(self, dist, seed=SAMPLE_SEED):
+        x = dist.sample(MAF_SAMPLES, seed=seed)
         return tf.reduce_mean(x, 0), tf.math.reduce_variance(x, 0)
 
-    def mean(self, dist):
-        return self._mixture_moments(dist)[0]
+    def mean(self, dist, seed=SAMPLE_SEED):
+        return self._mixture_moments(dist, seed)[0]
 
     def _tensor(self, dist):
         """The base distribution's mean, reshaped (cheap; the flow's mean needs sampling)."""

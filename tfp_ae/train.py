@@ -1,6 +1,9 @@
 """Run one experiment: load data, build, `model.fit`, evaluate, write `metrics.json` and figures."""
+import dataclasses
 import json
+import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -8,48 +11,201 @@ import numpy as np
 
 from tfp_ae._tf import tf, tfk
 from tfp_ae.config import RunConfig
-from tfp_ae.data import check_images, dequantize, load_dataset, make_pipeline
+from tfp_ae.data import check_images, dequantize, load_dataset, make_pipeline, prepare_images
 from tfp_ae.heads import bits_per_dim
 from tfp_ae.models import build_model, compile_model
 from tfp_ae import plots
+
+STATE_FILE = "state.json"          # progress of a run: seed, attempts, finished epochs
+CHECKPOINT_DIR = "checkpoints"     # tf.train checkpoints of model + optimizer, one per epoch
+CONFIG_FILE = "config.json"        # RunConfig + image shape: what `load_model` rebuilds from
+METRICS_FILE = "metrics.json"
 
 
 class DivergedError(RuntimeError):
     """Training hit a NaN/inf loss in every attempt."""
 
 
-class EpochTimer(tfk.callbacks.Callback):
-    """Wall-clock seconds of each training epoch, in `self.seconds`."""
+STRATEGIES = ("default", "mirrored", "multiworker")
 
-    def on_train_begin(self, logs=None):
-        self.seconds = []
+
+def make_strategy(name="default"):
+    """A `tf.distribute` strategy by name.
+
+    `default`: one device (TensorFlow's placement: the GPU when there is one). `mirrored`:
+    `MirroredStrategy` over all GPUs of the machine, or over all logical CPU devices when there is
+    no GPU. `multiworker`: `MultiWorkerMirroredStrategy`, configured by the standard `TF_CONFIG`
+    environment variable (create it before other TensorFlow work). The global batch size stays the
+    requested one; Keras splits each batch across the replicas and averages the loss over it.
+    Raises:
+      ValueError: unknown name.
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
+
+
+def device_summary(strategy=None):
+    """Where training runs, e.g. `1 x CPU` or `2 x GPU (mirrored)`, for logs and metrics.json."""
+    strategy = strategy or tf.distribute.get_strategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    kind = "GPU" if gpus else "CPU"
+    n = strategy.num_replicas_in_sync
+    name = type(strategy).__name__
+    return f"{n} x {kind}" + ("" if name.startswith("_Default") else f" ({name})")
+
+
+class _Progress(tfk.callbacks.Callback):
+    """After each finished epoch: record its loss and wall-clock seconds in `state` and write it
+    atomically to `state_path`, then checkpoint model and optimizer (so a crash between the two
+    at worst re-runs that epoch). Without a path it only records."""
+
+    def __init__(self, state, state_path=None, manager=None):
+        super().__init__()
+        self.state, self.state_path, self.manager = state, state_path, manager
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._t)
+        loss = float(logs["loss"])
+        self.state["epochs"] = self.state["epochs"][:epoch] + [dict(loss=loss, seconds=time.perf_counter() - self._t)]
+        if self.state_path:
+            write_json(self.state, self.state_path)
+            if self.manager is not None and np.isfinite(loss):
+                self.manager.save(checkpoint_number=epoch + 1)
 
 
-def _map_batches(model, x, fn, batch_size):
-    """`fn(model(images), images)` batch by batch (one compiled graph), concatenated as numpy."""
-    step = tf.function(lambda b: fn(model(b, training=False), b), autograph=False)
-    return np.concatenate([step(tf.constant(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)])
+RESUME_IGNORED = ("out", "data_dir", "verbose", "strategy")
+
+
+def _load_state(run_dir, config):
+    """The saved progress of an unfinished run in `run_dir`, or a fresh state.
+
+    Raises:
+      ValueError: `run_dir` holds a run with a different configuration (names the fields).
+    """
+    fresh = dict(config=config.to_dict(), seed=config.seed, attempts=[], epochs=[])
+    path = run_dir / STATE_FILE if run_dir else None
+    if path is None or not path.exists():
+        return fresh
+    state = json.loads(path.read_text())
+    old, new = state["config"], config.to_dict()
+    diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if k not in RESUME_IGNORED and old.get(k) != new[k]]
+    if diff:
+        raise ValueError(f"run folder {run_dir} holds an unfinished run with another configuration "
+                         f"({'; '.join(diff)}); use another --out, the same settings, or --overwrite")
+    return state
+
+
+def _checkpoint_manager(model, run_dir):
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    return tf.train.CheckpointManager(ckpt, str(run_dir / CHECKPOINT_DIR), max_to_keep=2)
+
+
+def _restore(manager, max_epoch):
+    """Restore the newest checkpoint with at most `max_epoch` finished epochs; returns its epoch count."""
+    numbers = {int(p.rsplit("-", 1)[1]): p for p in manager.checkpoints}
+    usable = [n for n in numbers if n <= max_epoch]
+    if not usable:
+        return 0
+    n = max(usable)
+    manager.checkpoint.restore(numbers[n]).assert_existing_objects_matched()
+    return n
+
+
+def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
+    """Build and train a model: resumable, retried with seed+1, seed+2... when the loss becomes NaN.
+
+    With `run_dir`, progress (`state.json`: seed, attempts, per-epoch loss and seconds) and a
+    checkpoint of model + optimizer are written after every epoch, and a call on a folder with an
+    unfinished run resumes from its last finished epoch. The data order of epoch e depends only on
+    the seed and e, so a resumed run reproduces the uninterrupted one.
+
+    Returns:
+      (model, history dict with `loss` and `seconds` per epoch, attempts list).
+    Raises:
+      DivergedError: every attempt diverged.
+      ValueError: `run_dir` holds an unfinished run with another configuration.
+    """
+    strategy = strategy or make_strategy(config.strategy)
+    run_dir = Path(run_dir) if run_dir else None
+    if run_dir:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    state = _load_state(run_dir, config)
+    steps = math.ceil(len(x_train) / config.batch_size)
+    while True:
+        seed = state["seed"]
+        tfk.utils.set_random_seed(seed)
+        with strategy.scope():
+            model = build_model(config.head, x_train.shape[1:], config.components, config.arch, config.latent_dim)
+            compile_model(model, config.learning_rate, config.jit_compile)
+            model.optimizer.build(model.trainable_variables)
+        manager = _checkpoint_manager(model, run_dir) if run_dir else None
+        initial = _restore(manager, len(state["epochs"])) if manager else 0
+        state["epochs"] = state["epochs"][:initial]
+        if initial:
+            print(f"resuming {run_dir} after epoch {initial} (seed {seed})")
+        ds = make_pipeline(x_train, config.batch_size, seed=seed, repeat=True, skip_epochs=initial,
+                           num_levels=num_levels if config.dequantize else None)
+        progress = _Progress(state, run_dir / STATE_FILE if run_dir else None, manager)
+        if initial < config.epochs:
+            model.fit(ds, epochs=config.epochs, initial_epoch=initial, steps_per_epoch=steps, verbose=config.verbose,
+                      callbacks=[tfk.callbacks.TerminateOnNaN(), progress, *callbacks])
+        losses = [e["loss"] for e in state["epochs"]]
+        history = dict(loss=losses, seconds=[e["seconds"] for e in state["epochs"]])
+        if len(losses) == config.epochs and np.all(np.isfinite(losses)):
+            return model, history, state["attempts"] + [dict(seed=seed, status="ok")]
+        state["attempts"].append(dict(seed=seed, status="diverged", epoch=len(losses)))
+        print(f"attempt {len(state['attempts'])}: loss became NaN/inf in epoch {len(losses)} (seed {seed})")
+        if len(state["attempts"]) > config.retries:
+            raise DivergedError(f"training {config.head} (K={config.components}, {config.arch}) diverged: NaN loss "
+                                f"in all {len(state['attempts'])} attempt(s) {state['attempts']}. Retry with "
+                                "--retries N (new seeds), --dequantize, or a lower --learning-rate.")
+        state.update(seed=seed + 1, epochs=[])
+        if run_dir:
+            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+            write_json(state, run_dir / STATE_FILE)
+
+
+_BATCH_FNS = {
+    "nll": lambda head, d, b: -d.log_prob(b),
+    "point": lambda head, d, b: head.point_estimate(d),
+    "variance": lambda head, d, b: head.variance(d),
+}
+
+
+def _map_batches(model, x, name, batch_size):
+    """`_BATCH_FNS[name]` on `model(images)` batch by batch, concatenated as numpy. One graph per
+    model and function (cached on the model; any batch size)."""
+    x = check_images(x, "images", image_shape=model.head.event_shape)
+    steps = model.__dict__.setdefault("_tfp_ae_steps", {})
+    if name not in steps:
+        fn, spec = _BATCH_FNS[name], tf.TensorSpec([None, *model.head.event_shape], tf.float32)
+        steps[name] = tf.function(lambda b: fn(model.head, model(b, training=False), b), input_signature=[spec],
+                                  autograph=False)
+    return np.concatenate([steps[name](tf.constant(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)])
 
 
 def nll_per_image(model, x, batch_size=500):
-    """-log p(x) in nats for each image, `[N]` (the head's distribution, not its training loss)."""
-    return _map_batches(model, x, lambda d, b: -d.log_prob(b), batch_size)
+    """-log p(x) in nats for each image `[N]` (the head's distribution, not its training loss);
+    `x` `[N, H, W, C]` in [0, 1]. Raises ValueError for bad images (see `check_images`)."""
+    return _map_batches(model, x, "nll", batch_size)
 
 
 def point_estimates(model, x, batch_size=200):
     """The head's point estimate of each image, `[N, H, W, C]` clipped to [0, 1]."""
-    return _map_batches(model, x, lambda d, b: model.head.point_estimate(d), batch_size)
+    return _map_batches(model, x, "point", batch_size)
 
 
 def variance_maps(model, x, batch_size=200):
     """Per-pixel variance of each image's distribution, `[N, H, W, C]` (NaN where undefined)."""
-    return _map_batches(model, x, lambda d, b: model.head.variance(d), batch_size)
+    return _map_batches(model, x, "variance", batch_size)
 
 
 def evaluate(model, data, eval_images=1000, seed=0):
@@ -84,57 +240,78 @@ def write_json(obj, path):
     os.replace(tmp, path)
 
 
-def fit(config, x_train, num_levels, callbacks=()):
-    """Build and train a model, retrying with seed+1, seed+2... when the loss becomes NaN.
+def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
+    """Train and evaluate one experiment.
 
-    Returns (model, history dict, seconds per epoch, attempts).
-    Raises:
-      DivergedError: every attempt diverged.
-    """
-    attempts = []
-    for attempt in range(config.retries + 1):
-        seed = config.seed + attempt
-        tfk.utils.set_random_seed(seed)
-        model = build_model(config.head, x_train.shape[1:], config.components, config.arch, config.latent_dim)
-        compile_model(model, config.learning_rate, config.jit_compile)
-        ds = make_pipeline(x_train, config.batch_size, seed=seed, num_levels=num_levels if config.dequantize else None)
-        timer = EpochTimer()
-        history = model.fit(ds, epochs=config.epochs, verbose=config.verbose,
-                            callbacks=[timer, tfk.callbacks.TerminateOnNaN(), *callbacks])
-        losses = history.history.get("loss", [])
-        if len(losses) == config.epochs and np.all(np.isfinite(losses)):
-            attempts.append(dict(seed=seed, status="ok"))
-            return model, history.history, timer.seconds, attempts
-        attempts.append(dict(seed=seed, status="diverged", epoch=len(losses)))
-        print(f"attempt {attempt + 1}: loss became NaN/inf in epoch {len(losses)} (seed {seed})")
-    raise DivergedError(f"training {config.head} (K={config.components}, {config.arch}) diverged: NaN loss in all "
-                        f"{len(attempts)} attempt(s) {attempts}. Retry with --retries N (new seeds), --dequantize, "
-                        "or a lower --learning-rate.")
-
-
-def run(config: RunConfig, callbacks=()):
-    """Train and evaluate one experiment; write `metrics.json` and `reconstructions.png` to
-    `config.out` when it is set.
+    With `config.out` set, the run folder gets `config.json` (what `load_model` rebuilds from),
+    `checkpoints/` (model + optimizer after every epoch), `state.json` (progress), and at the end
+    `metrics.json` and `reconstructions.png`. Calling `run` again on a folder with an unfinished
+    run resumes it from its last finished epoch.
 
     Returns:
       (model, metrics dict).
+    Raises:
+      FileExistsError: `config.out` holds a finished run and `overwrite` is False.
+      ValueError: bad data or settings (see `check_images`, `build_model`), or an unfinished run
+        with another configuration in `config.out`.
+      DivergedError: NaN loss in every attempt.
     """
+    out = Path(config.out) if config.out else None
+    if out and (out / METRICS_FILE).exists():
+        if not overwrite:
+            raise FileExistsError(f"run folder {out} already holds a finished run ({METRICS_FILE}); "
+                                  "choose another --out or pass --overwrite to train it again")
+    if out and overwrite:
+        for name in (METRICS_FILE, STATE_FILE, CONFIG_FILE, CHECKPOINT_DIR):
+            shutil.rmtree(out / name, ignore_errors=True) if (out / name).is_dir() else (out / name).unlink(missing_ok=True)
     data = load_dataset(config.dataset, config.data_dir)
-    x_train = check_images(data.x_train[:config.train_limit], "training images")
-    model, history, seconds, attempts = fit(config, x_train, data.num_levels, callbacks)
+    x_train = prepare_images(data.x_train[:config.train_limit], config.rescale, "training images")
+    x_test = prepare_images(data.x_test, config.rescale, "test images", image_shape=x_train.shape[1:])
+    data = dataclasses.replace(data, x_train=x_train, x_test=x_test)
+    strategy = strategy or make_strategy(config.strategy)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(dict(config.to_dict(), image_shape=list(x_train.shape[1:])), out / CONFIG_FILE)
+    model, history, attempts = fit(config, x_train, data.num_levels, callbacks, run_dir=out, strategy=strategy)
     metrics = dict(dataset=config.dataset, head=config.head, components=config.components, arch=config.arch,
-                   epochs=config.epochs, num_params=int(model.count_params()), seconds_per_epoch=seconds,
+                   epochs=config.epochs, num_params=int(model.count_params()), seconds_per_epoch=history["seconds"],
                    train_loss=history["loss"], loss_units="nats per image" if config.head != "mse" else "MSE",
                    seed=attempts[-1]["seed"], attempts=attempts, dequantize=config.dequantize,
                    num_levels=data.num_levels, train_images=len(x_train), data_source=data.source,
-                   device=tf.config.list_logical_devices()[-1].device_type)
+                   device=device_summary(strategy))
     metrics.update(evaluate(model, data, config.eval_images, seed=config.seed))
-    if config.out:
-        out = Path(config.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(dict(metrics, config=config.to_dict()), out / "metrics.json")
+    if out:
         plots.save(reconstruction_plot(model, data.x_test[:10]), out / "reconstructions.png")
+        write_json(dict(metrics, config=config.to_dict()), out / METRICS_FILE)
     return model, metrics
+
+
+def load_model(run_dir, compile=True):
+    """Rebuild a trained model from its run folder: `config.json` + the newest checkpoint.
+
+    The model is the same Keras model `run` trained (same head, weights and, when `compile`,
+    Adam state), so `model.fit` can go on training it.
+    Returns:
+      (model, RunConfig).
+    Raises:
+      FileNotFoundError: `run_dir` has no `config.json` or no checkpoint.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{run_dir}: no {CONFIG_FILE}; not a tfp-ae run folder")
+    saved = json.loads((run_dir / CONFIG_FILE).read_text())
+    config = RunConfig.from_dict(saved)
+    model = build_model(config.head, saved["image_shape"], config.components, config.arch, config.latent_dim)
+    if compile:
+        compile_model(model, config.learning_rate, config.jit_compile)
+        model.optimizer.build(model.trainable_variables)
+    manager = _checkpoint_manager(model, run_dir) if compile else tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model), str(run_dir / CHECKPOINT_DIR), max_to_keep=2)
+    if manager.latest_checkpoint is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint in {run_dir / CHECKPOINT_DIR}")
+    status = manager.checkpoint.restore(manager.latest_checkpoint)
+    status.assert_existing_objects_matched() if compile else status.expect_partial()
+    return model, config
 
 
 def reconstruction_plot(model, images):

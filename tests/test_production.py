@@ -1,0 +1,231 @@
+"""Production use: SavedModel export reloaded in a fresh process, a killed run resumed, two-device
+training, and clear errors for bad input."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfp_ae.cli import main
+from tfp_ae.config import RunConfig
+from tfp_ae.data import check_images, load_dataset, prepare_images
+from tfp_ae.export import export_saved_model
+from tfp_ae.train import STATE_FILE, load_model, nll_per_image, point_estimates, run, variance_maps
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.getcwd())
+
+
+def python(code, timeout=300):
+    """Run `code` in a fresh Python process; return its stdout (fails the test on a non-zero exit)."""
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=ENV,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def digits_config(out, **kw):
+    return RunConfig(**dict(dict(dataset="digits", head="normal_diag", epochs=2, train_limit=512, verbose=0,
+                                 eval_images=100, out=str(out)), **kw))
+
+
+# ---- export ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("head,k", [("normal_diag", 3), ("maf", 1)])
+def test_saved_model_reloads_in_fresh_process_with_same_outputs(head, k, tmp_path, digits):
+    model, _ = run(digits_config(tmp_path / "run", head=head, components=k))
+    x = digits.x_test[:16]
+    names = export_saved_model(model, tmp_path / "export")
+    np.save(tmp_path / "x.npy", x)
+    python(f"""
+        import numpy as np, tensorflow as tf
+        m = tf.saved_model.load({str(tmp_path / 'export')!r})
+        x = tf.constant(np.load({str(tmp_path / 'x.npy')!r}))
+        out = {{}}
+        for name in {names!r}:
+            out.update(getattr(m, name)(x, 3) if name == "sample" else getattr(m, name)(x))
+        out["sig_log_prob"] = m.signatures["log_prob"](images=x)["log_prob"]
+        np.savez({str(tmp_path / 'out.npz')!r}, **{{k: v.numpy() for k, v in out.items()}})
+    """)
+    got = np.load(tmp_path / "out.npz")
+    np.testing.assert_allclose(got["reconstruction"], point_estimates(model, x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got["log_prob"], -nll_per_image(model, x), rtol=1e-6)
+    np.testing.assert_allclose(got["sig_log_prob"], got["log_prob"], rtol=1e-6)
+    np.testing.assert_allclose(got["variance"], variance_maps(model, x), rtol=1e-6, atol=1e-7)
+    assert got["samples"].shape == (3, 16, 8, 8, 1) and np.all(np.isfinite(got["samples"]))
+    if k > 1:
+        means, lp = model.head.component_points(model(x))
+        assert got["component_means"].shape == (16, k, 8, 8, 1) and got["component_log_prob"].shape == (16, k)
+        np.testing.assert_allclose(got["component_means"], means.numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got["component_log_prob"], lp.numpy(), rtol=1e-5)
+    else:
+        assert "component_means" not in got
+
+
+def test_component_log_prob_is_mixture_density_at_each_component_mean(digits):
+    from tfp_ae.models import build_model
+    model = build_model("normal_diag", (8, 8, 1), 3)
+    x = digits.x_test[:4]
+    dist = model(x)
+    means, lp = model.head.component_points(dist)
+    comp = model.head._parts(dist)[2].mean().numpy()  # [4, 3, 8, 8, 1] unclipped
+    for j in range(3):
+        np.testing.assert_allclose(lp.numpy()[:, j], dist.log_prob(comp[:, j]).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(means.numpy(), np.clip(comp, 0, 1), rtol=1e-6)
+    with pytest.raises(ValueError, match="needs a mixture"):
+        single = build_model("normal_diag", (8, 8, 1), 1)
+        single.head.component_points(single(x))
+
+
+def test_cli_export_refuses_existing_folder_unless_overwrite(tmp_path, capsys):
+    main(["train", "--dataset", "digits", "--head", "mse", "--epochs", "1", "--train-limit", "256",
+          "--eval-images", "50", "--out", str(tmp_path / "run")])
+    main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "exp")])
+    assert "reconstruct, log_prob, sample" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="already exists; pass --overwrite"):
+        main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "exp")])
+    main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "exp"), "--overwrite"])
+    assert (tmp_path / "exp" / "saved_model.pb").exists() and not (tmp_path / "exp.tmp").exists()
+    with pytest.raises(SystemExit, match="not a tfp-ae run folder"):
+        main(["export", str(tmp_path), "--out", str(tmp_path / "exp2")])
+
+
+def test_load_model_continues_training(tmp_path, digits):
+    model, m = run(digits_config(tmp_path / "run"))
+    again, cfg = load_model(tmp_path / "run")
+    x = digits.x_test[:50]
+    np.testing.assert_allclose(nll_per_image(again, x), nll_per_image(model, x), rtol=1e-6)
+    assert cfg.head == "normal_diag" and again.optimizer.iterations.numpy() == model.optimizer.iterations.numpy()
+    before = nll_per_image(again, digits.x_train[:512]).mean()
+    again.fit(digits.x_train[:512], digits.x_train[:512], batch_size=128, epochs=2, verbose=0)
+    assert nll_per_image(again, digits.x_train[:512]).mean() < before
+
+
+# ---- resumable runs ---------------------------------------------------------------------------
+def test_killed_run_resumes_and_matches_uninterrupted_run(tmp_path, capsys):
+    cfg = digits_config(tmp_path / "resumed", epochs=4)
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, signal
+        import tfp_ae
+        from tfp_ae._tf import tfk
+        from tfp_ae.config import RunConfig
+        from tfp_ae.train import run
+
+        class Kill(tfk.callbacks.Callback):  # runs after the package's checkpointing callback
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == 1:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        run(RunConfig.from_dict({cfg.to_dict()!r}), callbacks=[Kill()])
+    """)], capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == -9, r.stderr[-2000:]  # killed after its second epoch
+    state = json.loads((tmp_path / "resumed" / STATE_FILE).read_text())
+    assert len(state["epochs"]) == 2 and not (tmp_path / "resumed" / "metrics.json").exists()
+
+    _, resumed = run(cfg)
+    assert "resuming" in capsys.readouterr().out
+    _, straight = run(digits_config(tmp_path / "straight", epochs=4))
+    assert len(resumed["train_loss"]) == 4 and len(resumed["seconds_per_epoch"]) == 4
+    np.testing.assert_allclose(resumed["train_loss"], straight["train_loss"], rtol=1e-5)
+    for key in ("test_nll_nats", "bits_per_dim", "l2_percent"):
+        np.testing.assert_allclose(resumed[key], straight[key], rtol=1e-5)
+
+
+def test_finished_run_is_not_retrained_and_changed_config_is_refused(tmp_path):
+    run(digits_config(tmp_path / "run", epochs=1))
+    with pytest.raises(FileExistsError, match="already holds a finished run"):
+        run(digits_config(tmp_path / "run", epochs=1))
+    (tmp_path / "run" / "metrics.json").unlink()  # now an unfinished run with another config
+    with pytest.raises(ValueError, match="another configuration.*head: 'normal_diag' -> 'logistic'"):
+        run(digits_config(tmp_path / "run", epochs=1, head="logistic"))
+    _, m = run(digits_config(tmp_path / "run", epochs=1, head="logistic"), overwrite=True)
+    assert m["head"] == "logistic"
+
+
+# ---- distributed ----------------------------------------------------------------------------
+def test_mirrored_on_two_logical_cpus_matches_one_device():
+    out = python("""
+        import json
+        import tfp_ae
+        from tfp_ae._tf import tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from tfp_ae.config import RunConfig
+        from tfp_ae.data import load_dataset
+        from tfp_ae.train import device_summary, fit, make_strategy
+        x = load_dataset("digits").x_train[:512]
+        res = {}
+        for name in ("default", "mirrored"):
+            s = make_strategy(name)
+            cfg = RunConfig(dataset="digits", head="normal_diag", epochs=3, verbose=0, seed=5, strategy=name)
+            res[name] = dict(loss=fit(cfg, x, 17, strategy=s)[1]["loss"], replicas=s.num_replicas_in_sync,
+                             device=device_summary(s))
+        print(json.dumps(res))
+    """)
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["default"]["replicas"] == 1 and res["mirrored"]["replicas"] == 2
+    assert "2 x CPU" in res["mirrored"]["device"]
+    np.testing.assert_allclose(res["mirrored"]["loss"], res["default"]["loss"], rtol=1e-4)
+
+
+# ---- bad input ------------------------------------------------------------------------------
+def test_model_functions_reject_wrong_image_shape(digits):
+    from tfp_ae.models import build_model
+    model = build_model("normal_diag", (8, 8, 1))
+    with pytest.raises(ValueError, match=r"image shape \(28, 28, 1\) does not match the model's \(8, 8, 1\)"):
+        point_estimates(model, np.zeros((2, 28, 28, 1), np.float32))
+    with pytest.raises(ValueError, match=r"expected a 4-D array.*add a channel axis"):
+        nll_per_image(model, np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        x = digits.x_test[:2].copy()
+        x[0, 0, 0, 0] = np.inf
+        nll_per_image(model, x)
+
+
+def test_rescale(digits):
+    x255 = digits.x_test[:4] * 255
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*--rescale"):
+        check_images(x255, "training images")
+    np.testing.assert_allclose(prepare_images(x255, rescale=True), digits.x_test[:4], rtol=1e-6)
+    with pytest.raises(ValueError, match="already lie in \\[0, 1\\].*drop --rescale"):
+        prepare_images(digits.x_test[:4], rescale=True)
+
+
+def _npz(path, digits, **arrays):
+    base = dict(x_train=np.round(digits.x_train[:256] * 255), x_test=np.round(digits.x_test[:64] * 255))
+    np.savez(path, **dict(base, **arrays))
+    return str(path)
+
+
+def test_cli_trains_on_user_npz_with_rescale(tmp_path, digits, capsys):
+    data = _npz(tmp_path / "mine.npz", digits)
+    with pytest.raises(SystemExit, match=r"training images: pixel values must lie in \[0, 1\], got range \[0, 255\]"):
+        main(["train", "--dataset", data, "--epochs", "1", "--out", str(tmp_path / "a")])
+    main(["train", "--dataset", data, "--rescale", "--epochs", "1", "--eval-images", "50", "--out", str(tmp_path / "b")])
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert m["dataset"] == data and m["train_images"] == 256 and np.isfinite(m["test_nll_nats"])
+
+
+@pytest.mark.parametrize("arrays,match", [
+    (dict(x_train=np.zeros((0, 8, 8, 1))), "training images: the dataset is empty"),
+    (dict(x_test=np.full((5, 8, 9, 1), 255.0)), r"test images: image shape \(8, 9, 1\) does not match"),
+    (dict(x_train=np.full((4, 8, 8, 1), np.nan)), "training images: contains 256 NaN"),
+])
+def test_cli_bad_user_data(arrays, match, tmp_path, digits):
+    data = _npz(tmp_path / "bad.npz", digits, **arrays)
+    with pytest.raises(SystemExit, match=match):
+        main(["train", "--dataset", data, "--rescale", "--epochs", "1", "--out", str(tmp_path / "r")])
+
+
+def test_bad_dataset_arguments(tmp_path):
+    np.savez(tmp_path / "nokeys.npz", images=np.zeros((3, 8, 8, 1)))
+    with pytest.raises(ValueError, match=r"missing arrays \['x_train', 'x_test'\]; found \['images'\]"):
+        load_dataset(str(tmp_path / "nokeys.npz"))
+    with pytest.raises(SystemExit, match="unknown dataset 'cifar'; valid: mnist, fashion_mnist, digits"):
+        main(["train", "--dataset", "cifar", "--epochs", "1", "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["train", "--dataset", str(tmp_path / "none.npz"), "--epochs", "1", "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        main(["train", "--dataset", "digits", "--strategy", "tpu"])
