@@ -4,7 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tfp_ae.config import ARCHS, RunConfig
+from tfp_ae.config import ARCHS, MODELS, RunConfig
+from tfp_ae.vae import OBJECTIVES
 from tfp_ae.data import DATASETS
 from tfp_ae.heads import HEADS, describe_heads
 from tfp_ae.train import STRATEGIES, DivergedError
@@ -14,6 +15,10 @@ def _add_train_args(p):
     d = RunConfig()
     p.add_argument("--dataset", default=d.dataset,
                    help=f"{', '.join(DATASETS)}, or a path to an .npz file with x_train and x_test [N, H, W, C]")
+    p.add_argument("--model", default=d.model, choices=MODELS, help="ae: the paper's autoencoders; vae: a VAE "
+                   "with the head as decoder likelihood")
+    p.add_argument("--objective", default=d.objective, choices=OBJECTIVES, help="vae: train on the elbo or the iwae bound")
+    p.add_argument("--iw-samples", type=int, default=d.iw_samples, help="vae --objective iwae: importance samples k")
     p.add_argument("--head", default=d.head, help=f"output head, one of: {', '.join(HEADS)}")
     p.add_argument("--components", "-K", type=int, default=d.components, help="mixture components K (>= 1)")
     p.add_argument("--arch", default=d.arch, choices=ARCHS)
@@ -41,7 +46,8 @@ def _config(args):
     cfg = RunConfig.from_dict(fields)
     if cfg.head not in HEADS:
         raise SystemExit(f"tfp-ae: error: unknown head {cfg.head!r}; valid heads: {', '.join(HEADS)}")
-    cfg.out = cfg.out or f"runs/{Path(cfg.dataset).stem}_{cfg.arch}_{cfg.head}_k{cfg.components}"
+    prefix = "" if cfg.model == "ae" else f"{cfg.model}_{cfg.objective}_"
+    cfg.out = cfg.out or f"runs/{Path(cfg.dataset).stem}_{prefix}{cfg.arch}_{cfg.head}_k{cfg.components}"
     cfg.verbose = 1 if sys.stdout.isatty() else 2
     return cfg
 
@@ -53,6 +59,8 @@ def cmd_train(args):
     print(f"training on {device_summary(strategy)}")
     _, m = run(cfg, overwrite=args.overwrite, strategy=strategy)
     bpd = "n/a" if m["bits_per_dim"] is None else f"{m['bits_per_dim']:.4f}"
+    if "test_elbo_nats" in m:
+        print(f"{cfg.model} ({cfg.objective}): test ELBO {m['test_elbo_nats']:.2f} nats/image")
     print(f"{cfg.head} K={cfg.components} {cfg.arch} on {cfg.dataset}: l2 {m['l2_percent']:.3f} %, "
           f"test NLL {m['test_nll_nats']:.2f} nats/image, {bpd} bits/dim, "
           f"{sum(m['seconds_per_epoch']) / len(m['seconds_per_epoch']):.2f} s/epoch, {m['num_params']} params")

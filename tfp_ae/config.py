@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 ARCHS = ("mlp", "cnn", "cnn_dense")
+MODELS = ("ae", "vae")
 
 
 @dataclass
@@ -11,10 +12,13 @@ class RunConfig:
     """One experiment. Defaults are the paper's (Ciobanu, Section 4): MLP with a 32-unit
     bottleneck, Adam with default settings, 20 epochs, batch 128, shuffle buffer 1024."""
     dataset: str = "fashion_mnist"
+    model: str = "ae"                  # ae (the paper's autoencoders) | vae
     head: str = "normal_diag"
     components: int = 1
     arch: str = "mlp"
     latent_dim: int = 32
+    objective: str = "elbo"            # vae only: elbo | iwae
+    iw_samples: int = 10               # vae with objective iwae: k importance samples
     epochs: int = 20
     batch_size: int = 128
     learning_rate: float = 1e-3        # Adam's default

@@ -7,7 +7,9 @@ variables and these `tf.function`s (images: float32 `[B, H, W, C]` in [0, 1]):
 - `reconstruct(images)` -> `{"reconstruction": [B, H, W, C]}`: the head's point estimate (mean,
   mode for t heads, mean of 50 samples drawn with a fixed stateless seed for MAF), clipped to [0, 1];
 - `variance(images)` -> `{"variance": [B, H, W, C]}` (not for `mse`, which models no variance);
-- `log_prob(images)` -> `{"log_prob": [B]}` in nats per image;
+- `log_prob(images)` -> `{"log_prob": [B]}` in nats per image (a VAE: log p(x) by importance
+  sampling with `NLL_SAMPLES` = 250 samples and a fixed seed; `reconstruct` etc. decode the
+  posterior mean);
 - `sample(images, num_samples)` -> `{"samples": [num_samples, B, H, W, C]}`;
 - mixtures (K > 1) only: `component_means(images)` -> `{"component_means": [B, K, H, W, C]}`
   and `component_log_prob(images)` -> `{"component_log_prob": [B, K]}` (the mixture's
@@ -22,6 +24,8 @@ import shutil
 from pathlib import Path
 
 from tfp_ae._tf import tf
+from tfp_ae.heads import SAMPLE_SEED
+from tfp_ae.vae import VAE
 
 
 class ServingModule(tf.Module):
@@ -38,8 +42,14 @@ class ServingModule(tf.Module):
 
         self.reconstruct = tf.function(lambda images: {"reconstruction": head.point_estimate(dist(images))},
                                        input_signature=[images], autograph=False)
-        self.log_prob = tf.function(lambda images: {"log_prob": dist(images).log_prob(images)},
-                                    input_signature=[images], autograph=False)
+        if isinstance(model, VAE):  # the marginal log p(x), importance-sampled with a fixed seed
+            def log_prob(images):
+                return -model.importance_nll(images, seed=SAMPLE_SEED)
+        else:
+            def log_prob(images):
+                return dist(images).log_prob(images)
+        self.log_prob = tf.function(lambda images: {"log_prob": log_prob(images)}, input_signature=[images],
+                                    autograph=False)
         self.sample = tf.function(lambda images, num_samples: {"samples": dist(images).sample(num_samples)},
                                   input_signature=[images, tf.TensorSpec([], tf.int32, name="num_samples")],
                                   autograph=False)
@@ -95,5 +105,5 @@ def export_saved_model(model, export_dir, overwrite=False, config=None):
 def export_run(run_dir, export_dir, overwrite=False):
     """`export_saved_model` of the trained model in a run folder (see `tfp_ae.train.load_model`)."""
     from tfp_ae.train import load_model
-    model, config = load_model(run_dir, compile=False)
+    model, config = load_model(run_dir)
     return export_saved_model(model, export_dir, overwrite, config=config.to_dict())

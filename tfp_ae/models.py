@@ -50,10 +50,15 @@ def _cnn_dense(image_shape, head, latent_dim):
     outputs beyond `params_size`, and a 2x2 upsampling makes its means blocky); the 1x1 reduction
     keeps the dense layer at 16*(H/2)*(W/2)*latent_dim weights instead of 320*(H/2)*(W/2)*params_size
     (about 100k instead of 98M for a 28x28 `normal_diag`)."""
-    encoder = tfk.Sequential([L.InputLayer(image_shape), L.Conv2D(320, 3, padding="same", activation="relu"),
-                              L.MaxPool2D(2), L.Conv2D(16, 1, activation="relu"), L.Flatten(),
+    encoder = tfk.Sequential([L.InputLayer(image_shape), *cnn_features(),
                               L.Dense(latent_dim, "relu", kernel_initializer="glorot_uniform")], name="encoder")
     return encoder, _dense_decoder(head, latent_dim)
+
+
+def cnn_features():
+    """The `cnn_dense` front end: Conv2D(320, 3x3, same, ReLU), MaxPool 2x2, Conv2D(16, 1x1, ReLU), flatten."""
+    return [L.Conv2D(320, 3, padding="same", activation="relu"), L.MaxPool2D(2),
+            L.Conv2D(16, 1, activation="relu"), L.Flatten()]
 
 
 def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32):

@@ -35,6 +35,20 @@ def reconstruction_figure(images, point, variance=None, title="", variance_note=
     return fig
 
 
+def image_grid(images, title="", columns=8):
+    """A grid of images `[N, H, W, C]` in [0, 1] (e.g. decoded samples)."""
+    n = len(images)
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns, rows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < n:
+            ax.imshow(np.asarray(images[i])[..., 0], cmap="gray", vmin=0, vmax=1)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path):
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -13,7 +13,9 @@ from tfp_ae._tf import tf, tfk
 from tfp_ae.config import RunConfig
 from tfp_ae.data import check_images, dequantize, load_dataset, make_pipeline, prepare_images
 from tfp_ae.heads import bits_per_dim
+from tfp_ae.config import MODELS
 from tfp_ae.models import build_model, compile_model
+from tfp_ae.vae import NLL_SAMPLES, VAE, build_vae, compile_vae
 from tfp_ae import plots
 
 STATE_FILE = "state.json"          # progress of a run: seed, attempts, finished epochs
@@ -119,6 +121,27 @@ def _restore(manager, max_epoch):
     return n
 
 
+def build_and_compile(config, image_shape):
+    """The compiled model a `RunConfig` describes: an autoencoder (`build_model`) or a VAE
+    (`tfp_ae.vae.build_vae`), with Adam's state built (so a checkpoint can be restored into it).
+
+    Raises:
+      ValueError: unknown model, head or arch; K < 1; an objective the model does not have.
+    """
+    if config.model == "vae":
+        model = compile_vae(build_vae(config.head, image_shape, config.components, config.arch, config.latent_dim,
+                                      config.objective, config.iw_samples), config.learning_rate, config.jit_compile)
+    elif config.model == "ae":
+        if config.objective != "elbo":
+            raise ValueError(f"objective {config.objective!r} needs --model vae (autoencoders train on the NLL)")
+        model = compile_model(build_model(config.head, image_shape, config.components, config.arch, config.latent_dim),
+                              config.learning_rate, config.jit_compile)
+    else:
+        raise ValueError(f"unknown model {config.model!r}; valid: {', '.join(MODELS)}")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
 def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
     """Build and train a model: resumable, retried with seed+1, seed+2... when the loss becomes NaN.
 
@@ -143,9 +166,7 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
         seed = state["seed"]
         tfk.utils.set_random_seed(seed)
         with strategy.scope():
-            model = build_model(config.head, x_train.shape[1:], config.components, config.arch, config.latent_dim)
-            compile_model(model, config.learning_rate, config.jit_compile)
-            model.optimizer.build(model.trainable_variables)
+            model = build_and_compile(config, x_train.shape[1:])
         manager = _checkpoint_manager(model, run_dir) if run_dir else None
         initial = _restore(manager, len(state["epochs"])) if manager else 0
         state["epochs"] = state["epochs"][:initial]
@@ -173,10 +194,11 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
             write_json(state, run_dir / STATE_FILE)
 
 
-_BATCH_FNS = {
-    "nll": lambda head, d, b: -d.log_prob(b),
-    "point": lambda head, d, b: head.point_estimate(d),
-    "variance": lambda head, d, b: head.variance(d),
+_BATCH_FNS = {  # fn(model, images) -> per-image result
+    "nll": lambda m, b: m.importance_nll(b) if isinstance(m, VAE) else -m(b, training=False).log_prob(b),
+    "elbo": lambda m, b: m.elbo(b)[0],
+    "point": lambda m, b: m.head.point_estimate(m(b, training=False)),
+    "variance": lambda m, b: m.head.variance(m(b, training=False)),
 }
 
 
@@ -187,15 +209,20 @@ def _map_batches(model, x, name, batch_size):
     steps = model.__dict__.setdefault("_tfp_ae_steps", {})
     if name not in steps:
         fn, spec = _BATCH_FNS[name], tf.TensorSpec([None, *model.head.event_shape], tf.float32)
-        steps[name] = tf.function(lambda b: fn(model.head, model(b, training=False), b), input_signature=[spec],
-                                  autograph=False)
+        steps[name] = tf.function(lambda b: fn(model, b), input_signature=[spec], autograph=False)
     return np.concatenate([steps[name](tf.constant(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)])
 
 
 def nll_per_image(model, x, batch_size=500):
-    """-log p(x) in nats for each image `[N]` (the head's distribution, not its training loss);
-    `x` `[N, H, W, C]` in [0, 1]. Raises ValueError for bad images (see `check_images`)."""
-    return _map_batches(model, x, "nll", batch_size)
+    """-log p(x) in nats for each image `[N]` (the head's distribution, not its training loss;
+    for a VAE the importance-sampled estimate with 250 samples); `x` `[N, H, W, C]` in [0, 1].
+    Raises ValueError for bad images (see `check_images`)."""
+    return _map_batches(model, x, "nll", batch_size if not isinstance(model, VAE) else 50)
+
+
+def elbo_per_image(vae, x, batch_size=500):
+    """The ELBO of each image `[N]`, nats (one posterior sample, closed-form KL)."""
+    return _map_batches(vae, x, "elbo", batch_size)
 
 
 def point_estimates(model, x, batch_size=200):
@@ -215,15 +242,21 @@ def evaluate(model, data, eval_images=1000, seed=0):
     `test_nll_dequantized_nats` and `bits_per_dim` (on the test split dequantised with a fixed
     seed; None for heads that are not densities), and `l2_percent` (mean squared error x 100
     between the first `eval_images` test images and their point estimates, Ciobanu Section 4).
+    For a VAE also `test_elbo_nats` (mean ELBO, a lower bound on log p(x)); its `test_nll_nats`
+    is the importance-sampled estimate, so `test_nll_nats <= -test_elbo_nats` up to Monte-Carlo error.
     """
     head = model.head
     x = data.x_test
+    metrics = {}
+    if isinstance(model, VAE):
+        metrics["test_elbo_nats"] = float(np.mean(elbo_per_image(model, x)))
+        metrics["nll_note"] = f"VAE: test_nll_nats is -log p(x) by importance sampling ({NLL_SAMPLES} samples)"
     nll = float(np.mean(nll_per_image(model, x)))
     nll_deq = float(np.mean(nll_per_image(model, dequantize(x, data.num_levels, seed))))
     xe = x[:eval_images]
     l2 = float(np.mean(np.square(xe - point_estimates(model, xe))) * 100)
     d = int(np.prod(x.shape[1:]))
-    metrics = dict(test_nll_nats=nll, test_nll_dequantized_nats=nll_deq, l2_percent=l2,
+    metrics.update(test_nll_nats=nll, test_nll_dequantized_nats=nll_deq, l2_percent=l2,
                    bits_per_dim=bits_per_dim(nll_deq, d, data.num_levels) if head.is_density else None)
     if head.head_name == "mse":
         metrics["nll_note"] = "mse head: NLL of the unit-variance normal N(mean, I) that MSE training implies"
@@ -273,24 +306,36 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
         out.mkdir(parents=True, exist_ok=True)
         write_json(dict(config.to_dict(), image_shape=list(x_train.shape[1:])), out / CONFIG_FILE)
     model, history, attempts = fit(config, x_train, data.num_levels, callbacks, run_dir=out, strategy=strategy)
-    metrics = dict(dataset=config.dataset, head=config.head, components=config.components, arch=config.arch,
+    metrics = dict(dataset=config.dataset, model=config.model, head=config.head, components=config.components, arch=config.arch,
                    epochs=config.epochs, num_params=int(model.count_params()), seconds_per_epoch=history["seconds"],
-                   train_loss=history["loss"], loss_units="nats per image" if config.head != "mse" else "MSE",
+                   train_loss=history["loss"], loss_units=_loss_units(config),
                    seed=attempts[-1]["seed"], attempts=attempts, dequantize=config.dequantize,
                    num_levels=data.num_levels, train_images=len(x_train), data_source=data.source,
                    device=device_summary(strategy))
     metrics.update(evaluate(model, data, config.eval_images, seed=config.seed))
+    if isinstance(model, VAE):
+        metrics.update(objective=config.objective, iw_samples=config.iw_samples if config.objective == "iwae" else 1)
     if out:
         plots.save(reconstruction_plot(model, data.x_test[:10]), out / "reconstructions.png")
+        if isinstance(model, VAE):
+            plots.save(plots.image_grid(model.sample_images(32, seed=(config.seed, 1)).numpy(),
+                                        f"decoded z ~ N(0, I): {model.name}"), out / "samples.png")
         write_json(dict(metrics, config=config.to_dict()), out / METRICS_FILE)
     return model, metrics
 
 
-def load_model(run_dir, compile=True):
+def _loss_units(config):
+    if config.model == "vae":
+        what = "-ELBO" if config.objective == "elbo" else f"-IWAE bound (k={config.iw_samples})"
+        return f"{what}, nats per image"
+    return "MSE" if config.head == "mse" else "NLL, nats per image"
+
+
+def load_model(run_dir):
     """Rebuild a trained model from its run folder: `config.json` + the newest checkpoint.
 
-    The model is the same Keras model `run` trained (same head, weights and, when `compile`,
-    Adam state), so `model.fit` can go on training it.
+    The model is the same compiled Keras model `run` trained (same head, weights and Adam state),
+    so `model.fit` can go on training it.
     Returns:
       (model, RunConfig).
     Raises:
@@ -301,16 +346,11 @@ def load_model(run_dir, compile=True):
         raise FileNotFoundError(f"{run_dir}: no {CONFIG_FILE}; not a tfp-ae run folder")
     saved = json.loads((run_dir / CONFIG_FILE).read_text())
     config = RunConfig.from_dict(saved)
-    model = build_model(config.head, saved["image_shape"], config.components, config.arch, config.latent_dim)
-    if compile:
-        compile_model(model, config.learning_rate, config.jit_compile)
-        model.optimizer.build(model.trainable_variables)
-    manager = _checkpoint_manager(model, run_dir) if compile else tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=model), str(run_dir / CHECKPOINT_DIR), max_to_keep=2)
+    model = build_and_compile(config, saved["image_shape"])
+    manager = _checkpoint_manager(model, run_dir)
     if manager.latest_checkpoint is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint in {run_dir / CHECKPOINT_DIR}")
-    status = manager.checkpoint.restore(manager.latest_checkpoint)
-    status.assert_existing_objects_matched() if compile else status.expect_partial()
+    manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     return model, config
 
 

@@ -1,0 +1,98 @@
+"""VAE: the KL term, ELBO vs IWAE vs importance-sampled NLL, training with model.fit, the CLI."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfp_ae._tf import tfd
+from tfp_ae.cli import main
+from tfp_ae.vae import build_vae, compile_vae
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """A small VAE trained for a few epochs on digits (shared by the bound tests)."""
+    tf.keras.utils.set_random_seed(0)
+    vae = compile_vae(build_vae("normal_diag", (8, 8, 1), latent_dim=4, hidden=(64,)))
+    vae.fit(digits.x_train, digits.x_train, batch_size=64, epochs=15, verbose=0)
+    return vae
+
+
+def test_paper_vae_parameter_count():
+    # Table 1, VAE row: 101984 = Dense(784 -> 2*32) + Dense(32 -> 2*784)
+    assert build_vae("normal_diag", (28, 28, 1)).count_params() == 101984
+
+
+def test_kl_is_closed_form_of_tutorial_eq7(digits):
+    vae = build_vae("normal_diag", (8, 8, 1), latent_dim=5)
+    x = digits.x_test[:6]
+    q = vae.posterior(x)
+    _, _, kl = vae.elbo(x)
+    mu, sigma = q.mean().numpy().astype(np.float64), q.stddev().numpy().astype(np.float64)
+    closed = 0.5 * np.sum(mu ** 2 + sigma ** 2 - 1 - np.log(sigma ** 2), axis=-1)
+    np.testing.assert_allclose(kl.numpy(), closed, rtol=1e-5)
+    np.testing.assert_allclose(kl.numpy(), tfd.kl_divergence(q, vae.prior()).numpy(), rtol=1e-6)
+
+
+def test_iwae_with_one_sample_is_the_elbo_on_the_same_sample(digits):
+    vae = build_vae("logistic", (8, 8, 1), latent_dim=3)
+    x = digits.x_test[:8]
+    q = vae.posterior(x)
+    z = q.sample(seed=(1, 2))
+    _, rec, _ = vae.elbo(x, z=z)
+    sampled_kl = q.log_prob(z) - vae.prior().log_prob(z)
+    np.testing.assert_allclose(vae.iwae_bound(x, 1, z=z[None]).numpy(), (rec - sampled_kl).numpy(), rtol=1e-5)
+    # and in expectation (sampled KL -> closed-form KL): mean over 2000 draws agrees with the ELBO
+    z = q.sample(2000, seed=(3, 4))
+    iwae1 = tf.reduce_mean(vae.log_weights(x, 2000, z=z), axis=0).numpy()
+    elbo = np.mean([vae.elbo(x, z=z[i])[0].numpy() for i in range(0, 2000, 10)], axis=0)
+    np.testing.assert_allclose(iwae1, elbo, atol=0.5)
+
+
+def test_bounds_are_ordered_on_a_trained_model(trained, digits):
+    x = digits.x_test[:200]
+    elbo = np.mean([trained.elbo(x)[0].numpy() for _ in range(5)])
+    iwae10 = np.mean([trained.iwae_bound(x, 10).numpy() for _ in range(5)])
+    nll = trained.importance_nll(x).numpy().mean()
+    assert iwae10 >= elbo, (iwae10, elbo)
+    assert nll <= -elbo and -nll >= iwae10 - 0.05, (nll, iwae10, elbo)
+    assert np.isfinite(nll)
+
+
+@pytest.mark.parametrize("objective,head,k", [("elbo", "normal_diag", 1), ("iwae", "continuous_bernoulli", 3)])
+def test_short_fit_lowers_negative_elbo(objective, head, k, digits):
+    tf.keras.utils.set_random_seed(0)
+    vae = compile_vae(build_vae(head, (8, 8, 1), k, latent_dim=8, objective=objective, iw_samples=5))
+    x = digits.x_train[:512]
+    before = -vae.elbo(x)[0].numpy().mean()
+    h = vae.fit(x, x, batch_size=64, epochs=4, verbose=0).history
+    after = -vae.elbo(x)[0].numpy().mean()
+    assert after < before - 1.0, (before, after)
+    assert set(h) == {"loss", "reconstruction", "kl"} and all(np.isfinite(h["kl"]))
+    grads = tf.GradientTape()
+    with grads:
+        loss = -tf.reduce_mean(vae.iwae_bound(x[:32], 3))
+    assert all(np.all(np.isfinite(g.numpy())) for g in grads.gradient(loss, vae.trainable_variables))
+
+
+def test_cli_vae_run(tmp_path, capsys):
+    out = tmp_path / "vae"
+    main(["train", "--model", "vae", "--dataset", "digits", "--head", "normal_diag", "--epochs", "3",
+          "--out", str(out)])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["model"] == "vae" and m["objective"] == "elbo" and "-ELBO" in m["loss_units"]
+    assert m["test_nll_nats"] <= -m["test_elbo_nats"] + 0.5  # importance sampling tightens the bound
+    assert np.isfinite(m["bits_per_dim"]) and 0 < m["l2_percent"] < 100
+    assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    assert "test ELBO" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--objective", "iwae"], "needs --model vae"),
+    (["--model", "vae", "--objective", "iwae", "--iw-samples", "0"], "iw_samples"),
+    (["--model", "vae", "--arch", "cnn"], "unknown VAE arch 'cnn'"),
+])
+def test_cli_vae_bad_arguments(argv, match, tmp_path):
+    with pytest.raises(SystemExit, match=match):
+        main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x")] + argv)
