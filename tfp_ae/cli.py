@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from tfp_ae.config import ARCHS, MODELS, RunConfig
+from tfp_ae.toy2d import TOY_DATASETS
 from tfp_ae.vae import OBJECTIVES
 from tfp_ae.data import DATASETS
 from tfp_ae.heads import HEADS, describe_heads
@@ -75,6 +76,13 @@ def cmd_export(args):
     print(f"wrote SavedModel {args.out} with signatures: {', '.join(names)}")
 
 
+def cmd_toy2d(args):
+    from tfp_ae.toy2d import run_study
+    rows = run_study(args.out, steps=args.steps, datasets=args.datasets, seed=args.seed)
+    print((Path(args.out) / "table.md").read_text())
+    print(f"wrote {args.out}/table.md, results.json and toy2d.png ({len(rows)} datasets)")
+
+
 def cmd_heads(args):
     shape = tuple(args.shape)
     print(f"{'head':24s} {'paper label':18s} {'params K=1':>12s} {'params K=10':>12s}   (decoder outputs for {shape})")
@@ -94,6 +102,12 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="SavedModel folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("toy2d", help="the VAE tutorial's 2D study: VAE and IWAE on toy densities vs their entropy")
+    p.add_argument("--out", default="runs/toy2d")
+    p.add_argument("--steps", type=int, default=30000, help="Adam steps per model (batch 200)")
+    p.add_argument("--datasets", nargs="+", default=list(TOY_DATASETS), choices=TOY_DATASETS)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_toy2d)
     p = sub.add_parser("heads", help="list the output heads and their parameter counts")
     p.add_argument("--shape", type=int, nargs=3, default=[28, 28, 1], metavar=("H", "W", "C"))
     p.set_defaults(func=cmd_heads)
