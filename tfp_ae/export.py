@@ -50,7 +50,7 @@ class ServingModule(tf.Module):
                 return dist(images).log_prob(images)
         self.log_prob = tf.function(lambda images: {"log_prob": log_prob(images)}, input_signature=[images],
                                     autograph=False)
-        self.sample = tf.function(lambda images, num_samples: {"samples": dist(images).sample(num_samples)},
+        self.sample = tf.function(lambda images, num_samples: {"samples": head.sample(dist(images), num_samples)},
                                   input_signature=[images, tf.TensorSpec([], tf.int32, name="num_samples")],
                                   autograph=False)
         names = ["reconstruct", "log_prob", "sample"]

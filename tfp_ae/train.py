@@ -142,6 +142,31 @@ def build_and_compile(config, image_shape):
     return model
 
 
+def probe_jit(model, images):
+    """Whether one training step of `model` (loss and gradients) compiles with XLA, traced with an
+    unknown batch size as `model.fit` does (some ops need static shapes under XLA).
+
+    Returns:
+      (True, "") or (False, the first line of the compiler's error).
+    """
+    def loss(x):
+        if isinstance(model, VAE):
+            return model._objective(x)[0]
+        return tf.reduce_mean(model.head.loss(x, model(x, training=True)))
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            value = loss(x)
+        return tape.gradient(value, model.trainable_variables)
+
+    spec = tf.TensorSpec([None, *np.shape(images)[1:]], tf.float32)  # unknown batch size, as in `fit`
+    try:
+        tf.function(step, jit_compile=True, autograph=False, input_signature=[spec])(tf.constant(images))
+        return True, ""
+    except (tf.errors.OpError, NotImplementedError, TypeError, ValueError) as e:
+        return False, (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
 def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
     """Build and train a model: resumable, retried with seed+1, seed+2... when the loss becomes NaN.
 
@@ -167,6 +192,12 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
         tfk.utils.set_random_seed(seed)
         with strategy.scope():
             model = build_and_compile(config, x_train.shape[1:])
+            if config.jit_compile:
+                ok, why = probe_jit(model, x_train[:config.batch_size])
+                state["jit"] = "xla" if ok else f"fallback to no XLA: {why}"
+                if not ok:
+                    print(f"--jit: {config.head} does not compile with XLA ({why}); training without XLA")
+                    model = build_and_compile(dataclasses.replace(config, jit_compile=False), x_train.shape[1:])
         manager = _checkpoint_manager(model, run_dir) if run_dir else None
         initial = _restore(manager, len(state["epochs"])) if manager else 0
         state["epochs"] = state["epochs"][:initial]
@@ -181,6 +212,8 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
         losses = [e["loss"] for e in state["epochs"]]
         history = dict(loss=losses, seconds=[e["seconds"] for e in state["epochs"]])
         if len(losses) == config.epochs and np.all(np.isfinite(losses)):
+            if "jit" in state:
+                history["jit"] = state["jit"]
             return model, history, state["attempts"] + [dict(seed=seed, status="ok")]
         state["attempts"].append(dict(seed=seed, status="diverged", epoch=len(losses)))
         print(f"attempt {len(state['attempts'])}: loss became NaN/inf in epoch {len(losses)} (seed {seed})")
@@ -311,7 +344,7 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
                    train_loss=history["loss"], loss_units=_loss_units(config),
                    seed=attempts[-1]["seed"], attempts=attempts, dequantize=config.dequantize,
                    num_levels=data.num_levels, train_images=len(x_train), data_source=data.source,
-                   device=device_summary(strategy))
+                   device=device_summary(strategy), jit=history.get("jit", "off"))
     metrics.update(evaluate(model, data, config.eval_images, seed=config.seed))
     if isinstance(model, VAE):
         metrics.update(objective=config.objective, iw_samples=config.iw_samples if config.objective == "iwae" else 1)
