@@ -287,3 +287,12 @@ def test_maf_fast_sampler_equals_tfp_flow(rng):
     fast = head.sample(dist, 6, seed=(3, 4)).numpy()
     assert fast.shape == (6, 4) + SHAPE
     np.testing.assert_allclose(fast, dist.sample(6, seed=(3, 4)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 28])
+def test_scale_tril_equals_fill_scale_tril(n, rng):
+    from tfp_ae._tf import tfb
+    from tfp_ae.heads import _scale_tril
+    p = tf.constant(rng.normal(size=(3, n * (n + 1) // 2)), tf.float32)
+    want = tfb.FillScaleTriL(diag_bijector=tfb.Softplus(), diag_shift=1e-6)(p).numpy()
+    np.testing.assert_allclose(_scale_tril(p).numpy(), want, rtol=1e-6, atol=1e-7)

@@ -23,11 +23,12 @@ mixture, so its K=1 heads carry one extra output (a mixture logit whose gradient
 zero). Here K=1 is the plain distribution, which saves that output: one decoder unit fewer
 (33 parameters for the MLP). For K > 1 the counts are the paper's.
 """
+import functools
 import math
 
 import numpy as np
 
-from tfp_ae._tf import tf, tfb, tfd, tfk, tfpl
+from tfp_ae._tf import tf, tfb, tfd, tfk, tfp, tfpl
 
 POSITIVE_SHIFT = 1e-6
 MAF_SAMPLES = 50
@@ -52,9 +53,24 @@ def _scale_params_size(kind, n):
     return {"identity": 0, "diag": n, "full": _tril_size(n)}[kind]
 
 
+@functools.lru_cache(maxsize=None)
+def _packed_diagonal(m):
+    """Boolean `[m]`: which of `m = n(n+1)/2` packed entries `fill_triangular` puts on the diagonal."""
+    with tf.init_scope():  # eager, also while a graph is being traced
+        n = int(round((math.sqrt(8 * m + 1) - 1) / 2))
+        filled = tfp.math.fill_triangular(tf.range(1, m + 1)).numpy()
+    mask = np.zeros(m, bool)
+    mask[np.diag(filled) - 1] = True
+    return mask
+
+
 def _scale_tril(params):
-    """Lower-triangular n x n matrix from `[..., n(n+1)/2]`: `FillScaleTriL`, diagonal 1e-6 + softplus."""
-    return tfb.FillScaleTriL(diag_bijector=tfb.Softplus(), diag_shift=POSITIVE_SHIFT)(params)
+    """Lower-triangular n x n matrix from `[..., n(n+1)/2]`, diagonal 1e-6 + softplus: the same
+    matrix as `tfb.FillScaleTriL(diag_bijector=Softplus(), diag_shift=1e-6)`, with the diagonal
+    transformed on the packed vector (elementwise) before `fill_triangular` instead of on the
+    dense n x n matrix (for n = 784 that saves two passes over 614656 entries per image)."""
+    mask = tf.constant(_packed_diagonal(int(params.shape[-1])))
+    return tfp.math.fill_triangular(tf.where(mask, positive(params), params))
 
 
 def _scale_operator(kind, params, n):
