@@ -114,7 +114,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, DivergedError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, DivergedError, MemoryError) as e:
         raise SystemExit(f"tfp-ae: error: {e}")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from tfp_ae._tf import tf, tfk
 from tfp_ae.config import RunConfig
 from tfp_ae.data import check_images, dequantize, load_dataset, make_pipeline, prepare_images
-from tfp_ae.heads import bits_per_dim
+from tfp_ae.heads import VectorHead, bits_per_dim, get_head
 from tfp_ae.config import MODELS
 from tfp_ae.models import build_model, compile_model
 from tfp_ae.vae import NLL_SAMPLES, VAE, build_vae, compile_vae
@@ -142,6 +142,68 @@ def build_and_compile(config, image_shape):
     return model
 
 
+GIB = 2 ** 30
+RUNTIME_BYTES = 1 * GIB   # TensorFlow runtime + a cached 60k-image dataset (measured: ~0.9 GiB)
+
+
+def estimate_train_memory(head, image_shape, num_components=1, batch_size=128, latent_dim=32):
+    """Rough peak host memory (bytes) of training an MLP autoencoder with `head`.
+
+    weights x 4 (value, gradient, two Adam moments) x 4 bytes + batch x params_size x c x 4 bytes
+    + the runtime, with c = 14 floats of working memory per decoder output for full-scale heads
+    (the dense n x n scale matrices and their gradients) and 8 otherwise; calibrated on this
+    package's `normal_full` K=1 / 2 / 10 at batch 128 (measured peaks 2.4 / 4.2 / 22.6 GiB with
+    benchmarks/epoch_time.py; the estimate is 3.2 / 5.3 / 23.1 GiB).
+    Returns:
+      dict(total, weights, activations) in bytes.
+    """
+    cls = head if isinstance(head, type) else type(head)
+    size = cls.params_size(tuple(image_shape), num_components)
+    weights = 16 * ((latent_dim + 1) * size + (int(np.prod(image_shape)) + 1) * latent_dim)
+    per_output = 14 if getattr(cls, "scale", None) == "full" and issubclass(cls, VectorHead) else 8
+    activations = 4 * per_output * size * batch_size
+    return dict(total=RUNTIME_BYTES + weights + activations, weights=weights, activations=activations)
+
+
+def available_memory():
+    """Bytes of host memory available now (Linux `MemAvailable`), or None when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(config, image_shape):
+    """Refuse, before building anything, a CPU training run that cannot fit in host memory.
+
+    Raises:
+      MemoryError: the estimate (`estimate_train_memory`) exceeds the available memory; the
+        message gives both and the largest `--batch-size` that fits.
+    """
+    if tf.config.list_physical_devices("GPU"):
+        return  # device memory: TensorFlow reports an out-of-memory error itself
+    free = available_memory()
+    head = get_head(config.head)
+    need = estimate_train_memory(head, image_shape, config.components, config.batch_size, config.latent_dim)
+    if free is None or need["total"] <= 0.9 * free:
+        return
+    batch = config.batch_size
+    while batch > 1 and estimate_train_memory(head, image_shape, config.components, batch,
+                                              config.latent_dim)["total"] > 0.9 * free:
+        batch //= 2
+    fits = estimate_train_memory(head, image_shape, config.components, batch, config.latent_dim)["total"]
+    hint = (f"use --batch-size {batch} (about {fits / GIB:.1f} GiB)" if fits <= 0.9 * free
+            else "even one image per batch does not fit")
+    raise MemoryError(
+        f"{config.head} with K={config.components} at batch {config.batch_size} needs about {need['total'] / GIB:.1f} GiB "
+        f"to train ({need['weights'] / GIB:.1f} GiB for weights, gradients and Adam; {need['activations'] / GIB:.1f} GiB "
+        f"for {head.params_size(tuple(image_shape), config.components)} decoder outputs per image), but only "
+        f"{free / GIB:.1f} GiB are available: {hint}, or run on a machine or GPU with more memory.")
+
+
 def probe_jit(model, images):
     """Whether one training step of `model` (loss and gradients) compiles with XLA, traced with an
     unknown batch size as `model.fit` does (some ops need static shapes under XLA).
@@ -186,6 +248,8 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
     if run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
     state = _load_state(run_dir, config)
+    if config.model == "ae":
+        check_memory(config, x_train.shape[1:])
     steps = math.ceil(len(x_train) / config.batch_size)
     while True:
         seed = state["seed"]
