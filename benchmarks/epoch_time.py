@@ -87,7 +87,7 @@ def main():
     p.add_argument("--arch", default="mlp")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up")
     p.add_argument("--train-limit", type=int, default=60000)
-    p.add_argument("--heavy-limit", type=int, default=2560, help="train images for heads with more than 1M "
+    p.add_argument("--heavy-limit", type=int, default=2560, help="train images for heads with more than 100k "
                    "decoder outputs (normal_full, student_t_full); their epoch time is projected to --train-limit")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
@@ -107,7 +107,7 @@ def main():
     rows = []
     from tfp_ae.heads import get_head
     for head, k in configs:
-        heavy = get_head(head).params_size((28, 28, 1), k) > 1_000_000
+        heavy = get_head(head).params_size((28, 28, 1), k) > 100_000
         limit = min(args.heavy_limit, args.train_limit) if heavy else args.train_limit
         cmd = [sys.executable, __file__, "--one", head, str(k), "--arch", args.arch, "--epochs", str(args.epochs),
                "--train-limit", str(limit), "--batch-size", str(args.batch_size), "--device", args.device]
