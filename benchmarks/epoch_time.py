@@ -139,11 +139,19 @@ def format_row(r, base):
             f"{r['eval_s']:.2f} | {r['peak_mb']:.0f} | {r['params']} | {r['jit']} |")
 
 
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
 def render(rows, args):
     ok = next((r for r in rows if "seconds" in r), {})
     head = [f"# Epoch time per head ({args.arch}, batch {args.batch_size}, {ok.get('data', '?')} "
             f"{args.train_limit} images, median of {args.epochs} epochs after 1 warm-up)", "",
-            f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, device {ok.get('device', '?')}, "
+            f"Machine: {platform.platform()}, {cpu_name()}, {os.cpu_count()} CPU cores, device {ok.get('device', '?')}, "
             f"Python {platform.python_version()}; {datetime.date.today()}; command: "
             f"`python benchmarks/epoch_time.py {' '.join(sys.argv[1:])}`", "",
             "ratio = seconds per epoch / the mse head's in the same run; eval s = point estimates + variance maps "
