@@ -296,3 +296,19 @@ def test_scale_tril_equals_fill_scale_tril(n, rng):
     p = tf.constant(rng.normal(size=(3, n * (n + 1) // 2)), tf.float32)
     want = tfb.FillScaleTriL(diag_bijector=tfb.Softplus(), diag_shift=1e-6)(p).numpy()
     np.testing.assert_allclose(_scale_tril(p).numpy(), want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["matrix_normal_full", "matrix_t_diag"])
+def test_matrix_samples_match_mean_and_variance_in_graph_mode(name, rng):
+    head = make_head(name, SHAPE, num_components=2)
+    p = random_params(rng, head.size, batch=2)
+    if name.startswith("matrix_t"):  # large df so the variance exists and converges quickly
+        size = get_head(name).component_params_size(SHAPE)
+        for k in range(2):
+            p[:, 2 + (k + 1) * size - 1] = 30.0
+    draw = tf.function(lambda q: head.sample(head.new(q), 20000, seed=(5, 6)), autograph=False)
+    samples = draw(tf.constant(p)).numpy()
+    dist = head.new(tf.constant(p))
+    assert samples.shape == (20000, 2) + SHAPE
+    np.testing.assert_allclose(samples.mean(0), head.mean(dist).numpy(), atol=0.08)
+    np.testing.assert_allclose(samples.var(0), head.variance(dist).numpy(), rtol=0.08, atol=0.02)

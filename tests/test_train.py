@@ -31,7 +31,7 @@ def test_cli_train_writes_metrics_and_figure(tmp_path, capsys):
     main(["train", "--dataset", "digits", "--head", "normal_diag", "--epochs", "2", "--out", str(out)])
     m = json.loads((out / "metrics.json").read_text())
     for key in ("dataset", "head", "components", "arch", "epochs", "num_params", "seconds_per_epoch",
-                "test_nll_nats", "l2_percent", "bits_per_dim"):
+                "test_nll_nats", "l2_percent", "bits_per_dim", "psnr", "ssim", "calibration"):
         assert key in m, key
     assert m["dataset"] == "digits" and m["epochs"] == 2 and len(m["seconds_per_epoch"]) == 2
     assert m["num_params"] == build_model("normal_diag", (8, 8, 1)).count_params()
@@ -97,3 +97,28 @@ def test_one_epoch_on_real_data(name, tmp_path):
     m = json.loads((tmp_path / name / "metrics.json").read_text())
     assert m["num_params"] == 76864 and m["train_images"] == 2048
     assert 0 < m["l2_percent"] < 20 and np.isfinite(m["bits_per_dim"])
+
+
+def test_coverage_of_calibrated_and_overconfident_samples():
+    from tfp_ae.train import _coverage
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 16, 16, 1)).astype(np.float32)
+    calibrated = rng.normal(size=(400, 4, 16, 16, 1)).astype(np.float32)
+    narrow = 0.5 * calibrated  # central 95 % of N(0, 0.25) = |x| < 0.98: covers 67 % of N(0, 1)
+    assert abs(float(tf.reduce_mean(_coverage(calibrated, x))) - 0.95) < 0.03
+    assert abs(float(tf.reduce_mean(_coverage(narrow, x))) - 0.67) < 0.05
+
+
+def test_psnr_ssim_and_calibration_metrics(digits):
+    from tfp_ae.train import calibration, point_estimates, psnr_ssim
+    x = digits.x_test[:50]
+    tf.keras.utils.set_random_seed(0)
+    model = compile_model(build_model("normal_diag", x.shape[1:]))
+    model.fit(digits.x_train, digits.x_train, batch_size=64, epochs=10, verbose=0)
+    point = point_estimates(model, x)
+    psnr, ssim = psnr_ssim(x, point)
+    want = np.mean(10 * np.log10(1 / np.mean((x - point) ** 2, axis=(1, 2, 3))))
+    assert psnr == pytest.approx(want, rel=1e-4) and 0 < ssim <= 1
+    c = calibration(model, x)
+    assert 0 < c["coverage_95"] <= 1 and c["mean_predicted_std"] > 0
+    assert c["mean_abs_error"] == pytest.approx(np.mean(np.abs(x - point)), rel=1e-5)

@@ -447,6 +447,14 @@ def _kron_log_det(scale_row, scale_column):
     return p * scale_row.log_abs_determinant() + n * scale_column.log_abs_determinant()
 
 
+def _matrix_noise(dist, n, seed):
+    """`U Z V^T` `[n, *batch, H, W]`, Z standard normal, for row scale U and column scale V (the
+    Kronecker operator TFP samples with fails on unknown static shapes in graph mode)."""
+    shape = tf.concat([[n], dist.batch_shape_tensor(), dist.event_shape_tensor()], 0)
+    uz = dist.scale_row.matmul(tf.random.stateless_normal(shape, seed=seed, dtype=dist.dtype))
+    return tf.linalg.matrix_transpose(dist.scale_column.matmul(uz, adjoint_arg=True))
+
+
 class MatrixNormal(tfd.MatrixNormalLinearOperator):
     """`tfd.MatrixNormalLinearOperator` whose `log_prob` works on the n x p matrices:
 
@@ -459,6 +467,10 @@ class MatrixNormal(tfd.MatrixNormalLinearOperator):
         d = tf.cast(tf.reduce_prod(tf.shape(x)[-2:]), x.dtype)
         return (-0.5 * d * np.log(2 * np.pi) - _kron_log_det(self.scale_row, self.scale_column)
                 - 0.5 * _matrix_mahalanobis(x, self.loc, self.scale_row, self.scale_column))
+
+    def _sample_n(self, n, seed=None):
+        """X = M + U Z V^T, Z standard normal."""
+        return self.loc + _matrix_noise(self, n, tfp.random.sanitize_seed(seed))
 
 
 class MatrixT(tfd.MatrixTLinearOperator):
@@ -477,6 +489,14 @@ class MatrixT(tfd.MatrixTLinearOperator):
         q = _matrix_mahalanobis(x, self.loc, self.scale_row, self.scale_column)
         return (tf.math.lgamma(0.5 * (df + d)) - tf.math.lgamma(0.5 * df) - 0.5 * d * tf.math.log(df * np.pi)
                 - _kron_log_det(self.scale_row, self.scale_column) - 0.5 * (df + d) * tf.math.log1p(q / df))
+
+    def _sample_n(self, n, seed=None):
+        """X = M + sqrt(df / g) U Z V^T, Z standard normal, g ~ chi2(df) (a multivariate t of vec X)."""
+        normal_seed, gamma_seed = tfp.random.split_seed(seed, n=2)
+        df = tf.convert_to_tensor(self.df)
+        g = 2.0 * tf.random.stateless_gamma(tf.concat([[n], tf.shape(df)], 0), seed=gamma_seed, alpha=0.5 * df,
+                                            dtype=self.dtype)
+        return self.loc + tf.sqrt(df / g)[..., None, None] * _matrix_noise(self, n, normal_seed)
 
 
 class MatrixHead(Head):

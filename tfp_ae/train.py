@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tfp_ae._tf import tf, tfk
-from tfp_ae.config import RunConfig
+from tfp_ae._tf import tf, tfk, tfp
+from tfp_ae.config import MODELS, RunConfig
 from tfp_ae.data import check_images, dequantize, load_dataset, make_pipeline, prepare_images
-from tfp_ae.heads import VectorHead, bits_per_dim, get_head
-from tfp_ae.config import MODELS
+from tfp_ae.heads import SAMPLE_SEED, VectorHead, bits_per_dim, get_head
 from tfp_ae.models import build_model, compile_model
 from tfp_ae.vae import NLL_SAMPLES, VAE, build_vae, compile_vae
 from tfp_ae import plots
@@ -296,7 +295,42 @@ _BATCH_FNS = {  # fn(model, images) -> per-image result
     "elbo": lambda m, b: m.elbo(b)[0],
     "point": lambda m, b: m.head.point_estimate(m(b, training=False)),
     "variance": lambda m, b: m.head.variance(m(b, training=False)),
+    # per image: fraction of pixels inside the central 95 % interval of CALIBRATION_SAMPLES draws
+    "coverage": lambda m, b: _coverage(m.head.sample(m(b, training=False), CALIBRATION_SAMPLES, seed=SAMPLE_SEED), b),
 }
+CALIBRATION_SAMPLES = 100
+CALIBRATION_IMAGES = 200
+
+
+def _coverage(samples, x, level=0.95):
+    """Per image `[B]`: fraction of pixels of `x` `[B, H, W, C]` inside the central `level`
+    interval of `samples` `[S, B, H, W, C]` (empirical per-pixel quantiles)."""
+    q = tfp.stats.percentile(samples, [50 * (1 - level), 50 * (1 + level)], axis=0, interpolation="linear")
+    inside = tf.cast((x >= q[0]) & (x <= q[1]), tf.float32)
+    return tf.reduce_mean(inside, axis=[-3, -2, -1])
+
+
+def calibration(model, x):
+    """Can a variance map be trusted? On images `x` `[N, H, W, C]` in [0, 1]:
+
+    `coverage_95`: fraction of test pixels inside the predicted central 95 % interval (empirical
+    quantiles of 100 samples of the head's distribution; 0.95 when calibrated, lower when
+    over-confident); `mean_predicted_std`: mean per-pixel predicted standard deviation (over
+    pixels where the variance exists); `mean_abs_error`: mean |x - point estimate|.
+    """
+    std = np.sqrt(variance_maps(model, x))
+    return dict(coverage_95=float(np.mean(_map_batches(model, x, "coverage", 50))),
+                mean_predicted_std=float(np.nanmean(std)) if np.isfinite(std).any() else None,
+                mean_abs_error=float(np.mean(np.abs(x - point_estimates(model, x)))))
+
+
+def psnr_ssim(x, point):
+    """Mean PSNR (dB) and SSIM of point estimates against images, both `[N, H, W, C]` in [0, 1]
+    (`tf.image.psnr` / `tf.image.ssim`, max_val 1; SSIM's window shrinks to the image size)."""
+    x, point = tf.constant(x), tf.constant(point)
+    window = min(11, *x.shape[1:3])
+    return (float(tf.reduce_mean(tf.image.psnr(x, point, max_val=1.0))),
+            float(tf.reduce_mean(tf.image.ssim(x, point, max_val=1.0, filter_size=window))))
 
 
 def _map_batches(model, x, name, batch_size):
@@ -335,7 +369,8 @@ def variance_maps(model, x, batch_size=200):
 def evaluate(model, data, eval_images=1000, seed=0):
     """Test metrics of a trained model.
 
-    Returns a dict with `test_nll_nats` (mean -log p(x) per image on the test split, x in [0, 1]),
+    Returns a dict with `psnr` (dB) and `ssim` of the point estimates, `calibration` (see
+    `calibration`, on the first 200 test images; not for `mse`), `test_nll_nats` (mean -log p(x) per image on the test split, x in [0, 1]),
     `test_nll_dequantized_nats` and `bits_per_dim` (on the test split dequantised with a fixed
     seed; None for heads that are not densities), and `l2_percent` (mean squared error x 100
     between the first `eval_images` test images and their point estimates, Ciobanu Section 4).
@@ -351,8 +386,12 @@ def evaluate(model, data, eval_images=1000, seed=0):
     nll = float(np.mean(nll_per_image(model, x)))
     nll_deq = float(np.mean(nll_per_image(model, dequantize(x, data.num_levels, seed))))
     xe = x[:eval_images]
-    l2 = float(np.mean(np.square(xe - point_estimates(model, xe))) * 100)
+    point = point_estimates(model, xe)
+    l2 = float(np.mean(np.square(xe - point)) * 100)
     d = int(np.prod(x.shape[1:]))
+    metrics["psnr"], metrics["ssim"] = psnr_ssim(xe, point)
+    if head.head_name != "mse":  # MSE models no variance
+        metrics["calibration"] = calibration(model, x[:CALIBRATION_IMAGES])
     metrics.update(test_nll_nats=nll, test_nll_dequantized_nats=nll_deq, l2_percent=l2,
                    bits_per_dim=bits_per_dim(nll_deq, d, data.num_levels) if head.is_density else None)
     if head.head_name == "mse":
