@@ -310,18 +310,20 @@ def _coverage(samples, x, level=0.95):
     return tf.reduce_mean(inside, axis=[-3, -2, -1])
 
 
-def calibration(model, x):
+def calibration(model, x, point=None):
     """Can a variance map be trusted? On images `x` `[N, H, W, C]` in [0, 1]:
 
     `coverage_95`: fraction of test pixels inside the predicted central 95 % interval (empirical
     quantiles of 100 samples of the head's distribution; 0.95 when calibrated, lower when
     over-confident); `mean_predicted_std`: mean per-pixel predicted standard deviation (over
-    pixels where the variance exists); `mean_abs_error`: mean |x - point estimate|.
+    pixels where the variance exists); `mean_abs_error`: mean |x - point estimate| (`point`: the
+    point estimates of `x` if already computed).
     """
+    point = point_estimates(model, x) if point is None else point
     std = np.sqrt(variance_maps(model, x))
     return dict(coverage_95=float(np.mean(_map_batches(model, x, "coverage", 50))),
                 mean_predicted_std=float(np.nanmean(std)) if np.isfinite(std).any() else None,
-                mean_abs_error=float(np.mean(np.abs(x - point_estimates(model, x)))))
+                mean_abs_error=float(np.mean(np.abs(x - point))))
 
 
 def psnr_ssim(x, point):
@@ -370,7 +372,8 @@ def evaluate(model, data, eval_images=1000, seed=0):
     """Test metrics of a trained model.
 
     Returns a dict with `psnr` (dB) and `ssim` of the point estimates, `calibration` (see
-    `calibration`, on the first 200 test images; not for `mse`), `test_nll_nats` (mean -log p(x) per image on the test split, x in [0, 1]),
+    `calibration`, on the first 200 test images; not for `mse`), `test_nll_nats` (mean -log p(x)
+    per image on the test split, x in [0, 1]),
     `test_nll_dequantized_nats` and `bits_per_dim` (on the test split dequantised with a fixed
     seed; None for heads that are not densities), and `l2_percent` (mean squared error x 100
     between the first `eval_images` test images and their point estimates, Ciobanu Section 4).
@@ -391,7 +394,8 @@ def evaluate(model, data, eval_images=1000, seed=0):
     d = int(np.prod(x.shape[1:]))
     metrics["psnr"], metrics["ssim"] = psnr_ssim(xe, point)
     if head.head_name != "mse":  # MSE models no variance
-        metrics["calibration"] = calibration(model, x[:CALIBRATION_IMAGES])
+        xc = x[:CALIBRATION_IMAGES]
+        metrics["calibration"] = calibration(model, xc, point[:len(xc)] if len(point) >= len(xc) else None)
     metrics.update(test_nll_nats=nll, test_nll_dequantized_nats=nll_deq, l2_percent=l2,
                    bits_per_dim=bits_per_dim(nll_deq, d, data.num_levels) if head.is_density else None)
     if head.head_name == "mse":
