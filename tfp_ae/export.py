@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tfp_ae._tf import tf
 from tfp_ae.heads import SAMPLE_SEED
-from tfp_ae.vae import VAE
+from tfp_ae.train import load_model, model_log_prob
 
 
 class ServingModule(tf.Module):
@@ -42,19 +42,13 @@ class ServingModule(tf.Module):
 
         self.reconstruct = tf.function(lambda images: {"reconstruction": head.point_estimate(dist(images))},
                                        input_signature=[images], autograph=False)
-        if isinstance(model, VAE):  # the marginal log p(x), importance-sampled with a fixed seed
-            def log_prob(images):
-                return -model.importance_nll(images, seed=SAMPLE_SEED)
-        else:
-            def log_prob(images):
-                return dist(images).log_prob(images)
-        self.log_prob = tf.function(lambda images: {"log_prob": log_prob(images)}, input_signature=[images],
-                                    autograph=False)
+        self.log_prob = tf.function(lambda images: {"log_prob": model_log_prob(model, images, seed=SAMPLE_SEED)},
+                                    input_signature=[images], autograph=False)
         self.sample = tf.function(lambda images, num_samples: {"samples": head.sample(dist(images), num_samples)},
                                   input_signature=[images, tf.TensorSpec([], tf.int32, name="num_samples")],
                                   autograph=False)
         names = ["reconstruct", "log_prob", "sample"]
-        if head.head_name != "mse":
+        if head.has_variance:
             self.variance = tf.function(lambda images: {"variance": head.variance(dist(images))},
                                         input_signature=[images], autograph=False)
             names.append("variance")
@@ -104,6 +98,5 @@ def export_saved_model(model, export_dir, overwrite=False, config=None):
 
 def export_run(run_dir, export_dir, overwrite=False):
     """`export_saved_model` of the trained model in a run folder (see `tfp_ae.train.load_model`)."""
-    from tfp_ae.train import load_model
     model, config = load_model(run_dir)
     return export_saved_model(model, export_dir, overwrite, config=config.to_dict())

@@ -112,6 +112,7 @@ class Head(tfpl.DistributionLambda):
     is_density = True      # a normalised density on pixel space (False: Bernoulli on [0, 1])
     point = "mean"         # "mean" | "mode" | "sample_mean": how the point estimate is read
     variance_note = None   # caveat shown on variance maps, if any
+    has_variance = True    # False: the head models no variance (its `variance` is NaN)
 
     def __init__(self, event_shape, num_components=1, **kwargs):
         event_shape = tuple(int(d) for d in event_shape)
@@ -326,6 +327,7 @@ class MSE(NormalIdentity):
     """
     head_name, label = "mse", "MSE"
     mixable = False
+    has_variance = False
     variance_note = "the MSE autoencoder models no variance"
 
     def variance(self, dist, seed=SAMPLE_SEED):

@@ -290,8 +290,16 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
             write_json(state, run_dir / STATE_FILE)
 
 
+def model_log_prob(model, images, seed=None):
+    """log p(x) `[B]` in nats of images `[B, H, W, C]`: the head's `log_prob`, or for a VAE the
+    marginal estimated by importance sampling (`NLL_SAMPLES` samples; `seed`: stateless seed)."""
+    if isinstance(model, VAE):
+        return -model.importance_nll(images, seed=seed)
+    return model(images, training=False).log_prob(images)
+
+
 _BATCH_FNS = {  # fn(model, images) -> per-image result
-    "nll": lambda m, b: m.importance_nll(b) if isinstance(m, VAE) else -m(b, training=False).log_prob(b),
+    "nll": lambda m, b: -model_log_prob(m, b),
     "elbo": lambda m, b: m.elbo(b)[0],
     "point": lambda m, b: m.head.point_estimate(m(b, training=False)),
     "variance": lambda m, b: m.head.variance(m(b, training=False)),
@@ -393,7 +401,7 @@ def evaluate(model, data, eval_images=1000, seed=0):
     l2 = float(np.mean(np.square(xe - point)) * 100)
     d = int(np.prod(x.shape[1:]))
     metrics["psnr"], metrics["ssim"] = psnr_ssim(xe, point)
-    if head.head_name != "mse":  # MSE models no variance
+    if head.has_variance:
         xc = x[:CALIBRATION_IMAGES]
         metrics["calibration"] = calibration(model, xc, point[:len(xc)] if len(point) >= len(xc) else None)
     metrics.update(test_nll_nats=nll, test_nll_dequantized_nats=nll_deq, l2_percent=l2,
