@@ -1,5 +1,6 @@
-"""Command line: `tfp-ae train ...` runs (or resumes) an experiment, `tfp-ae export` writes a
-SavedModel, `tfp-ae heads` lists the heads."""
+"""Command line: `tfp-ae train ...` runs (or resumes) an experiment, `tfp-ae grid` the paper's
+grid, `tfp-ae augment` writes mixture components as a dataset, `tfp-ae export` writes a
+SavedModel, `tfp-ae toy2d` the VAE 2D study, `tfp-ae heads` lists the heads."""
 import argparse
 import sys
 from pathlib import Path
@@ -37,6 +38,10 @@ def _add_train_args(p):
     p.add_argument("--rescale", action="store_true", help="divide the images by 255 (data given as 0-255)")
     p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
                    help="tf.distribute strategy (mirrored: all GPUs, or all logical CPUs; multiworker: TF_CONFIG)")
+    p.add_argument("--no-fid", dest="fid", action="store_false", help="skip the FID metrics")
+    p.add_argument("--fid-inception", action="store_true", help="also InceptionV3 FID (downloads its weights "
+                   "through Keras if not cached; without this flag it is used only when they are cached)")
+    p.add_argument("--tsne-images", type=int, default=d.tsne_images, help="test latents in the t-SNE panel (0: none)")
     p.add_argument("--out", default=None, help="run folder (default runs/DATASET_ARCH_HEAD_kK); an unfinished "
                    "run there is resumed from its last finished epoch")
     p.add_argument("--overwrite", action="store_true", help="train again even if --out holds a finished run")
@@ -83,6 +88,55 @@ def cmd_toy2d(args):
     print(f"wrote {args.out}/table.md, results.json and toy2d.png ({len(rows)} datasets)")
 
 
+def cmd_grid(args):
+    from tfp_ae.grid import grid_cells, run_grid
+    base = RunConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, train_limit=args.train_limit,
+                     eval_images=args.eval_images, data_dir=args.data_dir, jit_compile=args.jit_compile,
+                     fid=args.fid, tsne_images=args.tsne_images, verbose=0)
+    cells = grid_cells(args.dataset, args.arch, args.heads, args.components)
+    todo = [c for c in cells if not c.skip]
+    print(f"grid: {len(todo)} cells to run or read, {len(cells) - len(todo)} skipped; folder {args.out}")
+
+    def progress(cell, row):
+        l2 = row.get("l2_percent")
+        print(f"  {cell.key}: {row['status']}" + (f", l2 {l2:.3f} %" if isinstance(l2, float) else ""), flush=True)
+
+    rows = run_grid(args.out, cells, base, on_cell=progress, figures=not args.no_figures)
+    failed = [r for r in rows if r["status"].startswith("failed")]
+    print((Path(args.out) / "table.md").read_text())
+    print(f"wrote {args.out}/results.csv and table.md; {len(failed)} failed cell(s)")
+
+
+def cmd_augment(args):
+    import numpy as np
+    from tfp_ae.data import load_dataset, prepare_images
+    from tfp_ae.figures import augment
+    from tfp_ae.train import load_model
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    model, cfg = load_model(args.run_dir)
+    data = load_dataset(cfg.dataset, cfg.data_dir)
+    x = getattr(data, f"x_{args.split}")[:args.limit]
+    y = getattr(data, f"y_{args.split}")
+    y = None if y is None else y[:args.limit]
+    x = prepare_images(x, cfg.rescale, f"{args.split} images", image_shape=model.head.event_shape)
+    aug = augment(model, x, y, args.min_log_prob)
+    q = np.percentile(aug["all_log_prob"], [5, 25, 50, 75, 95])
+    print(f"component log-densities (nats) over {aug['all_log_prob'].size} components: "
+          f"5/25/50/75/95 % = {', '.join(f'{v:.1f}' for v in q)}")
+    new_x, new_y = aug["images"], aug["labels"]
+    if args.include_originals:
+        new_x, new_y = np.concatenate([x, new_x]), np.concatenate([-np.ones(len(x), np.int64) if y is None else y, new_y])
+    tmp = out.with_name(out.stem + ".tmp.npz")
+    np.savez_compressed(tmp, x_train=new_x, y_train=new_y, x_test=prepare_images(data.x_test, cfg.rescale),
+                        y_test=data.y_test, log_prob=aug["log_prob"], source_index=aug["source_index"],
+                        component=aug["component"])
+    tmp.replace(out)
+    print(f"kept {len(aug['images'])} of {aug['all_log_prob'].size} component images "
+          f"(log p >= {args.min_log_prob}); wrote {out} (x_train {new_x.shape}, usable as --dataset {out})")
+
+
 def cmd_heads(args):
     shape = tuple(args.shape)
     print(f"{'head':24s} {'paper label':18s} {'params K=1':>12s} {'params K=10':>12s}   (decoder outputs for {shape})")
@@ -108,6 +162,36 @@ def main(argv=None):
     p.add_argument("--datasets", nargs="+", default=list(TOY_DATASETS), choices=TOY_DATASETS)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_toy2d)
+    p = sub.add_parser("grid", help="the paper's grid of heads x K x datasets (resumable), results.csv + table.md")
+    p.add_argument("--dataset", nargs="+", default=["mnist", "fashion_mnist"])
+    p.add_argument("--arch", default="mlp", choices=ARCHS)
+    p.add_argument("--heads", nargs="+", default=["all"], help="head names, vae, all (every head + the VAE "
+                   "row) or paper (the paper's rows)")
+    p.add_argument("--components", "-K", nargs="+", type=int, default=[1, 10])
+    d = RunConfig()
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--eval-images", type=int, default=d.eval_images)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--jit", dest="jit_compile", action="store_true")
+    p.add_argument("--no-fid", dest="fid", action="store_false")
+    p.add_argument("--tsne-images", type=int, default=d.tsne_images)
+    p.add_argument("--no-figures", action="store_true", help="skip Figures 1/2 of the grid")
+    p.add_argument("--out", default="runs/grid")
+    p.set_defaults(func=cmd_grid)
+    p = sub.add_parser("augment", help="write a mixture's component images above a log-density threshold as a "
+                       "new .npz dataset (the paper's augmentation)")
+    p.add_argument("run_dir", help="a run folder of a mixture head (K > 1)")
+    p.add_argument("--out", required=True, help=".npz file to write (x_train, y_train, x_test, y_test, log_prob, ...)")
+    p.add_argument("--min-log-prob", type=float, default=None, help="keep components with mixture log p >= this "
+                   "(nats per image); default keeps all and prints the quantiles to choose from")
+    p.add_argument("--split", default="train", choices=["train", "test"], help="images whose components are taken")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+    p.add_argument("--include-originals", action="store_true", help="x_train = originals + kept components")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_augment)
     p = sub.add_parser("heads", help="list the output heads and their parameter counts")
     p.add_argument("--shape", type=int, nargs=3, default=[28, 28, 1], metavar=("H", "W", "C"))
     p.set_defaults(func=cmd_heads)

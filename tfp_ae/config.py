@@ -32,6 +32,9 @@ class RunConfig:
     jit_compile: bool = False
     rescale: bool = False              # divide the images by 255 (user data given as 0-255)
     strategy: str = "default"          # tf.distribute strategy: default | mirrored | multiworker
+    fid: bool = True                   # fid_lenet (+ fid_inception when its weights are cached)
+    fid_inception: bool = False        # also InceptionV3 FID, downloading its weights if needed
+    tsne_images: int = 1000            # test latents in the t-SNE panel of samples.png (0: none)
     verbose: int = 2
 
     def to_dict(self):

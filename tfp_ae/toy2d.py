@@ -222,8 +222,8 @@ def markdown_table(rows):
 def study_figure(models, datasets=TOY_DATASETS, seed=0, grid=100):
     """Per dataset: ground-truth density, VAE and IWAE densities on a grid, and the VAE's latent
     space (posterior means of test points coloured by the angle of the point)."""
-    from tfp_ae.plots import plt
-    fig, axes = plt.subplots(len(datasets), 4, figsize=(12, 3 * len(datasets)), squeeze=False)
+    from tfp_ae.plots import subplots
+    fig, axes = subplots(len(datasets), 4, (12, 3 * len(datasets)))
     g = np.linspace(-4.5, 4.5, grid)
     xx, yy = np.meshgrid(g, g)
     pts = np.stack([xx.ravel(), yy.ravel()], 1)

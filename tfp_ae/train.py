@@ -15,7 +15,7 @@ from tfp_ae.data import check_images, dequantize, load_dataset, make_pipeline, p
 from tfp_ae.heads import SAMPLE_SEED, VectorHead, bits_per_dim, get_head
 from tfp_ae.models import build_model, compile_model
 from tfp_ae.vae import NLL_SAMPLES, VAE, build_vae, compile_vae
-from tfp_ae import plots
+from tfp_ae import fid, figures, plots
 
 STATE_FILE = "state.json"          # progress of a run: seed, attempts, finished epochs
 CHECKPOINT_DIR = "checkpoints"     # tf.train checkpoints of model + optimizer, one per epoch
@@ -376,7 +376,21 @@ def variance_maps(model, x, batch_size=200):
     return _map_batches(model, x, "variance", batch_size)
 
 
-def evaluate(model, data, eval_images=1000, seed=0):
+def fid_extractors(config, data):
+    """The FID feature extractors a run uses (`tfp_ae.fid`): `lenet` (trained once per dataset,
+    cached) when `config.fid` and the data has labels; `inception` when `config.fid_inception` or
+    its weights are already cached. Returns (extractors, notes)."""
+    extractors, notes = [], []
+    if config.fid and data.y_train is not None:
+        extractors.append(fid.lenet_extractor(data))
+    elif config.fid:
+        notes.append("no fid_lenet: the dataset has no labels to train its classifier")
+    if config.fid_inception or (config.fid and fid.inception_available()):
+        extractors.append(fid.inception_extractor())
+    return extractors, notes
+
+
+def evaluate(model, data, eval_images=1000, seed=0, extractors=()):
     """Test metrics of a trained model.
 
     Returns a dict with `psnr` (dB) and `ssim` of the point estimates, `calibration` (see
@@ -387,6 +401,9 @@ def evaluate(model, data, eval_images=1000, seed=0):
     between the first `eval_images` test images and their point estimates, Ciobanu Section 4).
     For a VAE also `test_elbo_nats` (mean ELBO, a lower bound on log p(x)); its `test_nll_nats`
     is the importance-sampled estimate, so `test_nll_nats <= -test_elbo_nats` up to Monte-Carlo error.
+    For each FID feature extractor in `extractors` (see `tfp_ae.fid.fid_metrics`): `fid_NAME`
+    (the `eval_images` point estimates vs the same real test images), `fid_NAME_vs_noise` (the
+    paper's column) and `fid_NAME_real_vs_noise`, plus `fid_NAME_info` (e.g. classifier accuracy).
     """
     head = model.head
     x = data.x_test
@@ -401,6 +418,8 @@ def evaluate(model, data, eval_images=1000, seed=0):
     l2 = float(np.mean(np.square(xe - point)) * 100)
     d = int(np.prod(x.shape[1:]))
     metrics["psnr"], metrics["ssim"] = psnr_ssim(xe, point)
+    for extractor in extractors:
+        metrics.update(fid.fid_metrics(extractor, point, xe), **{f"fid_{extractor.name}_info": extractor.info})
     if head.has_variance:
         xc = x[:CALIBRATION_IMAGES]
         metrics["calibration"] = calibration(model, xc, point[:len(xc)] if len(point) >= len(xc) else None)
@@ -413,12 +432,17 @@ def evaluate(model, data, eval_images=1000, seed=0):
     return metrics
 
 
-def write_json(obj, path):
-    """Write JSON atomically (temporary file + rename): a crash never leaves a half-written file."""
+def write_text(text, path):
+    """Write a text file atomically (temporary file + rename): a crash never leaves half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(obj, path):
+    """Write JSON atomically (see `write_text`)."""
+    write_text(json.dumps(obj, indent=2, default=float), path)
 
 
 def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
@@ -426,7 +450,9 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
 
     With `config.out` set, the run folder gets `config.json` (what `load_model` rebuilds from),
     `checkpoints/` (model + optimizer after every epoch), `state.json` (progress), and at the end
-    `metrics.json` and `reconstructions.png`. Calling `run` again on a folder with an unfinished
+    `metrics.json`, `reconstructions.png` (Figures 1/2: input, point estimate, variance map),
+    `samples.png` (Figure 3: latent samples, output samples, t-SNE) and for K > 1
+    `components.png` (Figure 4: component means sorted by log-density). Calling `run` again on a folder with an unfinished
     run resumes it from its last finished epoch.
 
     Returns:
@@ -460,14 +486,18 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
                    seed=attempts[-1]["seed"], attempts=attempts, dequantize=config.dequantize,
                    num_levels=data.num_levels, train_images=len(x_train), data_source=data.source,
                    device=device_summary(strategy), jit=history.get("jit", "off"))
-    metrics.update(evaluate(model, data, config.eval_images, seed=config.seed))
+    extractors, notes = fid_extractors(config, data)
+    metrics.update(evaluate(model, data, config.eval_images, seed=config.seed, extractors=extractors))
+    if notes:
+        metrics["fid_note"] = "; ".join(notes)
     if isinstance(model, VAE):
         metrics.update(objective=config.objective, iw_samples=config.iw_samples if config.objective == "iwae" else 1)
     if out:
         plots.save(reconstruction_plot(model, data.x_test[:10]), out / "reconstructions.png")
-        if isinstance(model, VAE):
-            plots.save(plots.image_grid(model.sample_images(32, seed=(config.seed, 1)).numpy(),
-                                        f"decoded z ~ N(0, I): {model.name}"), out / "samples.png")
+        plots.save(figures.latent_figure(model, data, tsne_images=config.tsne_images, seed=config.seed),
+                   out / "samples.png")
+        if model.head.num_components > 1:
+            plots.save(figures.components_figure(model, data.x_test[:6]), out / "components.png")
         write_json(dict(metrics, config=config.to_dict()), out / METRICS_FILE)
     return model, metrics
 

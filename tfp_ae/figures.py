@@ -1,0 +1,141 @@
+"""The paper's figures from trained models (Ciobanu, Figures 1-4) and the augmentation idea.
+
+- Figures 1/2 (`heads_figure`): for several heads side by side, rows of input, point estimate and
+  per-pixel variance map (blank with a note where the head has no variance).
+- Figure 3 (`latent_figure`): decoded samples from the latent space, samples of the output
+  distribution given an input, and a t-SNE of test latents coloured by label.
+- Figure 4 (`components_figure`): for a mixture head, every component's mean (mode for t heads)
+  with its mixture log-density, sorted; `augment` keeps the component images whose log-density
+  passes a threshold (Ciobanu, Section 5: mixture components as data augmentation).
+
+Every function returns a matplotlib `Figure` (or arrays); `plots.save` writes it.
+"""
+import numpy as np
+
+from tfp_ae import plots
+from tfp_ae._tf import tf
+from tfp_ae.data import check_images
+from tfp_ae.heads import SAMPLE_SEED
+from tfp_ae.vae import VAE
+
+
+def _label(model):
+    head = model.head
+    kind = "VAE" if isinstance(model, VAE) else model.name.split("_")[0]
+    return f"{head.head_name} K={head.num_components} ({kind})"
+
+
+def heads_figure(models, images, title=""):
+    """Figures 1 and 2: one input row, then for each model a point-estimate row and a variance row.
+
+    Args:
+      models: trained models (any heads; a `mse` head gets a blank variance row with its note).
+      images: `[N, H, W, C]` in [0, 1], a handful (N ~ 8).
+    Returns: a `Figure`.
+    """
+    from tfp_ae.train import point_estimates, variance_maps
+    rows = [("input", images, None)]
+    for m in models:
+        var = variance_maps(m, images) if m.head.has_variance else np.full(images.shape, np.nan, np.float32)
+        rows += [(f"{_label(m)}\npoint", point_estimates(m, images), None),
+                 (f"{_label(m)}\nvariance", np.clip(var, 0, 1), m.head.variance_note)]
+    return plots.image_rows(rows, title=title)
+
+
+def latents(model, images, batch_size=500):
+    """Latent codes `[N, latent_dim]` of images `[N, H, W, C]`: the encoder output of an
+    autoencoder, the posterior mean of a VAE."""
+    images = check_images(images, "images", image_shape=model.head.event_shape)
+    encode = (lambda b: model.posterior(b).mean()) if isinstance(model, VAE) else model.encoder
+    return np.concatenate([np.asarray(encode(tf.constant(images[i:i + batch_size])))
+                           for i in range(0, len(images), batch_size)]).reshape(len(images), -1)
+
+
+def latent_samples(model, num_images, reference_images=None, seed=0):
+    """Point estimates of p(x|z) for sampled codes z, `[num_images, H, W, C]` in [0, 1].
+
+    A VAE samples its prior N(0, I). An autoencoder has no prior (its ReLU codes are not N(0, I)):
+    z ~ N(mean, covariance) fitted to the codes of `reference_images` (required then).
+    Raises: ValueError when an autoencoder gets no reference images.
+    """
+    if isinstance(model, VAE):
+        return model.sample_images(num_images, seed=(seed, 1)).numpy()
+    if reference_images is None or len(reference_images) < 2:
+        raise ValueError("an autoencoder has no prior: pass reference_images (>= 2) to fit a Gaussian to their codes")
+    codes = latents(model, reference_images)
+    rng = np.random.default_rng(seed)
+    z = rng.multivariate_normal(codes.mean(0), np.cov(codes, rowvar=False), size=num_images).astype(np.float32)
+    return model.head.point_estimate(model.decoder(z)).numpy()
+
+
+def output_samples(model, images, num_samples=5, seed=SAMPLE_SEED):
+    """Samples of the output distribution p(x | input), clipped to [0, 1] for display,
+    `[num_samples, N, H, W, C]` for images `[N, H, W, C]`."""
+    images = check_images(images, "images", image_shape=model.head.event_shape)
+    return np.clip(model.head.sample(model(images, training=False), num_samples, seed=seed).numpy(), 0, 1)
+
+
+def tsne(codes, seed=0):
+    """2-D t-SNE embedding `[N, 2]` of codes `[N, L]` (scikit-learn, PCA initialisation)."""
+    from sklearn.manifold import TSNE
+    perplexity = min(30.0, (len(codes) - 1) / 3)
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
+
+
+def latent_figure(model, data, num_samples=16, num_inputs=4, num_output_samples=5, tsne_images=1000, seed=0):
+    """Figure 3 for one model: (a) decoded latent samples (see `latent_samples`), (b) inputs with
+    samples of their output distribution, (c) t-SNE of the first `tsne_images` test latents
+    coloured by label (skipped when 0 or when the data has no labels).
+
+    Args: `data`: a `tfp_ae.data.Dataset` (test split used). Returns: a `Figure`.
+    """
+    x = data.x_test
+    samples = latent_samples(model, num_samples, x[:1000], seed=seed)
+    inputs = x[:num_inputs]
+    outs = output_samples(model, inputs, num_output_samples)
+    emb = labels = None
+    if tsne_images and data.y_test is not None and len(x) > 5:
+        n = min(tsne_images, len(x))
+        emb, labels = tsne(latents(model, x[:n]), seed=seed), data.y_test[:n]
+    prior = "z ~ N(0, I)" if isinstance(model, VAE) else "z ~ Gaussian fit to test codes"
+    return plots.latent_panels(samples, inputs, outs, emb, labels, title=_label(model), prior_note=prior)
+
+
+def component_points(model, images, batch_size=200):
+    """Per-component point estimates `[N, K, H, W, C]` and mixture log-densities `[N, K]` (nats)
+    of images `[N, H, W, C]` (see `Head.component_points`).
+    Raises: ValueError for a head with K = 1 or bad images."""
+    images = check_images(images, "images", image_shape=model.head.event_shape)
+    if model.head.num_components < 2:
+        raise ValueError(f"{model.head.head_name}: component images need a mixture head (K > 1), got K=1")
+    pts, lps = zip(*[model.head.component_points(model(tf.constant(images[i:i + batch_size]), training=False))
+                     for i in range(0, len(images), batch_size)])
+    return np.concatenate([p.numpy() for p in pts]), np.concatenate([l.numpy() for l in lps])
+
+
+def components_figure(model, images):
+    """Figure 4: for each input `[N, H, W, C]`, its K component means (modes for t heads) sorted
+    by the mixture log-density at them (nats, printed above each image)."""
+    pts, lps = component_points(model, images)
+    order = np.argsort(-lps, axis=1)
+    pts = np.take_along_axis(pts, order[..., None, None, None], axis=1)
+    lps = np.take_along_axis(lps, order, axis=1)
+    return plots.components_grid(images, pts, lps, title=f"{_label(model)}: components by log p (nats)")
+
+
+def augment(model, images, labels=None, min_log_prob=None, batch_size=200):
+    """The paper's augmentation: component images of a mixture head whose mixture log-density
+    is at least `min_log_prob` (nats; None keeps all).
+
+    Args:
+      images: `[N, H, W, C]` in [0, 1]; labels: `[N]` or None.
+    Returns: dict with `images` `[M, H, W, C]`, `labels` `[M]` (the source image's; -1 without
+      labels), `log_prob` `[M]`, `source_index` `[M]`, `component` `[M]`, `all_log_prob` `[N, K]`.
+    Raises: ValueError for K = 1 or bad images.
+    """
+    pts, lps = component_points(model, images, batch_size)
+    keep = np.ones(lps.shape, bool) if min_log_prob is None else lps >= min_log_prob
+    src, comp = np.nonzero(keep)
+    lab = np.full(len(images), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
+    return dict(images=pts[src, comp], labels=lab[src], log_prob=lps[src, comp], source_index=src,
+                component=comp, all_log_prob=lps)

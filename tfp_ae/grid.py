@@ -1,0 +1,243 @@
+"""The paper's grid (Ciobanu, Tables 1 and 2): every head x K x dataset for one architecture,
+resumable, written as `results.csv` and a Markdown table with the paper's numbers beside ours.
+
+Layout of the grid folder:
+  DATASET/ARCH/MODEL_HEAD_kK/   one run folder per cell (see `tfp_ae.train.run`; an unfinished
+                                cell resumes from its last finished epoch, a finished one is read)
+  grid_state.json               wall seconds per finished cell (kept across invocations)
+  results.csv, table.md         rewritten after every cell
+  figure1_DATASET_ARCH.png      Figure 1: K = 1 heads side by side (input, point, variance)
+  figure2_DATASET_ARCH.png      Figure 2: the same for K > 1
+"""
+import csv
+import dataclasses
+import gc
+import io
+import json
+import statistics
+import time
+from importlib import resources
+from pathlib import Path
+
+from tfp_ae.config import RunConfig
+from tfp_ae.heads import HEADS
+
+PAPER_TABLES = {"mlp": "table1_mlp.csv", "cnn": "table2_cnn.csv"}
+PAPER_PREFIX = {"mnist": "mnist", "fashion_mnist": "fmnist"}
+VAE_ROW = "vae"  # the paper's VAE row: model vae, head normal_diag, K = 1, mlp only
+FULL_SCALE = ("normal_full", "student_t_full")
+COLUMNS = ["dataset", "arch", "model", "head", "components", "label", "status", "epochs", "l2_percent",
+           "paper_l2_percent", "fid_lenet", "fid_lenet_vs_noise", "paper_fid_vs_noise", "psnr", "ssim",
+           "fid_lenet_real_vs_noise", "test_nll_nats", "bits_per_dim", "coverage_95", "num_params", "paper_params", "seconds_per_epoch",
+           "paper_seconds_per_epoch", "cell_wall_seconds", "run_dir"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One experiment of the grid."""
+    dataset: str
+    arch: str
+    model: str
+    head: str
+    components: int
+    skip: str = ""  # reason the cell is not run, or "" to run it
+
+    @property
+    def key(self):
+        return f"{self.dataset}/{self.arch}/{self.model}_{self.head}_k{self.components}"
+
+
+def paper_table(arch):
+    """The paper's rows for `arch` (`mlp`: Table 1, `cnn`: Table 2) as dicts keyed by CSV column
+    (transcribed numbers shipped with the package); {} for other architectures."""
+    if arch not in PAPER_TABLES:
+        return []
+    text = resources.files("tfp_ae").joinpath("paper", PAPER_TABLES[arch]).read_text(encoding="utf-8")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _paper_key(row):
+    head = row["head"]
+    return (VAE_ROW if head.startswith("vae") else head), int(row["components"] or 0)
+
+
+def grid_cells(datasets, arch, heads=("all",), components=(1, 10)):
+    """The cells of a grid, in order (dataset, then the paper's row order).
+
+    Args:
+      heads: head names, `vae` (the paper's VAE row), `all` (every registered head and the VAE
+        row) or `paper` (the heads of the paper's table for `arch`).
+      components: the K values; K > 1 only for mixable heads.
+    Returns: a list of `Cell`. Combinations that do not exist are left out (K > 1 for `mse` and
+      `maf`; the VAE row other than mlp with K = 1); the full-scale heads with K > 1 carry a
+      `skip` reason unless named explicitly (the paper left them out; they need ~22 GiB and
+      ~77 min per epoch on a 2-core CPU).
+    Raises: ValueError for an unknown head name or K < 1.
+    """
+    if any(int(k) < 1 for k in components):
+        raise ValueError(f"components must be >= 1, got {list(components)}")
+    named = [h for h in heads if h not in ("all", "paper")]
+    unknown = [h for h in named if h not in HEADS and h != VAE_ROW]
+    if unknown:
+        raise ValueError(f"unknown head(s) {unknown}; valid: all, paper, {VAE_ROW}, {', '.join(HEADS)}")
+    chosen = list(named)
+    if "all" in heads:
+        chosen += list(HEADS) + [VAE_ROW]
+    if "paper" in heads:
+        chosen += [_paper_key(r)[0] for r in paper_table(arch) if r["head"]]
+    chosen = list(dict.fromkeys(chosen))
+    cells = []
+    for dataset in datasets:
+        for k in components:
+            for h in chosen:
+                if h == VAE_ROW:
+                    if arch == "mlp" and k == 1:
+                        cells.append(Cell(dataset, arch, "vae", "normal_diag", 1))
+                elif k == 1 or HEADS[h].mixable:
+                    skip = ""
+                    if k > 1 and h in FULL_SCALE and h not in named:
+                        skip = "full scale with K > 1: not in the paper, ~22 GiB and ~77 min/epoch on a 2-core CPU"
+                    cells.append(Cell(dataset, arch, "ae", h, int(k), skip))
+    return cells
+
+
+def _row(cell, metrics, wall, paper, run_dir):
+    label = HEADS[cell.head].label if cell.model == "ae" else "VAE"
+    row = dict(dataset=cell.dataset, arch=cell.arch, model=cell.model, head=cell.head, components=cell.components,
+               label=label, status=cell.skip and f"skipped: {cell.skip}", run_dir=str(run_dir))
+    p = paper.get((VAE_ROW if cell.model == "vae" else cell.head, cell.components))
+    prefix = PAPER_PREFIX.get(cell.dataset)
+    if p and prefix:
+        row.update(paper_l2_percent=p[f"{prefix}_l2_percent"], paper_fid_vs_noise=p[f"{prefix}_fid_vs_noise"],
+                   paper_params=p[f"{prefix}_params"], paper_seconds_per_epoch=p[f"{prefix}_seconds_per_epoch"])
+    if isinstance(metrics, str):
+        row["status"] = metrics
+    elif metrics:
+        cal = metrics.get("calibration") or {}
+        row.update(status="done", epochs=metrics["epochs"], l2_percent=metrics["l2_percent"],
+                   fid_lenet=metrics.get("fid_lenet"), fid_lenet_vs_noise=metrics.get("fid_lenet_vs_noise"),
+                   fid_lenet_real_vs_noise=metrics.get("fid_lenet_real_vs_noise"),
+                   psnr=metrics["psnr"], ssim=metrics["ssim"], test_nll_nats=metrics["test_nll_nats"],
+                   bits_per_dim=metrics["bits_per_dim"], coverage_95=cal.get("coverage_95"),
+                   num_params=metrics["num_params"], seconds_per_epoch=statistics.median(metrics["seconds_per_epoch"]),
+                   cell_wall_seconds=wall)
+    return row
+
+
+def _fmt(v, digits=3):
+    if v in (None, ""):
+        return "-"
+    try:
+        f = float(v)
+    except ValueError:
+        return str(v)
+    return str(int(f)) if f.is_integer() and abs(f) >= 100 else f"{f:.{digits}f}"
+
+
+def markdown_table(rows, epochs=None):
+    """Markdown tables, one per (architecture, dataset), laid out like the paper's Tables 1/2:
+    ours beside the paper's for L2 (%), FID, parameters and seconds per epoch. `fid_lenet`
+    compares reconstructions with real test images; `fid_lenet_vs_noise` is the paper's kind of
+    number (vs U[0, 1] noise) with another feature extractor, so only its ordering compares."""
+    out = []
+    for arch, dataset in dict.fromkeys((r["arch"], r["dataset"]) for r in rows):
+        part = [r for r in rows if (r["arch"], r["dataset"]) == (arch, dataset)]
+        table = {"mlp": "Table 1", "cnn": "Table 2"}.get(arch, "grid")
+        out += [f"### {table} ({arch}), {dataset}" + (f", {epochs} epochs" if epochs else ""), "",
+                "| distribution | head | K | L2 % | paper L2 % | FID lenet | FID lenet vs noise | paper FID vs noise "
+                "| bits/dim | 95 % coverage | params | paper params | s/epoch | paper s/epoch | status |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in part:
+            worse = (r.get("l2_percent") not in (None, "") and r.get("paper_l2_percent") not in (None, "")
+                     and float(r["l2_percent"]) > float(r["paper_l2_percent"]))
+            l2 = _fmt(r.get("l2_percent")) + (" (worse)" if worse else "")
+            out.append(f"| {r['label']} | {r['head'] if r['model'] == 'ae' else 'vae/' + r['head']} | {r['components']} "
+                       f"| {l2} | {_fmt(r.get('paper_l2_percent'))} | {_fmt(r.get('fid_lenet'))} "
+                       f"| {_fmt(r.get('fid_lenet_vs_noise'))} | {_fmt(r.get('paper_fid_vs_noise'))} "
+                       f"| {_fmt(r.get('bits_per_dim'))} | {_fmt(r.get('coverage_95'))} | {_fmt(r.get('num_params'))} "
+                       f"| {_fmt(r.get('paper_params'))} | {_fmt(r.get('seconds_per_epoch'), 2)} "
+                       f"| {_fmt(r.get('paper_seconds_per_epoch'), 2)} | {r['status']} |")
+        real = next((r.get("fid_lenet_real_vs_noise") for r in part if r.get("fid_lenet_real_vs_noise")), None)
+        test_row = next((r for r in paper_table(arch) if not r["head"]), None)
+        prefix = PAPER_PREFIX.get(dataset)
+        paper_real = test_row[f"{prefix}_fid_vs_noise"] if test_row and prefix else None
+        out.append(f"| test images | | | | | | {_fmt(real)} | {_fmt(paper_real)} | | | | | | | |")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_results(rows, out, epochs=None):
+    """Write `results.csv` (columns `COLUMNS`) and `table.md` atomically."""
+    from tfp_ae.train import write_text
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(buf.getvalue(), Path(out) / "results.csv")
+    write_text(markdown_table(rows, epochs), Path(out) / "table.md")
+
+
+def _cell_config(cell, base):
+    return dataclasses.replace(base, dataset=cell.dataset, arch=cell.arch, model=cell.model, head=cell.head,
+                               components=cell.components)
+
+
+def run_grid(out, cells, base=RunConfig(), on_cell=None, figures=True):
+    """Run (or resume) every cell; finished cells are read from their `metrics.json`, not re-run.
+
+    Args:
+      out: grid folder. cells: from `grid_cells`. base: the RunConfig every cell starts from
+        (epochs, batch size, seed, train_limit, ...); its `out`, `dataset`, `arch`, `model`,
+        `head`, `components` are set per cell.
+      on_cell: optional callback(cell, row) after each cell (e.g. printing progress).
+    Returns: the result rows (dicts with `COLUMNS`). A cell that fails (bad settings, memory,
+      NaN in every retry) is recorded with its error and the grid goes on.
+    """
+    from tfp_ae import train
+    from tfp_ae._tf import tfk
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "grid_state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    papers = {arch: {_paper_key(r): r for r in paper_table(arch) if r["head"]} for arch in {c.arch for c in cells}}
+    rows = []
+    for cell in cells:
+        run_dir = out / cell.key
+        metrics = None
+        if not cell.skip:
+            if (run_dir / train.METRICS_FILE).exists():
+                metrics = json.loads((run_dir / train.METRICS_FILE).read_text())
+            else:
+                start = time.perf_counter()
+                try:
+                    _, metrics = train.run(dataclasses.replace(_cell_config(cell, base), out=str(run_dir)))
+                    state[cell.key] = state.get(cell.key, 0.0) + time.perf_counter() - start
+                    train.write_json(state, state_path)
+                except (ValueError, MemoryError, train.DivergedError) as e:
+                    metrics = f"failed: {type(e).__name__}: {e}"
+                finally:
+                    tfk.backend.clear_session()
+                    gc.collect()
+        rows.append(_row(cell, metrics, state.get(cell.key), papers[cell.arch], run_dir))
+        write_results(rows, out, base.epochs)
+        if on_cell:
+            on_cell(cell, rows[-1])
+    if figures:
+        write_head_figures(out, rows, base)
+    return rows
+
+
+def write_head_figures(out, rows, base=RunConfig(), num_images=8):
+    """Figures 1 (K = 1) and 2 (K > 1) of each (dataset, arch) from the finished cells
+    (`base`: data_dir and rescale of the grid)."""
+    from tfp_ae import figures, plots, train
+    from tfp_ae.data import load_dataset, prepare_images
+    for dataset, arch in dict.fromkeys((r["dataset"], r["arch"]) for r in rows):
+        x = prepare_images(load_dataset(dataset, base.data_dir).x_test[:num_images], base.rescale, "test images")
+        for number, many in ((1, False), (2, True)):
+            done = [r for r in rows if (r["dataset"], r["arch"], r["status"]) == (dataset, arch, "done")
+                    and (int(r["components"]) > 1) == many]
+            if done:
+                models = [train.load_model(r["run_dir"])[0] for r in done]
+                title = f"Figure {number}: {dataset}, {arch}, {'K > 1' if many else 'K = 1'}"
+                plots.save(figures.heads_figure(models, x, title), Path(out) / f"figure{number}_{dataset}_{arch}.png")
