@@ -127,11 +127,12 @@ def _row(cell, metrics, wall, paper, run_dir):
 def _fmt(v, digits=3):
     if v in (None, ""):
         return "-"
+    if isinstance(v, int) or (isinstance(v, str) and v.isdigit()):
+        return str(v)
     try:
-        f = float(v)
+        return f"{float(v):.{digits}f}"
     except ValueError:
         return str(v)
-    return str(int(f)) if f.is_integer() and abs(f) >= 100 else f"{f:.{digits}f}"
 
 
 def markdown_table(rows, epochs=None):

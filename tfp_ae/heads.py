@@ -263,7 +263,8 @@ class Head(tfpl.DistributionLambda):
 
         For Figure 4 of the paper (and the `component_means` / `component_log_prob` serving
         signatures): the mean of each component (the mode for t heads), clipped to [0, 1],
-        `[B, K, H, W, C]`, and `log p_mixture(point_k)` in nats, `[B, K]`.
+        `[B, K, H, W, C]`, and `log p_mixture(point_k)` in nats, `[B, K]`, at that clipped image
+        (the image shown and saved, not the unclipped mean).
         Raises:
           ValueError: the head is not a mixture (K = 1).
         """
@@ -271,7 +272,8 @@ class Head(tfpl.DistributionLambda):
         if logits is None:
             raise ValueError(f"{self.head_name}: component_points needs a mixture (K > 1), got K=1")
         pts = self.component_mode(comp) if self.point == "mode" else self.component_mean(comp)
-        return tf.clip_by_value(self._to_image(pts), 0.0, 1.0), self._mixture_log_prob_at(inner, pts)
+        pts = tf.clip_by_value(pts, 0.0, 1.0)
+        return self._to_image(pts), self._mixture_log_prob_at(inner, pts)
 
     def point_estimate(self, dist, seed=SAMPLE_SEED):
         """The paper's point estimate `[B, H, W, C]` clipped to [0, 1]: mean for normals and

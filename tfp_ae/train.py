@@ -472,9 +472,12 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
         for name in (METRICS_FILE, STATE_FILE, CONFIG_FILE, CHECKPOINT_DIR):
             shutil.rmtree(out / name, ignore_errors=True) if (out / name).is_dir() else (out / name).unlink(missing_ok=True)
     data = load_dataset(config.dataset, config.data_dir)
-    x_train = prepare_images(data.x_train[:config.train_limit], config.rescale, "training images")
+    x_train = prepare_images(data.x_train, config.rescale, "training images")
     x_test = prepare_images(data.x_test, config.rescale, "test images", image_shape=x_train.shape[1:])
-    data = dataclasses.replace(data, x_train=x_train, x_test=x_test)
+    full = dataclasses.replace(data, x_train=x_train, x_test=x_test)  # the FID classifier trains on all of it
+    y_train = None if data.y_train is None else data.y_train[:config.train_limit]
+    data = dataclasses.replace(full, x_train=x_train[:config.train_limit], y_train=y_train)
+    x_train = data.x_train
     strategy = strategy or make_strategy(config.strategy)
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -486,7 +489,7 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
                    seed=attempts[-1]["seed"], attempts=attempts, dequantize=config.dequantize,
                    num_levels=data.num_levels, train_images=len(x_train), data_source=data.source,
                    device=device_summary(strategy), jit=history.get("jit", "off"))
-    extractors, notes = fid_extractors(config, data)
+    extractors, notes = fid_extractors(config, full)
     metrics.update(evaluate(model, data, config.eval_images, seed=config.seed, extractors=extractors))
     if notes:
         metrics["fid_note"] = "; ".join(notes)

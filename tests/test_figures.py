@@ -1,0 +1,84 @@
+"""Figures 1-4 and the augmentation: shapes, ordering, thresholds, errors."""
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from tfp_ae import figures
+from tfp_ae._tf import tf
+from tfp_ae.models import build_model, compile_model
+from tfp_ae.vae import build_vae, compile_vae
+
+
+@pytest.fixture(scope="module")
+def mixture(digits):
+    tf.keras.utils.set_random_seed(0)
+    model = compile_model(build_model("normal_diag", digits.image_shape, num_components=3))
+    model.fit(digits.x_train, digits.x_train, batch_size=128, epochs=3, verbose=0)
+    return model
+
+
+def test_component_points_sorted_figure_and_augment(mixture, digits):
+    x, y = digits.x_test[:20], digits.y_test[:20]
+    pts, lps = figures.component_points(mixture, x)
+    assert pts.shape == (20, 3, 8, 8, 1) and lps.shape == (20, 3)
+    # the mixture log-density at each component mean, recomputed from the distribution
+    dist = mixture(x)
+    want = np.stack([dist.log_prob(pts[:, k]).numpy() for k in range(3)], axis=1)
+    np.testing.assert_allclose(lps, want, rtol=1e-4)
+    fig = figures.components_figure(mixture, x[:4])
+    assert isinstance(fig, Figure) and len(fig.axes) == 4 * (1 + 3)
+    titles = [float(a.get_title()) for a in fig.axes if a.get_title() not in ("", "input")]
+    rows = np.array(titles).reshape(4, 3)
+    assert np.all(np.diff(rows, axis=1) <= 0.5)  # sorted, descending (printed rounded)
+
+    t = float(np.median(lps))
+    aug = figures.augment(mixture, x, y, min_log_prob=t)
+    assert len(aug["images"]) == int(np.sum(lps >= t)) and np.all(aug["log_prob"] >= t)
+    np.testing.assert_array_equal(aug["labels"], y[aug["source_index"]])
+    np.testing.assert_allclose(aug["images"], pts[aug["source_index"], aug["component"]])
+    assert len(figures.augment(mixture, x)["images"]) == 60  # no threshold keeps every component
+
+
+def test_figures_reject_bad_input(digits):
+    model = build_model("normal_diag", digits.image_shape)
+    with pytest.raises(ValueError, match="mixture head"):
+        figures.component_points(model, digits.x_test[:2])
+    with pytest.raises(ValueError, match="no prior"):
+        figures.latent_samples(model, 4)
+    with pytest.raises(ValueError, match="images"):
+        figures.component_points(model, digits.x_test[:2, :4])
+
+
+def test_heads_and_latent_figures(mixture, digits):
+    mse = compile_model(build_model("mse", digits.image_shape))
+    vae = compile_vae(build_vae("normal_diag", digits.image_shape, latent_dim=4))
+    x = digits.x_test[:5]
+    fig = figures.heads_figure([mse, mixture, vae], x, "t")
+    assert len(fig.axes) == (1 + 2 * 3) * 5
+    for model in (mixture, vae):
+        codes = figures.latents(model, x)
+        assert codes.shape == (5, 32 if model is mixture else 4)
+        s = figures.latent_samples(model, 6, digits.x_test[:100])
+        assert s.shape == (6, 8, 8, 1) and s.min() >= 0 and s.max() <= 1
+        o = figures.output_samples(model, x, 3)
+        assert o.shape == (3, 5, 8, 8, 1)
+        assert isinstance(figures.latent_figure(model, digits, tsne_images=60), Figure)
+    emb = figures.tsne(np.random.default_rng(0).normal(size=(40, 5)))
+    assert emb.shape == (40, 2)
+
+
+def test_cli_augment_writes_a_trainable_dataset(tmp_path):
+    from tfp_ae.cli import main
+    run = tmp_path / "run"
+    main(["train", "--dataset", "digits", "--head", "normal_diag", "-K", "3", "--epochs", "1", "--train-limit", "256",
+          "--no-fid", "--tsne-images", "0", "--out", str(run)])
+    out = tmp_path / "aug.npz"
+    main(["augment", str(run), "--out", str(out), "--min-log-prob=-1e9", "--limit", "50", "--include-originals"])
+    with np.load(out) as f:
+        assert f["x_train"].shape == (50 + 150, 8, 8, 1) and f["y_train"].shape == (200,)
+        assert f["x_test"].shape == (360, 8, 8, 1) and len(f["log_prob"]) == 150
+    with pytest.raises(SystemExit, match="exists"):
+        main(["augment", str(run), "--out", str(out)])
+    main(["train", "--dataset", str(out), "--head", "normal_diag", "--epochs", "1", "--no-fid", "--tsne-images", "0",
+          "--out", str(tmp_path / "again")])
+    assert (tmp_path / "again" / "metrics.json").exists()

@@ -1,0 +1,80 @@
+"""The paper's grid: which cells exist, the paper's numbers beside ours, resuming without re-running."""
+import csv
+import json
+
+import pytest
+
+from tfp_ae import grid, train
+from tfp_ae.config import RunConfig
+from tfp_ae.heads import HEADS, mixable_heads
+
+
+def test_grid_cells_follow_the_paper():
+    cells = grid.grid_cells(["mnist"], "mlp", ["all"], [1, 10])
+    k1 = [c for c in cells if c.components == 1]
+    k10 = [c for c in cells if c.components == 10]
+    assert len(k1) == len(HEADS) + 1 and sum(c.model == "vae" for c in k1) == 1
+    assert {c.head for c in k10} == set(mixable_heads())  # no mse / maf / vae at K=10
+    assert {c.head for c in k10 if c.skip} == {"normal_full", "student_t_full"}
+    named = grid.grid_cells(["mnist"], "mlp", ["normal_full"], [10])
+    assert named[0].skip == ""  # asked for by name: run
+    assert not [c for c in grid.grid_cells(["mnist"], "cnn", ["vae"], [1])]
+    paper = grid.grid_cells(["mnist"], "cnn", ["paper"], [1])
+    assert {c.head for c in paper} == {h for h in HEADS if h.startswith("matrix_")}
+    with pytest.raises(ValueError, match="unknown head.*valid: all, paper, vae"):
+        grid.grid_cells(["mnist"], "mlp", ["gauss"], [1])
+    with pytest.raises(ValueError, match="components must be >= 1"):
+        grid.grid_cells(["mnist"], "mlp", ["all"], [0])
+
+
+def test_paper_tables_ship_with_the_package():
+    t1 = {grid._paper_key(r): r for r in grid.paper_table("mlp") if r["head"]}
+    assert t1["mse", 1]["mnist_l2_percent"] == "1.585" and t1["vae", 1]["mnist_params"] == "101984"
+    assert t1["matrix_t_full", 10]["fmnist_seconds_per_epoch"] == "78.134"
+    assert len(grid.paper_table("cnn")) == 13 and grid.paper_table("cnn_dense") == []
+
+
+def test_markdown_puts_paper_numbers_beside_ours():
+    cell = grid.Cell("mnist", "mlp", "ae", "mse", 1)
+    papers = {grid._paper_key(r): r for r in grid.paper_table("mlp") if r["head"]}
+    metrics = dict(epochs=20, l2_percent=2.0, psnr=20.0, ssim=0.9, test_nll_nats=700.0, bits_per_dim=9.3,
+                   num_params=50992, seconds_per_epoch=[1.0, 3.0, 2.0], fid_lenet=1.5, fid_lenet_vs_noise=200.0,
+                   fid_lenet_real_vs_noise=250.0)
+    row = grid._row(cell, metrics, 42.0, papers, "x")
+    assert row["paper_l2_percent"] == "1.585" and row["seconds_per_epoch"] == 2.0 and row["status"] == "done"
+    md = grid.markdown_table([row], epochs=20)
+    assert "### Table 1 (mlp), mnist, 20 epochs" in md
+    assert "| MSE | mse | 1 | 2.000 (worse) | 1.585 | 1.500 | 200.000 | 520.167 |" in md
+    assert "| test images | | | | | | 250.000 | 485.073 |" in md
+
+
+def test_run_grid_resumes_without_rerunning(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFP_AE_CACHE_DIR", str(tmp_path / "cache"))
+    cells = grid.grid_cells(["digits"], "mlp", ["normal_diag", "mse"], [1, 2])
+    base = RunConfig(epochs=1, train_limit=256, eval_images=50, tsne_images=0, verbose=0)
+    rows = grid.run_grid(tmp_path / "g", cells, base)
+    assert [r["status"] for r in rows] == ["done"] * 3
+    with open(tmp_path / "g" / "results.csv") as f:
+        saved = list(csv.DictReader(f))
+    assert [(r["head"], r["components"]) for r in saved] == [("normal_diag", "1"), ("mse", "1"), ("normal_diag", "2")]
+    assert float(saved[0]["l2_percent"]) == pytest.approx(rows[0]["l2_percent"])
+    assert (tmp_path / "g" / "figure1_digits_mlp.png").exists() and (tmp_path / "g" / "figure2_digits_mlp.png").exists()
+    state = json.loads((tmp_path / "g" / "grid_state.json").read_text())
+    assert set(state) == {c.key for c in cells}
+
+    monkeypatch.setattr(train, "run", lambda *a, **k: pytest.fail("a finished cell was re-run"))
+    again = grid.run_grid(tmp_path / "g", cells, base, figures=False)
+    assert [r["l2_percent"] for r in again] == [r["l2_percent"] for r in rows]
+
+
+def test_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(config, **kw):
+        calls.append(config.head)
+        raise MemoryError("needs 99 GiB")
+
+    monkeypatch.setattr(train, "run", fake_run)
+    rows = grid.run_grid(tmp_path, grid.grid_cells(["digits"], "mlp", ["normal_full", "mse"], [1]), figures=False)
+    assert calls == ["normal_full", "mse"]
+    assert rows[0]["status"] == "failed: MemoryError: needs 99 GiB"
