@@ -70,8 +70,8 @@ class VAE(tfk.Model):
 
     def posterior(self, x):
         """q(z|x) = N(mu, diag sigma^2), batch `[B]`, event `[latent_dim]`."""
-        p = self.encoder(x)
-        return tfd.MultivariateNormalDiag(p[..., :self.latent_dim], positive(p[..., self.latent_dim:]))
+        loc, scale = tf.split(self.encoder(x), 2, axis=-1)
+        return tfd.MultivariateNormalDiag(loc, positive(scale))
 
     def _decoder_params(self, z):
         """Head parameters `[..., head.size]` for codes `[..., latent_dim]` (any leading shape)."""
