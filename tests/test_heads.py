@@ -292,10 +292,10 @@ def test_maf_fast_sampler_equals_tfp_flow(rng):
 @pytest.mark.parametrize("n", [1, 2, 5, 28])
 def test_scale_tril_equals_fill_scale_tril(n, rng):
     from tfp_ae._tf import tfb
-    from tfp_ae.heads import _scale_tril
+    from tfp_ae.heads import _full_scale
     p = tf.constant(rng.normal(size=(3, n * (n + 1) // 2)), tf.float32)
     want = tfb.FillScaleTriL(diag_bijector=tfb.Softplus(), diag_shift=1e-6)(p).numpy()
-    np.testing.assert_allclose(_scale_tril(p).numpy(), want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(_full_scale(p)[0].numpy(), want, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", ["matrix_normal_full", "matrix_t_diag"])
@@ -312,3 +312,41 @@ def test_matrix_samples_match_mean_and_variance_in_graph_mode(name, rng):
     assert samples.shape == (20000, 2) + SHAPE
     np.testing.assert_allclose(samples.mean(0), head.mean(dist).numpy(), atol=0.08)
     np.testing.assert_allclose(samples.var(0), head.variance(dist).numpy(), rtol=0.08, atol=0.02)
+
+
+@pytest.mark.parametrize("name,k", [("normal_full", 1), ("normal_full", 2), ("student_t_full", 1), ("student_t_full", 2)])
+def test_full_scale_log_prob_and_gradient_equal_tfp(name, k, rng):
+    """The packed-parameter gradient (`_tril_quadratic_log_det`) equals autodiff through TFP's
+    FillScaleTriL distributions, also for x broadcast against the batch (extra sample axis)."""
+    from tfp_ae._tf import tfb, tfd
+    head = make_head(name, (3, 3, 1), k)
+    params = tf.constant(random_params(rng, head.size, batch=4))
+    x = tf.constant(rng.uniform(size=(5, 4, 3, 3, 1)), tf.float32)  # [sample, batch, H, W, C]
+
+    def reference(p):
+        d, m = 9, 9 * 10 // 2
+        per = d + m + int(head.student_t)
+        if k > 1:
+            logits, comp = p[..., :k], tf.reshape(p[..., k:], [-1, k, per])
+        else:
+            comp = p
+        loc, s = comp[..., :d], comp[..., d:d + m]
+        tril = tfb.FillScaleTriL(diag_bijector=tfb.Softplus(), diag_shift=1e-6)(s)
+        if head.student_t:
+            dist = tfd.MultivariateStudentTLinearOperator(
+                1e-6 + tf.math.softplus(comp[..., -1]), loc, tf.linalg.LinearOperatorLowerTriangular(tril))
+        else:
+            dist = tfd.MultivariateNormalTriL(loc, tril)
+        if k > 1:
+            dist = tfd.MixtureSameFamily(tfd.Categorical(logits=logits), dist)
+        return dist.log_prob(tf.reshape(x, [5, 4, 9]))
+
+    results = []
+    for fn in (lambda p: head.new(p).log_prob(x), reference):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            lp = fn(params)
+            total = tf.reduce_sum(lp)
+        results.append((lp.numpy(), tape.gradient(total, params).numpy()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-4)

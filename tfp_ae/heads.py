@@ -62,28 +62,108 @@ def _scale_params_size(kind, n):
 
 @functools.lru_cache(maxsize=None)
 def _packed_diagonal(m):
-    """Boolean `[m]`: which of `m = n(n+1)/2` packed entries `fill_triangular` puts on the diagonal."""
+    """`[n]` int: the positions in the packed vector (`m = n(n+1)/2` entries) that
+    `fill_triangular` puts on the diagonal, in row order."""
     with tf.init_scope():  # eager, also while a graph is being traced
-        n = int(round((math.sqrt(8 * m + 1) - 1) / 2))
         filled = tfp.math.fill_triangular(tf.range(1, m + 1)).numpy()
-    mask = np.zeros(m, bool)
-    mask[np.diag(filled) - 1] = True
-    return mask
+    return np.diag(filled) - 1
 
 
-def _scale_tril(params):
-    """Lower-triangular n x n matrix from `[..., n(n+1)/2]`, diagonal 1e-6 + softplus: the same
-    matrix as `tfb.FillScaleTriL(diag_bijector=Softplus(), diag_shift=1e-6)`, with the diagonal
-    transformed on the packed vector (elementwise) before `fill_triangular` instead of on the
-    dense n x n matrix (for n = 784 that saves two passes over 614656 entries per image)."""
-    mask = tf.constant(_packed_diagonal(int(params.shape[-1])))
-    return tfp.math.fill_triangular(tf.where(mask, positive(params), params))
+def _unbroadcast(g, shape):
+    """Sum `g` over the axes along which a tensor of `shape` was broadcast to `g`'s shape."""
+    _, axes = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(g), s1=shape)
+    return tf.reshape(tf.reduce_sum(g, axes), shape)
+
+
+def _full_scale(params):
+    """(tril, raw diagonal) of a full scale: L = fill_triangular(`params` `[..., n(n+1)/2]`)
+    with its diagonal replaced by 1e-6 + softplus of itself, `[..., n, n]` (the same matrix as
+    `tfb.FillScaleTriL(diag_bijector=Softplus(), diag_shift=1e-6)`, transforming only the n
+    diagonal entries instead of the dense matrix), and those raw entries `[..., n]`."""
+    d = tf.gather(params, _packed_diagonal(int(params.shape[-1])), axis=-1)
+    return tf.linalg.set_diag(tfp.math.fill_triangular(params), positive(d)), d
+
+
+@tf.custom_gradient
+def _tril_quadratic_log_det(params, tril, d, r):
+    """(q, log det L) `[...]` for r `[..., n]`: q = ||L^{-1} r||^2, L = `tril` from `_full_scale`.
+
+    Differentiated with respect to the packed `params` directly (`tril` and `d` get no gradient;
+    they are functions of `params`): with z = L^{-1} r and w = L^{-T} z,
+    dq/dr = 2 w and dq/dL = -2 w z^T (lower part); d log det / dL_ii = 1 / L_ii; the diagonal
+    chains through dL_ii/dp = sigmoid(p). The n x n gradient is gathered back to the packed layout
+    once (`fill_triangular_inverse`); no autodiff through `fill_triangular`, `set_diag` or the
+    elementwise maps of all n(n+1)/2 entries.
+    """
+    z = tf.linalg.triangular_solve(tril, r[..., None], lower=True)          # [..., n, 1]
+    pos = tf.linalg.diag_part(tril)
+    q = tf.reduce_sum(tf.square(z), axis=[-2, -1])
+    log_det = tf.reduce_sum(tf.math.log(pos), axis=-1)
+
+    def grad(gq, g_log_det):
+        w = tf.linalg.triangular_solve(tril, z, lower=True, adjoint=True)   # L^{-T} z
+        # dL: summed over any axes r was broadcast along (e.g. samples), before the diagonal terms
+        big = _unbroadcast((-2.0 * gq)[..., None, None] * tf.matmul(w, z, adjoint_b=True), tf.shape(tril))
+        diag = (tf.linalg.diag_part(big) + g_log_det[..., None] / pos) * tf.sigmoid(d)
+        # fill_triangular_inverse reads a lower-triangular matrix (it adds the mirrored upper part)
+        d_params = tfp.math.fill_triangular_inverse(tf.linalg.band_part(tf.linalg.set_diag(big, diag), -1, 0))
+        d_r = (2.0 * gq)[..., None] * w[..., 0]
+        return d_params, None, None, _unbroadcast(d_r, tf.shape(r))
+
+    return (q, log_det), grad
+
+
+class _FastFullScale:
+    """Mixin for the full-scale heads' distributions: `log_prob` through
+    `_tril_quadratic_log_det` when the scale operator carries its packed parameters (`_packed`,
+    kept on the operator because TFP rebuilds distributions from their parameters), else TFP's."""
+
+    @property
+    def _packed(self):
+        return getattr(self.scale, "_packed", None)
+
+    def experimental_local_measure(self, x, backward_compat=False, **kwargs):
+        # a TransformedDistribution around this one (the head's reshape to the image) asks for
+        # the local measure instead of log_prob; answer with the fast log_prob
+        if self._packed is None:
+            return super().experimental_local_measure(x, backward_compat=backward_compat, **kwargs)
+        from tensorflow_probability.python.experimental import tangent_spaces
+        return self.log_prob(x), tangent_spaces.FullSpace()
+
+    def _quadratic_log_det(self, x):
+        params, tril, d = self._packed
+        return _tril_quadratic_log_det(params, tril, d, x - self.loc)
+
+
+class MultivariateNormalFullScale(_FastFullScale, tfd.MultivariateNormalLinearOperator):
+    """N(loc, L L^T): log p(x) = -q/2 - log det L - n/2 log(2 pi), q = ||L^{-1}(x - loc)||^2."""
+
+    def _log_prob(self, x):
+        if self._packed is None:
+            return super()._log_prob(x)
+        q, log_det = self._quadratic_log_det(x)
+        n = tf.cast(tf.shape(x)[-1], x.dtype)
+        return -0.5 * q - log_det - 0.5 * n * np.log(2 * np.pi)
+
+
+class MultivariateStudentTFullScale(_FastFullScale, tfd.MultivariateStudentTLinearOperator):
+    """t(df, loc, L): log p(x) = lgamma((df + n)/2) - lgamma(df/2) - n/2 log(df pi) - log det L
+    - (df + n)/2 log(1 + q/df) (Kotz & Nadarajah 2004, Eq. 1.1), q as for the normal."""
+
+    def _log_prob(self, x):
+        if self._packed is None:
+            return super()._log_prob(x)
+        q, log_det = self._quadratic_log_det(x)
+        n = tf.cast(tf.shape(x)[-1], x.dtype)
+        df = tf.convert_to_tensor(self.df)
+        return (tf.math.lgamma(0.5 * (df + n)) - tf.math.lgamma(0.5 * df) - 0.5 * n * tf.math.log(df * np.pi)
+                - log_det - 0.5 * (df + n) * tf.math.log1p(q / df))
 
 
 def _scale_operator(kind, params, n):
     """An n x n scale operator from its flat parameters `[..., _scale_params_size(kind, n)]`.
 
-    identity: I (no parameters); diag: diag(1e-6 + softplus(p)); full: `_scale_tril(p)`.
+    identity: I (no parameters); diag: diag(1e-6 + softplus(p)); full: `_full_scale(p)`.
     """
     if kind == "identity":
         # LinearOperatorIdentity inside a Kronecker product fails to solve in graph mode
@@ -93,7 +173,7 @@ def _scale_operator(kind, params, n):
     if kind == "diag":
         return tf.linalg.LinearOperatorDiag(positive(params), is_non_singular=True,
                                             is_positive_definite=True)
-    return tf.linalg.LinearOperatorLowerTriangular(_scale_tril(params), is_non_singular=True)
+    return tf.linalg.LinearOperatorLowerTriangular(_full_scale(params)[0], is_non_singular=True)
 
 
 def _row_variance(op):
@@ -407,11 +487,15 @@ class VectorHead(Head):
         d = self.natural_event_shape[0]
         n_scale = _scale_params_size(self.scale, d)
         loc, s, df = _split(params, [d, n_scale, int(self.student_t)])
+        if self.scale == "full":  # log_prob differentiated on the packed parameters
+            tril, diag = _full_scale(s)
+            scale = tf.linalg.LinearOperatorLowerTriangular(tril, is_non_singular=True)
+            scale._packed = (s, tril, diag)
+            return (MultivariateStudentTFullScale(positive(tf.squeeze(df, -1)), loc, scale) if self.student_t
+                    else MultivariateNormalFullScale(loc, scale))
         if self.student_t:
             return tfd.MultivariateStudentTLinearOperator(
                 df=positive(tf.squeeze(df, -1)), loc=loc, scale=_scale_operator(self.scale, s, d))
-        if self.scale == "full":
-            return tfd.MultivariateNormalTriL(loc, _scale_tril(s))
         return tfd.MultivariateNormalLinearOperator(loc, _scale_operator(self.scale, s, d))
 
     def component_variance(self, comp):
