@@ -60,6 +60,11 @@ class VAE(tfk.Model):
     def metrics(self):
         return self._trackers
 
+    def get_config(self):
+        """The VAE's own settings; encoder, decoder and head are rebuilt by `build_vae` (weights are
+        saved with checkpoints and rebuilt from a run's `config.json`, see `tfp_ae.train.load_model`)."""
+        return dict(name=self.name, latent_dim=self.latent_dim, objective=self.objective, iw_samples=self.iw_samples)
+
     def count_params(self):
         """Weights of encoder, decoder and head (not the loss trackers' counters)."""
         return int(sum(np.prod(w.shape) for w in self.encoder.weights + self.decoder.weights + self.head.weights))
