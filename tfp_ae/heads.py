@@ -95,12 +95,17 @@ def _tril_quadratic_log_det(params, tril, d, r):
     once (`fill_triangular_inverse`); no autodiff through `fill_triangular`, `set_diag` or the
     elementwise maps of all n(n+1)/2 entries.
     """
-    z = tf.linalg.triangular_solve(tril, r[..., None], lower=True)          # [..., n, 1]
-    pos = tf.linalg.diag_part(tril)
-    q = tf.reduce_sum(tf.square(z), axis=[-2, -1])
-    log_det = tf.reduce_sum(tf.math.log(pos), axis=-1)
+    with tf.name_scope("full_scale_log_prob"):
+        z = tf.linalg.triangular_solve(tril, r[..., None], lower=True)      # [..., n, 1]
+        pos = tf.linalg.diag_part(tril)
+        q = tf.reduce_sum(tf.square(z), axis=[-2, -1])
+        log_det = tf.reduce_sum(tf.math.log(pos), axis=-1)
 
     def grad(gq, g_log_det):
+        with tf.name_scope("full_scale_log_prob_grad"):
+            return _grad(gq, g_log_det)
+
+    def _grad(gq, g_log_det):
         w = tf.linalg.triangular_solve(tril, z, lower=True, adjoint=True)   # L^{-T} z
         # dL: summed over any axes r was broadcast along (e.g. samples), before the diagonal terms
         big = _unbroadcast((-2.0 * gq)[..., None, None] * tf.matmul(w, z, adjoint_b=True), tf.shape(tril))
