@@ -17,6 +17,17 @@ def require_dataset(name):
     pytest.skip(f"dataset {name} not available (set TFP_AE_DATA_DIR)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """FID classifiers trained by the tests go to a temporary cache, not the user's ~/.cache."""
+    if "TFP_AE_CACHE_DIR" not in os.environ:
+        os.environ["TFP_AE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+        yield
+        del os.environ["TFP_AE_CACHE_DIR"]
+    else:
+        yield
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -40,7 +40,8 @@ CASES = [(h, k, a) for h, c in HEADS.items() for k in ([1, 10] if c.mixable else
 def test_cli_every_head_k_and_arch_one_epoch(head, k, arch, tmp_path):
     out = tmp_path / "run"
     main(["train", "--dataset", "digits", "--head", head, "--components", str(k), "--arch", arch,
-          "--epochs", "1", "--train-limit", "256", "--eval-images", "64", "--out", str(out)])
+          "--epochs", "1", "--train-limit", "256", "--eval-images", "64", "--out", str(out),
+          "--no-fid", "--no-extra-figures"])  # FID and Figures 3/4 are tested in test_fid / test_figures
     m = json.loads((out / "metrics.json").read_text())
     assert (m["head"], m["components"], m["arch"]) == (head, k, arch)
     assert np.isfinite(m["test_nll_nats"]) and 0 <= m["l2_percent"] <= 100

@@ -42,6 +42,8 @@ def _add_train_args(p):
     p.add_argument("--fid-inception", action="store_true", help="also InceptionV3 FID (downloads its weights "
                    "through Keras if not cached; without this flag it is used only when they are cached)")
     p.add_argument("--tsne-images", type=int, default=d.tsne_images, help="test latents in the t-SNE panel (0: none)")
+    p.add_argument("--no-extra-figures", dest="extra_figures", action="store_false",
+                   help="write only reconstructions.png, not samples.png / components.png (Figures 3 and 4)")
     p.add_argument("--out", default=None, help="run folder (default runs/DATASET_ARCH_HEAD_kK); an unfinished "
                    "run there is resumed from its last finished epoch")
     p.add_argument("--overwrite", action="store_true", help="train again even if --out holds a finished run")

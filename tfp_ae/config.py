@@ -35,6 +35,7 @@ class RunConfig:
     fid: bool = True                   # fid_lenet (+ fid_inception when its weights are cached)
     fid_inception: bool = False        # also InceptionV3 FID, downloading its weights if needed
     tsne_images: int = 1000            # test latents in the t-SNE panel of samples.png (0: none)
+    extra_figures: bool = True         # samples.png (Figure 3) and components.png (Figure 4)
     verbose: int = 2
 
     def to_dict(self):

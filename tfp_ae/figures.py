@@ -18,6 +18,8 @@ from tfp_ae.data import check_images
 from tfp_ae.heads import SAMPLE_SEED
 from tfp_ae.vae import VAE
 
+FULL_COVARIANCE_MAX = 512  # latent sizes up to this get a full-covariance Gaussian fit
+
 
 def _label(model):
     head = model.head
@@ -55,7 +57,9 @@ def latent_samples(model, num_images, reference_images=None, seed=0):
     """Point estimates of p(x|z) for sampled codes z, `[num_images, H, W, C]` in [0, 1].
 
     A VAE samples its prior N(0, I). An autoencoder has no prior (its ReLU codes are not N(0, I)):
-    z ~ N(mean, covariance) fitted to the codes of `reference_images` (required then).
+    z ~ N(mean, covariance) fitted to the codes of `reference_images` (required then); the
+    covariance is diagonal for codes of more than `FULL_COVARIANCE_MAX` numbers (the faithful
+    `cnn`'s 4x4x320 feature maps), full otherwise.
     Raises: ValueError when an autoencoder gets no reference images.
     """
     if isinstance(model, VAE):
@@ -64,7 +68,11 @@ def latent_samples(model, num_images, reference_images=None, seed=0):
         raise ValueError("an autoencoder has no prior: pass reference_images (>= 2) to fit a Gaussian to their codes")
     codes = latents(model, reference_images)
     rng = np.random.default_rng(seed)
-    z = rng.multivariate_normal(codes.mean(0), np.cov(codes, rowvar=False), size=num_images).astype(np.float32)
+    if codes.shape[1] <= FULL_COVARIANCE_MAX:
+        z = rng.multivariate_normal(codes.mean(0), np.cov(codes, rowvar=False), size=num_images)
+    else:
+        z = rng.normal(codes.mean(0), codes.std(0), size=(num_images, codes.shape[1]))
+    z = z.astype(np.float32).reshape((num_images, *model.encoder.output_shape[1:]))
     return model.head.point_estimate(model.decoder(z)).numpy()
 
 
@@ -76,8 +84,12 @@ def output_samples(model, images, num_samples=5, seed=SAMPLE_SEED):
 
 
 def tsne(codes, seed=0):
-    """2-D t-SNE embedding `[N, 2]` of codes `[N, L]` (scikit-learn, PCA initialisation)."""
+    """2-D t-SNE embedding `[N, 2]` of codes `[N, L]` (scikit-learn, PCA initialisation; codes
+    wider than 50 are first reduced to 50 principal components, the usual practice)."""
+    from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
+    if codes.shape[1] > 50 and len(codes) > 50:
+        codes = PCA(50, random_state=seed).fit_transform(codes)
     perplexity = min(30.0, (len(codes) - 1) / 3)
     return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
 

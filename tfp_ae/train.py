@@ -497,9 +497,10 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
         metrics.update(objective=config.objective, iw_samples=config.iw_samples if config.objective == "iwae" else 1)
     if out:
         plots.save(reconstruction_plot(model, data.x_test[:10]), out / "reconstructions.png")
-        plots.save(figures.latent_figure(model, data, tsne_images=config.tsne_images, seed=config.seed),
-                   out / "samples.png")
-        if model.head.num_components > 1:
+        if config.extra_figures:
+            plots.save(figures.latent_figure(model, data, tsne_images=config.tsne_images, seed=config.seed),
+                       out / "samples.png")
+        if config.extra_figures and model.head.num_components > 1:
             plots.save(figures.components_figure(model, data.x_test[:6]), out / "components.png")
         write_json(dict(metrics, config=config.to_dict()), out / METRICS_FILE)
     return model, metrics
