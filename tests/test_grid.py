@@ -78,3 +78,22 @@ def test_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
     rows = grid.run_grid(tmp_path, grid.grid_cells(["digits"], "mlp", ["normal_full", "mse"], [1]), figures=False)
     assert calls == ["normal_full", "mse"]
     assert rows[0]["status"] == "failed: MemoryError: needs 99 GiB"
+
+
+def test_grid_cli_passes_every_training_flag_to_its_cells(tmp_path, monkeypatch):
+    from tfp_ae import cli
+    seen = []
+
+    def fake_run(config, **kw):
+        seen.append(config)
+        raise MemoryError("not trained in this test")
+
+    monkeypatch.setattr(train, "run", fake_run)
+    cli.main(["grid", "--dataset", "digits", "--heads", "mse", "vae", "-K", "1", "--epochs", "3",
+              "--learning-rate", "0.01", "--dequantize", "--objective", "iwae", "--no-extra-figures",
+              "--strategy", "mirrored", "--no-figures", "--out", str(tmp_path)])
+    assert [(c.model, c.head, c.dataset) for c in seen] == [("ae", "mse", "digits"), ("vae", "normal_diag", "digits")]
+    for c in seen:
+        assert (c.epochs, c.learning_rate, c.dequantize, c.objective, c.extra_figures, c.strategy) == \
+            (3, 0.01, True, "iwae", False, "mirrored")
+        assert c.out == str(tmp_path / grid.Cell(c.dataset, "mlp", c.model, c.head, 1).key)

@@ -13,17 +13,11 @@ from tfp_ae.heads import HEADS, describe_heads
 from tfp_ae.train import STRATEGIES, DivergedError
 
 
-def _add_train_args(p):
+def _add_settings(p):
+    """Flags for how every model is trained and evaluated: shared by `train` and `grid`."""
     d = RunConfig()
-    p.add_argument("--dataset", default=d.dataset,
-                   help=f"{', '.join(DATASETS)}, or a path to an .npz file with x_train and x_test [N, H, W, C]")
-    p.add_argument("--model", default=d.model, choices=MODELS, help="ae: the paper's autoencoders; vae: a VAE "
-                   "with the head as decoder likelihood")
     p.add_argument("--objective", default=d.objective, choices=OBJECTIVES, help="vae: train on the elbo or the iwae bound")
     p.add_argument("--iw-samples", type=int, default=d.iw_samples, help="vae --objective iwae: importance samples k")
-    p.add_argument("--head", default=d.head, help=f"output head, one of: {', '.join(HEADS)}")
-    p.add_argument("--components", "-K", type=int, default=d.components, help="mixture components K (>= 1)")
-    p.add_argument("--arch", default=d.arch, choices=ARCHS)
     p.add_argument("--latent-dim", type=int, default=d.latent_dim)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -44,6 +38,18 @@ def _add_train_args(p):
     p.add_argument("--tsne-images", type=int, default=d.tsne_images, help="test latents in the t-SNE panel (0: none)")
     p.add_argument("--no-extra-figures", dest="extra_figures", action="store_false",
                    help="write only reconstructions.png, not samples.png / components.png (Figures 3 and 4)")
+
+
+def _add_train_args(p):
+    d = RunConfig()
+    p.add_argument("--dataset", default=d.dataset,
+                   help=f"{', '.join(DATASETS)}, or a path to an .npz file with x_train and x_test [N, H, W, C]")
+    p.add_argument("--model", default=d.model, choices=MODELS, help="ae: the paper's autoencoders; vae: a VAE "
+                   "with the head as decoder likelihood")
+    p.add_argument("--head", default=d.head, help=f"output head, one of: {', '.join(HEADS)}")
+    p.add_argument("--components", "-K", type=int, default=d.components, help="mixture components K (>= 1)")
+    p.add_argument("--arch", default=d.arch, choices=ARCHS)
+    _add_settings(p)
     p.add_argument("--out", default=None, help="run folder (default runs/DATASET_ARCH_HEAD_kK); an unfinished "
                    "run there is resumed from its last finished epoch")
     p.add_argument("--overwrite", action="store_true", help="train again even if --out holds a finished run")
@@ -92,9 +98,10 @@ def cmd_toy2d(args):
 
 def cmd_grid(args):
     from tfp_ae.grid import grid_cells, run_grid
-    base = RunConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, train_limit=args.train_limit,
-                     eval_images=args.eval_images, data_dir=args.data_dir, jit_compile=args.jit_compile,
-                     fid=args.fid, tsne_images=args.tsne_images, verbose=0)
+    # every training flag except the per-cell fields (dataset, arch, model, head, components, out)
+    grid_only = ("dataset", "arch", "heads", "components", "out", "no_figures", "command", "func")
+    base = RunConfig.from_dict({k: v for k, v in vars(args).items() if k not in grid_only})
+    base.verbose = 0
     cells = grid_cells(args.dataset, args.arch, args.heads, args.components)
     todo = [c for c in cells if not c.skip]
     print(f"grid: {len(todo)} cells to run or read, {len(cells) - len(todo)} skipped; folder {args.out}")
@@ -170,16 +177,7 @@ def main(argv=None):
     p.add_argument("--heads", nargs="+", default=["all"], help="head names, vae, all (every head + the VAE "
                    "row) or paper (the paper's rows)")
     p.add_argument("--components", "-K", nargs="+", type=int, default=[1, 10])
-    d = RunConfig()
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--train-limit", type=int, default=None)
-    p.add_argument("--eval-images", type=int, default=d.eval_images)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--jit", dest="jit_compile", action="store_true")
-    p.add_argument("--no-fid", dest="fid", action="store_false")
-    p.add_argument("--tsne-images", type=int, default=d.tsne_images)
+    _add_settings(p)
     p.add_argument("--no-figures", action="store_true", help="skip Figures 1/2 of the grid")
     p.add_argument("--out", default="runs/grid")
     p.set_defaults(func=cmd_grid)
