@@ -36,7 +36,7 @@ def one(args):
     from tfp_ae._tf import tf, tfk
     from tfp_ae.data import dataset_available, load_dataset, make_pipeline
     from tfp_ae.models import build_model, compile_model
-    from tfp_ae.train import device_summary, point_estimates, probe_jit, variance_maps
+    from tfp_ae.train import device_summary, point_and_variance, probe_jit
 
     if args.device == "gpu" and not tf.config.list_physical_devices("GPU"):
         raise SystemExit("--device gpu: TensorFlow sees no GPU")
@@ -68,7 +68,7 @@ def one(args):
 
     model.fit(ds, epochs=1 + args.epochs, steps_per_epoch=steps, verbose=0, callbacks=[Timer()])
     t = time.perf_counter()
-    point_estimates(model, x_test), variance_maps(model, x_test)
+    point_and_variance(model, x_test)
     eval_s = time.perf_counter() - t
     if args.device == "gpu":
         peak_mb = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 20

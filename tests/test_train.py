@@ -122,3 +122,17 @@ def test_psnr_ssim_and_calibration_metrics(digits):
     c = calibration(model, x)
     assert 0 < c["coverage_95"] <= 1 and c["mean_predicted_std"] > 0
     assert c["mean_abs_error"] == pytest.approx(np.mean(np.abs(x - point)), rel=1e-5)
+
+
+@pytest.mark.parametrize("name,k", [("maf", 1), ("normal_diag", 3), ("mse", 1)])
+def test_point_and_variance_in_one_pass_equal_the_separate_ones(name, k, digits):
+    """MAF draws its 50 samples once for both (same stateless seed and batches: the same numbers)."""
+    from tfp_ae.train import point_and_variance, point_estimates, variance_maps
+    x = digits.x_test[:20]
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(name, x.shape[1:], k)
+    point, var = point_and_variance(model, x, batch_size=8)
+    assert point.shape == var.shape == x.shape
+    np.testing.assert_allclose(point, point_estimates(model, x, batch_size=8), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(var, variance_maps(model, x, batch_size=8), rtol=1e-5, atol=1e-7)
+    assert np.isnan(var).all() == (name == "mse")

@@ -35,11 +35,11 @@ def heads_figure(models, images, title=""):
       images: `[N, H, W, C]` in [0, 1], a handful (N ~ 8).
     Returns: a `Figure`.
     """
-    from tfp_ae.train import point_estimates, variance_maps
+    from tfp_ae.train import point_and_variance
     rows = [("input", images, None)]
     for m in models:
-        var = variance_maps(m, images) if m.head.has_variance else np.full(images.shape, np.nan, np.float32)
-        rows += [(f"{_label(m)}\npoint", point_estimates(m, images), None),
+        point, var = point_and_variance(m, images)  # variance NaN where it does not exist (mse)
+        rows += [(f"{_label(m)}\npoint", point, None),
                  (f"{_label(m)}\nvariance", np.clip(var, 0, 1), m.head.variance_note)]
     return plots.image_rows(rows, title=title)
 

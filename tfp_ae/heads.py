@@ -377,6 +377,11 @@ class Head(tfpl.DistributionLambda):
             x = self.mean(dist, seed=seed)
         return tf.clip_by_value(x, 0.0, 1.0)
 
+    def point_and_variance(self, dist, seed=SAMPLE_SEED):
+        """`point_estimate` and `variance` together, both `[B, H, W, C]` (heads that estimate
+        them from samples draw the samples once)."""
+        return self.point_estimate(dist, seed=seed), self.variance(dist, seed=seed)
+
     def _tensor(self, dist):
         """Cheap tensor the Keras layer outputs (`convert_to_tensor_fn`): never a sample."""
         return self.mean(dist)
@@ -746,6 +751,10 @@ class MAF(Head):
 
     def mean(self, dist, seed=SAMPLE_SEED):
         return self._mixture_moments(dist, seed)[0]
+
+    def point_and_variance(self, dist, seed=SAMPLE_SEED):
+        mean, var = self._mixture_moments(dist, seed)
+        return tf.clip_by_value(mean, 0.0, 1.0), var
 
     def _tensor(self, dist):
         """The base distribution's mean, reshaped (cheap; the flow's mean needs sampling)."""

@@ -303,6 +303,7 @@ _BATCH_FNS = {  # fn(model, images) -> per-image result
     "elbo": lambda m, b: m.elbo(b)[0],
     "point": lambda m, b: m.head.point_estimate(m(b, training=False)),
     "variance": lambda m, b: m.head.variance(m(b, training=False)),
+    "point_variance": lambda m, b: m.head.point_and_variance(m(b, training=False)),
     # per image: fraction of pixels inside the central 95 % interval of CALIBRATION_SAMPLES draws
     "coverage": lambda m, b: _coverage(m.head.sample(m(b, training=False), CALIBRATION_SAMPLES, seed=SAMPLE_SEED), b),
 }
@@ -318,17 +319,18 @@ def _coverage(samples, x, level=0.95):
     return tf.reduce_mean(inside, axis=[-3, -2, -1])
 
 
-def calibration(model, x, point=None):
+def calibration(model, x, point=None, variance=None):
     """Can a variance map be trusted? On images `x` `[N, H, W, C]` in [0, 1]:
 
     `coverage_95`: fraction of test pixels inside the predicted central 95 % interval (empirical
     quantiles of 100 samples of the head's distribution; 0.95 when calibrated, lower when
     over-confident); `mean_predicted_std`: mean per-pixel predicted standard deviation (over
-    pixels where the variance exists); `mean_abs_error`: mean |x - point estimate| (`point`: the
-    point estimates of `x` if already computed).
+    pixels where the variance exists); `mean_abs_error`: mean |x - point estimate| (`point`,
+    `variance`: those of `x` if already computed).
     """
-    point = point_estimates(model, x) if point is None else point
-    std = np.sqrt(variance_maps(model, x))
+    if point is None or variance is None:
+        point, variance = point_and_variance(model, x)
+    std = np.sqrt(variance)
     return dict(coverage_95=float(np.mean(_map_batches(model, x, "coverage", 50))),
                 mean_predicted_std=float(np.nanmean(std)) if np.isfinite(std).any() else None,
                 mean_abs_error=float(np.mean(np.abs(x - point))))
@@ -351,7 +353,10 @@ def _map_batches(model, x, name, batch_size):
     if name not in steps:
         fn, spec = _BATCH_FNS[name], tf.TensorSpec([None, *model.head.event_shape], tf.float32)
         steps[name] = tf.function(lambda b: fn(model, b), input_signature=[spec], autograph=False)
-    return np.concatenate([steps[name](tf.constant(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)])
+    outs = [steps[name](tf.constant(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+    if isinstance(outs[0], (tuple, list)):
+        return tuple(np.concatenate([o[j].numpy() for o in outs]) for j in range(len(outs[0])))
+    return np.concatenate([o.numpy() for o in outs])
 
 
 def nll_per_image(model, x, batch_size=500):
@@ -374,6 +379,11 @@ def point_estimates(model, x, batch_size=200):
 def variance_maps(model, x, batch_size=200):
     """Per-pixel variance of each image's distribution, `[N, H, W, C]` (NaN where undefined)."""
     return _map_batches(model, x, "variance", batch_size)
+
+
+def point_and_variance(model, x, batch_size=200):
+    """`point_estimates` and `variance_maps` of `x` in one pass (MAF: one draw of 50 samples)."""
+    return _map_batches(model, x, "point_variance", batch_size)
 
 
 def fid_extractors(config, data):
@@ -414,7 +424,10 @@ def evaluate(model, data, eval_images=1000, seed=0, extractors=()):
     nll = float(np.mean(nll_per_image(model, x)))
     nll_deq = float(np.mean(nll_per_image(model, dequantize(x, data.num_levels, seed))))
     xe = x[:eval_images]
-    point = point_estimates(model, xe)
+    if head.has_variance:
+        point, var = point_and_variance(model, xe)
+    else:
+        point, var = point_estimates(model, xe), None
     l2 = float(np.mean(np.square(xe - point)) * 100)
     d = int(np.prod(x.shape[1:]))
     metrics["psnr"], metrics["ssim"] = psnr_ssim(xe, point)
@@ -422,7 +435,9 @@ def evaluate(model, data, eval_images=1000, seed=0, extractors=()):
         metrics.update(fid.fid_metrics(extractor, point, xe), **{f"fid_{extractor.name}_info": extractor.info})
     if head.has_variance:
         xc = x[:CALIBRATION_IMAGES]
-        metrics["calibration"] = calibration(model, xc, point[:len(xc)] if len(point) >= len(xc) else None)
+        enough = len(point) >= len(xc)
+        metrics["calibration"] = calibration(model, xc, point[:len(xc)] if enough else None,
+                                             var[:len(xc)] if enough else None)
     metrics.update(test_nll_nats=nll, test_nll_dequantized_nats=nll_deq, l2_percent=l2,
                    bits_per_dim=bits_per_dim(nll_deq, d, data.num_levels) if head.is_density else None)
     if head.head_name == "mse":
@@ -540,5 +555,5 @@ def reconstruction_plot(model, images):
     """Figure of inputs, point estimates and variance maps for `images` `[N, H, W, C]`."""
     head = model.head
     title = f"{head.head_name} (K={head.num_components}, {model.name.split('_')[0]})"
-    return plots.reconstruction_figure(images, point_estimates(model, images), variance_maps(model, images),
+    return plots.reconstruction_figure(images, *point_and_variance(model, images),
                                        title=title, variance_note=head.variance_note)
