@@ -97,3 +97,44 @@ def test_grid_cli_passes_every_training_flag_to_its_cells(tmp_path, monkeypatch)
         assert (c.epochs, c.learning_rate, c.dequantize, c.objective, c.extra_figures, c.strategy) == \
             (3, 0.01, True, "iwae", False, "mirrored")
         assert c.out == str(tmp_path / grid.Cell(c.dataset, "mlp", c.model, c.head, 1).key)
+
+
+def _write_rows(cells, out, status="done", l2=1.0):
+    out.mkdir()
+    grid.write_results(_fake_rows(cells, status, l2), out)
+
+
+def _fake_rows(cells, status="done", l2=1.0):
+    return [dict(dataset=c.dataset, arch=c.arch, model=c.model, head=c.head, components=c.components,
+                 label=c.head, status=status, epochs=20, l2_percent=l2 if status == "done" else "",
+                 run_dir="x") for c in cells]
+
+
+def test_table_merges_results_from_several_grids(tmp_path, capsys):
+    from tfp_ae import cli
+    first = grid.grid_cells(["mnist"], "mlp", ["mse", "normal_full", "maf", "vae"], [1])
+    (tmp_path / "a").mkdir()
+    grid.write_results(_fake_rows(first[:1] + first[2:]) + _fake_rows(first[1:2], "failed: MemoryError"),
+                       tmp_path / "a")
+    _write_rows(grid.grid_cells(["fashion_mnist", "mnist"], "mlp", ["normal_full"], [1]), tmp_path / "b", l2=2.5)
+    _write_rows(first[:1], tmp_path / "c", "failed: ValueError")  # never replaces a done row
+    cli.main(["table", str(tmp_path / "a" / "results.csv"), str(tmp_path / "b" / "results.csv"),
+              str(tmp_path / "c" / "results.csv"), "--out", str(tmp_path / "m"), "--epochs", "20"])
+    with open(tmp_path / "m" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["dataset"], r["head"], r["status"], r["l2_percent"]) for r in rows] == [
+        ("mnist", "mse", "done", "1.0"), ("mnist", "normal_full", "done", "2.5"), ("mnist", "maf", "done", "1.0"),
+        ("mnist", "normal_diag", "done", "1.0"), ("fashion_mnist", "normal_full", "done", "2.5")]
+    assert rows[3]["model"] == "vae"
+    table = (tmp_path / "m" / "table.md").read_text()
+    assert "### Table 1 (mlp), mnist, 20 epochs" in table and "| vae/normal_diag | 1 | 1.000 |" in table
+    assert "5 cells from 3 file(s)" in capsys.readouterr().out
+
+
+def test_table_rejects_a_file_that_is_not_grid_results(tmp_path):
+    from tfp_ae import cli
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SystemExit, match="not a grid results.csv"):
+        cli.main(["table", str(tmp_path / "x.csv"), "--out", str(tmp_path / "m")])
+    with pytest.raises(SystemExit, match="No such file"):
+        cli.main(["table", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "m")])

@@ -1,6 +1,7 @@
 """Command line: `tfp-ae train ...` runs (or resumes) an experiment, `tfp-ae grid` the paper's
-grid, `tfp-ae augment` writes mixture components as a dataset, `tfp-ae export` writes a
-SavedModel, `tfp-ae toy2d` the VAE 2D study, `tfp-ae heads` lists the heads."""
+grid, `tfp-ae table` merges grid results, `tfp-ae augment` writes mixture components as a
+dataset, `tfp-ae export` writes a SavedModel, `tfp-ae toy2d` the VAE 2D study, `tfp-ae heads`
+lists the heads."""
 import argparse
 import sys
 from pathlib import Path
@@ -116,6 +117,13 @@ def cmd_grid(args):
     print(f"wrote {args.out}/results.csv and table.md; {len(failed)} failed cell(s)")
 
 
+def cmd_table(args):
+    from tfp_ae.grid import merge_results
+    rows = merge_results(args.results, args.out, args.epochs)
+    print((Path(args.out) / "table.md").read_text())
+    print(f"wrote {args.out}/results.csv and table.md ({len(rows)} cells from {len(args.results)} file(s))")
+
+
 def cmd_augment(args):
     import numpy as np
     from tfp_ae.data import load_dataset, prepare_images
@@ -181,6 +189,13 @@ def main(argv=None):
     p.add_argument("--no-figures", action="store_true", help="skip Figures 1/2 of the grid")
     p.add_argument("--out", default="runs/grid")
     p.set_defaults(func=cmd_grid)
+    p = sub.add_parser("table", help="merge grid results.csv files (cells run in other folders, sessions or "
+                       "machines) into one results.csv + table.md")
+    p.add_argument("results", nargs="+", help="results.csv files written by `tfp-ae grid`; a cell in several "
+                   "takes the last finished row")
+    p.add_argument("--out", required=True, help="folder for the merged results.csv and table.md")
+    p.add_argument("--epochs", type=int, default=None, help="epochs to name in the table headings")
+    p.set_defaults(func=cmd_table)
     p = sub.add_parser("augment", help="write a mixture's component images above a log-density threshold as a "
                        "new .npz dataset (the paper's augmentation)")
     p.add_argument("run_dir", help="a run folder of a mixture head (K > 1)")

@@ -178,6 +178,40 @@ def write_results(rows, out, epochs=None):
     write_text(markdown_table(rows, epochs), Path(out) / "table.md")
 
 
+def merge_results(paths, out, epochs=None):
+    """Merge grid `results.csv` files (cells run in different folders, sessions or machines) into
+    one `results.csv` + `table.md` in `out`.
+
+    A cell (dataset, arch, model, head, K) found in several files takes its row from the last file
+    that finished it (a `done` row beats a failed or skipped one). Rows are ordered by dataset
+    (first seen) and the paper's row order.
+    Returns: the merged rows (dicts with `COLUMNS`).
+    Raises: FileNotFoundError for a missing file; ValueError for a file that is not a grid's
+      results.csv (columns missing).
+    """
+    cells = {}
+    for path in map(Path, paths):
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = set(COLUMNS[:7]) - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"{path}: not a grid results.csv (no column(s) {sorted(missing)})")
+            for row in reader:
+                key = tuple(row[c] for c in ("dataset", "arch", "model", "head", "components"))
+                if row["status"] == "done" or cells.get(key, {}).get("status") != "done":
+                    cells[key] = row
+    order = {}
+    for dataset, arch in dict.fromkeys((k[0], k[1]) for k in cells):
+        for i, c in enumerate(grid_cells([dataset], arch, ["all"], sorted({int(k[4]) for k in cells}))):
+            order[(dataset, arch, c.model, c.head, str(c.components))] = i
+    datasets = list(dict.fromkeys(k[0] for k in cells))
+    rows = sorted(cells.values(), key=lambda r: (datasets.index(r["dataset"]), r["arch"],
+                                                  order.get(tuple(r[c] for c in ("dataset", "arch", "model", "head", "components")), 1e9)))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_results(rows, out, epochs)
+    return rows
+
+
 def _cell_config(cell, base):
     return dataclasses.replace(base, dataset=cell.dataset, arch=cell.arch, model=cell.model, head=cell.head,
                                components=cell.components)
