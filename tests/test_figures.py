@@ -44,7 +44,9 @@ def test_figures_reject_bad_input(digits):
     with pytest.raises(ValueError, match="mixture head"):
         figures.component_points(model, digits.x_test[:2])
     with pytest.raises(ValueError, match="no prior"):
-        figures.latent_samples(model, 4)
+        figures.latent_samples(model, 4, prior="fitted")
+    with pytest.raises(ValueError, match="unknown prior"):
+        figures.latent_samples(model, 4, digits.x_test[:10], prior="uniform")
     with pytest.raises(ValueError, match="images"):
         figures.component_points(model, digits.x_test[:2, :4])
 
@@ -58,8 +60,12 @@ def test_heads_and_latent_figures(mixture, digits):
     for model in (mixture, vae):
         codes = figures.latents(model, x)
         assert codes.shape == (5, 32 if model is mixture else 4)
-        s = figures.latent_samples(model, 6, digits.x_test[:100])
+        s = figures.latent_samples(model, 6, digits.x_test[:100], prior="fitted")
         assert s.shape == (6, 8, 8, 1) and s.min() >= 0 and s.max() <= 1
+        if model is mixture:  # the paper's Figure 3: decoded z ~ N(0, I)
+            z = np.random.default_rng(5).standard_normal((3, 32)).astype(np.float32)
+            np.testing.assert_allclose(figures.latent_samples(model, 3, seed=5),
+                                       model.head.point_estimate(model.decoder(z)).numpy(), rtol=1e-6)
         o = figures.output_samples(model, x, 3)
         assert o.shape == (3, 5, 8, 8, 1)
         assert isinstance(figures.latent_figure(model, digits, tsne_images=60), Figure)

@@ -53,27 +53,37 @@ def latents(model, images, batch_size=500):
                            for i in range(0, len(images), batch_size)]).reshape(len(images), -1)
 
 
-def latent_samples(model, num_images, reference_images=None, seed=0):
+LATENT_PRIORS = ("standard", "fitted")
+
+
+def latent_samples(model, num_images, reference_images=None, seed=0, prior="standard"):
     """Point estimates of p(x|z) for sampled codes z, `[num_images, H, W, C]` in [0, 1].
 
-    A VAE samples its prior N(0, I). An autoencoder has no prior (its ReLU codes are not N(0, I)):
-    z ~ N(mean, covariance) fitted to the codes of `reference_images` (required then); the
+    `prior`: `standard` draws z ~ N(0, I) (the paper's Figure 3, for any model; a VAE's prior).
+    `fitted` (autoencoders; a VAE uses its prior): an autoencoder's ReLU codes are not N(0, I),
+    so z ~ N(mean, covariance) fitted to the codes of `reference_images` (required then); the
     covariance is diagonal for codes of more than `FULL_COVARIANCE_MAX` numbers (the faithful
     `cnn`'s 4x4x320 feature maps), full otherwise.
-    Raises: ValueError when an autoencoder gets no reference images.
+    Raises: ValueError for an unknown `prior`, or `fitted` for an autoencoder without reference images.
     """
+    if prior not in LATENT_PRIORS:
+        raise ValueError(f"unknown prior {prior!r}; valid: {', '.join(LATENT_PRIORS)}")
     if isinstance(model, VAE):
         return model.sample_images(num_images, seed=(seed, 1)).numpy()
-    if reference_images is None or len(reference_images) < 2:
-        raise ValueError("an autoencoder has no prior: pass reference_images (>= 2) to fit a Gaussian to their codes")
-    codes = latents(model, reference_images)
     rng = np.random.default_rng(seed)
-    if codes.shape[1] <= FULL_COVARIANCE_MAX:
-        z = rng.multivariate_normal(codes.mean(0), np.cov(codes, rowvar=False), size=num_images)
+    shape = (num_images, *model.encoder.output_shape[1:])
+    if prior == "standard":
+        z = rng.standard_normal(shape)
     else:
-        z = rng.normal(codes.mean(0), codes.std(0), size=(num_images, codes.shape[1]))
-    z = z.astype(np.float32).reshape((num_images, *model.encoder.output_shape[1:]))
-    return model.head.point_estimate(model.decoder(z)).numpy()
+        if reference_images is None or len(reference_images) < 2:
+            raise ValueError("an autoencoder has no prior: pass reference_images (>= 2) to fit a Gaussian to "
+                             "their codes, or use prior='standard'")
+        codes = latents(model, reference_images)
+        if codes.shape[1] <= FULL_COVARIANCE_MAX:
+            z = rng.multivariate_normal(codes.mean(0), np.cov(codes, rowvar=False), size=num_images)
+        else:
+            z = rng.normal(codes.mean(0), codes.std(0), size=(num_images, codes.shape[1]))
+    return model.head.point_estimate(model.decoder(z.astype(np.float32).reshape(shape))).numpy()
 
 
 def output_samples(model, images, num_samples=5, seed=SAMPLE_SEED):
@@ -95,21 +105,27 @@ def tsne(codes, seed=0):
 
 
 def latent_figure(model, data, num_samples=16, num_inputs=4, num_output_samples=5, tsne_images=1000, seed=0):
-    """Figure 3 for one model: (a) decoded latent samples (see `latent_samples`), (b) inputs with
+    """Figure 3 for one model: (a) decoded latent samples (see `latent_samples`; an autoencoder's
+    first half from N(0, I) as in the paper, the rest from the Gaussian fit), (b) inputs with
     samples of their output distribution, (c) t-SNE of the first `tsne_images` test latents
     coloured by label (skipped when 0 or when the data has no labels).
 
     Args: `data`: a `tfp_ae.data.Dataset` (test split used). Returns: a `Figure`.
     """
     x = data.x_test
-    samples = latent_samples(model, num_samples, x[:1000], seed=seed)
+    if isinstance(model, VAE):
+        samples, prior = latent_samples(model, num_samples, seed=seed), "z ~ N(0, I), its prior"
+    else:  # the paper's N(0, I) codes, and codes like the encoder's
+        half = num_samples // 2
+        samples = np.concatenate([latent_samples(model, half, seed=seed),
+                                  latent_samples(model, num_samples - half, x[:1000], seed=seed, prior="fitted")])
+        prior = f"first {half}: z ~ N(0, I) (the paper); rest: z ~ Gaussian fit to test codes"
     inputs = x[:num_inputs]
     outs = output_samples(model, inputs, num_output_samples)
     emb = labels = None
     if tsne_images and data.y_test is not None and len(x) > 5:
         n = min(tsne_images, len(x))
         emb, labels = tsne(latents(model, x[:n]), seed=seed), data.y_test[:n]
-    prior = "z ~ N(0, I)" if isinstance(model, VAE) else "z ~ Gaussian fit to test codes"
     return plots.latent_panels(samples, inputs, outs, emb, labels, title=_label(model), prior_note=prior)
 
 
