@@ -189,7 +189,10 @@ def merge_results(paths, out, epochs=None):
     Raises: FileNotFoundError for a missing file; ValueError for a file that is not a grid's
       results.csv (columns missing).
     """
-    cells = {}
+    def cell(row):
+        return Cell(row["dataset"], row["arch"], row["model"], row["head"], int(row["components"]))
+
+    found = {}
     for path in map(Path, paths):
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
@@ -197,16 +200,14 @@ def merge_results(paths, out, epochs=None):
             if missing:
                 raise ValueError(f"{path}: not a grid results.csv (no column(s) {sorted(missing)})")
             for row in reader:
-                key = tuple(row[c] for c in ("dataset", "arch", "model", "head", "components"))
-                if row["status"] == "done" or cells.get(key, {}).get("status") != "done":
-                    cells[key] = row
-    order = {}
-    for dataset, arch in dict.fromkeys((k[0], k[1]) for k in cells):
-        for i, c in enumerate(grid_cells([dataset], arch, ["all"], sorted({int(k[4]) for k in cells}))):
-            order[(dataset, arch, c.model, c.head, str(c.components))] = i
-    datasets = list(dict.fromkeys(k[0] for k in cells))
-    rows = sorted(cells.values(), key=lambda r: (datasets.index(r["dataset"]), r["arch"],
-                                                  order.get(tuple(r[c] for c in ("dataset", "arch", "model", "head", "components")), 1e9)))
+                if row["status"] == "done" or found.get(cell(row), {}).get("status") != "done":
+                    found[cell(row)] = row
+    datasets = list(dict.fromkeys(c.dataset for c in found))
+    ks = sorted({c.components for c in found})
+    order = {}  # position in the paper's row order
+    for dataset, arch in dict.fromkeys((c.dataset, c.arch) for c in found):
+        order.update({dataclasses.replace(c, skip=""): i for i, c in enumerate(grid_cells([dataset], arch, ["all"], ks))})
+    rows = [found[c] for c in sorted(found, key=lambda c: (datasets.index(c.dataset), c.arch, order.get(c, len(order))))]
     Path(out).mkdir(parents=True, exist_ok=True)
     write_results(rows, out, epochs)
     return rows

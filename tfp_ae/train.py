@@ -319,17 +319,19 @@ def _coverage(samples, x, level=0.95):
     return tf.reduce_mean(inside, axis=[-3, -2, -1])
 
 
-def calibration(model, x, point=None, variance=None):
+def calibration(model, x, point=None):
     """Can a variance map be trusted? On images `x` `[N, H, W, C]` in [0, 1]:
 
     `coverage_95`: fraction of test pixels inside the predicted central 95 % interval (empirical
     quantiles of 100 samples of the head's distribution; 0.95 when calibrated, lower when
     over-confident); `mean_predicted_std`: mean per-pixel predicted standard deviation (over
-    pixels where the variance exists); `mean_abs_error`: mean |x - point estimate| (`point`,
-    `variance`: those of `x` if already computed).
+    pixels where the variance exists); `mean_abs_error`: mean |x - point estimate| (`point`: the
+    point estimates of `x` if already computed).
     """
-    if point is None or variance is None:
+    if point is None:
         point, variance = point_and_variance(model, x)
+    else:
+        variance = variance_maps(model, x)
     std = np.sqrt(variance)
     return dict(coverage_95=float(np.mean(_map_batches(model, x, "coverage", 50))),
                 mean_predicted_std=float(np.nanmean(std)) if np.isfinite(std).any() else None,
@@ -424,10 +426,7 @@ def evaluate(model, data, eval_images=1000, seed=0, extractors=()):
     nll = float(np.mean(nll_per_image(model, x)))
     nll_deq = float(np.mean(nll_per_image(model, dequantize(x, data.num_levels, seed))))
     xe = x[:eval_images]
-    if head.has_variance:
-        point, var = point_and_variance(model, xe)
-    else:
-        point, var = point_estimates(model, xe), None
+    point = point_estimates(model, xe)
     l2 = float(np.mean(np.square(xe - point)) * 100)
     d = int(np.prod(x.shape[1:]))
     metrics["psnr"], metrics["ssim"] = psnr_ssim(xe, point)
@@ -435,9 +434,7 @@ def evaluate(model, data, eval_images=1000, seed=0, extractors=()):
         metrics.update(fid.fid_metrics(extractor, point, xe), **{f"fid_{extractor.name}_info": extractor.info})
     if head.has_variance:
         xc = x[:CALIBRATION_IMAGES]
-        enough = len(point) >= len(xc)
-        metrics["calibration"] = calibration(model, xc, point[:len(xc)] if enough else None,
-                                             var[:len(xc)] if enough else None)
+        metrics["calibration"] = calibration(model, xc, point[:len(xc)] if len(point) >= len(xc) else None)
     metrics.update(test_nll_nats=nll, test_nll_dequantized_nats=nll_deq, l2_percent=l2,
                    bits_per_dim=bits_per_dim(nll_deq, d, data.num_levels) if head.is_density else None)
     if head.head_name == "mse":
