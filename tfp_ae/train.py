@@ -338,6 +338,13 @@ def calibration(model, x, point=None):
                 mean_abs_error=float(np.mean(np.abs(x - point))))
 
 
+def l2_percent(x, prediction):
+    """The paper's L2 error (Ciobanu, Section 4): mean squared error x 100 between images `x`
+    `[N, H, W, C]` in [0, 1] and `prediction` (point estimates, or anything that broadcasts to
+    `x`: one image, a constant)."""
+    return float(np.mean(np.square(x - prediction)) * 100)
+
+
 def psnr_ssim(x, point):
     """Mean PSNR (dB) and SSIM of point estimates against images, both `[N, H, W, C]` in [0, 1]
     (`tf.image.psnr` / `tf.image.ssim`, max_val 1; SSIM's window shrinks to the image size)."""
@@ -427,7 +434,6 @@ def evaluate(model, data, eval_images=1000, seed=0, extractors=()):
     nll_deq = float(np.mean(nll_per_image(model, dequantize(x, data.num_levels, seed))))
     xe = x[:eval_images]
     point = point_estimates(model, xe)
-    l2 = float(np.mean(np.square(xe - point)) * 100)
     d = int(np.prod(x.shape[1:]))
     metrics["psnr"], metrics["ssim"] = psnr_ssim(xe, point)
     for extractor in extractors:
@@ -435,7 +441,7 @@ def evaluate(model, data, eval_images=1000, seed=0, extractors=()):
     if head.has_variance:
         xc = x[:CALIBRATION_IMAGES]
         metrics["calibration"] = calibration(model, xc, point[:len(xc)] if len(point) >= len(xc) else None)
-    metrics.update(test_nll_nats=nll, test_nll_dequantized_nats=nll_deq, l2_percent=l2,
+    metrics.update(test_nll_nats=nll, test_nll_dequantized_nats=nll_deq, l2_percent=l2_percent(xe, point),
                    bits_per_dim=bits_per_dim(nll_deq, d, data.num_levels) if head.is_density else None)
     if head.head_name == "mse":
         metrics["nll_note"] = "mse head: NLL of the unit-variance normal N(mean, I) that MSE training implies"

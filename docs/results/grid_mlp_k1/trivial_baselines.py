@@ -15,11 +15,7 @@ import json
 import numpy as np
 
 from tfp_ae.data import load_dataset
-from tfp_ae.train import load_model, point_estimates
-
-
-def l2_percent(x, prediction):
-    return float(100 * np.mean(np.square(x - prediction)))
+from tfp_ae.train import l2_percent, load_model, point_estimates
 
 
 def main():
