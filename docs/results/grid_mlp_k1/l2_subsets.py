@@ -15,7 +15,7 @@ import numpy as np
 
 from tfp_ae.config import RunConfig
 from tfp_ae.data import load_dataset
-from tfp_ae.train import METRICS_FILE, load_model, point_estimates, run
+from tfp_ae.train import METRICS_FILE, l2_percent, load_model, point_estimates, run
 
 
 def main():
@@ -32,8 +32,8 @@ def main():
                           verbose=0))
         model, _ = load_model(out)
         x = load_dataset(dataset).x_test
-        se = np.mean(np.square(x - point_estimates(model, x)), axis=(1, 2, 3)) * 100   # per image, %
-        blocks = se.reshape(10, -1).mean(1)
+        point = np.asarray(point_estimates(model, x))
+        blocks = np.array([l2_percent(xb, pb) for xb, pb in zip(np.split(x, 10), np.split(point, 10))])
         rows.append(dict(cell=spec, first_1000=float(blocks[0]), mean=float(blocks.mean()),
                          std=float(blocks.std(ddof=1)), min=float(blocks.min()), max=float(blocks.max())))
         print(json.dumps(rows[-1]), flush=True)
