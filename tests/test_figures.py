@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from tfp_ae import figures
+from tfp_ae import figures, predict
 from tfp_ae._tf import tf
 from tfp_ae.models import build_model, compile_model
-from tfp_ae.vae import build_vae, compile_vae
+from tfp_ae.models import compile_model
+from tfp_ae.vae import build_vae
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def mixture(digits):
 
 def test_component_points_sorted_figure_and_augment(mixture, digits):
     x, y = digits.x_test[:20], digits.y_test[:20]
-    pts, lps = figures.component_points(mixture, x)
+    pts, lps = predict.component_points(mixture, x)
     assert pts.shape == (20, 3, 8, 8, 1) and lps.shape == (20, 3)
     # the mixture log-density at each component mean, recomputed from the distribution
     dist = mixture(x)
@@ -42,30 +43,31 @@ def test_component_points_sorted_figure_and_augment(mixture, digits):
 def test_figures_reject_bad_input(digits):
     model = build_model("normal_diag", digits.image_shape)
     with pytest.raises(ValueError, match="mixture head"):
-        figures.component_points(model, digits.x_test[:2])
+        predict.component_points(model, digits.x_test[:2])
     with pytest.raises(ValueError, match="no prior"):
         figures.latent_samples(model, 4, prior="fitted")
     with pytest.raises(ValueError, match="unknown prior"):
         figures.latent_samples(model, 4, digits.x_test[:10], prior="uniform")
     with pytest.raises(ValueError, match="images"):
-        figures.component_points(model, digits.x_test[:2, :4])
+        predict.component_points(model, digits.x_test[:2, :4])
 
 
 def test_heads_and_latent_figures(mixture, digits):
     mse = compile_model(build_model("mse", digits.image_shape))
-    vae = compile_vae(build_vae("normal_diag", digits.image_shape, latent_dim=4))
+    vae = compile_model(build_vae("normal_diag", digits.image_shape, latent_dim=4))
     x = digits.x_test[:5]
     fig = figures.heads_figure([mse, mixture, vae], x, "t")
     assert len(fig.axes) == (1 + 2 * 3) * 5
     for model in (mixture, vae):
-        codes = figures.latents(model, x)
+        codes = predict.latents(model, x)
         assert codes.shape == (5, 32 if model is mixture else 4)
         s = figures.latent_samples(model, 6, digits.x_test[:100], prior="fitted")
         assert s.shape == (6, 8, 8, 1) and s.min() >= 0 and s.max() <= 1
         if model is mixture:  # the paper's Figure 3: decoded z ~ N(0, I)
-            z = np.random.default_rng(5).standard_normal((3, 32)).astype(np.float32)
+            z = model.prior().sample(3, seed=(5, 1))
+            assert z.shape == (3, 32)
             np.testing.assert_allclose(figures.latent_samples(model, 3, seed=5),
-                                       model.head.point_estimate(model.decoder(z)).numpy(), rtol=1e-6)
+                                       model.head.point_estimate(model.decode(z)).numpy(), rtol=1e-6)
         o = figures.output_samples(model, x, 3)
         assert o.shape == (3, 5, 8, 8, 1)
         assert isinstance(figures.latent_figure(model, digits, tsne_images=60), Figure)

@@ -15,7 +15,9 @@ from tfp_ae.config import RunConfig
 from tfp_ae.data import check_images, load_dataset, prepare_images
 from tfp_ae.export import export_saved_model
 from tfp_ae.heads import SAMPLE_SEED
-from tfp_ae.train import STATE_FILE, load_model, nll_per_image, point_estimates, run, variance_maps
+from tfp_ae.predict import nll_per_image, point_estimates, variance_maps
+from tfp_ae.rundir import STATE_FILE
+from tfp_ae.train import load_model, run
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.getcwd())
 
@@ -158,7 +160,8 @@ def test_mirrored_on_two_logical_cpus_matches_one_device():
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from tfp_ae.config import RunConfig
         from tfp_ae.data import load_dataset
-        from tfp_ae.train import device_summary, fit, make_strategy
+        from tfp_ae.runtime import device_summary, make_strategy
+        from tfp_ae.train import fit
         x = load_dataset("digits").x_train[:512]
         res = {}
         for name in ("default", "mirrored"):
@@ -237,18 +240,18 @@ def test_bad_dataset_arguments(tmp_path):
 
 # ---- memory ---------------------------------------------------------------------------------
 def test_memory_estimate_scales_and_too_big_runs_are_refused(monkeypatch, tmp_path):
-    from tfp_ae import train
+    from tfp_ae import runtime, train
     from tfp_ae.heads import get_head
-    est = lambda h, k, b=128: train.estimate_train_memory(get_head(h), (28, 28, 1), k, b)["total"]  # noqa: E731
+    est = lambda h, k, b=128: runtime.estimate_train_memory(get_head(h), (28, 28, 1), k, b)["total"]  # noqa: E731
     assert est("normal_full", 10) > 5 * est("normal_full", 1) > 5 * est("normal_diag", 1)
     assert est("normal_full", 10, 64) < 0.6 * est("normal_full", 10, 128)
     # calibration: measured peaks 2.4 / 4.2 / 22.6 GiB (K=1 / 2 / 10) at batch 128; the estimate may only overshoot
     gib = [est("normal_full", k) / 2 ** 30 for k in (1, 2, 10)]
     assert 2.4 < gib[0] < 3.5 and 4.2 < gib[1] < 5.8 and 22.6 < gib[2] < 25
-    monkeypatch.setattr(train, "available_memory", lambda: 0.5 * est("normal_full", 2))
+    monkeypatch.setattr(runtime, "available_memory", lambda: 0.5 * est("normal_full", 2))
     cfg = RunConfig(dataset="digits", head="normal_full", components=2, epochs=1, verbose=0)
     with pytest.raises(MemoryError, match=r"needs about .* GiB.*only .* GiB are available: use --batch-size \d+"):
         train.fit(cfg, np.zeros((8, 28, 28, 1), np.float32), 256)
     with pytest.raises(SystemExit, match="needs about"):
-        monkeypatch.setattr(train, "available_memory", lambda: 10 * 2 ** 20)
+        monkeypatch.setattr(runtime, "available_memory", lambda: 10 * 2 ** 20)
         main(["train", "--dataset", "digits", "--head", "normal_full", "--epochs", "1", "--out", str(tmp_path / "x")])

@@ -9,7 +9,8 @@ from tfp_ae.cli import main
 from tfp_ae.config import RunConfig
 from tfp_ae.heads import HEADS
 from tfp_ae.models import build_model, compile_model
-from tfp_ae.train import DivergedError, fit, nll_per_image
+from tfp_ae.predict import nll_per_image
+from tfp_ae.train import DivergedError, fit
 from tests.conftest import require_dataset
 
 CASES = [(name, k) for name, cls in HEADS.items() for k in ([1, 3] if cls.mixable else [1])]
@@ -52,7 +53,7 @@ def test_cli_mse_reports_its_nll_meaning(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,match", [
     (["--head", "gauss"], "unknown head 'gauss'"),
-    (["--head", "normal_diag", "--components", "0"], "num_components"),
+    (["--head", "normal_diag", "--components", "0"], "components must be an integer >= 1; got 0"),
     (["--head", "mse", "--components", "10"], "does not mix"),
 ])
 def test_cli_bad_arguments_exit_with_clear_error(argv, match, tmp_path):
@@ -100,7 +101,7 @@ def test_one_epoch_on_real_data(name, tmp_path):
 
 
 def test_coverage_of_calibrated_and_overconfident_samples():
-    from tfp_ae.train import _coverage
+    from tfp_ae.predict import _coverage
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 16, 16, 1)).astype(np.float32)
     calibrated = rng.normal(size=(400, 4, 16, 16, 1)).astype(np.float32)
@@ -110,7 +111,8 @@ def test_coverage_of_calibrated_and_overconfident_samples():
 
 
 def test_psnr_ssim_and_calibration_metrics(digits):
-    from tfp_ae.train import calibration, point_estimates, psnr_ssim
+    from tfp_ae.evaluate import calibration, psnr_ssim
+    from tfp_ae.predict import point_estimates
     x = digits.x_test[:50]
     tf.keras.utils.set_random_seed(0)
     model = compile_model(build_model("normal_diag", x.shape[1:]))
@@ -127,7 +129,7 @@ def test_psnr_ssim_and_calibration_metrics(digits):
 @pytest.mark.parametrize("name,k", [("maf", 1), ("normal_diag", 3), ("mse", 1)])
 def test_point_and_variance_in_one_pass_equal_the_separate_ones(name, k, digits):
     """MAF draws its 50 samples once for both (same stateless seed and batches: the same numbers)."""
-    from tfp_ae.train import point_and_variance, point_estimates, variance_maps
+    from tfp_ae.predict import point_and_variance, point_estimates, variance_maps
     x = digits.x_test[:20]
     tf.keras.utils.set_random_seed(0)
     model = build_model(name, x.shape[1:], k)

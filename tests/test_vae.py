@@ -7,14 +7,15 @@ import tensorflow as tf
 
 from tfp_ae._tf import tfd
 from tfp_ae.cli import main
-from tfp_ae.vae import build_vae, compile_vae
+from tfp_ae.models import compile_model
+from tfp_ae.vae import build_vae
 
 
 @pytest.fixture(scope="module")
 def trained(digits):
     """A small VAE trained for a few epochs on digits (shared by the bound tests)."""
     tf.keras.utils.set_random_seed(0)
-    vae = compile_vae(build_vae("normal_diag", (8, 8, 1), latent_dim=4, hidden=(64,)))
+    vae = compile_model(build_vae("normal_diag", (8, 8, 1), latent_dim=4, hidden=(64,)))
     vae.fit(digits.x_train, digits.x_train, batch_size=64, epochs=15, verbose=0)
     return vae
 
@@ -63,7 +64,7 @@ def test_bounds_are_ordered_on_a_trained_model(trained, digits):
 @pytest.mark.parametrize("objective,head,k", [("elbo", "normal_diag", 1), ("iwae", "continuous_bernoulli", 3)])
 def test_short_fit_lowers_negative_elbo(objective, head, k, digits):
     tf.keras.utils.set_random_seed(0)
-    vae = compile_vae(build_vae(head, (8, 8, 1), k, latent_dim=8, objective=objective, iw_samples=5))
+    vae = compile_model(build_vae(head, (8, 8, 1), k, latent_dim=8, objective=objective, iw_samples=5))
     x = digits.x_train[:512]
     before = -vae.elbo(x)[0].numpy().mean()
     h = vae.fit(x, x, batch_size=64, epochs=4, verbose=0).history
@@ -91,7 +92,7 @@ def test_cli_vae_run(tmp_path, capsys):
 @pytest.mark.parametrize("argv,match", [
     (["--objective", "iwae"], "needs --model vae"),
     (["--model", "vae", "--objective", "iwae", "--iw-samples", "0"], "iw_samples"),
-    (["--model", "vae", "--arch", "cnn"], "unknown VAE arch 'cnn'"),
+    (["--model", "vae", "--arch", "cnn"], "arch must be one of mlp, cnn_dense; got 'cnn'"),
 ])
 def test_cli_vae_bad_arguments(argv, match, tmp_path):
     with pytest.raises(SystemExit, match=match):

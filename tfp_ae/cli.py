@@ -6,12 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from tfp_ae.config import ARCHS, MODELS, RunConfig
-from tfp_ae.toy2d import TOY_DATASETS
-from tfp_ae.vae import OBJECTIVES
-from tfp_ae.data import DATASETS
+import numpy as np
+
+from tfp_ae.config import ARCHS, MODELS, OBJECTIVES, PRECISIONS, STRATEGIES, RunConfig
+from tfp_ae.data import DATASETS, load_dataset, prepare_images
+from tfp_ae.export import export_run
+from tfp_ae.figures import augment
+from tfp_ae.grid import grid_cells, merge_results, run_grid
 from tfp_ae.heads import HEADS, describe_heads
-from tfp_ae.train import STRATEGIES, DivergedError
+from tfp_ae.runtime import device_summary, make_strategy
+from tfp_ae.toy2d import TOY_DATASETS, run_study
+from tfp_ae.train import DivergedError, load_model, run
 
 
 def _add_settings(p):
@@ -30,6 +35,12 @@ def _add_settings(p):
     p.add_argument("--eval-images", type=int, default=d.eval_images, help="test images for l2_percent")
     p.add_argument("--data-dir", default=None, help="folder with mnist/ and fashion-mnist/ IDX files")
     p.add_argument("--jit", dest="jit_compile", action="store_true", help="compile training steps with XLA")
+    p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+                   help="Keras mixed precision policy of the layers (the head stays float32)")
+    p.add_argument("--validation-split", type=float, default=d.validation_split,
+                   help="hold out this fraction of the training images; val_loss is logged per epoch")
+    p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/logs "
+                   "(pip install 'tfp_ae[tensorboard]')")
     p.add_argument("--rescale", action="store_true", help="divide the images by 255 (data given as 0-255)")
     p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
                    help="tf.distribute strategy (mirrored: all GPUs, or all logical CPUs; multiworker: TF_CONFIG)")
@@ -59,16 +70,13 @@ def _add_train_args(p):
 def _config(args):
     fields = {k.replace("-", "_"): v for k, v in vars(args).items() if k not in ("command", "func", "overwrite")}
     cfg = RunConfig.from_dict(fields)
-    if cfg.head not in HEADS:
-        raise SystemExit(f"tfp-ae: error: unknown head {cfg.head!r}; valid heads: {', '.join(HEADS)}")
     prefix = "" if cfg.model == "ae" else f"{cfg.model}_{cfg.objective}_"
     cfg.out = cfg.out or f"runs/{Path(cfg.dataset).stem}_{prefix}{cfg.arch}_{cfg.head}_k{cfg.components}"
     cfg.verbose = 1 if sys.stdout.isatty() else 2
-    return cfg
+    return cfg.validate()
 
 
 def cmd_train(args):
-    from tfp_ae.train import device_summary, make_strategy, run
     cfg = _config(args)
     strategy = make_strategy(cfg.strategy)
     print(f"training on {device_summary(strategy)}")
@@ -85,24 +93,21 @@ def cmd_train(args):
 
 
 def cmd_export(args):
-    from tfp_ae.export import export_run
     names = export_run(args.run_dir, args.out, overwrite=args.overwrite)
     print(f"wrote SavedModel {args.out} with signatures: {', '.join(names)}")
 
 
 def cmd_toy2d(args):
-    from tfp_ae.toy2d import run_study
     rows = run_study(args.out, steps=args.steps, datasets=args.datasets, seed=args.seed)
     print((Path(args.out) / "table.md").read_text())
     print(f"wrote {args.out}/table.md, results.json and toy2d.png ({len(rows)} datasets)")
 
 
 def cmd_grid(args):
-    from tfp_ae.grid import grid_cells, run_grid
     # every training flag except the per-cell fields (dataset, arch, model, head, components, out)
     grid_only = ("dataset", "arch", "heads", "components", "out", "no_figures", "command", "func")
     base = RunConfig.from_dict({k: v for k, v in vars(args).items() if k not in grid_only})
-    base.verbose = 0
+    base.verbose = 2
     cells = grid_cells(args.dataset, args.arch, args.heads, args.components)
     todo = [c for c in cells if not c.skip]
     print(f"grid: {len(todo)} cells to run or read, {len(cells) - len(todo)} skipped; folder {args.out}")
@@ -118,17 +123,12 @@ def cmd_grid(args):
 
 
 def cmd_table(args):
-    from tfp_ae.grid import merge_results
     rows = merge_results(args.results, args.out, args.epochs)
     print((Path(args.out) / "table.md").read_text())
     print(f"wrote {args.out}/results.csv and table.md ({len(rows)} cells from {len(args.results)} file(s))")
 
 
 def cmd_augment(args):
-    import numpy as np
-    from tfp_ae.data import load_dataset, prepare_images
-    from tfp_ae.figures import augment
-    from tfp_ae.train import load_model
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -213,7 +213,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, DivergedError, MemoryError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, DivergedError, MemoryError, ImportError) as e:
         raise SystemExit(f"tfp-ae: error: {e}")
 
 

@@ -1,10 +1,17 @@
-"""Run configuration: every setting of an experiment, in one place (CLI flags map onto it)."""
+"""Run configuration: every setting of an experiment and every allowed value, declared once here
+and validated here (the CLI's flags and choices are generated from these declarations)."""
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
+from tfp_ae.heads import get_head
+
 ARCHS = ("mlp", "cnn", "cnn_dense")
+VAE_ARCHS = ("mlp", "cnn_dense")   # the paper's `cnn` decoder has no latent bottleneck
 MODELS = ("ae", "vae")
+OBJECTIVES = ("elbo", "iwae")
+STRATEGIES = ("default", "mirrored", "multiworker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass
@@ -12,12 +19,12 @@ class RunConfig:
     """One experiment. Defaults are the paper's (Ciobanu, Section 4): MLP with a 32-unit
     bottleneck, Adam with default settings, 20 epochs, batch 128, shuffle buffer 1024."""
     dataset: str = "fashion_mnist"
-    model: str = "ae"                  # ae (the paper's autoencoders) | vae
+    model: str = "ae"                  # MODELS: ae (the paper's autoencoders) | vae
     head: str = "normal_diag"
     components: int = 1
-    arch: str = "mlp"
+    arch: str = "mlp"                  # ARCHS (VAE_ARCHS for a vae)
     latent_dim: int = 32
-    objective: str = "elbo"            # vae only: elbo | iwae
+    objective: str = "elbo"            # OBJECTIVES; vae only: elbo | iwae
     iw_samples: int = 10               # vae with objective iwae: k importance samples
     epochs: int = 20
     batch_size: int = 128
@@ -26,12 +33,15 @@ class RunConfig:
     retries: int = 0                   # re-runs with seed+1, seed+2, ... after a NaN loss
     dequantize: bool = False           # train on uniformly dequantised pixels
     train_limit: Optional[int] = None  # use only the first N training images (quick runs)
+    validation_split: float = 0.0      # hold out this fraction of the training images (val_loss)
     eval_images: int = 1000            # test images for l2_percent (the paper's 1000)
     data_dir: Optional[str] = None
     out: Optional[str] = None
     jit_compile: bool = False
+    precision: str = "float32"         # PRECISIONS: Keras mixed precision policy of the layers
     rescale: bool = False              # divide the images by 255 (user data given as 0-255)
-    strategy: str = "default"          # tf.distribute strategy: default | mirrored | multiworker
+    strategy: str = "default"          # STRATEGIES: tf.distribute strategy
+    tensorboard: bool = False          # write TensorBoard logs to OUT/logs (needs `tensorboard`)
     fid: bool = True                   # fid_lenet (+ fid_inception when its weights are cached)
     fid_inception: bool = False        # also InceptionV3 FID, downloading its weights if needed
     tsne_images: int = 1000            # test latents in the t-SNE panel of samples.png (0: none)
@@ -45,3 +55,35 @@ class RunConfig:
     def from_dict(cls, d):
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    def validate(self):
+        """Check every setting against its allowed values; returns `self`.
+
+        Raises:
+          ValueError: the first bad setting, naming it, its value and what is allowed.
+        """
+        choices = dict(model=MODELS, arch=VAE_ARCHS if self.model == "vae" else ARCHS, objective=OBJECTIVES,
+                       strategy=STRATEGIES, precision=PRECISIONS)
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
+                                 + (" (a vae needs a latent bottleneck)" if name == "arch" else ""))
+        head = get_head(self.head)
+        at_least = dict(components=1, latent_dim=1, iw_samples=1, epochs=1, batch_size=1, seed=0, retries=0,
+                        eval_images=1, tsne_images=0)
+        if self.train_limit is not None:
+            at_least["train_limit"] = 1
+        for name, low in at_least.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}; got {v!r}")
+        if self.components > 1 and not head.mixable:
+            raise ValueError(f"head {self.head!r} does not mix: components must be 1, got {self.components}")
+        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < float("inf")):
+            raise ValueError(f"learning_rate must be a positive number; got {self.learning_rate!r}")
+        if not (isinstance(self.validation_split, (int, float)) and 0 <= self.validation_split < 1):
+            raise ValueError(f"validation_split must be in [0, 1); got {self.validation_split!r}")
+        if self.model == "ae" and self.objective != "elbo":
+            raise ValueError(f"objective {self.objective!r} needs --model vae (model='vae'); autoencoders train on "
+                             "the NLL")
+        return self

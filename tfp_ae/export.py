@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tfp_ae._tf import tf
 from tfp_ae.heads import SAMPLE_SEED
-from tfp_ae.train import load_model, model_log_prob
+from tfp_ae.train import load_model
 
 
 class ServingModule(tf.Module):
@@ -40,9 +40,9 @@ class ServingModule(tf.Module):
         def dist(x):
             return model(x, training=False)
 
-        self.reconstruct = tf.function(lambda images: {"reconstruction": head.point_estimate(dist(images))},
+        self.reconstruct = tf.function(lambda images: {"reconstruction": model.point_estimate(images)},
                                        input_signature=[images], autograph=False)
-        self.log_prob = tf.function(lambda images: {"log_prob": model_log_prob(model, images, seed=SAMPLE_SEED)},
+        self.log_prob = tf.function(lambda images: {"log_prob": model.log_prob(images, seed=SAMPLE_SEED)},
                                     input_signature=[images], autograph=False)
         self.sample = tf.function(lambda images, num_samples: {"samples": head.sample(dist(images), num_samples)},
                                   input_signature=[images, tf.TensorSpec([], tf.int32, name="num_samples")],
@@ -70,7 +70,7 @@ def export_saved_model(model, export_dir, overwrite=False, config=None):
     """Write `model` as a SavedModel with tensor-returning serving signatures.
 
     Args:
-      model: a model from `tfp_ae.models.build_model` (trained).
+      model: a `tfp_ae.models.ProbabilisticModel` (an autoencoder or a VAE, trained).
       export_dir: output folder; written to a temporary sibling and renamed, so a crash never
         leaves a half-written export.
       overwrite: replace an existing `export_dir`.

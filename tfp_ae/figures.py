@@ -13,18 +13,23 @@ Every function returns a matplotlib `Figure` (or arrays); `plots.save` writes it
 import numpy as np
 
 from tfp_ae import plots
-from tfp_ae._tf import tf
 from tfp_ae.data import check_images
 from tfp_ae.heads import SAMPLE_SEED
-from tfp_ae.vae import VAE
+from tfp_ae.predict import component_points, latents, point_and_variance
 
 FULL_COVARIANCE_MAX = 512  # latent sizes up to this get a full-covariance Gaussian fit
 
 
 def _label(model):
     head = model.head
-    kind = "VAE" if isinstance(model, VAE) else model.name.split("_")[0]
+    kind = "VAE" if model.kind == "vae" else model.build_args["arch"]
     return f"{head.head_name} K={head.num_components} ({kind})"
+
+
+def reconstruction_figure(model, images):
+    """Figures 1/2 for one model: inputs `[N, H, W, C]`, their point estimates and variance maps."""
+    return plots.reconstruction_figure(images, *point_and_variance(model, images), title=_label(model),
+                                       variance_note=model.head.variance_note)
 
 
 def heads_figure(models, images, title=""):
@@ -35,22 +40,12 @@ def heads_figure(models, images, title=""):
       images: `[N, H, W, C]` in [0, 1], a handful (N ~ 8).
     Returns: a `Figure`.
     """
-    from tfp_ae.train import point_and_variance
     rows = [("input", images, None)]
     for m in models:
         point, var = point_and_variance(m, images)  # variance NaN where it does not exist (mse)
         rows += [(f"{_label(m)}\npoint", point, None),
                  (f"{_label(m)}\nvariance", np.clip(var, 0, 1), m.head.variance_note)]
     return plots.image_rows(rows, title=title)
-
-
-def latents(model, images, batch_size=500):
-    """Latent codes `[N, latent_dim]` of images `[N, H, W, C]`: the encoder output of an
-    autoencoder, the posterior mean of a VAE."""
-    images = check_images(images, "images", image_shape=model.head.event_shape)
-    encode = (lambda b: model.posterior(b).mean()) if isinstance(model, VAE) else model.encoder
-    return np.concatenate([np.asarray(encode(tf.constant(images[i:i + batch_size])))
-                           for i in range(0, len(images), batch_size)]).reshape(len(images), -1)
 
 
 LATENT_PRIORS = ("standard", "fitted")
@@ -68,28 +63,25 @@ def latent_samples(model, num_images, reference_images=None, seed=0, prior="stan
     """
     if prior not in LATENT_PRIORS:
         raise ValueError(f"unknown prior {prior!r}; valid: {', '.join(LATENT_PRIORS)}")
-    if isinstance(model, VAE):
+    if prior == "standard" or model.trained_prior:
         return model.sample_images(num_images, seed=(seed, 1)).numpy()
+    if reference_images is None or len(reference_images) < 2:
+        raise ValueError("an autoencoder has no prior: pass reference_images (>= 2) to fit a Gaussian to "
+                         "their codes, or use prior='standard'")
     rng = np.random.default_rng(seed)
-    shape = (num_images, *model.encoder.output_shape[1:])
-    if prior == "standard":
-        z = rng.standard_normal(shape)
+    codes = latents(model, reference_images)
+    if codes.shape[1] <= FULL_COVARIANCE_MAX:
+        z = rng.multivariate_normal(codes.mean(0), np.cov(codes, rowvar=False), size=num_images)
     else:
-        if reference_images is None or len(reference_images) < 2:
-            raise ValueError("an autoencoder has no prior: pass reference_images (>= 2) to fit a Gaussian to "
-                             "their codes, or use prior='standard'")
-        codes = latents(model, reference_images)
-        if codes.shape[1] <= FULL_COVARIANCE_MAX:
-            z = rng.multivariate_normal(codes.mean(0), np.cov(codes, rowvar=False), size=num_images)
-        else:
-            z = rng.normal(codes.mean(0), codes.std(0), size=(num_images, codes.shape[1]))
-    return model.head.point_estimate(model.decoder(z.astype(np.float32).reshape(shape))).numpy()
+        z = rng.normal(codes.mean(0), codes.std(0), size=(num_images, codes.shape[1]))
+    z = z.astype(np.float32).reshape(num_images, *model.code_shape)
+    return model.head.point_estimate(model.decode(z)).numpy()
 
 
 def output_samples(model, images, num_samples=5, seed=SAMPLE_SEED):
     """Samples of the output distribution p(x | input), clipped to [0, 1] for display,
     `[num_samples, N, H, W, C]` for images `[N, H, W, C]`."""
-    images = check_images(images, "images", image_shape=model.head.event_shape)
+    images = check_images(images, "images", image_shape=model.image_shape)
     return np.clip(model.head.sample(model(images, training=False), num_samples, seed=seed).numpy(), 0, 1)
 
 
@@ -113,7 +105,7 @@ def latent_figure(model, data, num_samples=16, num_inputs=4, num_output_samples=
     Args: `data`: a `tfp_ae.data.Dataset` (test split used). Returns: a `Figure`.
     """
     x = data.x_test
-    if isinstance(model, VAE):
+    if model.trained_prior:
         samples, prior = latent_samples(model, num_samples, seed=seed), "z ~ N(0, I), its prior"
     else:  # the paper's N(0, I) codes, and codes like the encoder's
         half = num_samples // 2
@@ -127,18 +119,6 @@ def latent_figure(model, data, num_samples=16, num_inputs=4, num_output_samples=
         n = min(tsne_images, len(x))
         emb, labels = tsne(latents(model, x[:n]), seed=seed), data.y_test[:n]
     return plots.latent_panels(samples, inputs, outs, emb, labels, title=_label(model), prior_note=prior)
-
-
-def component_points(model, images, batch_size=200):
-    """Per-component point estimates `[N, K, H, W, C]` and mixture log-densities `[N, K]` (nats)
-    of images `[N, H, W, C]` (see `Head.component_points`).
-    Raises: ValueError for a head with K = 1 or bad images."""
-    images = check_images(images, "images", image_shape=model.head.event_shape)
-    if model.head.num_components < 2:
-        raise ValueError(f"{model.head.head_name}: component images need a mixture head (K > 1), got K=1")
-    pts, lps = zip(*[model.head.component_points(model(tf.constant(images[i:i + batch_size]), training=False))
-                     for i in range(0, len(images), batch_size)])
-    return np.concatenate([p.numpy() for p in pts]), np.concatenate([l.numpy() for l in lps])
 
 
 def components_figure(model, images):

@@ -19,13 +19,16 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from tfp_ae import figures, plots, train
+from tfp_ae._tf import tfk
 from tfp_ae.config import RunConfig
+from tfp_ae.data import load_dataset, prepare_images
 from tfp_ae.heads import HEADS
+from tfp_ae.rundir import METRICS_FILE, write_json, write_text
 
 PAPER_TABLES = {"mlp": "table1_mlp.csv", "cnn": "table2_cnn.csv"}
 PAPER_PREFIX = {"mnist": "mnist", "fashion_mnist": "fmnist"}
 VAE_ROW = "vae"  # the paper's VAE row: model vae, head normal_diag, K = 1, mlp only
-FULL_SCALE = ("normal_full", "student_t_full")
 COLUMNS = ["dataset", "arch", "model", "head", "components", "label", "status", "epochs", "l2_percent",
            "paper_l2_percent", "fid_lenet", "fid_lenet_vs_noise", "paper_fid_vs_noise", "psnr", "ssim",
            "fid_lenet_real_vs_noise", "test_nll_nats", "bits_per_dim", "coverage_95", "num_params", "paper_params", "seconds_per_epoch",
@@ -95,7 +98,7 @@ def grid_cells(datasets, arch, heads=("all",), components=(1, 10)):
                         cells.append(Cell(dataset, arch, "vae", "normal_diag", 1))
                 elif k == 1 or HEADS[h].mixable:
                     skip = ""
-                    if k > 1 and h in FULL_SCALE and h not in named:
+                    if k > 1 and HEADS[h].full_covariance and h not in named:
                         skip = "full scale with K > 1: not in the paper, ~22 GiB and ~77 min/epoch on a 2-core CPU"
                     cells.append(Cell(dataset, arch, "ae", h, int(k), skip))
     return cells
@@ -169,7 +172,6 @@ def markdown_table(rows, epochs=None):
 
 def write_results(rows, out, epochs=None):
     """Write `results.csv` (columns `COLUMNS`) and `table.md` atomically."""
-    from tfp_ae.train import write_text
     buf = io.StringIO()
     writer = csv.DictWriter(buf, COLUMNS, extrasaction="ignore")
     writer.writeheader()
@@ -229,26 +231,26 @@ def run_grid(out, cells, base=RunConfig(), on_cell=None, figures=True):
     Returns: the result rows (dicts with `COLUMNS`). A cell that fails (bad settings, memory,
       NaN in every retry) is recorded with its error and the grid goes on.
     """
-    from tfp_ae import train
-    from tfp_ae._tf import tfk
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "grid_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     papers = {arch: {_paper_key(r): r for r in paper_table(arch) if r["head"]} for arch in {c.arch for c in cells}}
     rows = []
+    todo = [c for c in cells if not c.skip]
     for cell in cells:
         run_dir = out / cell.key
         metrics = None
         if not cell.skip:
-            if (run_dir / train.METRICS_FILE).exists():
-                metrics = json.loads((run_dir / train.METRICS_FILE).read_text())
+            if (run_dir / METRICS_FILE).exists():
+                metrics = json.loads((run_dir / METRICS_FILE).read_text())
             else:
+                print(f"cell {todo.index(cell) + 1}/{len(todo)}: {cell.key}{_eta(state, todo, cell)}", flush=True)
                 start = time.perf_counter()
                 try:
                     _, metrics = train.run(dataclasses.replace(_cell_config(cell, base), out=str(run_dir)))
                     state[cell.key] = state.get(cell.key, 0.0) + time.perf_counter() - start
-                    train.write_json(state, state_path)
+                    write_json(state, state_path)
                 except (ValueError, MemoryError, train.DivergedError) as e:
                     metrics = f"failed: {type(e).__name__}: {e}"
                 finally:
@@ -263,11 +265,18 @@ def run_grid(out, cells, base=RunConfig(), on_cell=None, figures=True):
     return rows
 
 
+def _eta(state, todo, cell):
+    """`, about N min left` from the mean wall time of the cells this grid folder has finished."""
+    done = [state[c.key] for c in todo if c.key in state]
+    if not done:
+        return ""
+    left = len(todo) - todo.index(cell)
+    return f", about {left * statistics.mean(done) / 60:.0f} min left (mean {statistics.mean(done) / 60:.1f} min per cell)"
+
+
 def write_head_figures(out, rows, base=RunConfig(), num_images=8):
     """Figures 1 (K = 1) and 2 (K > 1) of each (dataset, arch) from the finished cells
     (`base`: data_dir and rescale of the grid)."""
-    from tfp_ae import figures, plots, train
-    from tfp_ae.data import load_dataset, prepare_images
     for dataset, arch in dict.fromkeys((r["dataset"], r["arch"]) for r in rows):
         x = prepare_images(load_dataset(dataset, base.data_dir).x_test[:num_images], base.rescale, "test images")
         for number, many in ((1, False), (2, True)):

@@ -28,11 +28,35 @@ import math
 
 import numpy as np
 
+from tensorflow_probability.python.experimental import tangent_spaces
+
 from tfp_ae._tf import tf, tfb, tfd, tfk, tfp, tfpl
 
 POSITIVE_SHIFT = 1e-6
 MAF_SAMPLES = 50
 SAMPLE_SEED = (20, 26)  # stateless seed of sample-based estimates (MAF mean / variance)
+
+
+def register(obj):
+    """Register a class or function with Keras as `tfp_ae>Name`, so `tf_keras.models.load_model`
+    finds it after `import tfp_ae` with default arguments."""
+    return tfk.saving.register_keras_serializable(package="tfp_ae")(obj)
+
+
+@register
+def negative_log_likelihood(y_true, y_pred):
+    """Keras loss: `-log p(y_true)` under the distribution `y_pred` (a head's output), nats per
+    image `[B]`; `y_true` `[B, H, W, C]`. Computed in the distribution's dtype (float32 under a
+    mixed precision policy)."""
+    return -y_pred.log_prob(tf.cast(y_true, y_pred.dtype))
+
+
+@register
+def squared_error(y_true, y_pred):
+    """Keras loss of the `mse` head: mean squared error per image `[B]` between `y_true`
+    `[B, H, W, C]` and the mean of the distribution `y_pred` (pixels in [0, 1])."""
+    mean = y_pred.mean()
+    return tf.reduce_mean(tf.square(tf.cast(y_true, mean.dtype) - mean), axis=[-3, -2, -1])
 
 
 def positive(x):
@@ -132,7 +156,6 @@ class _FastFullScale:
         # the local measure instead of log_prob; answer with the fast log_prob
         if self._packed is None:
             return super().experimental_local_measure(x, backward_compat=backward_compat, **kwargs)
-        from tensorflow_probability.python.experimental import tangent_spaces
         return self.log_prob(x), tangent_spaces.FullSpace()
 
     def _quadratic_log_det(self, x):
@@ -205,6 +228,9 @@ class Head(tfpl.DistributionLambda):
     point = "mean"         # "mean" | "mode" | "sample_mean": how the point estimate is read
     variance_note = None   # caveat shown on variance maps, if any
     has_variance = True    # False: the head models no variance (its `variance` is NaN)
+    full_covariance = False  # True: a dense D x D scale (D(D+1)/2 outputs; K > 1 only when asked for)
+    loss_units = "NLL, nats per image"
+    nll_note = None        # what the reported NLL means, where it is not simply -log p(x)
 
     def __init__(self, event_shape, num_components=1, **kwargs):
         event_shape = tuple(int(d) for d in event_shape)
@@ -220,6 +246,7 @@ class Head(tfpl.DistributionLambda):
         self.num_components = int(num_components)
         self._check_event_shape(event_shape)
         kwargs.setdefault("name", f"{self.head_name}_head")
+        kwargs.setdefault("dtype", "float32")  # the distribution and loss stay float32 under mixed precision
         super().__init__(self.new, convert_to_tensor_fn=self._tensor, **kwargs)
 
     # ---- declaration, overridden by families -------------------------------------------------
@@ -271,9 +298,8 @@ class Head(tfpl.DistributionLambda):
                 dist, tfb.Reshape(self._image_shape, event_shape_in=self.natural_event_shape))
         return dist
 
-    def loss(self, y_true, dist):
-        """Training loss for `model.compile`: negative log-likelihood in nats per image `[B]`."""
-        return -dist.log_prob(y_true)
+    # Training loss for `model.compile` (a registered function, so compiled models save and load)
+    loss = staticmethod(negative_log_likelihood)
 
     def get_config(self):
         config = tfk.layers.Layer.get_config(self)  # skip DistributionLambda's pickled function
@@ -321,11 +347,16 @@ class Head(tfpl.DistributionLambda):
         """Mean of the distribution, `[B, H, W, C]` (pixels, unclipped). `seed` is used only by
         heads whose mean is estimated from samples (MAF)."""
         _, logits, comp = self._parts(dist)
-        mean = self._to_image(self.component_mean(comp))
+        return self._weighted(logits, self._to_image(self.component_mean(comp)))
+
+    @staticmethod
+    def _weighted(logits, x):
+        """`sum_k softmax(logits)_k x_k` `[B, H, W, C]` of per-component images `x` `[B, K, H, W, C]`;
+        `x` itself when `logits` is None (K = 1)."""
         if logits is None:
-            return mean
+            return x
         w = tf.reshape(tf.nn.softmax(logits), tf.concat([tf.shape(logits), [1, 1, 1]], 0))
-        return tf.reduce_sum(w * mean, axis=-4)
+        return tf.reduce_sum(w * x, axis=-4)
 
     def variance(self, dist, seed=SAMPLE_SEED):
         """Per-pixel variance `[B, H, W, C]`; NaN where it does not exist (t with df <= 2, the
@@ -383,8 +414,14 @@ class Head(tfpl.DistributionLambda):
         return self.point_estimate(dist, seed=seed), self.variance(dist, seed=seed)
 
     def _tensor(self, dist):
-        """Cheap tensor the Keras layer outputs (`convert_to_tensor_fn`): never a sample."""
-        return self.mean(dist)
+        """The cheap tensor the Keras layer carries (`convert_to_tensor_fn`), `[B, H, W, C]`:
+        never a sample, finite for every head. The mean, or for heads whose point estimate is the
+        mode (t heads, whose mean does not exist for df <= 1) the mixture-weighted component modes
+        (the mode for K = 1). `model.predict` returns `point_estimate` instead."""
+        if self.point != "mode":
+            return self.mean(dist)
+        _, logits, comp = self._parts(dist)
+        return self._weighted(logits, self._to_image(self.component_mode(comp)))
 
     def sample(self, dist, num_samples, seed=None):
         """`num_samples` draws of `dist`, `[num_samples, B, H, W, C]` (`seed`: int or stateless pair)."""
@@ -426,15 +463,15 @@ class MSE(NormalIdentity):
     head_name, label = "mse", "MSE"
     mixable = False
     has_variance = False
+    loss_units = "MSE"
+    nll_note = "mse head: NLL of the unit-variance normal N(mean, I) that MSE training implies"
     variance_note = "the MSE autoencoder models no variance"
 
     def variance(self, dist, seed=SAMPLE_SEED):
         """NaN `[B, H, W, C]`: MSE training fixes no variance (its NLL assumes 1, which is not learned)."""
         return tf.fill(tf.shape(self.mean(dist)), np.nan)
 
-    def loss(self, y_true, dist):
-        """Mean squared error per image `[B]` (pixels in [0, 1])."""
-        return tf.reduce_mean(tf.square(y_true - self.mean(dist)), axis=[-3, -2, -1])
+    loss = staticmethod(squared_error)
 
 
 class NormalDiag(PixelHead):
@@ -455,6 +492,7 @@ class Bernoulli(PixelHead):
     """
     head_name, label = "bernoulli", "Bern"
     is_density = False
+    nll_note = "bernoulli: not a normalised density on [0, 1]; NLL not comparable, no bits/dim"
 
     def pixel_distribution(self, logits):
         return tfd.Bernoulli(logits=logits, dtype=tf.float32)
@@ -519,6 +557,7 @@ class VectorHead(Head):
 class NormalFull(VectorHead):
     """N(mu, L L^T), L from `FillScaleTriL` (the paper's Nµ,Σ; D(D+1)/2 scale parameters)."""
     head_name, label, scale = "normal_full", "Nµ,Σ", "full"
+    full_covariance = True
 
 
 class StudentTIdentity(VectorHead):
@@ -535,6 +574,7 @@ class StudentTDiag(StudentTIdentity):
 class StudentTFull(StudentTIdentity):
     """Multivariate t(df, mu, L L^T) with L from `FillScaleTriL` (the paper's tdf,µ,Σ)."""
     head_name, label, scale = "student_t_full", "tdf,µ,Σ", "full"
+    full_covariance = True
 
 
 # ---- matrix heads: rows x columns of a grayscale image --------------------------------------
@@ -693,7 +733,7 @@ class MAF(Head):
         d = int(np.prod(self._image_shape))
         self.hidden_units = int(hidden_units)
         self.made = tfb.AutoregressiveNetwork(params=2, event_shape=[d], hidden_units=[self.hidden_units],
-                                              activation="relu", name="made")
+                                              activation="relu", name="made", dtype="float32")
         self.made.build([None, d])
 
     @property
@@ -761,7 +801,7 @@ class MAF(Head):
         return self._to_image(self._parts(dist)[2].distribution.mean())
 
 
-HEADS = {cls.head_name: cls for cls in [
+HEADS = {cls.head_name: register(cls) for cls in [
     MSE, NormalIdentity, NormalDiag, NormalFull,
     StudentTIdentity, StudentTDiag, StudentTFull, MAF,
     MatrixNormalIdentity, MatrixNormalDiag, MatrixNormalFull,

@@ -1,16 +1,137 @@
-"""Model builders: the paper's MLP and CNN autoencoders, ending in a head from `tfp_ae.heads`.
+"""The models: one interface (`ProbabilisticModel`) and the paper's autoencoders (`Autoencoder`
+with the MLP and CNN architectures); the VAE (`tfp_ae.vae`) shares the interface.
 
-Every model is a `tf_keras.Model` from images `[B, H, W, C]` in [0, 1] to a distribution over
-images, with `model.encoder` (images -> latent code), `model.decoder` (code -> distribution) and
-`model.head` (the `Head` layer) attached.
+Every model is a `tf_keras.Model` subclass from images `[B, H, W, C]` in [0, 1] to a distribution
+over images (its head's), registered with Keras, so after `import tfp_ae`:
+
+- `model.fit(x, x)` trains it (the compiled loss is a registered function of the head);
+- `model.predict(x)` returns the head's point estimate `[B, H, W, C]` in [0, 1];
+- `model.save("m.keras")` / `model.save("folder")` (SavedModel) and `tf_keras.models.load_model`
+  with default arguments restore the compiled model, which again returns distributions;
+- `tf_keras.models.clone_model(model)` rebuilds it with fresh weights;
+- under a mixed precision policy the encoder and decoder compute in the policy's dtype and the
+  head (distribution and loss) in float32.
 """
 import math
 
-from tfp_ae._tf import tfk
+from tfp_ae._tf import tf, tfd, tfk
 from tfp_ae.config import ARCHS
-from tfp_ae.heads import make_head
+from tfp_ae.heads import SAMPLE_SEED, make_head, register
 
 L = tfk.layers
+SAVE_FORMATS = "'.keras' (Keras v3 zip) or a folder path (TensorFlow SavedModel)"
+
+
+class ProbabilisticModel(tfk.Model):
+    """The interface every tfp_ae model has (`Autoencoder`, `tfp_ae.vae.VAE`).
+
+    Attributes: `encoder` (images -> code), `decoder` (code `[N, latent]` -> head parameters
+    `[N, head.size]`), `head` (a `tfp_ae.heads.Head`), `image_shape` `(H, W, C)`.
+    Subclasses define `call(x)` (the distribution over images given `x`), `encode(x)`,
+    `log_prob(x)`, `objective(x)` and `build_args` (the keyword arguments of their builder, which
+    `get_config` returns and `from_config` passes back).
+    """
+
+    kind = "ae"                # the RunConfig `model` value
+    trained_prior = False      # True: `prior()` is the model's own (a VAE's); False: the paper's N(0, I)
+    eval_batch_size = 500      # images per batch in evaluation
+    log_prob_note = None       # how `log_prob` is computed, where it is not exact
+
+    def __init__(self, encoder, decoder, head, build_args, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder, self.decoder, self.head = encoder, decoder, head
+        self.image_shape = tuple(head.event_shape)
+        self.build_args = dict(build_args)
+
+    @property
+    def code_shape(self):
+        """Shape of one code (`encode`'s output without the batch axis)."""
+        return tuple(self.encoder.output_shape[1:])
+
+    def _decoder_params(self, z):
+        """Head parameters `[..., head.size]` (the head's dtype, float32) for codes `[..., *code_shape]`."""
+        nd = len(self.code_shape)
+        p = self.decoder(tf.reshape(z, [-1, *self.code_shape]))
+        p = tf.reshape(p, tf.concat([tf.shape(z)[:tf.rank(z) - nd], [self.head.size]], 0))
+        return tf.cast(p, self.head.compute_dtype)
+
+    def decode(self, z):
+        """p(x | z): the head's distribution for codes `z` `[..., *code_shape]`; batch `z`'s leading
+        shape, event `[H, W, C]`."""
+        return self.head(self._decoder_params(z))
+
+    def log_prob(self, x, seed=SAMPLE_SEED):
+        """log p(x) `[B]` in nats of images `x` `[B, H, W, C]` in [0, 1] (`seed`: used only by
+        models that estimate it by sampling, the VAE)."""
+        return self(x, training=False).log_prob(x)
+
+    def prior(self):
+        """The distribution of codes to sample from: N(0, I) over `code_shape` (the paper's
+        Figure 3 for an autoencoder, whose codes were not trained to follow it; a VAE's prior)."""
+        return tfd.Independent(tfd.Normal(tf.zeros(self.code_shape), 1.0), len(self.code_shape))
+
+    def sample_images(self, num_images, seed=None):
+        """Point estimates of p(x|z) for z ~ `prior()`: `[num_images, H, W, C]` in [0, 1]
+        (Figure 3, row 1); `seed`: stateless seed of the draw."""
+        return self.head.point_estimate(self.decode(self.prior().sample(num_images, seed=seed)))
+
+    def point_estimate(self, x, seed=SAMPLE_SEED):
+        """The head's point estimate `[B, H, W, C]` in [0, 1] (mean; mode for t heads; mean of 50
+        samples with the stateless `seed` for MAF), Ciobanu Section 3."""
+        return self.head.point_estimate(self(x, training=False), seed=seed)
+
+    def variance(self, x, seed=SAMPLE_SEED):
+        """Per-pixel variance `[B, H, W, C]` of p(x | input); NaN where it does not exist (`mse`;
+        t heads with df <= 2)."""
+        return self.head.variance(self(x, training=False), seed=seed)
+
+    def point_and_variance(self, x, seed=SAMPLE_SEED):
+        """`point_estimate` and `variance` in one pass (MAF draws its samples once)."""
+        return self.head.point_and_variance(self(x, training=False), seed=seed)
+
+    def predict_step(self, data):
+        """`model.predict(x)` returns `point_estimate(x)` `[B, H, W, C]`."""
+        x = data[0] if isinstance(data, (tuple, list)) else data
+        return self.point_estimate(x)
+
+    def get_config(self):
+        return dict(self.build_args, name=self.name)
+
+    def save(self, filepath, *args, **kwargs):
+        """Keras' `save`; HDF5 (`.h5`) cannot hold a subclassed model.
+
+        Raises:
+          ValueError: `filepath` ends in `.h5` / `.hdf5` or `save_format="h5"` is given; the
+            message names the supported formats.
+        """
+        if str(filepath).endswith((".h5", ".hdf5")) or kwargs.get("save_format") in ("h5", "hdf5"):
+            raise ValueError(f"cannot save {type(self).__name__} {self.name!r} as HDF5 ({filepath}): Keras' HDF5 "
+                             f"format holds only Functional and Sequential models; use {SAVE_FORMATS}, or "
+                             "`save_weights('w.h5')` for the weights alone")
+        return super().save(filepath, *args, **kwargs)
+
+
+@register
+class Autoencoder(ProbabilisticModel):
+    """The paper's probabilistic autoencoder: p(x | encoder(x)), the head's distribution of the
+    decoder's output (Ciobanu, Section 3). Trained by `fit(x, x)` on the head's loss (NLL in nats
+    per image; MSE for the `mse` head). Build it with `build_model`."""
+
+    def call(self, x, training=None):
+        return self.head(self.decoder(self.encoder(x, training=training), training=training))
+
+    def encode(self, x):
+        """The code `[B, *code_shape]` (the bottleneck; the faithful `cnn`'s feature maps)."""
+        return self.encoder(x, training=False)
+
+    def objective(self, x):
+        """The training loss of a batch `x` `[B, H, W, C]`: the head's loss averaged over images."""
+        return tf.reduce_mean(self.head.loss(x, self(x, training=True)))
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return build_model(**config)
 
 
 def _mlp(image_shape, head, latent_dim):
@@ -22,13 +143,9 @@ def _mlp(image_shape, head, latent_dim):
 
 
 def _dense_decoder(head, latent_dim):
-    """Dense(latent_dim -> params_size, Glorot uniform), then the head."""
-    return tfk.Sequential([L.InputLayer((latent_dim,)), L.Dense(head.size, kernel_initializer="glorot_uniform"),
-                           head], name="decoder")
-
-
-def _take(n):
-    return L.Lambda(lambda t: t[:, :n], name="take_params")
+    """Dense(latent_dim -> params_size, Glorot uniform): the head's parameters."""
+    return tfk.Sequential([L.InputLayer((latent_dim,)), L.Dense(head.size, kernel_initializer="glorot_uniform")],
+                          name="decoder")
 
 
 def _cnn(image_shape, head):
@@ -39,8 +156,24 @@ def _cnn(image_shape, head):
     encoder = tfk.Sequential([L.InputLayer(image_shape), L.Conv2D(320, 3, padding="same", activation="relu"),
                               L.MaxPool2D(2)], name="encoder")
     decoder = tfk.Sequential([L.InputLayer(encoder.output_shape[1:]), L.Conv2D(filters, 3, padding="same"),
-                              L.UpSampling2D(2), L.Flatten(), _take(head.size), head], name="decoder")
+                              L.UpSampling2D(2), L.Flatten(), TakeFirst(head.size)], name="decoder")
     return encoder, decoder
+
+
+@register
+class TakeFirst(L.Layer):
+    """The first `n` values of the last axis, `[B, m]` -> `[B, n]` (the faithful `cnn` discards the
+    conv outputs beyond `params_size`)."""
+
+    def __init__(self, n, **kwargs):
+        super().__init__(**kwargs)
+        self.n = int(n)
+
+    def call(self, x):
+        return x[:, :self.n]
+
+    def get_config(self):
+        return dict(super().get_config(), n=self.n)
 
 
 def _cnn_dense(image_shape, head, latent_dim):
@@ -61,38 +194,43 @@ def cnn_features():
             L.Conv2D(16, 1, activation="relu"), L.Flatten()]
 
 
-def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32):
-    """Build a probabilistic autoencoder.
+def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, name=None):
+    """Build a probabilistic autoencoder (built: its weights exist).
 
     Args:
-      head: a head name from `tfp_ae.heads.HEADS` (or a `Head` instance).
+      head: a head name from `tfp_ae.heads.HEADS`.
       image_shape: `(H, W, C)`.
       num_components: K, mixture components of the head.
       arch: `mlp`, `cnn` (the paper's, faithful) or `cnn_dense` (a CNN whose decoder learns).
       latent_dim: bottleneck width of `mlp` and `cnn_dense` (32 in the paper).
+      name: the model's name (default `ARCH_HEAD_kK`).
     Returns:
-      an uncompiled `tf_keras.Model` mapping images to a distribution; `model.head` is the head.
+      an uncompiled `Autoencoder`; `model.head` is the head.
     Raises:
       ValueError: unknown head or architecture, invalid K.
     """
     image_shape = tuple(int(d) for d in image_shape)
-    if isinstance(head, str):
-        head = make_head(head, image_shape, num_components)
-    if arch == "mlp":
-        encoder, decoder = _mlp(image_shape, head, latent_dim)
-    elif arch == "cnn":
-        encoder, decoder = _cnn(image_shape, head)
-    elif arch == "cnn_dense":
-        encoder, decoder = _cnn_dense(image_shape, head, latent_dim)
-    else:
+    if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
-    x = tfk.Input(image_shape, name="images")
-    model = tfk.Model(x, decoder(encoder(x)), name=f"{arch}_{head.head_name}_k{head.num_components}")
-    model.encoder, model.decoder, model.head = encoder, decoder, head
+    head_obj = make_head(head, image_shape, num_components)
+    if arch == "mlp":
+        encoder, decoder = _mlp(image_shape, head_obj, latent_dim)
+    elif arch == "cnn":
+        encoder, decoder = _cnn(image_shape, head_obj)
+    else:
+        encoder, decoder = _cnn_dense(image_shape, head_obj, latent_dim)
+    args = dict(head=head_obj.head_name, image_shape=list(image_shape), num_components=head_obj.num_components,
+                arch=arch, latent_dim=int(latent_dim))
+    model = Autoencoder(encoder, decoder, head_obj, args,
+                        name=name or f"{arch}_{head_obj.head_name}_k{head_obj.num_components}")
+    model(tf.zeros([1, *image_shape]))  # build
     return model
 
 
 def compile_model(model, learning_rate=1e-3, jit_compile=False):
-    """Compile with Adam (Keras defaults) on the head's loss (NLL in nats per image)."""
-    model.compile(optimizer=tfk.optimizers.Adam(learning_rate), loss=model.head.loss, jit_compile=jit_compile)
+    """Compile with Adam (Keras defaults) on the head's registered loss (NLL in nats per image;
+    MSE for `mse`). A VAE's loss is its own objective (no Keras loss)."""
+    loss = None if not isinstance(model, Autoencoder) else model.head.loss
+    model.compile(optimizer=tfk.optimizers.Adam(learning_rate), loss=loss, jit_compile=jit_compile)
     return model
+

@@ -24,6 +24,12 @@ import numpy as np
 from scipy.integrate import trapezoid
 from scipy.special import logsumexp, ndtr
 
+from tfp_ae import plots
+from tfp_ae._tf import tfk
+from tfp_ae.models import compile_model
+from tfp_ae.rundir import write_json
+from tfp_ae.vae import build_vae
+
 TOY_DATASETS = ("8gaussians", "checkerboard", "2spirals")
 SPIRAL_NODES = 1000   # quadrature nodes in t for the 2spirals density
 _SIGMA_8G = 0.5 / math.sqrt(2)
@@ -117,19 +123,18 @@ def _as_images(x):
 
 def toy_vae(objective="elbo", iw_samples=10, seed=0, hidden=(128, 128)):
     """A compiled VAE with a 2-d latent and a `normal_diag` decoder, ReLU MLPs `hidden` both ways."""
-    from tfp_ae._tf import tfk
-    from tfp_ae.vae import build_vae, compile_vae
     tfk.utils.set_random_seed(seed)
-    return compile_vae(build_vae("normal_diag", (1, 2, 1), latent_dim=2, objective=objective,
+    return compile_model(build_vae("normal_diag", (1, 2, 1), latent_dim=2, objective=objective,
                                  iw_samples=iw_samples, hidden=hidden))
 
 
-def train_toy_vae(x_train, objective="elbo", iw_samples=10, steps=30000, batch_size=200, seed=0):
-    """`toy_vae` trained for about `steps` Adam steps on `x_train` `[N, 2]` with `model.fit`."""
+def train_toy_vae(x_train, objective="elbo", iw_samples=10, steps=30000, batch_size=200, seed=0, verbose=2):
+    """`toy_vae` trained for about `steps` Adam steps on `x_train` `[N, 2]` with `model.fit`
+    (`verbose`: Keras' progress output, one line per epoch by default)."""
     vae = toy_vae(objective, iw_samples, seed)
     x = _as_images(x_train)
     epochs = max(1, round(steps * batch_size / len(x)))
-    vae.fit(x, x, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
+    vae.fit(x, x, batch_size=batch_size, epochs=epochs, verbose=verbose, shuffle=True)
     return vae
 
 
@@ -140,7 +145,7 @@ def toy_scores(vae, x, num_samples=250, batch_size=1000):
     for i in range(0, len(xs), batch_size):
         b = xs[i:i + batch_size]
         elbo.append(vae.elbo(b)[0].numpy())
-        bound.append(vae.iwae_bound(b, vae.iw_samples).numpy() if vae.objective == "iwae" else elbo[-1])
+        bound.append(vae.iwae_bound(b, vae.iw_samples).numpy() if vae.objective_name == "iwae" else elbo[-1])
         nll.append(vae.importance_nll(b, num_samples).numpy())
     return -float(np.concatenate(elbo).mean()), -float(np.concatenate(bound).mean()), float(np.concatenate(nll).mean())
 
@@ -164,7 +169,6 @@ def run_study(out, steps=30000, datasets=TOY_DATASETS, num_train=100_000, num_te
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    from tfp_ae.train import write_json
     models = {}
     for name in datasets:
         x_train, x_test = sample_toy(name, num_train, seed), sample_toy(name, num_test, seed + 1)
@@ -186,7 +190,6 @@ def run_study(out, steps=30000, datasets=TOY_DATASETS, num_train=100_000, num_te
             log(f"{key}: {results[key]}")
     rows = study_table(results, datasets)
     (out / "table.md").write_text(markdown_table(rows))
-    from tfp_ae import plots
     plots.save(study_figure(models, datasets, seed), out / "toy2d.png")
     return rows
 
@@ -222,8 +225,7 @@ def markdown_table(rows):
 def study_figure(models, datasets=TOY_DATASETS, seed=0, grid=100):
     """Per dataset: ground-truth density, VAE and IWAE densities on a grid, and the VAE's latent
     space (posterior means of test points coloured by the angle of the point)."""
-    from tfp_ae.plots import subplots
-    fig, axes = subplots(len(datasets), 4, (12, 3 * len(datasets)))
+    fig, axes = plots.subplots(len(datasets), 4, (12, 3 * len(datasets)))
     g = np.linspace(-4.5, 4.5, grid)
     xx, yy = np.meshgrid(g, g)
     pts = np.stack([xx.ravel(), yy.ravel()], 1)

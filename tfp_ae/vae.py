@@ -21,49 +21,52 @@ import math
 import numpy as np
 
 from tfp_ae._tf import tf, tfd, tfk
-from tfp_ae.heads import make_head, positive
-from tfp_ae.models import cnn_features
+from tfp_ae.config import OBJECTIVES, VAE_ARCHS
+from tfp_ae.heads import SAMPLE_SEED, make_head, positive, register
+from tfp_ae.models import ProbabilisticModel, cnn_features
 
 L = tfk.layers
-OBJECTIVES = ("elbo", "iwae")
 NLL_SAMPLES = 250
-VAE_ARCHS = ("mlp", "cnn_dense")
 
 
-class VAE(tfk.Model):
-    """A VAE whose `fit` minimises -ELBO or -IWAE_k (nats per image).
+@register
+class VAE(ProbabilisticModel):
+    """A VAE whose `fit` minimises -ELBO or -IWAE_k (nats per image). Build it with `build_vae`.
 
     Args:
       encoder: images `[B, *event_shape]` -> `[B, 2 * latent_dim]` (posterior loc, raw scale).
       decoder: codes `[N, latent_dim]` -> head parameters `[N, head.size]`.
       head: a `tfp_ae.heads.Head`, the likelihood p(x|z).
-      objective: `elbo` or `iwae`; iw_samples: k of the IWAE bound.
-    Calling the model on images returns p(x | z = posterior mean), so `point_estimates`,
-    `variance_maps` and the figures of the autoencoders work unchanged.
+      build_args: the `build_vae` arguments (`get_config`).
+    Calling the model on images returns p(x | z = posterior mean); `encode(x)` is the posterior
+    mean; `log_prob(x)` the importance-sampled marginal (`NLL_SAMPLES`, fixed seed).
     Logged by `fit`: `loss` (-ELBO or -IWAE_k), `reconstruction` (-E_q log p(x|z)) and `kl`, all
     nats per image.
     Raises:
       ValueError: unknown objective, iw_samples < 1.
     """
 
-    def __init__(self, encoder, decoder, head, latent_dim, objective="elbo", iw_samples=1, **kwargs):
-        super().__init__(**kwargs)
+    kind = "vae"
+    trained_prior = True       # codes drawn from `prior()` decode to images like the data
+    eval_batch_size = 50       # importance sampling holds NLL_SAMPLES decodings per image
+
+    def __init__(self, encoder, decoder, head, build_args, **kwargs):
+        super().__init__(encoder, decoder, head, build_args, **kwargs)
+        objective, iw_samples = build_args["objective"], build_args["iw_samples"]
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
         if isinstance(iw_samples, bool) or not isinstance(iw_samples, (int, np.integer)) or iw_samples < 1:
             raise ValueError(f"iw_samples (k) must be an integer >= 1, got {iw_samples!r}")
-        self.encoder, self.decoder, self.head = encoder, decoder, head
-        self.latent_dim, self.objective, self.iw_samples = int(latent_dim), objective, int(iw_samples)
+        self.latent_dim, self.objective_name, self.iw_samples = int(build_args["latent_dim"]), objective, int(iw_samples)
         self._trackers = [tfk.metrics.Mean(n) for n in ("loss", "reconstruction", "kl")]
+
+    @classmethod
+    def from_config(cls, config):
+        return build_vae(**config)
 
     @property
     def metrics(self):
         return self._trackers
-
-    def get_config(self):
-        """The VAE's own settings; encoder, decoder and head are rebuilt by `build_vae` (weights are
-        saved with checkpoints and rebuilt from a run's `config.json`, see `tfp_ae.train.load_model`)."""
-        return dict(name=self.name, latent_dim=self.latent_dim, objective=self.objective, iw_samples=self.iw_samples)
 
     def count_params(self):
         """Weights of encoder, decoder and head (not the loss trackers' counters)."""
@@ -75,20 +78,36 @@ class VAE(tfk.Model):
 
     def posterior(self, x):
         """q(z|x) = N(mu, diag sigma^2), batch `[B]`, event `[latent_dim]`."""
-        loc, scale = tf.split(self.encoder(x), 2, axis=-1)
+        loc, scale = tf.split(tf.cast(self.encoder(x), self.head.compute_dtype), 2, axis=-1)
         return tfd.MultivariateNormalDiag(loc, positive(scale))
 
-    def _decoder_params(self, z):
-        """Head parameters `[..., head.size]` for codes `[..., latent_dim]` (any leading shape)."""
-        p = self.decoder(tf.reshape(z, [-1, self.latent_dim]))
-        return tf.reshape(p, tf.concat([tf.shape(z)[:-1], [self.head.size]], 0))
+    @property
+    def code_shape(self):
+        return (self.latent_dim,)
 
     def decode(self, z):
-        """p(x|z): the head's distribution, batch `z.shape[:-1]`, event the image shape."""
+        """p(x|z): the head's distribution, batch `z.shape[:-1]`, event the image shape (built
+        directly, not through the layer: any batch rank)."""
         return self.head.new(self._decoder_params(z))
 
     def call(self, x, training=None):
         return self.head(self._decoder_params(self.posterior(x).mean()))
+
+    def encode(self, x):
+        """The posterior mean `[B, latent_dim]`."""
+        return self.posterior(x).mean()
+
+    def log_prob(self, x, seed=SAMPLE_SEED):
+        """log p(x) `[B]` nats, by importance sampling (`importance_nll`, stateless `seed`)."""
+        return -self.importance_nll(x, seed=seed)
+
+    @property
+    def log_prob_note(self):
+        return f"VAE: test_nll_nats is -log p(x) by importance sampling ({NLL_SAMPLES} samples)"
+
+    def objective(self, x):
+        """The training loss of a batch: -ELBO or -IWAE_k averaged over images (nats)."""
+        return self._objective(x)[0]
 
     def elbo(self, x, z=None):
         """(elbo, log p(x|z), KL) per image, `[B]` each, nats. One reparameterised sample z ~ q
@@ -116,13 +135,8 @@ class VAE(tfk.Model):
         """-log p(x) estimated by importance sampling with q as proposal, `[B]` nats (tutorial Eq. 15)."""
         return -self.iwae_bound(x, num_samples, seed=seed)
 
-    def sample_images(self, num_images, seed=None):
-        """Point estimates of p(x|z) for z ~ N(0, I): `[num_images, *image_shape]` in [0, 1] (Figure 3, row 1)."""
-        z = self.prior().sample(num_images, seed=seed)
-        return self.head.point_estimate(self.decode(z))
-
     def _objective(self, x):
-        if self.objective == "iwae":
+        if self.objective_name == "iwae":
             q = self.posterior(x)
             z = q.sample(self.iw_samples)
             bound = self.iwae_bound(x, self.iw_samples, z)
@@ -143,7 +157,8 @@ class VAE(tfk.Model):
             values = self._objective(x)
             # gradients are summed over replicas: scale so the update is that of the global mean
             loss = values[0] / tf.distribute.get_strategy().num_replicas_in_sync
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, self.trainable_variables), self.trainable_variables))
+        # minimize scales the loss when the optimizer is a LossScaleOptimizer (mixed_float16)
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         return self._log(values)
 
     def test_step(self, data):
@@ -151,8 +166,8 @@ class VAE(tfk.Model):
 
 
 def build_vae(head, image_shape, num_components=1, arch="mlp", latent_dim=32, objective="elbo", iw_samples=1,
-              hidden=()):
-    """Build (and compile-ready) a `VAE`.
+              hidden=(), name=None):
+    """Build a `VAE` (built: its weights exist; compile it with `tfp_ae.models.compile_model`).
 
     Args:
       head: head name (any registered head: `normal_diag` as in the paper, `continuous_bernoulli`,
@@ -160,15 +175,15 @@ def build_vae(head, image_shape, num_components=1, arch="mlp", latent_dim=32, ob
       image_shape: `(H, W, C)`.
       arch: `mlp` or `cnn_dense` (the encoder's front end; the decoder is dense).
       hidden: widths of extra ReLU layers in encoder and decoder (none in the paper).
+      name: the model's name (default `vae_ARCH_HEAD_kK`).
     Raises:
       ValueError: unknown head/arch/objective, K < 1, iw_samples < 1.
     """
     image_shape = tuple(int(d) for d in image_shape)
-    if isinstance(head, str):
-        head = make_head(head, image_shape, num_components)
     if arch not in VAE_ARCHS:
         raise ValueError(f"unknown VAE arch {arch!r}; valid: {', '.join(VAE_ARCHS)} (the paper's `cnn` decoder "
                          "has no latent bottleneck to put a posterior on)")
+    head = make_head(head, image_shape, num_components)
     front = cnn_features() if arch == "cnn_dense" else [L.Flatten()]
     dense = [L.Dense(h, "relu", kernel_initializer="glorot_uniform") for h in hidden]
     encoder = tfk.Sequential([L.InputLayer(image_shape), *front, *dense,
@@ -176,13 +191,8 @@ def build_vae(head, image_shape, num_components=1, arch="mlp", latent_dim=32, ob
     decoder = tfk.Sequential([L.InputLayer((latent_dim,)),
                               *[L.Dense(h, "relu", kernel_initializer="glorot_uniform") for h in hidden],
                               L.Dense(head.size, kernel_initializer="glorot_uniform")], name="decoder")
-    model = VAE(encoder, decoder, head, latent_dim, objective, iw_samples,
-                name=f"vae_{arch}_{head.head_name}_k{head.num_components}")
+    args = dict(head=head.head_name, image_shape=list(image_shape), num_components=head.num_components, arch=arch,
+                latent_dim=int(latent_dim), objective=objective, iw_samples=iw_samples, hidden=[int(h) for h in hidden])
+    model = VAE(encoder, decoder, head, args, name=name or f"vae_{arch}_{head.head_name}_k{head.num_components}")
     model(tf.zeros([1, *image_shape]))  # build
-    return model
-
-
-def compile_vae(model, learning_rate=1e-3, jit_compile=False):
-    """Adam (Keras defaults); the loss is the model's own objective (no Keras loss)."""
-    model.compile(optimizer=tfk.optimizers.Adam(learning_rate), jit_compile=jit_compile)
     return model

@@ -1,0 +1,99 @@
+"""Test metrics of a trained model: NLL and bits/dim, the paper's L2 %, PSNR/SSIM, calibration
+of the variance maps and FID (wired to `tfp_ae.fid`)."""
+import numpy as np
+
+from tfp_ae import fid
+from tfp_ae._tf import tf
+from tfp_ae.data import dequantize
+from tfp_ae.heads import bits_per_dim
+from tfp_ae.predict import coverage, elbo_per_image, nll_per_image, point_and_variance, point_estimates, variance_maps
+
+CALIBRATION_IMAGES = 200
+
+
+def calibration(model, x, point=None):
+    """Can a variance map be trusted? On images `x` `[N, H, W, C]` in [0, 1]:
+
+    `coverage_95`: fraction of test pixels inside the predicted central 95 % interval (empirical
+    quantiles of 100 samples of the head's distribution; 0.95 when calibrated, lower when
+    over-confident); `mean_predicted_std`: mean per-pixel predicted standard deviation (over
+    pixels where the variance exists); `mean_abs_error`: mean |x - point estimate| (`point`: the
+    point estimates of `x` if already computed).
+    """
+    if point is None:
+        point, variance = point_and_variance(model, x)
+    else:
+        variance = variance_maps(model, x)
+    std = np.sqrt(variance)
+    return dict(coverage_95=float(np.mean(coverage(model, x))),
+                mean_predicted_std=float(np.nanmean(std)) if np.isfinite(std).any() else None,
+                mean_abs_error=float(np.mean(np.abs(x - point))))
+
+
+def l2_percent(x, prediction):
+    """The paper's L2 error (Ciobanu, Section 4): mean squared error x 100 between images `x`
+    `[N, H, W, C]` in [0, 1] and `prediction` (point estimates, or anything that broadcasts to
+    `x`: one image, a constant)."""
+    return float(np.mean(np.square(x - prediction)) * 100)
+
+
+def psnr_ssim(x, point):
+    """Mean PSNR (dB) and SSIM of point estimates against images, both `[N, H, W, C]` in [0, 1]
+    (`tf.image.psnr` / `tf.image.ssim`, max_val 1; SSIM's window shrinks to the image size)."""
+    x, point = tf.constant(x), tf.constant(point)
+    window = min(11, *x.shape[1:3])
+    return (float(tf.reduce_mean(tf.image.psnr(x, point, max_val=1.0))),
+            float(tf.reduce_mean(tf.image.ssim(x, point, max_val=1.0, filter_size=window))))
+
+
+def fid_extractors(config, data):
+    """The FID feature extractors a run uses (`tfp_ae.fid`): `lenet` (trained once per dataset,
+    cached) when `config.fid` and the data has labels; `inception` when `config.fid_inception` or
+    its weights are already cached. Returns (extractors, notes)."""
+    extractors, notes = [], []
+    if config.fid and data.y_train is not None:
+        extractors.append(fid.lenet_extractor(data))
+    elif config.fid:
+        notes.append("no fid_lenet: the dataset has no labels to train its classifier")
+    if config.fid_inception or (config.fid and fid.inception_available()):
+        extractors.append(fid.inception_extractor())
+    return extractors, notes
+
+
+def evaluate(model, data, eval_images=1000, seed=0, extractors=()):
+    """Test metrics of a trained model.
+
+    Returns a dict with `psnr` (dB) and `ssim` of the point estimates, `calibration` (see
+    `calibration`, on the first 200 test images; not for `mse`), `test_nll_nats` (mean -log p(x)
+    per image on the test split, x in [0, 1]),
+    `test_nll_dequantized_nats` and `bits_per_dim` (on the test split dequantised with a fixed
+    seed; None for heads that are not densities), and `l2_percent` (mean squared error x 100
+    between the first `eval_images` test images and their point estimates, Ciobanu Section 4).
+    For a VAE also `test_elbo_nats` (mean ELBO, a lower bound on log p(x)); its `test_nll_nats`
+    is the importance-sampled estimate, so `test_nll_nats <= -test_elbo_nats` up to Monte-Carlo error.
+    For each FID feature extractor in `extractors` (see `tfp_ae.fid.fid_metrics`): `fid_NAME`
+    (the `eval_images` point estimates vs the same real test images), `fid_NAME_vs_noise` (the
+    paper's column) and `fid_NAME_real_vs_noise`, plus `fid_NAME_info` (e.g. classifier accuracy).
+    """
+    head = model.head
+    x = data.x_test
+    metrics = {}
+    if model.kind == "vae":
+        metrics["test_elbo_nats"] = float(np.mean(elbo_per_image(model, x)))
+    nll = float(np.mean(nll_per_image(model, x)))
+    nll_deq = float(np.mean(nll_per_image(model, dequantize(x, data.num_levels, seed))))
+    xe = x[:eval_images]
+    point = point_estimates(model, xe)
+    d = int(np.prod(x.shape[1:]))
+    metrics["psnr"], metrics["ssim"] = psnr_ssim(xe, point)
+    for extractor in extractors:
+        metrics.update(fid.fid_metrics(extractor, point, xe), **{f"fid_{extractor.name}_info": extractor.info})
+    if head.has_variance:
+        xc = x[:CALIBRATION_IMAGES]
+        metrics["calibration"] = calibration(model, xc, point[:len(xc)] if len(point) >= len(xc) else None)
+    metrics.update(test_nll_nats=nll, test_nll_dequantized_nats=nll_deq, l2_percent=l2_percent(xe, point),
+                   bits_per_dim=bits_per_dim(nll_deq, d, data.num_levels) if head.is_density else None)
+    note = model.log_prob_note or head.nll_note
+    if note:
+        metrics["nll_note"] = note
+    return metrics

@@ -1,0 +1,100 @@
+"""Batched predictions of a trained model on many images, through the model interface
+(`tfp_ae.models.ProbabilisticModel`): log p(x), point estimates, variance maps, codes, component
+points. One compiled graph per model and quantity (any batch size); results as numpy arrays.
+Evaluation, figures, FID and export all read their numbers from here."""
+import numpy as np
+
+from tfp_ae._tf import tf, tfp
+from tfp_ae.data import check_images
+from tfp_ae.heads import SAMPLE_SEED
+
+CALIBRATION_SAMPLES = 100
+
+
+def _coverage(samples, x, level=0.95):
+    """Per image `[B]`: fraction of pixels of `x` `[B, H, W, C]` inside the central `level`
+    interval of `samples` `[S, B, H, W, C]` (empirical per-pixel quantiles)."""
+    q = tfp.stats.percentile(samples, [50 * (1 - level), 50 * (1 + level)], axis=0, interpolation="linear")
+    inside = tf.cast((x >= q[0]) & (x <= q[1]), tf.float32)
+    return tf.reduce_mean(inside, axis=[-3, -2, -1])
+
+
+QUANTITIES = {  # fn(model, images [B, H, W, C]) -> per-image result(s)
+    "log_prob": lambda m, b: m.log_prob(b, seed=SAMPLE_SEED),
+    "elbo": lambda m, b: m.elbo(b)[0],
+    "point": lambda m, b: m.point_estimate(b),
+    "variance": lambda m, b: m.variance(b),
+    "point_variance": lambda m, b: m.point_and_variance(b),
+    "code": lambda m, b: m.encode(b),
+    "component_points": lambda m, b: m.head.component_points(m(b, training=False)),
+    # fraction of pixels inside the central 95 % interval of CALIBRATION_SAMPLES draws
+    "coverage": lambda m, b: _coverage(m.head.sample(m(b, training=False), CALIBRATION_SAMPLES, seed=SAMPLE_SEED), b),
+}
+
+
+def map_batches(model, x, quantity, batch_size=None):
+    """`QUANTITIES[quantity]` of `model` on images `x` `[N, H, W, C]` in [0, 1], batch by batch,
+    concatenated as numpy (a tuple of arrays for quantities with several results).
+
+    `batch_size` defaults to the model's `eval_batch_size`. The graph is traced once per model and
+    quantity, with an unknown batch size, and cached on the model.
+    Raises:
+      ValueError: bad images (see `tfp_ae.data.check_images`).
+    """
+    x = check_images(x, "images", image_shape=model.image_shape)
+    batch_size = batch_size or model.eval_batch_size
+    steps = model.__dict__.setdefault("_tfp_ae_steps", {})
+    if quantity not in steps:
+        fn, spec = QUANTITIES[quantity], tf.TensorSpec([None, *model.image_shape], tf.float32)
+        steps[quantity] = tf.function(lambda b: fn(model, b), input_signature=[spec], autograph=False)
+    outs = [steps[quantity](tf.constant(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+    if isinstance(outs[0], (tuple, list)):
+        return tuple(np.concatenate([o[j].numpy() for o in outs]) for j in range(len(outs[0])))
+    return np.concatenate([o.numpy() for o in outs])
+
+
+def nll_per_image(model, x, batch_size=None):
+    """-log p(x) in nats for each image `[N]` of `x` `[N, H, W, C]` in [0, 1] (`model.log_prob`:
+    the head's distribution, not its training loss; for a VAE the importance-sampled estimate)."""
+    return -map_batches(model, x, "log_prob", batch_size)
+
+
+def elbo_per_image(vae, x, batch_size=None):
+    """The ELBO of each image `[N]`, nats (one posterior sample, closed-form KL); VAE only."""
+    return map_batches(vae, x, "elbo", batch_size)
+
+
+def point_estimates(model, x, batch_size=200):
+    """The head's point estimate of each image, `[N, H, W, C]` clipped to [0, 1]."""
+    return map_batches(model, x, "point", batch_size)
+
+
+def variance_maps(model, x, batch_size=200):
+    """Per-pixel variance of each image's distribution, `[N, H, W, C]` (NaN where undefined)."""
+    return map_batches(model, x, "variance", batch_size)
+
+
+def point_and_variance(model, x, batch_size=200):
+    """`point_estimates` and `variance_maps` of `x` in one pass (MAF: one draw of 50 samples)."""
+    return map_batches(model, x, "point_variance", batch_size)
+
+
+def latents(model, x, batch_size=500):
+    """Codes `[N, prod(code_shape)]` of images `[N, H, W, C]` (`model.encode`: an autoencoder's
+    bottleneck, a VAE's posterior mean), flattened."""
+    return map_batches(model, x, "code", batch_size).reshape(len(x), -1)
+
+
+def component_points(model, x, batch_size=200):
+    """Per-component point estimates `[N, K, H, W, C]` and mixture log-densities `[N, K]` (nats)
+    of images `[N, H, W, C]` (see `tfp_ae.heads.Head.component_points`).
+    Raises: ValueError for a head with K = 1 or bad images."""
+    if model.head.num_components < 2:
+        raise ValueError(f"{model.head.head_name}: component images need a mixture head (K > 1), got K=1")
+    return map_batches(model, x, "component_points", batch_size)
+
+
+def coverage(model, x, batch_size=50):
+    """Per image `[N]`: the fraction of its pixels inside the central 95 % interval of
+    `CALIBRATION_SAMPLES` draws of the model's distribution."""
+    return map_batches(model, x, "coverage", batch_size)

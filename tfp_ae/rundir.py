@@ -1,0 +1,112 @@
+"""A run folder: its file names, atomic writes, the saved progress of a run and its checkpoints.
+
+A run folder holds `config.json` (what `tfp_ae.train.load_model` rebuilds from), `state.json`
+(seed, attempts, finished epochs), `checkpoints/` (model + optimizer after every epoch) and at
+the end `metrics.json` and the figures.
+"""
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tfp_ae._tf import tf, tfk
+
+STATE_FILE = "state.json"          # progress of a run: seed, attempts, finished epochs
+CHECKPOINT_DIR = "checkpoints"     # tf.train checkpoints of model + optimizer, one per epoch
+CONFIG_FILE = "config.json"        # RunConfig + image shape: what `load_model` rebuilds from
+METRICS_FILE = "metrics.json"
+LOG_DIR = "logs"                   # TensorBoard logs (--tensorboard)
+
+
+def write_text(text, path):
+    """Write a text file atomically (temporary file + rename): a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(obj, path):
+    """Write JSON atomically (see `write_text`)."""
+    write_text(json.dumps(obj, indent=2, default=float), path)
+
+
+class Progress(tfk.callbacks.Callback):
+    """After each finished epoch: record its loss and wall-clock seconds in `state` and write it
+    atomically to `state_path`, then checkpoint model and optimizer (so a crash between the two
+    at worst re-runs that epoch). Without a path it only records."""
+
+    def __init__(self, state, state_path=None, manager=None):
+        super().__init__()
+        self.state, self.state_path, self.manager = state, state_path, manager
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = float(logs["loss"])
+        record = dict(loss=loss, seconds=time.perf_counter() - self._t)
+        if "val_loss" in logs:
+            record["val_loss"] = float(logs["val_loss"])
+        self.state["epochs"] = self.state["epochs"][:epoch] + [record]
+        if self.state_path:
+            write_json(self.state, self.state_path)
+            if self.manager is not None and np.isfinite(loss):
+                self.manager.save(checkpoint_number=epoch + 1)
+
+
+RESUME_IGNORED = ("out", "data_dir", "verbose", "strategy", "tensorboard")
+
+
+def load_state(run_dir, config):
+    """The saved progress of an unfinished run in `run_dir`, or a fresh state.
+
+    Raises:
+      ValueError: `run_dir` holds a run with a different configuration (names the fields).
+    """
+    fresh = dict(config=config.to_dict(), seed=config.seed, attempts=[], epochs=[])
+    path = run_dir / STATE_FILE if run_dir else None
+    if path is None or not path.exists():
+        return fresh
+    state = json.loads(path.read_text())
+    old, new = state["config"], config.to_dict()
+    diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if k not in RESUME_IGNORED and old.get(k) != new[k]]
+    if diff:
+        raise ValueError(f"run folder {run_dir} holds an unfinished run with another configuration "
+                         f"({'; '.join(diff)}); use another --out, the same settings, or --overwrite")
+    return state
+
+
+def _checkpoint_manager(model, run_dir):
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    return tf.train.CheckpointManager(ckpt, str(run_dir / CHECKPOINT_DIR), max_to_keep=2)
+
+
+def _restore(manager, max_epoch):
+    """Restore the newest checkpoint with at most `max_epoch` finished epochs; returns its epoch count."""
+    numbers = {int(p.rsplit("-", 1)[1]): p for p in manager.checkpoints}
+    usable = [n for n in numbers if n <= max_epoch]
+    if not usable:
+        return 0
+    n = max(usable)
+    manager.checkpoint.restore(numbers[n]).assert_existing_objects_matched()
+    return n
+
+
+def checkpoint_manager(model, run_dir):
+    """`tf.train.CheckpointManager` of model + optimizer in `run_dir/checkpoints` (two kept)."""
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    return tf.train.CheckpointManager(ckpt, str(Path(run_dir) / CHECKPOINT_DIR), max_to_keep=2)
+
+
+def restore(manager, max_epoch):
+    """Restore the newest checkpoint with at most `max_epoch` finished epochs; returns its epoch count."""
+    numbers = {int(p.rsplit("-", 1)[1]): p for p in manager.checkpoints}
+    usable = [n for n in numbers if n <= max_epoch]
+    if not usable:
+        return 0
+    n = max(usable)
+    manager.checkpoint.restore(numbers[n]).assert_existing_objects_matched()
+    return n
