@@ -36,7 +36,8 @@ def one(args):
     from tfp_ae._tf import tf, tfk
     from tfp_ae.data import dataset_available, load_dataset, make_pipeline
     from tfp_ae.models import build_model, compile_model
-    from tfp_ae.train import device_summary, point_and_variance, probe_jit
+    from tfp_ae.predict import point_and_variance
+    from tfp_ae.runtime import device_summary, probe_jit
 
     if args.device == "gpu" and not tf.config.list_physical_devices("GPU"):
         raise SystemExit("--device gpu: TensorFlow sees no GPU")

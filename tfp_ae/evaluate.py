@@ -52,7 +52,7 @@ def fid_extractors(config, data):
     its weights are already cached. Returns (extractors, notes)."""
     extractors, notes = [], []
     if config.fid and data.y_train is not None:
-        extractors.append(fid.lenet_extractor(data))
+        extractors.append(fid.lenet_extractor(data, verbose=config.verbose))
     elif config.fid:
         notes.append("no fid_lenet: the dataset has no labels to train its classifier")
     if config.fid_inception or (config.fid and fid.inception_available()):

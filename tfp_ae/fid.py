@@ -141,6 +141,9 @@ def lenet_extractor(data, epochs=CLASSIFIER_EPOCHS, seed=0, verbose=0):
         model.compile(tfk.optimizers.Adam(), tfk.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
         epochs = max(epochs, math.ceil(CLASSIFIER_MIN_IMAGES / len(data.x_train)))
+        if verbose:
+            print(f"training the FID classifier (lenet) for {data.name}: {epochs} epochs on "
+                  f"{len(data.x_train)} images, cached in {folder}", flush=True)
         model.fit(data.x_train, data.y_train, batch_size=128, epochs=epochs, shuffle=True, verbose=verbose)
         accuracy = float(model.evaluate(data.x_test, data.y_test, batch_size=500, verbose=0)[1])
         info = dict(classifier="lenet", dataset=str(data.name), epochs=epochs, test_accuracy=accuracy)

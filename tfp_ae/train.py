@@ -167,6 +167,9 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     if "val_loss" in history:
         metrics["val_loss"] = history["val_loss"]
     extractors, notes = fid_extractors(config, full)
+    if config.verbose:
+        print(f"evaluating on {len(data.x_test)} test images (NLL, bits/dim, L2 %, calibration"
+              f"{', FID' if extractors else ''}) and drawing the figures", flush=True)
     metrics.update(evaluate(model, data, config.eval_images, seed=config.seed, extractors=extractors))
     if notes:
         metrics["fid_note"] = "; ".join(notes)

@@ -15,7 +15,10 @@ import numpy as np
 
 from tfp_ae.config import RunConfig
 from tfp_ae.data import load_dataset
-from tfp_ae.train import METRICS_FILE, l2_percent, load_model, point_estimates, run
+from tfp_ae.evaluate import l2_percent
+from tfp_ae.predict import point_estimates
+from tfp_ae.rundir import METRICS_FILE
+from tfp_ae.train import load_model, run
 
 
 def main():

@@ -15,7 +15,9 @@ import json
 import numpy as np
 
 from tfp_ae.data import load_dataset
-from tfp_ae.train import l2_percent, load_model, point_estimates
+from tfp_ae.evaluate import l2_percent
+from tfp_ae.predict import point_estimates
+from tfp_ae.train import load_model
 
 
 def main():
