@@ -6,7 +6,6 @@ from matplotlib.figure import Figure
 from tfp_ae import figures, predict
 from tfp_ae._tf import tf
 from tfp_ae.models import build_model, compile_model
-from tfp_ae.models import compile_model
 from tfp_ae.vae import build_vae
 
 

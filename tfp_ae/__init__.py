@@ -13,12 +13,12 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfp_ae.heads import HEADS, get_head, make_head  # noqa: E402
-from tfp_ae.data import load_dataset, make_pipeline, dequantize  # noqa: E402
-from tfp_ae.models import Autoencoder, ProbabilisticModel, build_model, compile_model  # noqa: E402
-from tfp_ae.vae import VAE, build_vae  # noqa: E402
 from tfp_ae.config import RunConfig  # noqa: E402
+from tfp_ae.data import load_dataset, make_pipeline, dequantize  # noqa: E402
+from tfp_ae.heads import HEADS, get_head, make_head  # noqa: E402
+from tfp_ae.models import Autoencoder, ProbabilisticModel, build_model, compile_model  # noqa: E402
 from tfp_ae.train import load_model, run  # noqa: E402
+from tfp_ae.vae import VAE, build_vae  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["HEADS", "get_head", "make_head", "load_dataset", "make_pipeline", "dequantize",

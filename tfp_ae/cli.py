@@ -10,6 +10,7 @@ import numpy as np
 
 from tfp_ae.config import ARCHS, MODELS, OBJECTIVES, PRECISIONS, STRATEGIES, RunConfig
 from tfp_ae.data import DATASETS, load_dataset, prepare_images
+from tfp_ae.errors import InputError
 from tfp_ae.export import export_run
 from tfp_ae.figures import augment
 from tfp_ae.grid import grid_cells, merge_results, run_grid
@@ -213,7 +214,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, DivergedError, MemoryError, ImportError) as e:
+    except (InputError, FileNotFoundError, FileExistsError, DivergedError, MemoryError, ImportError) as e:
         raise SystemExit(f"tfp-ae: error: {e}")
 
 

@@ -4,6 +4,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from tfp_ae.errors import InputError
 from tfp_ae.heads import get_head
 
 ARCHS = ("mlp", "cnn", "cnn_dense")
@@ -66,7 +67,7 @@ class RunConfig:
                        strategy=STRATEGIES, precision=PRECISIONS)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
+                raise InputError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
                                  + (" (a vae needs a latent bottleneck)" if name == "arch" else ""))
         head = get_head(self.head)
         at_least = dict(components=1, latent_dim=1, iw_samples=1, epochs=1, batch_size=1, seed=0, retries=0,
@@ -76,14 +77,14 @@ class RunConfig:
         for name, low in at_least.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}; got {v!r}")
+                raise InputError(f"{name} must be an integer >= {low}; got {v!r}")
         if self.components > 1 and not head.mixable:
-            raise ValueError(f"head {self.head!r} does not mix: components must be 1, got {self.components}")
+            raise InputError(f"head {self.head!r} does not mix: components must be 1, got {self.components}")
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < float("inf")):
-            raise ValueError(f"learning_rate must be a positive number; got {self.learning_rate!r}")
+            raise InputError(f"learning_rate must be a positive number; got {self.learning_rate!r}")
         if not (isinstance(self.validation_split, (int, float)) and 0 <= self.validation_split < 1):
-            raise ValueError(f"validation_split must be in [0, 1); got {self.validation_split!r}")
+            raise InputError(f"validation_split must be in [0, 1); got {self.validation_split!r}")
         if self.model == "ae" and self.objective != "elbo":
-            raise ValueError(f"objective {self.objective!r} needs --model vae (model='vae'); autoencoders train on "
+            raise InputError(f"objective {self.objective!r} needs --model vae (model='vae'); autoencoders train on "
                              "the NLL")
         return self

@@ -8,12 +8,15 @@ import gzip
 import math
 import os
 import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tfp_ae._tf import tf
+from tfp_ae.errors import InputError
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -72,20 +75,20 @@ def read_idx(path):
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:  # gzip raises these on a truncated/corrupt stream
-        raise ValueError(f"{path}: cannot read IDX file ({e}); the file is corrupt or truncated")
+        raise InputError(f"{path}: cannot read IDX file ({e}); the file is corrupt or truncated")
     if len(raw) < 4:
-        raise ValueError(f"{path}: IDX file too short ({len(raw)} bytes) for a header")
+        raise InputError(f"{path}: IDX file too short ({len(raw)} bytes) for a header")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08 or ndim not in (1, 3):
-        raise ValueError(f"{path}: bad IDX magic number 0x{raw[:4].hex()}; expected 0x00000801 "
+        raise InputError(f"{path}: bad IDX magic number 0x{raw[:4].hex()}; expected 0x00000801 "
                          "(labels) or 0x00000803 (images)")
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: IDX header truncated")
+        raise InputError(f"{path}: IDX header truncated")
     shape = struct.unpack(">" + "I" * ndim, raw[4:header])
     expected = int(np.prod(shape))
     if len(raw) - header != expected:
-        raise ValueError(f"{path}: IDX header declares shape {shape} ({expected} values) but the "
+        raise InputError(f"{path}: IDX header declares shape {shape} ({expected} values) but the "
                          f"file holds {len(raw) - header}; the file is truncated or corrupt")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
@@ -168,7 +171,7 @@ def _load_idx_dataset(name, data_dir):
             raise _not_found(name, data_dir, e) from e
     for split, (x, y) in arrays.items():
         if x.shape[1:] != (28, 28) or len(x) != len(y):
-            raise ValueError(f"{name} {split}: images {x.shape} and labels {y.shape} do not match "
+            raise InputError(f"{name} {split}: images {x.shape} and labels {y.shape} do not match "
                              "the expected [N, 28, 28] / [N] layout")
     return arrays, source
 
@@ -197,7 +200,7 @@ def load_dataset(name, data_dir=None):
     if str(name).endswith(".npz"):
         return _load_npz(name)
     if name not in IDX_FOLDERS:
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}, or a path to an .npz file "
+        raise InputError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}, or a path to an .npz file "
                          "with arrays x_train and x_test")
     arrays, source = _load_idx_dataset(name, data_dir)
     (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
@@ -207,21 +210,49 @@ def load_dataset(name, data_dir=None):
 
 
 def _load_npz(path):
-    """A user's dataset: an `.npz` file with `x_train`, `x_test` (`[N, H, W, C]`) and optional
-    `y_train`, `y_test`. Pixels in [0, 1] (or 0-255 with `--rescale`); assumed 8-bit (L = 256)."""
+    """A user's dataset: an `.npz` file with `x_train`, `x_test` (`[N, H, W, C]`, real numbers) and
+    optional integer labels `y_train`, `y_test` (`[N]`). Pixels in [0, 1] (or 0-255 with
+    `--rescale`); assumed 8-bit (L = 256).
+
+    Raises:
+      FileNotFoundError: no such file.
+      InputError: a folder, a file that is not a readable .npz archive (truncated, corrupt,
+        pickled objects), missing arrays, non-real dtypes, labels of the wrong shape or length.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"dataset {path} is a folder; expected an .npz file with arrays x_train and x_test")
     if not path.exists():
         raise FileNotFoundError(f"dataset file {path} does not exist")
-    with np.load(path) as f:
-        missing = [k for k in ("x_train", "x_test") if k not in f]
-        if missing:
-            raise ValueError(f"dataset file {path}: missing arrays {missing}; found {sorted(f.files)} "
-                             "(need x_train and x_test, [N, H, W, C])")
-        arrays = {k: f[k] for k in f.files}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error, AttributeError) as e:
+        raise InputError(f"dataset file {path} is not a readable .npz archive ({type(e).__name__}: {e}); write it "
+                         "with numpy.savez(path, x_train=..., x_test=...)") from None
+    missing = [k for k in ("x_train", "x_test") if k not in arrays]
+    if missing:
+        raise InputError(f"dataset file {path}: missing arrays {missing}; found {sorted(arrays)} "
+                         "(need x_train and x_test, [N, H, W, C])")
+    for k, a in arrays.items():
+        if k in ("x_train", "x_test", "y_train", "y_test") and a.dtype.kind not in "biuf":
+            raise InputError(f"dataset file {path}: {k} has dtype {a.dtype}; expected real numbers (float, int, "
+                             "uint or bool)")
     xtr, xte = arrays["x_train"], arrays["x_test"]
-    ytr = arrays.get("y_train", np.zeros(len(xtr), np.int64)).astype(np.int64)
-    yte = arrays.get("y_test", np.zeros(len(xte), np.int64)).astype(np.int64)
-    return Dataset(path.stem, xtr.astype(np.float32), ytr, xte.astype(np.float32), yte, 256, str(path))
+    labels = {}
+    for k, x in (("y_train", xtr), ("y_test", xte)):
+        y = arrays.get(k)
+        if y is None:
+            labels[k] = np.zeros(len(x) if x.ndim else 0, np.int64)
+            continue
+        if y.ndim != 1 or x.ndim == 0 or len(y) != len(x):
+            raise InputError(f"dataset file {path}: {k} must have shape [N] with N = {len(x) if x.ndim else 0} "
+                             f"(the images of x_{k[2:]}); got shape {y.shape}")
+        if not np.all(np.isfinite(y)) or not np.all(np.asarray(y) == np.round(y)) or (y.size and y.min() < 0):
+            raise InputError(f"dataset file {path}: {k} must hold class indices (integers >= 0)")
+        labels[k] = y.astype(np.int64)
+    return Dataset(path.stem, xtr.astype(np.float32), labels["y_train"], xte.astype(np.float32), labels["y_test"],
+                   256, str(path))
 
 
 def check_images(x, name="images", image_shape=None):
@@ -240,17 +271,19 @@ def check_images(x, name="images", image_shape=None):
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 4:
         hint = " (add a channel axis: x[..., None])" if x.ndim == 3 else ""
-        raise ValueError(f"{name}: expected a 4-D array [N, H, W, C], got shape {x.shape}{hint}")
+        raise InputError(f"{name}: expected a 4-D array [N, H, W, C], got shape {x.shape}{hint}")
     if x.shape[0] == 0:
-        raise ValueError(f"{name}: the dataset is empty (shape {x.shape})")
+        raise InputError(f"{name}: the dataset is empty (shape {x.shape})")
+    if min(x.shape[1:]) < 1:
+        raise InputError(f"{name}: every image axis needs at least one pixel, got shape {x.shape} ([N, H, W, C])")
     if image_shape is not None and tuple(x.shape[1:]) != tuple(image_shape):
-        raise ValueError(f"{name}: image shape {tuple(x.shape[1:])} does not match the model's "
+        raise InputError(f"{name}: image shape {tuple(x.shape[1:])} does not match the model's "
                          f"{tuple(image_shape)} (shape [N, H, W, C])")
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name}: contains {int(np.sum(~np.isfinite(x)))} NaN or infinite pixels")
+        raise InputError(f"{name}: contains {int(np.sum(~np.isfinite(x)))} NaN or infinite pixels")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi > 1:
-        raise ValueError(f"{name}: pixel values must lie in [0, 1], got range [{lo:g}, {hi:g}] "
+        raise InputError(f"{name}: pixel values must lie in [0, 1], got range [{lo:g}, {hi:g}] "
                          "(for 0-255 data pass --rescale, or divide by 255)")
     return x
 
@@ -266,7 +299,7 @@ def prepare_images(x, rescale=False, name="images", image_shape=None):
         x = np.asarray(x, dtype=np.float32)
         finite = x[np.isfinite(x)]
         if finite.size and finite.max() <= 1:
-            raise ValueError(f"{name}: --rescale divides by 255, but the pixels already lie in [0, 1] "
+            raise InputError(f"{name}: --rescale divides by 255, but the pixels already lie in [0, 1] "
                              f"(max {finite.max():g}); drop --rescale")
         x = x / np.float32(255)
     return check_images(x, name, image_shape)

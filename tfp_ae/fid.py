@@ -30,6 +30,7 @@ import numpy as np
 import scipy.linalg
 
 from tfp_ae._tf import tf, tfk
+from tfp_ae.errors import InputError
 
 L = tfk.layers
 CLASSIFIER_EPOCHS = 2
@@ -61,7 +62,7 @@ def fid_from_features(a, b):
     Raises ValueError for fewer than 2 rows or different feature sizes."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"features must be [N, F] and [M, F] with N, M >= 2; got {a.shape} and {b.shape}")
+        raise InputError(f"features must be [N, F] and [M, F] with N, M >= 2; got {a.shape} and {b.shape}")
     return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 
@@ -127,7 +128,7 @@ def lenet_extractor(data, epochs=CLASSIFIER_EPOCHS, seed=0, verbose=0):
       ValueError: the dataset has no labels (e.g. an .npz file without y_train / y_test).
     """
     if data.y_train is None or data.y_test is None:
-        raise ValueError(f"{data.name}: fid_lenet needs class labels (y_train, y_test) to train its classifier")
+        raise InputError(f"{data.name}: fid_lenet needs class labels (y_train, y_test) to train its classifier")
     num_classes = int(max(data.y_train.max(), data.y_test.max())) + 1
     features, model = _classifier(data.x_train.shape[1:], num_classes)
     folder = cache_dir() / "fid"

@@ -14,6 +14,7 @@ import numpy as np
 
 from tfp_ae import plots
 from tfp_ae.data import check_images
+from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED
 from tfp_ae.predict import component_points, latents, point_and_variance
 
@@ -62,11 +63,11 @@ def latent_samples(model, num_images, reference_images=None, seed=0, prior="stan
     Raises: ValueError for an unknown `prior`, or `fitted` for an autoencoder without reference images.
     """
     if prior not in LATENT_PRIORS:
-        raise ValueError(f"unknown prior {prior!r}; valid: {', '.join(LATENT_PRIORS)}")
+        raise InputError(f"unknown prior {prior!r}; valid: {', '.join(LATENT_PRIORS)}")
     if prior == "standard" or model.trained_prior:
         return model.sample_images(num_images, seed=(seed, 1)).numpy()
     if reference_images is None or len(reference_images) < 2:
-        raise ValueError("an autoencoder has no prior: pass reference_images (>= 2) to fit a Gaussian to "
+        raise InputError("an autoencoder has no prior: pass reference_images (>= 2) to fit a Gaussian to "
                          "their codes, or use prior='standard'")
     rng = np.random.default_rng(seed)
     codes = latents(model, reference_images)

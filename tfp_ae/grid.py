@@ -23,6 +23,7 @@ from tfp_ae import figures, plots, train
 from tfp_ae._tf import tfk
 from tfp_ae.config import RunConfig
 from tfp_ae.data import load_dataset, prepare_images
+from tfp_ae.errors import InputError
 from tfp_ae.heads import HEADS
 from tfp_ae.rundir import METRICS_FILE, write_json, write_text
 
@@ -78,11 +79,11 @@ def grid_cells(datasets, arch, heads=("all",), components=(1, 10)):
     Raises: ValueError for an unknown head name or K < 1.
     """
     if any(int(k) < 1 for k in components):
-        raise ValueError(f"components must be >= 1, got {list(components)}")
+        raise InputError(f"components must be >= 1, got {list(components)}")
     named = [h for h in heads if h not in ("all", "paper")]
     unknown = [h for h in named if h not in HEADS and h != VAE_ROW]
     if unknown:
-        raise ValueError(f"unknown head(s) {unknown}; valid: all, paper, {VAE_ROW}, {', '.join(HEADS)}")
+        raise InputError(f"unknown head(s) {unknown}; valid: all, paper, {VAE_ROW}, {', '.join(HEADS)}")
     chosen = list(named)
     if "all" in heads:
         chosen += list(HEADS) + [VAE_ROW]
@@ -200,7 +201,7 @@ def merge_results(paths, out, epochs=None):
             reader = csv.DictReader(f)
             missing = set(COLUMNS[:7]) - set(reader.fieldnames or ())
             if missing:
-                raise ValueError(f"{path}: not a grid results.csv (no column(s) {sorted(missing)})")
+                raise InputError(f"{path}: not a grid results.csv (no column(s) {sorted(missing)})")
             for row in reader:
                 if row["status"] == "done" or found.get(cell(row), {}).get("status") != "done":
                     found[cell(row)] = row

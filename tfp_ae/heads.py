@@ -31,6 +31,7 @@ import numpy as np
 from tensorflow_probability.python.experimental import tangent_spaces
 
 from tfp_ae._tf import tf, tfb, tfd, tfk, tfp, tfpl
+from tfp_ae.errors import InputError
 
 POSITIVE_SHIFT = 1e-6
 MAF_SAMPLES = 50
@@ -235,12 +236,12 @@ class Head(tfpl.DistributionLambda):
     def __init__(self, event_shape, num_components=1, **kwargs):
         event_shape = tuple(int(d) for d in event_shape)
         if len(event_shape) != 3 or min(event_shape) < 1:
-            raise ValueError(f"{self.head_name}: event_shape must be (H, W, C), got {event_shape}")
+            raise InputError(f"{self.head_name}: event_shape must be (H, W, C), got {event_shape}")
         if isinstance(num_components, bool) or not isinstance(num_components, (int, np.integer)) \
                 or num_components < 1:
-            raise ValueError(f"num_components (K) must be an integer >= 1, got {num_components!r}")
+            raise InputError(f"num_components (K) must be an integer >= 1, got {num_components!r}")
         if num_components > 1 and not self.mixable:
-            raise ValueError(f"head {self.head_name!r} does not mix: K must be 1, got {num_components} "
+            raise InputError(f"head {self.head_name!r} does not mix: K must be 1, got {num_components} "
                              f"(the paper never mixed MSE or MAF). Mixable heads: {', '.join(mixable_heads())}")
         self._image_shape = event_shape
         self.num_components = int(num_components)
@@ -393,7 +394,7 @@ class Head(tfpl.DistributionLambda):
         """
         inner, logits, comp = self._parts(dist)
         if logits is None:
-            raise ValueError(f"{self.head_name}: component_points needs a mixture (K > 1), got K=1")
+            raise InputError(f"{self.head_name}: component_points needs a mixture (K > 1), got K=1")
         pts = self.component_mode(comp) if self.point == "mode" else self.component_mean(comp)
         pts = tf.clip_by_value(pts, 0.0, 1.0)
         return self._to_image(pts), self._mixture_log_prob_at(inner, pts)
@@ -653,7 +654,7 @@ class MatrixHead(Head):
 
     def _check_event_shape(self, event_shape):
         if event_shape[2] != 1:
-            raise ValueError(f"{self.head_name}: matrix heads need one channel, got event_shape {event_shape}")
+            raise InputError(f"{self.head_name}: matrix heads need one channel, got event_shape {event_shape}")
 
     @property
     def natural_event_shape(self):
@@ -823,7 +824,7 @@ def get_head(name):
     try:
         return HEADS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown head {name!r}; valid heads: {', '.join(HEADS)}") from None
+        raise InputError(f"unknown head {name!r}; valid heads: {', '.join(HEADS)}") from None
 
 
 def make_head(name, event_shape, num_components=1, **kwargs):

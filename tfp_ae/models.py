@@ -16,6 +16,7 @@ import math
 
 from tfp_ae._tf import tf, tfd, tfk
 from tfp_ae.config import ARCHS
+from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED, make_head, register
 
 L = tfk.layers
@@ -105,7 +106,7 @@ class ProbabilisticModel(tfk.Model):
             message names the supported formats.
         """
         if str(filepath).endswith((".h5", ".hdf5")) or kwargs.get("save_format") in ("h5", "hdf5"):
-            raise ValueError(f"cannot save {type(self).__name__} {self.name!r} as HDF5 ({filepath}): Keras' HDF5 "
+            raise InputError(f"cannot save {type(self).__name__} {self.name!r} as HDF5 ({filepath}): Keras' HDF5 "
                              f"format holds only Functional and Sequential models; use {SAVE_FORMATS}, or "
                              "`save_weights('w.h5')` for the weights alone")
         return super().save(filepath, *args, **kwargs)
@@ -150,9 +151,10 @@ def _dense_decoder(head, latent_dim):
 
 def _cnn(image_shape, head):
     """Ciobanu, Section 4: Conv2D(320, 3x3, same, ReLU), MaxPool 2x2 | Conv2D(F, 3x3, same),
-    UpSampling 2x2, flatten, the first `params_size` values; F = ceil(params_size / (H*W))."""
+    UpSampling 2x2, flatten, the first `params_size` values; F = ceil(params_size / (H'*W')) with
+    H' = 2 floor(H/2), W' = 2 floor(W/2) the upsampled size (H*W for even sizes, as in the paper)."""
     h, w, _ = image_shape
-    filters = math.ceil(head.size / (h * w))
+    filters = math.ceil(head.size / ((2 * (h // 2)) * (2 * (w // 2))))
     encoder = tfk.Sequential([L.InputLayer(image_shape), L.Conv2D(320, 3, padding="same", activation="relu"),
                               L.MaxPool2D(2)], name="encoder")
     decoder = tfk.Sequential([L.InputLayer(encoder.output_shape[1:]), L.Conv2D(filters, 3, padding="same"),
@@ -194,6 +196,16 @@ def cnn_features():
             L.Conv2D(16, 1, activation="relu"), L.Flatten()]
 
 
+def check_image_shape(image_shape, arch):
+    """Raises `InputError` unless `image_shape` is `(H, W, C)` with positive sizes, and H, W >= 2
+    for the convolutional architectures (their 2x2 max pooling)."""
+    if len(image_shape) != 3 or min(image_shape) < 1:
+        raise InputError(f"image_shape must be (H, W, C) with positive sizes; got {tuple(image_shape)}")
+    if arch in ("cnn", "cnn_dense") and min(image_shape[:2]) < 2:
+        raise InputError(f"arch {arch!r} pools 2x2: images must be at least 2x2, got {tuple(image_shape[:2])}; "
+                         "use --arch mlp")
+
+
 def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, name=None):
     """Build a probabilistic autoencoder (built: its weights exist).
 
@@ -211,7 +223,8 @@ def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, 
     """
     image_shape = tuple(int(d) for d in image_shape)
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+        raise InputError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+    check_image_shape(image_shape, arch)
     head_obj = make_head(head, image_shape, num_components)
     if arch == "mlp":
         encoder, decoder = _mlp(image_shape, head_obj, latent_dim)

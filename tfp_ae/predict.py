@@ -6,6 +6,7 @@ import numpy as np
 
 from tfp_ae._tf import tf, tfp
 from tfp_ae.data import check_images
+from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED
 
 CALIBRATION_SAMPLES = 100
@@ -90,7 +91,7 @@ def component_points(model, x, batch_size=200):
     of images `[N, H, W, C]` (see `tfp_ae.heads.Head.component_points`).
     Raises: ValueError for a head with K = 1 or bad images."""
     if model.head.num_components < 2:
-        raise ValueError(f"{model.head.head_name}: component images need a mixture head (K > 1), got K=1")
+        raise InputError(f"{model.head.head_name}: component images need a mixture head (K > 1), got K=1")
     return map_batches(model, x, "component_points", batch_size)
 
 

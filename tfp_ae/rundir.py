@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tfp_ae._tf import tf, tfk
+from tfp_ae.errors import InputError
 
 STATE_FILE = "state.json"          # progress of a run: seed, attempts, finished epochs
 CHECKPOINT_DIR = "checkpoints"     # tf.train checkpoints of model + optimizer, one per epoch
@@ -74,25 +75,9 @@ def load_state(run_dir, config):
     old, new = state["config"], config.to_dict()
     diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if k not in RESUME_IGNORED and old.get(k) != new[k]]
     if diff:
-        raise ValueError(f"run folder {run_dir} holds an unfinished run with another configuration "
+        raise InputError(f"run folder {run_dir} holds an unfinished run with another configuration "
                          f"({'; '.join(diff)}); use another --out, the same settings, or --overwrite")
     return state
-
-
-def _checkpoint_manager(model, run_dir):
-    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    return tf.train.CheckpointManager(ckpt, str(run_dir / CHECKPOINT_DIR), max_to_keep=2)
-
-
-def _restore(manager, max_epoch):
-    """Restore the newest checkpoint with at most `max_epoch` finished epochs; returns its epoch count."""
-    numbers = {int(p.rsplit("-", 1)[1]): p for p in manager.checkpoints}
-    usable = [n for n in numbers if n <= max_epoch]
-    if not usable:
-        return 0
-    n = max(usable)
-    manager.checkpoint.restore(numbers[n]).assert_existing_objects_matched()
-    return n
 
 
 def checkpoint_manager(model, run_dir):

@@ -7,6 +7,7 @@ import numpy as np
 
 from tfp_ae._tf import tf, tfk
 from tfp_ae.config import STRATEGIES
+from tfp_ae.errors import InputError
 from tfp_ae.heads import get_head
 
 
@@ -28,7 +29,7 @@ def make_strategy(name="default"):
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
+    raise InputError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
 
 
 def device_summary(strategy=None):

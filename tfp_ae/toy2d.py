@@ -26,6 +26,7 @@ from scipy.special import logsumexp, ndtr
 
 from tfp_ae import plots
 from tfp_ae._tf import tfk
+from tfp_ae.errors import InputError
 from tfp_ae.models import compile_model
 from tfp_ae.rundir import write_json
 from tfp_ae.vae import build_vae
@@ -42,7 +43,7 @@ TUTORIAL = {"8gaussians": (-1.92, -1.81, -1.86, -1.91), "checkerboard": (-1.0, -
 
 def _check(name):
     if name not in TOY_DATASETS:
-        raise ValueError(f"unknown toy dataset {name!r}; valid: {', '.join(TOY_DATASETS)}")
+        raise InputError(f"unknown toy dataset {name!r}; valid: {', '.join(TOY_DATASETS)}")
 
 
 def sample_toy(name, num_points, seed=0):

@@ -13,6 +13,7 @@ from tfp_ae import figures, plots
 from tfp_ae._tf import tfk
 from tfp_ae.config import RunConfig
 from tfp_ae.data import load_dataset, make_pipeline, prepare_images
+from tfp_ae.errors import InputError
 from tfp_ae.evaluate import evaluate, fid_extractors
 from tfp_ae.models import build_model, compile_model
 from tfp_ae.rundir import (CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, METRICS_FILE, STATE_FILE, Progress,
@@ -136,6 +137,8 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
       DivergedError: NaN loss in every attempt.
     """
     out = Path(config.out) if config.out else None
+    if out and out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is an existing file; the run folder must be a folder (new or a run's)")
     if out and (out / METRICS_FILE).exists():
         if not overwrite:
             raise FileExistsError(f"run folder {out} already holds a finished run ({METRICS_FILE}); "

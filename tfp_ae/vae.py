@@ -22,8 +22,9 @@ import numpy as np
 
 from tfp_ae._tf import tf, tfd, tfk
 from tfp_ae.config import OBJECTIVES, VAE_ARCHS
+from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED, make_head, positive, register
-from tfp_ae.models import ProbabilisticModel, cnn_features
+from tfp_ae.models import ProbabilisticModel, check_image_shape, cnn_features
 
 L = tfk.layers
 NLL_SAMPLES = 250
@@ -54,9 +55,9 @@ class VAE(ProbabilisticModel):
         super().__init__(encoder, decoder, head, build_args, **kwargs)
         objective, iw_samples = build_args["objective"], build_args["iw_samples"]
         if objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+            raise InputError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
         if isinstance(iw_samples, bool) or not isinstance(iw_samples, (int, np.integer)) or iw_samples < 1:
-            raise ValueError(f"iw_samples (k) must be an integer >= 1, got {iw_samples!r}")
+            raise InputError(f"iw_samples (k) must be an integer >= 1, got {iw_samples!r}")
         self.latent_dim, self.objective_name, self.iw_samples = int(build_args["latent_dim"]), objective, int(iw_samples)
         self._trackers = [tfk.metrics.Mean(n) for n in ("loss", "reconstruction", "kl")]
 
@@ -181,8 +182,9 @@ def build_vae(head, image_shape, num_components=1, arch="mlp", latent_dim=32, ob
     """
     image_shape = tuple(int(d) for d in image_shape)
     if arch not in VAE_ARCHS:
-        raise ValueError(f"unknown VAE arch {arch!r}; valid: {', '.join(VAE_ARCHS)} (the paper's `cnn` decoder "
+        raise InputError(f"unknown VAE arch {arch!r}; valid: {', '.join(VAE_ARCHS)} (the paper's `cnn` decoder "
                          "has no latent bottleneck to put a posterior on)")
+    check_image_shape(image_shape, arch)
     head = make_head(head, image_shape, num_components)
     front = cnn_features() if arch == "cnn_dense" else [L.Flatten()]
     dense = [L.Dense(h, "relu", kernel_initializer="glorot_uniform") for h in hidden]
