@@ -90,6 +90,11 @@ class ProbabilisticModel(tfk.Model):
         """`point_estimate` and `variance` in one pass (MAF draws its samples once)."""
         return self.head.point_and_variance(self(x, training=False), seed=seed)
 
+    @property
+    def keras_loss(self):
+        """The loss `compile` gets: None for a model that trains on its own objective (the VAE)."""
+        return None
+
     def predict_step(self, data):
         """`model.predict(x)` returns `point_estimate(x)` `[B, H, W, C]`."""
         x = data[0] if isinstance(data, (tuple, list)) else data
@@ -120,6 +125,11 @@ class Autoencoder(ProbabilisticModel):
 
     def call(self, x, training=None):
         return self.head(self.decoder(self.encoder(x, training=training), training=training))
+
+    @property
+    def keras_loss(self):
+        """The head's registered loss function (NLL in nats per image; MSE for `mse`)."""
+        return self.head.loss
 
     def encode(self, x):
         """The code `[B, *code_shape]` (the bottleneck; the faithful `cnn`'s feature maps)."""
@@ -243,7 +253,6 @@ def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, 
 def compile_model(model, learning_rate=1e-3, jit_compile=False):
     """Compile with Adam (Keras defaults) on the head's registered loss (NLL in nats per image;
     MSE for `mse`). A VAE's loss is its own objective (no Keras loss)."""
-    loss = None if not isinstance(model, Autoencoder) else model.head.loss
-    model.compile(optimizer=tfk.optimizers.Adam(learning_rate), loss=loss, jit_compile=jit_compile)
+    model.compile(optimizer=tfk.optimizers.Adam(learning_rate), loss=model.keras_loss, jit_compile=jit_compile)
     return model
 
