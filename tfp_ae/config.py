@@ -61,7 +61,7 @@ class RunConfig:
         """Check every setting against its allowed values; returns `self`.
 
         Raises:
-          ValueError: the first bad setting, naming it, its value and what is allowed.
+          InputError (a ValueError): the first bad setting, naming it, its value and what is allowed.
         """
         choices = dict(model=MODELS, arch=VAE_ARCHS if self.model == "vae" else ARCHS, objective=OBJECTIVES,
                        strategy=STRATEGIES, precision=PRECISIONS)

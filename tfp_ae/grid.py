@@ -271,8 +271,8 @@ def _eta(state, todo, cell):
     done = [state[c.key] for c in todo if c.key in state]
     if not done:
         return ""
-    left = len(todo) - todo.index(cell)
-    return f", about {left * statistics.mean(done) / 60:.0f} min left (mean {statistics.mean(done) / 60:.1f} min per cell)"
+    left, mean = len(todo) - todo.index(cell), statistics.mean(done)
+    return f", about {left * mean / 60:.0f} min left (mean {mean / 60:.1f} min per cell)"
 
 
 def write_head_figures(out, rows, base=RunConfig(), num_images=8):

@@ -58,8 +58,8 @@ class ProbabilisticModel(tfk.Model):
 
     def decode(self, z):
         """p(x | z): the head's distribution for codes `z` `[..., *code_shape]`; batch `z`'s leading
-        shape, event `[H, W, C]`."""
-        return self.head(self._decoder_params(z))
+        shape (any rank: built by `head.new`, not through the Keras layer), event `[H, W, C]`."""
+        return self.head.new(self._decoder_params(z))
 
     def log_prob(self, x, seed=SAMPLE_SEED):
         """log p(x) `[B]` in nats of images `x` `[B, H, W, C]` in [0, 1] (`seed`: used only by
@@ -207,10 +207,8 @@ def cnn_features():
 
 
 def check_image_shape(image_shape, arch):
-    """Raises `InputError` unless `image_shape` is `(H, W, C)` with positive sizes, and H, W >= 2
-    for the convolutional architectures (their 2x2 max pooling)."""
-    if len(image_shape) != 3 or min(image_shape) < 1:
-        raise InputError(f"image_shape must be (H, W, C) with positive sizes; got {tuple(image_shape)}")
+    """Raises `InputError` unless H, W >= 2 for the convolutional architectures (their 2x2 max
+    pooling). The head has already checked that `image_shape` is `(H, W, C)` with positive sizes."""
     if arch in ("cnn", "cnn_dense") and min(image_shape[:2]) < 2:
         raise InputError(f"arch {arch!r} pools 2x2: images must be at least 2x2, got {tuple(image_shape[:2])}; "
                          "use --arch mlp")
@@ -234,8 +232,8 @@ def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, 
     image_shape = tuple(int(d) for d in image_shape)
     if arch not in ARCHS:
         raise InputError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
-    check_image_shape(image_shape, arch)
     head_obj = make_head(head, image_shape, num_components)
+    check_image_shape(image_shape, arch)
     if arch == "mlp":
         encoder, decoder = _mlp(image_shape, head_obj, latent_dim)
     elif arch == "cnn":

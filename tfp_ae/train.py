@@ -136,7 +136,10 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
         with another configuration in `config.out`.
       DivergedError: NaN loss in every attempt.
     """
+    config.validate()  # before anything is deleted or written
     out = Path(config.out) if config.out else None
+    if config.tensorboard:  # raises ImportError without the package: before anything is deleted or written
+        callbacks = [*callbacks, tensorboard_callback(out / LOG_DIR if out else Path("runs") / LOG_DIR)]
     if out and out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is an existing file; the run folder must be a folder (new or a run's)")
     if out and (out / METRICS_FILE).exists():
@@ -146,7 +149,6 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     if out and overwrite:
         for name in (METRICS_FILE, STATE_FILE, CONFIG_FILE, CHECKPOINT_DIR):
             shutil.rmtree(out / name, ignore_errors=True) if (out / name).is_dir() else (out / name).unlink(missing_ok=True)
-    config.validate()
     data = load_dataset(config.dataset, config.data_dir)
     x_train = prepare_images(data.x_train, config.rescale, "training images")
     x_test = prepare_images(data.x_test, config.rescale, "test images", image_shape=x_train.shape[1:])
@@ -158,8 +160,6 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     if out:
         out.mkdir(parents=True, exist_ok=True)
         write_json(dict(config.to_dict(), image_shape=list(x_train.shape[1:])), out / CONFIG_FILE)
-    if config.tensorboard:
-        callbacks = [*callbacks, tensorboard_callback(out / LOG_DIR if out else Path("runs") / LOG_DIR)]
     model, history, attempts = fit(config, x_train, data.num_levels, callbacks, run_dir=out, strategy=strategy)
     metrics = dict(dataset=config.dataset, model=config.model, head=config.head, components=config.components, arch=config.arch,
                    epochs=config.epochs, num_params=int(model.count_params()), seconds_per_epoch=history["seconds"],

@@ -86,11 +86,6 @@ class VAE(ProbabilisticModel):
     def code_shape(self):
         return (self.latent_dim,)
 
-    def decode(self, z):
-        """p(x|z): the head's distribution, batch `z.shape[:-1]`, event the image shape (built
-        directly, not through the layer: any batch rank)."""
-        return self.head.new(self._decoder_params(z))
-
     def call(self, x, training=None):
         return self.head(self._decoder_params(self.posterior(x).mean()))
 
@@ -184,8 +179,8 @@ def build_vae(head, image_shape, num_components=1, arch="mlp", latent_dim=32, ob
     if arch not in VAE_ARCHS:
         raise InputError(f"unknown VAE arch {arch!r}; valid: {', '.join(VAE_ARCHS)} (the paper's `cnn` decoder "
                          "has no latent bottleneck to put a posterior on)")
-    check_image_shape(image_shape, arch)
     head = make_head(head, image_shape, num_components)
+    check_image_shape(image_shape, arch)
     front = cnn_features() if arch == "cnn_dense" else [L.Flatten()]
     dense = [L.Dense(h, "relu", kernel_initializer="glorot_uniform") for h in hidden]
     encoder = tfk.Sequential([L.InputLayer(image_shape), *front, *dense,
