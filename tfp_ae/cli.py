@@ -45,6 +45,8 @@ def _add_settings(p):
     p.add_argument("--rescale", action="store_true", help="divide the images by 255 (data given as 0-255)")
     p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
                    help="tf.distribute strategy (mirrored: all GPUs, or all logical CPUs; multiworker: TF_CONFIG)")
+    p.add_argument("--deterministic", action="store_true", help="enable TensorFlow's op determinism: GPU runs "
+                   "repeat bit for bit (slower; ops without a deterministic GPU kernel raise an error)")
     p.add_argument("--no-fid", dest="fid", action="store_false", help="skip the FID metrics")
     p.add_argument("--fid-inception", action="store_true", help="also InceptionV3 FID (downloads its weights "
                    "through Keras if not cached; without this flag it is used only when they are cached)")

@@ -42,6 +42,7 @@ class RunConfig:
     precision: str = "float32"         # PRECISIONS: Keras mixed precision policy of the layers
     rescale: bool = False              # divide the images by 255 (user data given as 0-255)
     strategy: str = "default"          # STRATEGIES: tf.distribute strategy
+    deterministic: bool = False        # TensorFlow's op determinism (GPU kernels; CPU runs repeat without it)
     tensorboard: bool = False          # write TensorBoard logs to OUT/logs (needs `tensorboard`)
     fid: bool = True                   # fid_lenet (+ fid_inception when its weights are cached)
     fid_inception: bool = False        # also InceptionV3 FID, downloading its weights if needed

@@ -315,38 +315,55 @@ def dequantize(x, num_levels=256, seed=None):
     Args:
       x: float tensor or array of pixels `k / (L - 1)`, any shape.
       num_levels: L.
-      seed: int for a reproducible numpy draw (arrays), or None (tensors: `tf.random.uniform`).
+      seed: arrays: an int (numpy generator) or None; tensors: a stateless seed, int tensor of
+        shape `[2]` (`tf.random.stateless_uniform`: the same seed gives the same noise).
     Returns:
       same shape and type family as `x`, values in [0, 1).
+    Raises:
+      InputError: a tensor without a stateless seed.
     """
     if isinstance(x, np.ndarray):
         u = np.random.default_rng(seed).uniform(size=x.shape).astype(np.float32)
         return ((np.round(x * (num_levels - 1)) + u) / num_levels).astype(np.float32)
-    u = tf.random.uniform(tf.shape(x), dtype=x.dtype)
+    if seed is None:
+        raise InputError("dequantize: a tensor needs a stateless seed (int tensor of shape [2]), e.g. "
+                         "(run seed, step); noise is never drawn from a stateful generator")
+    u = tf.random.stateless_uniform(tf.shape(x), seed=seed, dtype=x.dtype)
     return (tf.round(x * (num_levels - 1)) + u) / num_levels
 
 
-def make_pipeline(x, batch_size=BATCH_SIZE, shuffle=True, num_levels=None, seed=None, repeat=False,
+def make_pipeline(x, batch_size=BATCH_SIZE, shuffle=True, num_levels=None, seed=0, repeat=False,
                   skip_epochs=0):
     """A `tf.data` pipeline of `(images, images)` pairs for `model.fit`.
 
     Built once: the images are cached in memory, shuffled with a buffer of 1024 (reshuffled each
-    epoch), batched, optionally dequantised with fresh noise each epoch, and prefetched.
+    epoch, op seed `seed`), batched, optionally dequantised, and prefetched. Every random draw is a
+    function of `seed` and the batch's position in the stream: batch `i = epoch * steps + step`
+    is dequantised with the stateless seed `(seed, i)`, so the stream is the same whatever thread
+    runs the map, in every process, and after `skip_epochs`.
 
     Args:
       x: float32 images `[N, H, W, C]` in [0, 1].
-      num_levels: if given, dequantise each batch with `dequantize(..., num_levels)`.
+      num_levels: if given, dequantise each batch with `dequantize(..., num_levels, (seed, i))`.
+      seed: int, the run's seed.
       repeat: repeat forever (pass `steps_per_epoch = ceil(N / batch_size)` to `fit`); epoch e is
         then the e-th reshuffle of the seeded shuffle, whatever process runs it.
       skip_epochs: with `repeat`, start at epoch `skip_epochs` (a resumed run sees the same
-        batches as an uninterrupted one).
+        batches and the same noise as an uninterrupted one).
     """
     ds = tf.data.Dataset.from_tensor_slices(x).cache()
     if shuffle:
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if repeat:
-        ds = ds.repeat().skip(skip_epochs * math.ceil(len(x) / batch_size))
+        ds = ds.repeat()
+    ds = ds.enumerate()  # i: the batch's position in the whole stream, counted before the skip
+    if repeat:
+        ds = ds.skip(skip_epochs * math.ceil(len(x) / batch_size))
     if num_levels:
-        ds = ds.map(lambda b: dequantize(b, num_levels), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.map(lambda b: (b, b)).prefetch(tf.data.AUTOTUNE)
+        seed = tf.constant(int(seed), tf.int64)
+        ds = ds.map(lambda i, b: (i, dequantize(b, num_levels, tf.stack([seed, i]))),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()  # multi-worker: every worker builds this stream and keeps its part of each batch
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.map(lambda i, b: (b, b)).with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tfp_ae import figures, plots
-from tfp_ae._tf import tfk
+from tfp_ae._tf import tf, tfk
 from tfp_ae.config import RunConfig
 from tfp_ae.data import load_dataset, make_pipeline, prepare_images
 from tfp_ae.errors import InputError
@@ -38,7 +38,7 @@ def build_and_compile(config, image_shape):
     with precision_policy(config.precision):
         if config.model == "vae":
             model = build_vae(config.head, image_shape, config.components, config.arch, config.latent_dim,
-                              config.objective, config.iw_samples)
+                              config.objective, config.iw_samples, seed=config.seed)
         else:
             model = build_model(config.head, image_shape, config.components, config.arch, config.latent_dim)
         compile_model(model, config.learning_rate, config.jit_compile)
@@ -51,8 +51,11 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
 
     With `run_dir`, progress (`state.json`: seed, attempts, per-epoch loss and seconds) and a
     checkpoint of model + optimizer are written after every epoch, and a call on a folder with an
-    unfinished run resumes from its last finished epoch. The data order of epoch e depends only on
-    the seed and e, so a resumed run reproduces the uninterrupted one.
+    unfinished run resumes from its last finished epoch. Every random draw of training is
+    stateless: the data order of epoch e depends only on the seed and e, the dequantisation noise
+    of step i on (seed, i) (`make_pipeline`), a VAE's samples on (seed, optimizer step, replica)
+    (`VAE.step_seed`); so two identical runs are bit-identical on CPU and a resumed run equals the
+    uninterrupted one. On a GPU, `config.deterministic` enables TensorFlow's op determinism.
 
     Returns:
       (model, history dict with `loss` and `seconds` per epoch, attempts list).
@@ -60,6 +63,8 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
       DivergedError: every attempt diverged.
       ValueError: `run_dir` holds an unfinished run with another configuration.
     """
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     strategy = strategy or make_strategy(config.strategy)
     run_dir = Path(run_dir) if run_dir else None
     if run_dir:
@@ -74,13 +79,14 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
         seed = state["seed"]
         tfk.utils.set_random_seed(seed)
         with strategy.scope():
-            model = build_and_compile(config, x_train.shape[1:])
+            model = build_and_compile(dataclasses.replace(config, seed=seed), x_train.shape[1:])
             if config.jit_compile:
                 ok, why = probe_jit(model, x_train[:config.batch_size])
                 state["jit"] = "xla" if ok else f"fallback to no XLA: {why}"
                 if not ok:
                     print(f"--jit: {config.head} does not compile with XLA ({why}); training without XLA")
-                    model = build_and_compile(dataclasses.replace(config, jit_compile=False), x_train.shape[1:])
+                    model = build_and_compile(dataclasses.replace(config, seed=seed, jit_compile=False),
+                                              x_train.shape[1:])
         manager = checkpoint_manager(model, run_dir) if run_dir else None
         initial = restore(manager, len(state["epochs"])) if manager else 0
         state["epochs"] = state["epochs"][:initial]

@@ -43,6 +43,10 @@ class VAE(ProbabilisticModel):
     mean; `log_prob(x)` the importance-sampled marginal (`NLL_SAMPLES`, fixed seed).
     Logged by `fit`: `loss` (-ELBO or -IWAE_k), `reconstruction` (-E_q log p(x|z)) and `kl`, all
     nats per image.
+    Training noise is stateless: the draws of the training step with optimizer iteration t on
+    replica r use the seed `fold_in((seed, t), r)` (`seed`: `build_vae`'s), so a run repeats bit
+    for bit and a run resumed from a checkpoint (which restores t) draws what the uninterrupted
+    run drew. Validation batches and `objective(x)` use the fixed `SAMPLE_SEED`.
     Raises:
       ValueError: unknown objective, iw_samples < 1.
     """
@@ -59,6 +63,7 @@ class VAE(ProbabilisticModel):
         if isinstance(iw_samples, bool) or not isinstance(iw_samples, (int, np.integer)) or iw_samples < 1:
             raise InputError(f"iw_samples (k) must be an integer >= 1, got {iw_samples!r}")
         self.latent_dim, self.objective_name, self.iw_samples = int(build_args["latent_dim"]), objective, int(iw_samples)
+        self.seed = int(build_args.get("seed", 0))
         self._trackers = [tfk.metrics.Mean(n) for n in ("loss", "reconstruction", "kl")]
 
     @classmethod
@@ -101,45 +106,54 @@ class VAE(ProbabilisticModel):
     def log_prob_note(self):
         return f"VAE: test_nll_nats is -log p(x) by importance sampling ({NLL_SAMPLES} samples)"
 
-    def objective(self, x):
-        """The training loss of a batch: -ELBO or -IWAE_k averaged over images (nats)."""
-        return self._objective(x)[0]
+    def objective(self, x, seed=SAMPLE_SEED):
+        """The training loss of a batch: -ELBO or -IWAE_k averaged over images (nats); `seed`:
+        stateless seed of the posterior draws."""
+        return self._objective(x, seed)[0]
 
-    def elbo(self, x, z=None):
+    def elbo(self, x, z=None, seed=SAMPLE_SEED):
         """(elbo, log p(x|z), KL) per image, `[B]` each, nats. One reparameterised sample z ~ q
-        (or the given `z` `[B, L]`) for the reconstruction term, the KL in closed form
-        (`tfd.kl_divergence`, the tutorial's Eq. 7)."""
+        drawn with the stateless `seed` (or the given `z` `[B, L]`) for the reconstruction term,
+        the KL in closed form (`tfd.kl_divergence`, the tutorial's Eq. 7)."""
         q = self.posterior(x)
-        z = q.sample() if z is None else z
+        z = q.sample(seed=seed) if z is None else z
         rec = self.decode(z).log_prob(x)
         kl = tfd.kl_divergence(q, self.prior())
         return rec - kl, rec, kl
 
-    def log_weights(self, x, num_samples, z=None, seed=None):
+    def log_weights(self, x, num_samples, z=None, seed=SAMPLE_SEED):
         """log p(x|z_i) + log p(z_i) - log q(z_i|x), `[num_samples, B]`, z_i ~ q (or `z` `[S, B, L]`);
-        `seed`: optional stateless seed of the draw."""
+        `seed`: stateless seed of the draw."""
         q = self.posterior(x)
         z = q.sample(num_samples, seed=seed) if z is None else z
         return self.decode(z).log_prob(x) + self.prior().log_prob(z) - q.log_prob(z)
 
-    def iwae_bound(self, x, num_samples, z=None, seed=None):
+    def iwae_bound(self, x, num_samples, z=None, seed=SAMPLE_SEED):
         """IWAE_k lower bound on log p(x), `[B]` nats (Burda et al. 2016, Eq. 8)."""
         lw = self.log_weights(x, num_samples, z, seed)
         return tf.reduce_logsumexp(lw, axis=0) - math.log(num_samples)
 
-    def importance_nll(self, x, num_samples=NLL_SAMPLES, seed=None):
+    def importance_nll(self, x, num_samples=NLL_SAMPLES, seed=SAMPLE_SEED):
         """-log p(x) estimated by importance sampling with q as proposal, `[B]` nats (tutorial Eq. 15)."""
         return -self.iwae_bound(x, num_samples, seed=seed)
 
-    def _objective(self, x):
+    def step_seed(self):
+        """The stateless seed of this training step's draws, int64 `[2]`: `(seed, t)` folded with
+        the replica id (t = `optimizer.iterations`, restored with the checkpoint)."""
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
+        replica = tf.distribute.get_replica_context()
+        replica_id = replica.replica_id_in_sync_group if replica is not None else 0
+        return tf.random.experimental.stateless_fold_in(seed, replica_id)
+
+    def _objective(self, x, seed):
         if self.objective_name == "iwae":
             q = self.posterior(x)
-            z = q.sample(self.iw_samples)
+            z = q.sample(self.iw_samples, seed=seed)
             bound = self.iwae_bound(x, self.iw_samples, z)
             rec = self.decode(z[0]).log_prob(x)
             kl = tfd.kl_divergence(q, self.prior())
             return -tf.reduce_mean(bound), -tf.reduce_mean(rec), tf.reduce_mean(kl)
-        elbo, rec, kl = self.elbo(x)
+        elbo, rec, kl = self.elbo(x, seed=seed)
         return -tf.reduce_mean(elbo), -tf.reduce_mean(rec), tf.reduce_mean(kl)
 
     def _log(self, values):
@@ -150,7 +164,7 @@ class VAE(ProbabilisticModel):
     def train_step(self, data):
         x = data[0] if isinstance(data, tuple) else data
         with tf.GradientTape() as tape:
-            values = self._objective(x)
+            values = self._objective(x, self.step_seed())
             # gradients are summed over replicas: scale so the update is that of the global mean
             loss = values[0] / tf.distribute.get_strategy().num_replicas_in_sync
         # minimize scales the loss when the optimizer is a LossScaleOptimizer (mixed_float16)
@@ -158,11 +172,11 @@ class VAE(ProbabilisticModel):
         return self._log(values)
 
     def test_step(self, data):
-        return self._log(self._objective(data[0] if isinstance(data, tuple) else data))
+        return self._log(self._objective(data[0] if isinstance(data, tuple) else data, SAMPLE_SEED))
 
 
 def build_vae(head, image_shape, num_components=1, arch="mlp", latent_dim=32, objective="elbo", iw_samples=1,
-              hidden=(), name=None):
+              hidden=(), name=None, seed=0):
     """Build a `VAE` (built: its weights exist; compile it with `tfp_ae.models.compile_model`).
 
     Args:
@@ -172,6 +186,7 @@ def build_vae(head, image_shape, num_components=1, arch="mlp", latent_dim=32, ob
       arch: `mlp` or `cnn_dense` (the encoder's front end; the decoder is dense).
       hidden: widths of extra ReLU layers in encoder and decoder (none in the paper).
       name: the model's name (default `vae_ARCH_HEAD_kK`).
+      seed: int, the seed of the training draws (see `VAE`).
     Raises:
       ValueError: unknown head/arch/objective, K < 1, iw_samples < 1.
     """
@@ -189,7 +204,7 @@ def build_vae(head, image_shape, num_components=1, arch="mlp", latent_dim=32, ob
                               *[L.Dense(h, "relu", kernel_initializer="glorot_uniform") for h in hidden],
                               L.Dense(head.size, kernel_initializer="glorot_uniform")], name="decoder")
     args = dict(head=head.head_name, image_shape=list(image_shape), num_components=head.num_components, arch=arch,
-                latent_dim=int(latent_dim), objective=objective, iw_samples=iw_samples, hidden=[int(h) for h in hidden])
+                latent_dim=int(latent_dim), objective=objective, iw_samples=iw_samples, hidden=[int(h) for h in hidden], seed=int(seed))
     model = VAE(encoder, decoder, head, args, name=name or f"vae_{arch}_{head.head_name}_k{head.num_components}")
     model(tf.zeros([1, *image_shape]))  # build
     return model
