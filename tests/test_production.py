@@ -50,6 +50,7 @@ def test_saved_model_reloads_in_fresh_process_with_same_outputs(head, k, kind, t
         for name in {names!r}:
             out.update(getattr(m, name)(x, 3) if name == "sample" else getattr(m, name)(x))
         out["sig_log_prob"] = m.signatures["log_prob"](images=x)["log_prob"]
+        out["default"] = m.signatures["serving_default"](images=x)["reconstruction"]
         np.savez({str(tmp_path / 'out.npz')!r}, **{{k: v.numpy() for k, v in out.items()}})
     """)
     got = np.load(tmp_path / "out.npz")
@@ -60,7 +61,8 @@ def test_saved_model_reloads_in_fresh_process_with_same_outputs(head, k, kind, t
         np.testing.assert_allclose(got["log_prob"], -nll_per_image(model, x), rtol=1e-6)
     np.testing.assert_allclose(got["sig_log_prob"], got["log_prob"], rtol=1e-6)
     np.testing.assert_allclose(got["variance"], variance_maps(model, x), rtol=1e-6, atol=1e-7)
-    assert got["samples"].shape == (3, 16, 8, 8, 1) and np.all(np.isfinite(got["samples"]))
+    assert got["samples"].shape == (16, 3, 8, 8, 1) and np.all(np.isfinite(got["samples"]))  # batch-major
+    np.testing.assert_allclose(got["default"], got["reconstruction"], rtol=1e-6)  # serving_default
     if k > 1:
         means, lp = model.head.component_points(model(x))
         assert got["component_means"].shape == (16, k, 8, 8, 1) and got["component_log_prob"].shape == (16, k)
@@ -68,6 +70,57 @@ def test_saved_model_reloads_in_fresh_process_with_same_outputs(head, k, kind, t
         np.testing.assert_allclose(got["component_log_prob"], lp.numpy(), rtol=1e-5)
     else:
         assert "component_means" not in got
+
+
+BAD_SERVING_INPUTS = {  # name: (array, what the error must say)
+    "rgb": (np.zeros((3, 8, 8, 3), np.float32), "wrong image shape"),
+    "unbatched": (np.zeros((8, 8, 1), np.float32), "batch axis"),
+    "too_large": (np.zeros((2, 9, 8, 1), np.float32), "wrong image shape"),
+    "0-255": (np.full((2, 8, 8, 1), 255, np.float32), "divide 0-255 data by 255"),
+    "negative": (np.full((2, 8, 8, 1), -0.5, np.float32), "in [0, 1]"),
+    "nan": (np.full((2, 8, 8, 1), np.nan, np.float32), "finite"),
+    "float64": (np.zeros((2, 8, 8, 1), np.float64), "expected to be a float tensor"),  # TensorFlow's own check
+    "uint8": (np.zeros((2, 8, 8, 1), np.uint8), "expected to be a float tensor"),
+}
+
+
+def test_serving_signatures_check_their_inputs_in_a_process_without_the_package(tmp_path):
+    from tfp_ae.models import build_model
+    names = export_saved_model(build_model("normal_diag", (8, 8, 1), 2), tmp_path / "export")
+    np.savez(tmp_path / "bad.npz", **{k: v[0] for k, v in BAD_SERVING_INPUTS.items()})
+    out = python(f"""
+        import json, sys
+        import numpy as np, tensorflow as tf
+        sig = tf.saved_model.load({str(tmp_path / 'export')!r}).signatures
+        good = tf.constant(np.full((3, 8, 8, 1), 0.5, np.float32))
+        res = dict(good={{}}, bad={{}})
+        for name in [*{names!r}, "serving_default"]:
+            args = dict(num_samples=tf.constant(2)) if name == "sample" else {{}}
+            res["good"][name] = [v.shape.as_list() for v in sig[name](images=good, **args).values()]
+            for bad, x in np.load({str(tmp_path / 'bad.npz')!r}).items():
+                try:
+                    sig[name](images=tf.constant(x), **args)
+                    res["bad"][name + " " + bad] = "accepted"
+                except Exception as e:  # noqa: BLE001 (any error; the test checks its message)
+                    res["bad"][name + " " + bad] = f"{{type(e).__name__}}: {{e}}"
+        try:
+            sig["sample"](images=good, num_samples=tf.constant(0))
+            res["bad"]["sample num_samples=0"] = "accepted"
+        except tf.errors.InvalidArgumentError as e:
+            res["bad"]["sample num_samples=0"] = str(e)
+        res["package_imported"] = "tfp_ae" in sys.modules
+        print(json.dumps(res))
+    """)
+    res = json.loads(out.strip().splitlines()[-1])
+    assert not res["package_imported"]
+    assert res["good"]["serving_default"] == [[3, 8, 8, 1]]
+    assert res["good"]["sample"] == [[3, 2, 8, 8, 1]] and res["good"]["log_prob"] == [[3]]
+    assert res["good"]["component_means"] == [[3, 2, 8, 8, 1]]
+    assert len(res["bad"]) == (len(names) + 1) * len(BAD_SERVING_INPUTS) + 1
+    for key, message in res["bad"].items():
+        bad = key.split(" ", 1)[1]
+        expected = "num_samples" if bad == "num_samples=0" else BAD_SERVING_INPUTS[bad][1]
+        assert expected in message, (key, message)
 
 
 def test_component_log_prob_is_mixture_density_at_each_component_mean(digits):

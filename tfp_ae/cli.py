@@ -84,6 +84,8 @@ def cmd_train(args):
     strategy = make_strategy(cfg.strategy)
     print(f"training on {device_summary(strategy)}")
     _, m = run(cfg, overwrite=args.overwrite, strategy=strategy)
+    if m.get("role") == "worker":
+        return
     bpd = "n/a" if m["bits_per_dim"] is None else f"{m['bits_per_dim']:.4f}"
     if "test_elbo_nats" in m:
         print(f"{cfg.model} ({cfg.objective}): test ELBO {m['test_elbo_nats']:.2f} nats/image")

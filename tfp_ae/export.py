@@ -2,18 +2,26 @@
 
 A reloaded Keras model with a `DistributionLambda` head would return tensors, not distributions,
 and pickled layer functions break across versions. So the SavedModel holds only the model's
-variables and these `tf.function`s (images: float32 `[B, H, W, C]` in [0, 1]):
+variables and these `tf.function`s, which need nothing but TensorFlow to run (images: float32
+`[B, H, W, C]` in [0, 1]):
 
-- `reconstruct(images)` -> `{"reconstruction": [B, H, W, C]}`: the head's point estimate (mean,
-  mode for t heads, mean of 50 samples drawn with a fixed stateless seed for MAF), clipped to [0, 1];
+- `serving_default(images)` = `reconstruct(images)` -> `{"reconstruction": [B, H, W, C]}`: the
+  head's point estimate (mean, mode for t heads, mean of 50 samples drawn with a fixed stateless
+  seed for MAF), clipped to [0, 1]; TF Serving clients that name no signature get it;
 - `variance(images)` -> `{"variance": [B, H, W, C]}` (not for `mse`, which models no variance);
 - `log_prob(images)` -> `{"log_prob": [B]}` in nats per image (a VAE: log p(x) by importance
   sampling with `NLL_SAMPLES` = 250 samples and a fixed seed; `reconstruct` etc. decode the
   posterior mean);
-- `sample(images, num_samples)` -> `{"samples": [num_samples, B, H, W, C]}`;
+- `sample(images, num_samples)` -> `{"samples": [B, num_samples, H, W, C]}`, batch-major like every
+  other output; `num_samples` is a scalar int32 >= 1 (TF Serving's REST API: send it with the
+  columnar `"inputs"` format, whose inputs need not share a batch axis);
 - mixtures (K > 1) only: `component_means(images)` -> `{"component_means": [B, K, H, W, C]}`
   and `component_log_prob(images)` -> `{"component_log_prob": [B, K]}` (the mixture's
   log-density at each component's mean, or mode for t heads; Ciobanu, Figure 4).
+
+Every signature checks its input inside the graph (`checked_images`): a batch of rank 4, the
+model's image shape, finite pixels in [0, 1]; otherwise it raises `InvalidArgumentError` whose
+message says what was expected. A dtype other than float32 is refused by the signature itself.
 
 Load with `tf.saved_model.load(path)` and call `loaded.reconstruct(images)`, or use
 `loaded.signatures["reconstruct"](images=images)` from any TensorFlow runtime.
@@ -28,42 +36,79 @@ from tfp_ae.heads import SAMPLE_SEED
 from tfp_ae.train import load_model
 
 
+def checked_images(images, image_shape):
+    """`images` after in-graph checks, with the static shape `[None, H, W, C]`.
+
+    Args:
+      images: float32 tensor of any shape (the signatures accept any, so that a wrong one reaches
+        these checks instead of being silently reshaped by the model's Flatten).
+      image_shape: `(H, W, C)` of the model.
+    Raises (when the graph runs):
+      InvalidArgumentError: rank is not 4 (one unbatched image), wrong image shape, NaN/inf or
+        pixels outside [0, 1] (e.g. 0-255 data); the message states the expected input.
+    """
+    want = f"float32 images [batch, {', '.join(str(d) for d in image_shape)}] with pixels in [0, 1]"
+    # each check is safe on any input and fails only for its own problem, so the error raised
+    # names the problem whatever order the runtime runs them in
+    shape = tf.shape(images)
+    rank_ok = tf.equal(tf.size(shape), 4)
+    shape_ok = tf.cond(rank_ok, lambda: tf.reduce_all(tf.equal(shape[1:], tf.constant(image_shape, tf.int32))),
+                       lambda: tf.constant(True))
+    values_ok = tf.reduce_all((images >= 0) & (images <= 1))  # False for NaN
+    checks = [
+        tf.debugging.Assert(rank_ok, [f"images: expected {want}; a single image needs a batch axis "
+                                      "(images[None]); got shape", shape], summarize=4),
+        tf.debugging.Assert(shape_ok, [f"images: wrong image shape; expected {want}; got shape", shape], summarize=4),
+        tf.debugging.Assert(values_ok, [f"images: pixels must be finite and in [0, 1] (divide 0-255 data by "
+                                        f"255); expected {want}; got min, max", tf.reduce_min(images),
+                                        tf.reduce_max(images)]),
+    ]
+    with tf.control_dependencies(checks):  # a bad batch reaches the model as an empty one
+        return tf.cond(rank_ok & shape_ok, lambda: tf.reshape(images, [-1, *image_shape]),
+                       lambda: tf.zeros([0, *image_shape]))
+
+
 class ServingModule(tf.Module):
     """The serving functions of one model (see the module docstring); tracks only its variables."""
 
     def __init__(self, model):
         super().__init__(name="tfp_ae_serving")
-        head = model.head
+        head, shape = model.head, tuple(model.image_shape)
         self.model_variables = list(model.variables)  # tracked, so the SavedModel holds them
-        images = tf.TensorSpec([None, *head.event_shape], tf.float32, name="images")
+        images = tf.TensorSpec(None, tf.float32, name="images")  # any shape: checked in the graph
+
+        def signature(fn, *extra):
+            return tf.function(fn, input_signature=[images, *extra], autograph=False)
 
         def dist(x):
-            return model(x, training=False)
+            return model(checked_images(x, shape), training=False)
 
-        self.reconstruct = tf.function(lambda images: {"reconstruction": model.point_estimate(images)},
-                                       input_signature=[images], autograph=False)
-        self.log_prob = tf.function(lambda images: {"log_prob": model.log_prob(images, seed=SAMPLE_SEED)},
-                                    input_signature=[images], autograph=False)
-        self.sample = tf.function(lambda images, num_samples: {"samples": head.sample(dist(images), num_samples)},
-                                  input_signature=[images, tf.TensorSpec([], tf.int32, name="num_samples")],
-                                  autograph=False)
+        def sample(images, num_samples):
+            n = tf.debugging.assert_positive(num_samples, message="num_samples: expected a scalar int32 >= 1")
+            with tf.control_dependencies([n]):
+                draws = head.sample(dist(images), num_samples)  # [num_samples, B, H, W, C]
+            return {"samples": tf.transpose(draws, [1, 0, *range(2, 2 + len(shape))])}
+
+        self.reconstruct = signature(lambda images: {
+            "reconstruction": model.point_estimate(checked_images(images, shape))})
+        self.log_prob = signature(lambda images: {
+            "log_prob": model.log_prob(checked_images(images, shape), seed=SAMPLE_SEED)})
+        self.sample = signature(sample, tf.TensorSpec([], tf.int32, name="num_samples"))
         names = ["reconstruct", "log_prob", "sample"]
         if head.has_variance:
-            self.variance = tf.function(lambda images: {"variance": head.variance(dist(images))},
-                                        input_signature=[images], autograph=False)
+            self.variance = signature(lambda images: {"variance": head.variance(dist(images))})
             names.append("variance")
         if head.num_components > 1:
-            self.component_means = tf.function(
-                lambda images: {"component_means": head.component_points(dist(images))[0]},
-                input_signature=[images], autograph=False)
-            self.component_log_prob = tf.function(
-                lambda images: {"component_log_prob": head.component_points(dist(images))[1]},
-                input_signature=[images], autograph=False)
+            self.component_means = signature(lambda images: {
+                "component_means": head.component_points(dist(images))[0]})
+            self.component_log_prob = signature(lambda images: {
+                "component_log_prob": head.component_points(dist(images))[1]})
             names += ["component_means", "component_log_prob"]
         self.signature_names = tuple(names)
 
     def signatures(self):
-        return {name: getattr(self, name) for name in self.signature_names}
+        """Name -> function, with `serving_default` (the point estimate) for clients that name none."""
+        return dict({name: getattr(self, name) for name in self.signature_names}, serving_default=self.reconstruct)
 
 
 def export_saved_model(model, export_dir, overwrite=False, config=None):
@@ -76,7 +121,7 @@ def export_saved_model(model, export_dir, overwrite=False, config=None):
       overwrite: replace an existing `export_dir`.
       config: optional dict saved beside the model as `tfp_ae_config.json`.
     Returns:
-      the list of signature names.
+      the list of signature names (besides `serving_default`, the same function as `reconstruct`).
     Raises:
       FileExistsError: `export_dir` exists and `overwrite` is False.
     """

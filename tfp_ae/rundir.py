@@ -6,6 +6,8 @@ the end `metrics.json` and the figures.
 """
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,11 +39,15 @@ def write_json(obj, path):
 class Progress(tfk.callbacks.Callback):
     """After each finished epoch: record its loss and wall-clock seconds in `state` and write it
     atomically to `state_path`, then checkpoint model and optimizer (so a crash between the two
-    at worst re-runs that epoch). Without a path it only records."""
+    at worst re-runs that epoch). Without a path it only records.
 
-    def __init__(self, state, state_path=None, manager=None):
+    `writer=False` (a multi-worker worker that is not the chief): the state stays in memory and
+    the checkpoint goes to a temporary folder that is deleted right after, TensorFlow's
+    multi-worker convention (every worker takes part in a save; only the chief's copy is kept)."""
+
+    def __init__(self, state, state_path=None, manager=None, writer=True):
         super().__init__()
-        self.state, self.state_path, self.manager = state, state_path, manager
+        self.state, self.state_path, self.manager, self.writer = state, state_path, manager, writer
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t = time.perf_counter()
@@ -52,10 +58,20 @@ class Progress(tfk.callbacks.Callback):
         if "val_loss" in logs:
             record["val_loss"] = float(logs["val_loss"])
         self.state["epochs"] = self.state["epochs"][:epoch] + [record]
-        if self.state_path:
+        if not self.state_path:
+            return
+        if self.writer:
             write_json(self.state, self.state_path)
-            if self.manager is not None and np.isfinite(loss):
-                self.manager.save(checkpoint_number=epoch + 1)
+        if self.manager is None or not np.isfinite(loss):
+            return
+        if self.writer:
+            self.manager.save(checkpoint_number=epoch + 1)
+        else:
+            scratch = tempfile.mkdtemp(prefix="tfp_ae_worker_checkpoint_")
+            try:
+                tf.train.CheckpointManager(self.manager.checkpoint, scratch, max_to_keep=1).save(epoch + 1)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 RESUME_IGNORED = ("out", "data_dir", "verbose", "strategy", "tensorboard")

@@ -38,6 +38,9 @@ def device_summary(strategy=None):
     gpus = tf.config.list_logical_devices("GPU")
     kind = "GPU" if gpus else "CPU"
     n = strategy.num_replicas_in_sync
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # class name: CollectiveAllReduceStrategy
+        workers = strategy.cluster_resolver.cluster_spec().as_dict()
+        return f"{n} x {kind} on {sum(len(v) for v in workers.values()) or 1} workers (MultiWorkerMirroredStrategy)"
     name = type(strategy).__name__
     return f"{n} x {kind}" + ("" if name.startswith("_Default") else f" ({name})")
 

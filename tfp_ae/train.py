@@ -46,7 +46,7 @@ def build_and_compile(config, image_shape):
     return model
 
 
-def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
+def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None, resume=True):
     """Build and train a model: resumable, retried with seed+1, seed+2... when the loss becomes NaN.
 
     With `run_dir`, progress (`state.json`: seed, attempts, per-epoch loss and seconds) and a
@@ -57,6 +57,11 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
     (`VAE.step_seed`); so two identical runs are bit-identical on CPU and a resumed run equals the
     uninterrupted one. On a GPU, `config.deterministic` enables TensorFlow's op determinism.
 
+    Multi-worker (`MultiWorkerMirroredStrategy`): every worker calls `fit` with the same arguments;
+    only the chief (`strategy.extended.should_checkpoint`) writes `run_dir`, which every worker
+    reads to resume (it must be on a filesystem all workers see at the same path).
+    `resume=False` ignores a saved state (a worker while the chief clears the folder for --overwrite).
+
     Returns:
       (model, history dict with `loss` and `seconds` per epoch, attempts list).
     Raises:
@@ -66,10 +71,11 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     strategy = strategy or make_strategy(config.strategy)
+    writer = strategy.extended.should_checkpoint  # False only on a multi-worker worker that is not the chief
     run_dir = Path(run_dir) if run_dir else None
-    if run_dir:
+    if run_dir and writer:
         run_dir.mkdir(parents=True, exist_ok=True)
-    state = load_state(run_dir, config)
+    state = load_state(run_dir if resume else None, config)
     if config.model == "ae":
         check_memory(config, x_train.shape[1:])
     n_val = int(len(x_train) * config.validation_split)
@@ -95,7 +101,7 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
         ds = make_pipeline(x_train, config.batch_size, seed=seed, repeat=True, skip_epochs=initial,
                            num_levels=num_levels if config.dequantize else None)
         val = make_pipeline(x_val, config.batch_size, shuffle=False) if n_val else None
-        progress = Progress(state, run_dir / STATE_FILE if run_dir else None, manager)
+        progress = Progress(state, run_dir / STATE_FILE if run_dir else None, manager, writer)
         if initial < config.epochs and not state.get("stopped_early"):
             model.fit(ds, epochs=config.epochs, initial_epoch=initial, steps_per_epoch=steps, verbose=config.verbose,
                       validation_data=val, callbacks=[tfk.callbacks.TerminateOnNaN(), progress, *callbacks])
@@ -107,7 +113,7 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
             if len(losses) < config.epochs and not state.get("stopped_early"):
                 state["stopped_early"] = True
                 print(f"training stopped by a callback after epoch {len(losses)} of {config.epochs}")
-                if run_dir:
+                if run_dir and writer:
                     write_json(state, run_dir / STATE_FILE)
             if "jit" in state:
                 history["jit"] = state["jit"]
@@ -119,7 +125,7 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None):
                                 f"in all {len(state['attempts'])} attempt(s) {state['attempts']}. Retry with "
                                 "--retries N (new seeds), --dequantize, or a lower --learning-rate.")
         state.update(seed=seed + 1, epochs=[])
-        if run_dir:
+        if run_dir and writer:
             shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
             write_json(state, run_dir / STATE_FILE)
 
@@ -131,11 +137,16 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     `checkpoints/` (model + optimizer after every epoch), `state.json` (progress), and at the end
     `metrics.json`, `reconstructions.png` (Figures 1/2: input, point estimate, variance map),
     `samples.png` (Figure 3: latent samples, output samples, t-SNE) and for K > 1
-    `components.png` (Figure 4: component means sorted by log-density). Calling `run` again on a folder with an unfinished
-    run resumes it from its last finished epoch.
+    `components.png` (Figure 4: component means sorted by log-density). Calling `run` again on a
+    folder with an unfinished run resumes it from its last finished epoch.
+
+    Multi-worker (`config.strategy == "multiworker"`, `TF_CONFIG` set on every worker): every
+    worker runs the same `run`; they train together, and only the chief writes the run folder and
+    evaluates (see `fit`).
 
     Returns:
-      (model, metrics dict).
+      (model, metrics dict); on a worker that is not the chief the metrics hold only training
+      (no evaluation, `role` "worker").
     Raises:
       FileExistsError: `config.out` holds a finished run and `overwrite` is False.
       ValueError: bad data or settings (see `check_images`, `build_model`), or an unfinished run
@@ -148,11 +159,13 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
         callbacks = [*callbacks, tensorboard_callback(out / LOG_DIR if out else Path("runs") / LOG_DIR)]
     if out and out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is an existing file; the run folder must be a folder (new or a run's)")
+    strategy = strategy or make_strategy(config.strategy)
+    writer = strategy.extended.should_checkpoint
     if out and (out / METRICS_FILE).exists():
         if not overwrite:
             raise FileExistsError(f"run folder {out} already holds a finished run ({METRICS_FILE}); "
                                   "choose another --out or pass --overwrite to train it again")
-    if out and overwrite:
+    if out and overwrite and writer:
         for name in (METRICS_FILE, STATE_FILE, CONFIG_FILE, CHECKPOINT_DIR):
             shutil.rmtree(out / name, ignore_errors=True) if (out / name).is_dir() else (out / name).unlink(missing_ok=True)
     data = load_dataset(config.dataset, config.data_dir)
@@ -162,11 +175,11 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     y_train = None if data.y_train is None else data.y_train[:config.train_limit]
     data = dataclasses.replace(full, x_train=x_train[:config.train_limit], y_train=y_train)
     x_train = data.x_train
-    strategy = strategy or make_strategy(config.strategy)
-    if out:
+    if out and writer:
         out.mkdir(parents=True, exist_ok=True)
         write_json(dict(config.to_dict(), image_shape=list(x_train.shape[1:])), out / CONFIG_FILE)
-    model, history, attempts = fit(config, x_train, data.num_levels, callbacks, run_dir=out, strategy=strategy)
+    model, history, attempts = fit(config, x_train, data.num_levels, callbacks, run_dir=out, strategy=strategy,
+                                   resume=writer or not overwrite)
     metrics = dict(dataset=config.dataset, model=config.model, head=config.head, components=config.components, arch=config.arch,
                    epochs=config.epochs, num_params=int(model.count_params()), seconds_per_epoch=history["seconds"],
                    train_loss=history["loss"], loss_units=_loss_units(config, model.head),
@@ -175,6 +188,9 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
                    device=device_summary(strategy), jit=history.get("jit", "off"), precision=config.precision)
     if "val_loss" in history:
         metrics["val_loss"] = history["val_loss"]
+    if not writer:
+        print(f"worker: trained {len(history['loss'])} epochs; the chief evaluates and writes {out}", flush=True)
+        return model, dict(metrics, role="worker")
     extractors, notes = fid_extractors(config, full)
     if config.verbose:
         print(f"evaluating on {len(data.x_test)} test images (NLL, bits/dim, L2 %, calibration"
