@@ -56,7 +56,7 @@ def test_heads_and_latent_figures(mixture, digits):
     vae = compile_model(build_vae("normal_diag", digits.image_shape, latent_dim=4))
     x = digits.x_test[:5]
     fig = figures.heads_figure([mse, mixture, vae], x, "t")
-    assert len(fig.axes) == (1 + 2 * 3) * 5
+    assert len(fig.axes) == (1 + 2 * 3) * 5 + 3  # + a colour bar per uncertainty row
     for model in (mixture, vae):
         codes = predict.latents(model, x)
         assert codes.shape == (5, 32 if model is mixture else 4)
@@ -89,3 +89,22 @@ def test_cli_augment_writes_a_trainable_dataset(tmp_path):
     main(["train", "--dataset", str(out), "--head", "normal_diag", "--epochs", "1", "--no-fid", "--tsne-images", "0",
           "--out", str(tmp_path / "again")])
     assert (tmp_path / "again" / "metrics.json").exists()
+
+
+def test_reconstruction_figure_colour_images_colour_bar_and_t_heads(digits):
+    rgb = build_model("normal_diag", (8, 8, 3))
+    x = np.random.default_rng(0).uniform(size=(4, 8, 8, 3)).astype(np.float32)
+    x[0] = [0, 1, 0]  # pure green must show green, not black
+    fig = figures.reconstruction_figure(rgb, x)
+    image_axes = [a for a in fig.axes if a.images and a.get_label() != "<colorbar>"]
+    shown = image_axes[0].images[0].get_array()
+    assert shown.shape == (8, 8, 3) and np.allclose(shown[0, 0], [0, 1, 0])
+    maps = [a.images[0] for a in image_axes[8:]]
+    assert len(maps) == 4 and all(m.get_cmap().name == "viridis" for m in maps)
+    assert len(fig.axes) == 3 * 4 + 1  # one colour bar
+    # a t head at initialisation (df ~ 0.7 <= 2): the variance does not exist, the interval width does
+    t = build_model("student_t_diag", digits.image_shape)
+    for kind, blank in (("interval", False), ("std", True)):
+        fig = figures.reconstruction_figure(t, digits.x_test[:3], uncertainty=kind)
+        texts = [txt.get_text() for a in fig.axes for txt in a.texts]
+        assert ("none" in texts) == blank, kind

@@ -1,6 +1,7 @@
 """Each head's log_prob against an independent reference (scipy or the density written out)."""
 import numpy as np
 import pytest
+import scipy.optimize as so
 import scipy.special as sp
 import scipy.stats as st
 import tensorflow as tf
@@ -350,3 +351,81 @@ def test_full_scale_log_prob_and_gradient_equal_tfp(name, k, rng):
         results.append((lp.numpy(), tape.gradient(total, params).numpy()))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-4)
+
+
+# ---- uncertainty maps: central-interval width (issue 18) ---------------------------------------
+def _params(name, k, seed, batch=3):
+    head = make_head(name, SHAPE, k)
+    return head, tf.constant(np.random.default_rng(seed).normal(0, 0.5, (batch, head.size)), tf.float32)
+
+
+def _sampled_width(head, dist, n=4000, level=0.9):
+    x = head.sample(dist, n, seed=(1, 2)).numpy()
+    return np.percentile(x, 100 * (1 + level) / 2, axis=0) - np.percentile(x, 100 * (1 - level) / 2, axis=0)
+
+
+def test_interval_width_of_a_normal_is_its_quantile_range():
+    head, p = _params("normal_diag", 1, 0)
+    sigma = softplus(p.numpy()[:, D:]).reshape(-1, *SHAPE)
+    want = (st.norm.ppf(0.95) - st.norm.ppf(0.05)) * sigma
+    np.testing.assert_allclose(head.interval_width(head.new(p)).numpy(), want, rtol=1e-5)
+    want80 = (st.norm.ppf(0.9) - st.norm.ppf(0.1)) * sigma
+    np.testing.assert_allclose(head.interval_width(head.new(p), level=0.8).numpy(), want80, rtol=1e-5)
+    with pytest.raises(ValueError, match="level"):
+        head.interval_width(head.new(p), level=1.0)
+
+
+@pytest.mark.parametrize("df", [0.4, 0.9, 5.0])
+def test_interval_width_of_student_t_exists_for_df_below_one(df):
+    """A t with df < 1 has no mean or variance, but its quantiles exist (scipy's t.ppf)."""
+    head, p = _params("student_t_diag", 1, 1)
+    p = p.numpy()
+    p[:, -1] = np.log(np.expm1(df - 1e-6))  # raw df so that 1e-6 + softplus(raw) = df
+    dist = head.new(tf.constant(p))
+    scale = softplus(p[:, D:2 * D]).reshape(-1, *SHAPE)
+    want = 2 * st.t.ppf(0.95, df) * scale
+    got = head.interval_width(dist).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    if df <= 2:
+        assert np.all(np.isnan(head.variance(dist).numpy()))  # the variance does not exist; the width does
+
+
+def test_interval_width_of_a_mixture_matches_its_exact_quantiles():
+    """Mixtures read the width from samples: compare with the mixture CDF inverted by root finding."""
+    head, p = _params("normal_diag", 2, 2)
+    got = head.interval_width(head.new(p)).numpy()
+    pn = p.numpy()
+    w = sp.softmax(pn[:, :2], axis=1)
+    comp = pn[:, 2:].reshape(-1, 2, 2 * D)
+    loc, sigma = comp[..., :D], softplus(comp[..., D:])
+    for b in range(3):
+        for i in range(D):
+            def cdf(x, q):
+                return float(np.sum(w[b] * st.norm.cdf(x, loc[b, :, i], sigma[b, :, i]))) - q
+            lo, hi = (st.norm.ppf(0.05) * 5, st.norm.ppf(0.95) * 5)
+            width = so.brentq(cdf, lo, hi, args=(0.95,)) - so.brentq(cdf, lo, hi, args=(0.05,))
+            np.testing.assert_allclose(got.reshape(3, -1)[b, i], width, rtol=0.08)
+
+
+@pytest.mark.parametrize("name", ["student_t_full", "matrix_t_diag", "matrix_normal_full", "continuous_bernoulli",
+                                  "logistic"])
+def test_closed_form_interval_width_matches_samples(name):
+    """The marginal used for the exact width is the one the head samples from (t heads at df = 4:
+    at df < 1 the sample quantiles are too noisy to compare)."""
+    head, p = _params(name, 1, 3)
+    if getattr(head, "student_t", False):
+        p = tf.concat([p[:, :-1], tf.fill([3, 1], float(np.log(np.expm1(4.0))))], axis=1)
+    dist = head.new(p)
+    np.testing.assert_allclose(head.interval_width(dist).numpy(), _sampled_width(head, dist), rtol=0.12)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_every_head_has_a_finite_uncertainty_map(name):
+    for k in ([1, 2] if get_head(name).mixable else [1]):
+        head, p = _params(name, k, 4)
+        width = head.interval_width(head.new(p)).numpy()
+        assert width.shape == (3, *SHAPE)
+        if name == "mse":  # models no spread
+            assert np.all(np.isnan(width))
+        else:
+            assert np.all(np.isfinite(width)) and np.all(width >= 0), (name, k)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfp_ae.config import ARCHS, MODELS, OBJECTIVES, PRECISIONS, STRATEGIES, RunConfig
+from tfp_ae.config import ARCHS, MODELS, OBJECTIVES, PRECISIONS, STRATEGIES, UNCERTAINTIES, RunConfig
 from tfp_ae.data import DATASETS, load_dataset, prepare_images
 from tfp_ae.errors import InputError
 from tfp_ae.export import export_run
@@ -50,6 +50,9 @@ def _add_settings(p):
     p.add_argument("--no-fid", dest="fid", action="store_false", help="skip the FID metrics")
     p.add_argument("--fid-inception", action="store_true", help="also InceptionV3 FID (downloads its weights "
                    "through Keras if not cached; without this flag it is used only when they are cached)")
+    p.add_argument("--uncertainty", default=d.uncertainty, choices=UNCERTAINTIES,
+                   help="map in reconstructions.png: width of the central 90%% interval (every head), standard "
+                   "deviation or variance (blank where the variance does not exist)")
     p.add_argument("--tsne-images", type=int, default=d.tsne_images, help="test latents in the t-SNE panel (0: none)")
     p.add_argument("--no-extra-figures", dest="extra_figures", action="store_false",
                    help="write only reconstructions.png, not samples.png / components.png (Figures 3 and 4)")

@@ -13,6 +13,7 @@ MODELS = ("ae", "vae")
 OBJECTIVES = ("elbo", "iwae")
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+UNCERTAINTIES = ("interval", "std", "variance")  # per-pixel uncertainty maps: 90 % interval width, std, variance
 
 
 @dataclass
@@ -48,6 +49,7 @@ class RunConfig:
     fid_inception: bool = False        # also InceptionV3 FID, downloading its weights if needed
     tsne_images: int = 1000            # test latents in the t-SNE panel of samples.png (0: none)
     extra_figures: bool = True         # samples.png (Figure 3) and components.png (Figure 4)
+    uncertainty: str = "interval"      # UNCERTAINTIES: the map of reconstructions.png
     verbose: int = 2
 
     def to_dict(self):
@@ -65,7 +67,7 @@ class RunConfig:
           InputError (a ValueError): the first bad setting, naming it, its value and what is allowed.
         """
         choices = dict(model=MODELS, arch=VAE_ARCHS if self.model == "vae" else ARCHS, objective=OBJECTIVES,
-                       strategy=STRATEGIES, precision=PRECISIONS)
+                       strategy=STRATEGIES, precision=PRECISIONS, uncertainty=UNCERTAINTIES)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"

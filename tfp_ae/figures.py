@@ -1,7 +1,8 @@
 """The paper's figures from trained models (Ciobanu, Figures 1-4) and the augmentation idea.
 
 - Figures 1/2 (`heads_figure`): for several heads side by side, rows of input, point estimate and
-  per-pixel variance map (blank with a note where the head has no variance).
+  per-pixel uncertainty map (90 % interval width by default, or standard deviation or variance),
+  on one colour scale with colour bars.
 - Figure 3 (`latent_figure`): decoded samples from the latent space, samples of the output
   distribution given an input, and a t-SNE of test latents coloured by label.
 - Figure 4 (`components_figure`): for a mixture head, every component's mean (mode for t heads)
@@ -16,7 +17,7 @@ from tfp_ae import plots
 from tfp_ae.data import check_images
 from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED
-from tfp_ae.predict import component_points, latents, point_and_variance
+from tfp_ae.predict import component_points, latents, point_estimates, uncertainty_maps
 
 FULL_COVARIANCE_MAX = 512  # latent sizes up to this get a full-covariance Gaussian fit
 
@@ -27,25 +28,40 @@ def _label(model):
     return f"{head.head_name} K={head.num_components} ({kind})"
 
 
-def reconstruction_figure(model, images):
-    """Figures 1/2 for one model: inputs `[N, H, W, C]`, their point estimates and variance maps."""
-    return plots.reconstruction_figure(images, *point_and_variance(model, images), title=_label(model),
-                                       variance_note=model.head.variance_note)
+def _uncertainty_note(head, kind):
+    if kind == "interval":
+        return ("the MSE autoencoder models no spread" if not head.has_variance
+                else "5-95 % quantile range of each pixel, pixel units")
+    return head.variance_note
 
 
-def heads_figure(models, images, title=""):
-    """Figures 1 and 2: one input row, then for each model a point-estimate row and a variance row.
+def reconstruction_figure(model, images, uncertainty="interval"):
+    """Figures 1/2 for one model: inputs `[N, H, W, C]`, their point estimates and per-pixel
+    uncertainty maps (`uncertainty`: `interval`, `std` or `variance`, see
+    `tfp_ae.predict.uncertainty_maps`) with a colour bar."""
+    return plots.reconstruction_figure(images, point_estimates(model, images),
+                                       uncertainty_maps(model, images, uncertainty), title=_label(model),
+                                       note=_uncertainty_note(model.head, uncertainty),
+                                       label=plots.UNCERTAINTY_LABELS[uncertainty])
+
+
+def heads_figure(models, images, title="", uncertainty="interval"):
+    """Figures 1 and 2: one input row, then for each model a point-estimate row and an
+    uncertainty row (`uncertainty` as in `reconstruction_figure`). All uncertainty rows share one
+    colour scale (`plots.map_scale`), so the maps compare across heads; each has its colour bar.
 
     Args:
-      models: trained models (any heads; a `mse` head gets a blank variance row with its note).
+      models: trained models (any heads; a `mse` head gets a blank row with its note).
       images: `[N, H, W, C]` in [0, 1], a handful (N ~ 8).
     Returns: a `Figure`.
     """
+    maps = [uncertainty_maps(m, images, uncertainty) for m in models]
+    scale = plots.map_scale(*maps)
     rows = [("input", images, None)]
-    for m in models:
-        point, var = point_and_variance(m, images)  # variance NaN where it does not exist (mse)
-        rows += [(f"{_label(m)}\npoint", point, None),
-                 (f"{_label(m)}\nvariance", np.clip(var, 0, 1), m.head.variance_note)]
+    for m, u in zip(models, maps):
+        rows += [(f"{_label(m)}\npoint", point_estimates(m, images), None),
+                 (f"{_label(m)}\n{plots.UNCERTAINTY_LABELS[uncertainty]}", u, _uncertainty_note(m.head, uncertainty),
+                  scale)]
     return plots.image_rows(rows, title=title)
 
 

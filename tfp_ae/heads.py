@@ -36,6 +36,8 @@ from tfp_ae.errors import InputError
 POSITIVE_SHIFT = 1e-6
 MAF_SAMPLES = 50
 SAMPLE_SEED = (20, 26)  # stateless seed of sample-based estimates (MAF mean / variance)
+INTERVAL_LEVEL = 0.9    # uncertainty maps: width of the central 90 % (5-95 %) interval
+INTERVAL_SAMPLES = 1000  # draws per pixel where the interval is estimated from samples
 
 
 def register(obj):
@@ -364,6 +366,35 @@ class Head(tfpl.DistributionLambda):
         `mse` head, which models no variance). `seed`: as in `mean`."""
         return self._mixture_moments(dist, seed)[1]
 
+    def marginal(self, comp):
+        """Each pixel's marginal distribution under the component distribution `comp`: batch
+        `[..., *natural_event_shape]`, scalar event, with a `quantile`; None where it has no
+        closed form (`interval_width` then samples). Overridden by the families."""
+        return None
+
+    def interval_width(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
+        """Per-pixel width of the central `level` interval of p(x_pixel | input), `[B, H, W, C]`,
+        in pixel units (pixels in [0, 1]): `F^-1((1 + level) / 2) - F^-1((1 - level) / 2)` of each
+        pixel's marginal F. Unlike the variance it exists for every head (Student-t with df <= 2,
+        MAF, mixtures, Bernoulli). Exact from the marginal's quantiles (`marginal`) for K = 1
+        normal, Student-t (Kotz & Nadarajah 2004: marginals of a multivariate or matrix t are t
+        with the same df), logistic and continuous Bernoulli heads; otherwise (mixtures, MAF,
+        Bernoulli) the empirical percentiles of `INTERVAL_SAMPLES` draws with the stateless
+        `seed` (linear interpolation). NaN for `mse`, which models no spread.
+        Raises:
+          InputError: `level` outside (0, 1).
+        """
+        if not 0 < level < 1:
+            raise InputError(f"interval level must be in (0, 1), got {level!r}")
+        _, logits, comp = self._parts(dist)
+        marginal = self.marginal(comp) if logits is None else None
+        if marginal is not None:
+            return self._to_image(marginal.quantile((1 + level) / 2) - marginal.quantile((1 - level) / 2))
+        x = self.sample(dist, INTERVAL_SAMPLES, seed=seed)
+        lo, hi = tf.unstack(tfp.stats.percentile(x, [50 * (1 - level), 50 * (1 + level)], axis=0,
+                                                 interpolation="linear"))
+        return hi - lo
+
     def _mixture_log_prob_at(self, inner, points):
         """Mixture log-density at each component's point: points `[B, K, *natural]` -> `[B, K]`."""
         nd = len(self.natural_event_shape)
@@ -446,6 +477,10 @@ class PixelHead(Head):
         parts = [_unflatten(t, self._image_shape) for t in _split(params, [d] * self.n_pixel_params)]
         return tfd.Independent(self.pixel_distribution(*parts), reinterpreted_batch_ndims=3)
 
+    def marginal(self, comp):
+        """The per-pixel distribution itself."""
+        return comp.distribution
+
 
 class NormalIdentity(PixelHead):
     """N(mu, I): multivariate normal with identity covariance (the paper's Nµ)."""
@@ -472,6 +507,10 @@ class MSE(NormalIdentity):
         """NaN `[B, H, W, C]`: MSE training fixes no variance (its NLL assumes 1, which is not learned)."""
         return tf.fill(tf.shape(self.mean(dist)), np.nan)
 
+    def interval_width(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
+        """NaN `[B, H, W, C]`, as `variance`."""
+        return self.variance(dist)
+
     loss = staticmethod(squared_error)
 
 
@@ -497,6 +536,10 @@ class Bernoulli(PixelHead):
 
     def pixel_distribution(self, logits):
         return tfd.Bernoulli(logits=logits, dtype=tf.float32)
+
+    def marginal(self, comp):
+        """None: a Bernoulli has no quantile function in TFP (its interval is read from samples)."""
+        return None
 
 
 class ContinuousBernoulli(PixelHead):
@@ -546,6 +589,13 @@ class VectorHead(Head):
             return tfd.MultivariateStudentTLinearOperator(
                 df=positive(tf.squeeze(df, -1)), loc=loc, scale=_scale_operator(self.scale, s, d))
         return tfd.MultivariateNormalLinearOperator(loc, _scale_operator(self.scale, s, d))
+
+    def marginal(self, comp):
+        """N(mu_i, sum_j L_ij^2), or t(df, mu_i, sqrt(sum_j L_ij^2)) for Student-t heads."""
+        scale = tf.sqrt(_row_variance(comp.scale)) * tf.ones_like(comp.loc)
+        if self.student_t:
+            return tfd.StudentT(comp.df[..., None], comp.loc, scale)
+        return tfd.Normal(comp.loc, scale)
 
     def component_variance(self, comp):
         var = _row_variance(comp.scale) * tf.ones_like(comp.loc)
@@ -674,6 +724,15 @@ class MatrixHead(Head):
         if self.student_t:
             return MatrixT(positive(tf.squeeze(df, -1)), loc, rows, cols)
         return MatrixNormal(loc, rows, cols)
+
+    def marginal(self, comp):
+        """Pixel (i, j): N(M_ij, u_i v_j), or t(df, M_ij, sqrt(u_i v_j)) for matrix-t heads, with u, v
+        the row and column variances (the squared row norms of the row and column scales)."""
+        var = _row_variance(comp.scale_row)[..., :, None] * _row_variance(comp.scale_column)[..., None, :]
+        scale = tf.sqrt(var) * tf.ones_like(comp.loc)
+        if self.student_t:
+            return tfd.StudentT(comp.df[..., None, None], comp.loc, scale)
+        return tfd.Normal(comp.loc, scale)
 
     def component_variance(self, comp):
         var = _row_variance(comp.scale_row)[..., :, None] * _row_variance(comp.scale_column)[..., None, :]

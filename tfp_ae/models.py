@@ -17,7 +17,7 @@ import math
 from tfp_ae._tf import tf, tfd, tfk
 from tfp_ae.config import ARCHS
 from tfp_ae.errors import InputError
-from tfp_ae.heads import SAMPLE_SEED, make_head, register
+from tfp_ae.heads import INTERVAL_LEVEL, SAMPLE_SEED, make_head, register
 
 L = tfk.layers
 SAVE_FORMATS = "'.keras' (Keras v3 zip) or a folder path (TensorFlow SavedModel)"
@@ -85,6 +85,11 @@ class ProbabilisticModel(tfk.Model):
         """Per-pixel variance `[B, H, W, C]` of p(x | input); NaN where it does not exist (`mse`;
         t heads with df <= 2)."""
         return self.head.variance(self(x, training=False), seed=seed)
+
+    def interval_width(self, x, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
+        """Per-pixel width of the central `level` interval of p(x | input), `[B, H, W, C]` in pixel
+        units (`tfp_ae.heads.Head.interval_width`); exists for every head but `mse`."""
+        return self.head.interval_width(self(x, training=False), level, seed=seed)
 
     def point_and_variance(self, x, seed=SAMPLE_SEED):
         """`point_estimate` and `variance` in one pass (MAF draws its samples once)."""

@@ -1,51 +1,81 @@
 """Figures: functions return a matplotlib `Figure` built without pyplot (no global state, no
 backend switch: a notebook shows the returned figure, `save` writes it)."""
+import textwrap
+
 import numpy as np
 from matplotlib.figure import Figure
 
 
+UNCERTAINTY_CMAP = "viridis"  # perceptually uniform, readable in grey and by colour-blind readers
+UNCERTAINTY_LABELS = {"interval": "90 % interval width", "std": "standard deviation", "variance": "variance"}
+
+
 def subplots(rows, cols, figsize):
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, layout="constrained")  # leaves room for titles and colour bars
     return fig, fig.subplots(rows, cols, squeeze=False)
 
 
-def reconstruction_figure(images, point, variance=None, title="", variance_note=None):
-    """Rows: inputs, point estimates and (if given) per-pixel variance maps.
+def map_scale(*maps):
+    """(0, vmax) shared by uncertainty maps: vmax is the 99th percentile of their finite values
+    (one extreme pixel does not flatten the rest; larger values show in the top colour), 1 when
+    none is finite."""
+    finite = np.concatenate([np.asarray(m, np.float64)[np.isfinite(m)].ravel() for m in maps])
+    vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
+    return 0.0, vmax if vmax > 0 else 1.0
+
+
+def reconstruction_figure(images, point, uncertainty=None, title="", note=None, label=UNCERTAINTY_LABELS["interval"]):
+    """Rows: inputs, point estimates and (if given) per-pixel uncertainty maps with a colour bar.
 
     Args:
-      images, point: `[N, H, W, C]` in [0, 1].
-      variance: `[N, H, W, C]` or None; shown clipped to [0, 1]; NaN pixels (no variance) are blank.
-      variance_note: caveat printed under the variance row.
+      images, point: `[N, H, W, C]` in [0, 1] (grey for C = 1, colour for C = 3).
+      uncertainty: `[N, H, W, C]` (pixel units, e.g. `tfp_ae.predict.uncertainty_maps`) or None;
+        drawn in `UNCERTAINTY_CMAP` (mean over channels for colour images); NaN pixels are blank.
+      note: caveat printed under the uncertainty row; label: its name.
     """
     rows = [("input", images, None), ("point estimate", point, None)]
-    if variance is not None:
-        rows.append(("variance", np.clip(variance, 0, 1), variance_note))
+    if uncertainty is not None:
+        rows.append((label, uncertainty, note, map_scale(uncertainty)))
     return image_rows(rows, title)
 
 
-def _show(ax, img, title=None):
-    img = np.asarray(img)[..., 0]
-    ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-    if np.all(np.isnan(img)):
-        ax.text(0.5, 0.5, "undefined", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+def _show(ax, img, title=None, scale=None):
+    """Draw one image `[H, W, C]`: pixels in [0, 1] (grey for C = 1, colour for C = 3, the
+    channel mean otherwise) or, with `scale` = (vmin, vmax), an uncertainty map (channel mean) in
+    `UNCERTAINTY_CMAP`. All-NaN maps read "none". Returns the `AxesImage`."""
+    img = np.asarray(img, np.float32)
+    if scale is not None:
+        img = img.mean(-1)
+        shown = ax.imshow(img, cmap=UNCERTAINTY_CMAP, vmin=scale[0], vmax=scale[1])
+        if np.all(np.isnan(img)):
+            ax.text(0.5, 0.5, "none", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+    elif img.shape[-1] == 3:
+        shown = ax.imshow(np.clip(img, 0, 1))
+    else:
+        shown = ax.imshow(img.mean(-1), cmap="gray", vmin=0, vmax=1)
     ax.set_xticks([]), ax.set_yticks([])
     if title is not None:
-        ax.set_title(title, fontsize=6)
+        ax.set_title(title, fontsize=7)
+    return shown
 
 
 def image_rows(rows, title=""):
-    """Rows of images: `rows` is a list of (name, images `[N, H, W, C]` in [0, 1], note or None);
-    all-NaN images read "undefined"; a row's note is printed under it."""
+    """Rows of images: `rows` is a list of `(name, images [N, H, W, C], note or None)` for images
+    in [0, 1], or `(name, maps [N, H, W, C], note or None, (vmin, vmax))` for uncertainty maps,
+    which get a colour bar at the row's end (give rows the same scale to compare them); a row's
+    note is printed under it."""
     n = len(rows[0][1])
-    fig, axes = subplots(len(rows), n, (1.1 * n + 1.6, 1.25 * len(rows) + 0.6))
-    for r, (name, batch, note) in enumerate(rows):
+    fig, axes = subplots(len(rows), n, (1.1 * n + 2.4, 1.3 * len(rows) + 0.6))
+    for r, (name, batch, note, *scale) in enumerate(rows):
+        scale = scale[0] if scale else None
         for i in range(n):
-            _show(axes[r, i], batch[i])
+            shown = _show(axes[r, i], batch[i], scale=scale)
+        if scale is not None:
+            fig.colorbar(shown, ax=axes[r, :].tolist(), fraction=0.02, pad=0.01).ax.tick_params(labelsize=6)
         axes[r, 0].set_ylabel(name, fontsize=6)
         if note:
             axes[r, n // 2].set_xlabel(note, fontsize=6)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -53,26 +83,25 @@ def components_grid(images, points, log_probs, title=""):
     """Figure 4 layout: per row an input `[H, W, C]` then its K component images `points`
     `[N, K, H, W, C]` titled with `log_probs` `[N, K]` (nats)."""
     n, k = log_probs.shape
-    fig, axes = subplots(n, k + 1, (1.0 * (k + 1), 1.15 * n + 0.5))
+    fig, axes = subplots(n, k + 1, (1.1 * (k + 1) + 0.3, 1.25 * n + 0.6))
     for r in range(n):
         _show(axes[r, 0], images[r], "input")
         for j in range(k):
             _show(axes[r, j + 1], points[r, j], f"{log_probs[r, j]:.0f}")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(textwrap.fill(title, 25 * (k + 1) // 2), fontsize=9)
     return fig
 
 
 def latent_panels(samples, inputs, outputs, embedding=None, labels=None, title="", prior_note=""):
     """Figure 3 layout: (a) decoded latent samples `[S, H, W, C]`, (b) inputs `[N, H, W, C]` with
     output samples `[M, N, H, W, C]` beside each, (c) a t-SNE scatter `[P, 2]` coloured by `labels`."""
-    fig = Figure(figsize=(13, 4.2))
+    fig = Figure(figsize=(13, 4.6), layout="constrained")
     left, mid, right = fig.subfigures(1, 3, width_ratios=[1, 1.2, 1.1])
     cols = int(np.ceil(np.sqrt(len(samples))))
     ax = left.subplots(cols, cols, squeeze=False)
     for i, a in enumerate(ax.flat):
         _show(a, samples[i]) if i < len(samples) else a.axis("off")
-    left.suptitle(f"{title}\n(a) decoded samples, {prior_note}", fontsize=8)
+    left.suptitle(textwrap.fill(f"{title}: (a) decoded samples, {prior_note}", 60), fontsize=8)
     ax = mid.subplots(len(inputs), outputs.shape[0] + 1, squeeze=False)
     for r in range(len(inputs)):
         _show(ax[r, 0], inputs[r], "input" if r == 0 else None)
@@ -97,10 +126,9 @@ def image_grid(images, title="", columns=8):
     fig, axes = subplots(rows, columns, (columns, rows + 0.4))
     for i, ax in enumerate(axes.flat):
         if i < n:
-            ax.imshow(np.asarray(images[i])[..., 0], cmap="gray", vmin=0, vmax=1)
+            _show(ax, images[i])
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(textwrap.fill(title, 12 * columns), fontsize=9)
     return fig
 
 

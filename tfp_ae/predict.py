@@ -5,6 +5,7 @@ Evaluation, figures, FID and export all read their numbers from here."""
 import numpy as np
 
 from tfp_ae._tf import tf, tfp
+from tfp_ae.config import UNCERTAINTIES
 from tfp_ae.data import check_images
 from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED
@@ -26,6 +27,7 @@ QUANTITIES = {  # fn(model, images [B, H, W, C]) -> per-image result(s)
     "point": lambda m, b: m.point_estimate(b),
     "variance": lambda m, b: m.variance(b),
     "point_variance": lambda m, b: m.point_and_variance(b),
+    "interval": lambda m, b: m.interval_width(b),
     "code": lambda m, b: m.encode(b),
     "component_points": lambda m, b: m.head.component_points(m(b, training=False)),
     # fraction of pixels inside the central 95 % interval of CALIBRATION_SAMPLES draws
@@ -73,6 +75,23 @@ def point_estimates(model, x, batch_size=200):
 def variance_maps(model, x, batch_size=200):
     """Per-pixel variance of each image's distribution, `[N, H, W, C]` (NaN where undefined)."""
     return map_batches(model, x, "variance", batch_size)
+
+
+def uncertainty_maps(model, x, kind="interval", batch_size=100):
+    """Per-pixel uncertainty of each image's distribution p(x | input), `[N, H, W, C]`, pixel units.
+
+    `kind` (`tfp_ae.config.UNCERTAINTIES`): `interval`, the width of the central 90 % interval
+    (`Head.interval_width`: every head but `mse`); `std`, the standard deviation; `variance`
+    (pixels^2). `std` and `variance` are NaN where the variance does not exist (t with df <= 2).
+    Raises:
+      InputError: unknown `kind`, bad images.
+    """
+    if kind not in UNCERTAINTIES:
+        raise InputError(f"unknown uncertainty {kind!r}; valid: {', '.join(UNCERTAINTIES)}")
+    if kind == "interval":
+        return map_batches(model, x, "interval", batch_size)
+    var = map_batches(model, x, "variance", batch_size)
+    return np.sqrt(var) if kind == "std" else var
 
 
 def point_and_variance(model, x, batch_size=200):

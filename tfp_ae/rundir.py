@@ -74,7 +74,7 @@ class Progress(tfk.callbacks.Callback):
                 shutil.rmtree(scratch, ignore_errors=True)
 
 
-RESUME_IGNORED = ("out", "data_dir", "verbose", "strategy", "tensorboard")
+RESUME_IGNORED = ("out", "data_dir", "verbose", "strategy", "tensorboard", "uncertainty", "deterministic")
 
 
 def load_state(run_dir, config):

@@ -201,7 +201,8 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     if model.kind == "vae":
         metrics.update(objective=config.objective, iw_samples=config.iw_samples if config.objective == "iwae" else 1)
     if out:
-        plots.save(figures.reconstruction_figure(model, data.x_test[:10]), out / "reconstructions.png")
+        plots.save(figures.reconstruction_figure(model, data.x_test[:10], config.uncertainty),
+                   out / "reconstructions.png")
         if config.extra_figures:
             plots.save(figures.latent_figure(model, data, tsne_images=config.tsne_images, seed=config.seed),
                        out / "samples.png")
