@@ -108,3 +108,24 @@ def test_reconstruction_figure_colour_images_colour_bar_and_t_heads(digits):
         fig = figures.reconstruction_figure(t, digits.x_test[:3], uncertainty=kind)
         texts = [txt.get_text() for a in fig.axes for txt in a.texts]
         assert ("none" in texts) == blank, kind
+
+
+def test_interval_map_of_a_degenerate_t_head_is_the_whole_pixel_range(digits):
+    """A t head whose df collapsed to ~0.01 (as trained on 8-bit data) has an interval wider than
+    float32 (inf); the map shows the fraction of [0, 1] it covers: 1, finite."""
+    t = build_model("student_t_diag", digits.image_shape)
+    dense = t.decoder.layers[-1]
+    bias = dense.bias.numpy()
+    bias[-1] = np.log(np.expm1(0.01))  # df = 0.01 for every input: zero kernel column
+    kernel = dense.kernel.numpy()
+    kernel[:, -1] = 0
+    dense.set_weights([kernel, bias])
+    x = digits.x_test[:3]
+    assert np.all(np.isinf(t.head.interval_width(t(x)).numpy()))
+    maps = predict.uncertainty_maps(t, x)
+    np.testing.assert_allclose(maps, 1.0)
+    normal = build_model("normal_diag", digits.image_shape)
+    m = predict.uncertainty_maps(normal, x)
+    assert m.shape == x.shape and np.all((m >= 0) & (m <= 1))
+    with pytest.raises(ValueError, match="unknown uncertainty"):
+        predict.uncertainty_maps(normal, x, "entropy")

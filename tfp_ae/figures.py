@@ -31,8 +31,13 @@ def _label(model):
 def _uncertainty_note(head, kind):
     if kind == "interval":
         return ("the MSE autoencoder models no spread" if not head.has_variance
-                else "5-95 % quantile range of each pixel, pixel units")
+                else "part of the pixel range [0, 1] inside each pixel's 5-95 % quantile range")
     return head.variance_note
+
+
+def _scale(uncertainty):
+    """The fixed colour range of `interval` maps (a fraction of the pixel range); None: from the data."""
+    return (0.0, 1.0) if uncertainty == "interval" else None
 
 
 def reconstruction_figure(model, images, uncertainty="interval"):
@@ -42,7 +47,7 @@ def reconstruction_figure(model, images, uncertainty="interval"):
     return plots.reconstruction_figure(images, point_estimates(model, images),
                                        uncertainty_maps(model, images, uncertainty), title=_label(model),
                                        note=_uncertainty_note(model.head, uncertainty),
-                                       label=plots.UNCERTAINTY_LABELS[uncertainty])
+                                       label=plots.UNCERTAINTY_LABELS[uncertainty], scale=_scale(uncertainty))
 
 
 def heads_figure(models, images, title="", uncertainty="interval"):
@@ -56,7 +61,7 @@ def heads_figure(models, images, title="", uncertainty="interval"):
     Returns: a `Figure`.
     """
     maps = [uncertainty_maps(m, images, uncertainty) for m in models]
-    scale = plots.map_scale(*maps)
+    scale = _scale(uncertainty) or plots.map_scale(*maps)
     rows = [("input", images, None)]
     for m, u in zip(models, maps):
         rows += [(f"{_label(m)}\npoint", point_estimates(m, images), None),

@@ -372,15 +372,17 @@ class Head(tfpl.DistributionLambda):
         closed form (`interval_width` then samples). Overridden by the families."""
         return None
 
-    def interval_width(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
-        """Per-pixel width of the central `level` interval of p(x_pixel | input), `[B, H, W, C]`,
-        in pixel units (pixels in [0, 1]): `F^-1((1 + level) / 2) - F^-1((1 - level) / 2)` of each
-        pixel's marginal F. Unlike the variance it exists for every head (Student-t with df <= 2,
-        MAF, mixtures, Bernoulli). Exact from the marginal's quantiles (`marginal`) for K = 1
-        normal, Student-t (Kotz & Nadarajah 2004: marginals of a multivariate or matrix t are t
-        with the same df), logistic and continuous Bernoulli heads; otherwise (mixtures, MAF,
-        Bernoulli) the empirical percentiles of `INTERVAL_SAMPLES` draws with the stateless
-        `seed` (linear interpolation). NaN for `mse`, which models no spread.
+    def interval(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
+        """Per-pixel central `level` interval of p(x_pixel | input): `(lo, hi)`, each `[B, H, W, C]`
+        in pixel units (pixels in [0, 1]; the bounds may lie outside, and are infinite where the
+        quantile overflows float32, e.g. a t with df ~ 0.01), `lo = F^-1((1 - level) / 2)`,
+        `hi = F^-1((1 + level) / 2)` of each pixel's marginal F. Unlike the variance it exists for
+        every head (Student-t with df <= 2, MAF, mixtures, Bernoulli). Exact from the marginal's
+        quantiles (`marginal`) for K = 1 normal, Student-t (Kotz & Nadarajah 2004: the marginals of
+        a multivariate or elliptical matrix t are t with the same df), logistic and continuous
+        Bernoulli heads; otherwise (mixtures, MAF, Bernoulli) the empirical percentiles of
+        `INTERVAL_SAMPLES` draws with the stateless `seed` (linear interpolation). NaN for `mse`,
+        which models no spread.
         Raises:
           InputError: `level` outside (0, 1).
         """
@@ -389,10 +391,16 @@ class Head(tfpl.DistributionLambda):
         _, logits, comp = self._parts(dist)
         marginal = self.marginal(comp) if logits is None else None
         if marginal is not None:
-            return self._to_image(marginal.quantile((1 + level) / 2) - marginal.quantile((1 - level) / 2))
+            return (self._to_image(marginal.quantile((1 - level) / 2)),
+                    self._to_image(marginal.quantile((1 + level) / 2)))
         x = self.sample(dist, INTERVAL_SAMPLES, seed=seed)
         lo, hi = tf.unstack(tfp.stats.percentile(x, [50 * (1 - level), 50 * (1 + level)], axis=0,
                                                  interpolation="linear"))
+        return lo, hi
+
+    def interval_width(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
+        """`hi - lo` of `interval`, `[B, H, W, C]`, pixel units (may exceed 1, or be inf)."""
+        lo, hi = self.interval(dist, level, seed)
         return hi - lo
 
     def _mixture_log_prob_at(self, inner, points):
@@ -507,9 +515,9 @@ class MSE(NormalIdentity):
         """NaN `[B, H, W, C]`: MSE training fixes no variance (its NLL assumes 1, which is not learned)."""
         return tf.fill(tf.shape(self.mean(dist)), np.nan)
 
-    def interval_width(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
-        """NaN `[B, H, W, C]`, as `variance`."""
-        return self.variance(dist)
+    def interval(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
+        """NaN bounds `[B, H, W, C]`, as `variance`."""
+        return self.variance(dist), self.variance(dist)
 
     loss = staticmethod(squared_error)
 

@@ -86,10 +86,10 @@ class ProbabilisticModel(tfk.Model):
         t heads with df <= 2)."""
         return self.head.variance(self(x, training=False), seed=seed)
 
-    def interval_width(self, x, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
-        """Per-pixel width of the central `level` interval of p(x | input), `[B, H, W, C]` in pixel
-        units (`tfp_ae.heads.Head.interval_width`); exists for every head but `mse`."""
-        return self.head.interval_width(self(x, training=False), level, seed=seed)
+    def interval(self, x, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
+        """Per-pixel central `level` interval `(lo, hi)` of p(x | input), each `[B, H, W, C]` in pixel
+        units (`tfp_ae.heads.Head.interval`); exists for every head but `mse`."""
+        return self.head.interval(self(x, training=False), level, seed=seed)
 
     def point_and_variance(self, x, seed=SAMPLE_SEED):
         """`point_estimate` and `variance` in one pass (MAF draws its samples once)."""

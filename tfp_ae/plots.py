@@ -7,7 +7,7 @@ from matplotlib.figure import Figure
 
 
 UNCERTAINTY_CMAP = "viridis"  # perceptually uniform, readable in grey and by colour-blind readers
-UNCERTAINTY_LABELS = {"interval": "90 % interval width", "std": "standard deviation", "variance": "variance"}
+UNCERTAINTY_LABELS = {"interval": "90 % interval in [0, 1]", "std": "standard deviation", "variance": "variance"}
 
 
 def subplots(rows, cols, figsize):
@@ -24,18 +24,20 @@ def map_scale(*maps):
     return 0.0, vmax if vmax > 0 else 1.0
 
 
-def reconstruction_figure(images, point, uncertainty=None, title="", note=None, label=UNCERTAINTY_LABELS["interval"]):
+def reconstruction_figure(images, point, uncertainty=None, title="", note=None, label=UNCERTAINTY_LABELS["interval"],
+                          scale=None):
     """Rows: inputs, point estimates and (if given) per-pixel uncertainty maps with a colour bar.
 
     Args:
       images, point: `[N, H, W, C]` in [0, 1] (grey for C = 1, colour for C = 3).
       uncertainty: `[N, H, W, C]` (pixel units, e.g. `tfp_ae.predict.uncertainty_maps`) or None;
         drawn in `UNCERTAINTY_CMAP` (mean over channels for colour images); NaN pixels are blank.
-      note: caveat printed under the uncertainty row; label: its name.
+      note: caveat printed under the uncertainty row; label: its name; scale: its colour range
+        (vmin, vmax), default `map_scale(uncertainty)`.
     """
     rows = [("input", images, None), ("point estimate", point, None)]
     if uncertainty is not None:
-        rows.append((label, uncertainty, note, map_scale(uncertainty)))
+        rows.append((label, uncertainty, note, scale or map_scale(uncertainty)))
     return image_rows(rows, title)
 
 

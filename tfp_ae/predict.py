@@ -27,7 +27,7 @@ QUANTITIES = {  # fn(model, images [B, H, W, C]) -> per-image result(s)
     "point": lambda m, b: m.point_estimate(b),
     "variance": lambda m, b: m.variance(b),
     "point_variance": lambda m, b: m.point_and_variance(b),
-    "interval": lambda m, b: m.interval_width(b),
+    "interval": lambda m, b: m.interval(b),
     "code": lambda m, b: m.encode(b),
     "component_points": lambda m, b: m.head.component_points(m(b, training=False)),
     # fraction of pixels inside the central 95 % interval of CALIBRATION_SAMPLES draws
@@ -78,18 +78,23 @@ def variance_maps(model, x, batch_size=200):
 
 
 def uncertainty_maps(model, x, kind="interval", batch_size=100):
-    """Per-pixel uncertainty of each image's distribution p(x | input), `[N, H, W, C]`, pixel units.
+    """Per-pixel uncertainty of each image's distribution p(x | input), `[N, H, W, C]`.
 
-    `kind` (`tfp_ae.config.UNCERTAINTIES`): `interval`, the width of the central 90 % interval
-    (`Head.interval_width`: every head but `mse`); `std`, the standard deviation; `variance`
-    (pixels^2). `std` and `variance` are NaN where the variance does not exist (t with df <= 2).
+    `kind` (`tfp_ae.config.UNCERTAINTIES`):
+    - `interval`: the length of the part of the pixel range [0, 1] that the central 90 % interval
+      covers, `clip(hi, 0, 1) - clip(lo, 0, 1)` with `(lo, hi)` from `model.interval`; in [0, 1]
+      for every head but `mse` (NaN), so maps compare across heads on one fixed scale (1: the
+      interval spans every possible pixel value, e.g. a t head whose learned df ~ 0.01);
+    - `std`: the standard deviation (pixels); `variance` (pixels^2). Both are NaN where the variance
+      does not exist (t with df <= 2).
     Raises:
       InputError: unknown `kind`, bad images.
     """
     if kind not in UNCERTAINTIES:
         raise InputError(f"unknown uncertainty {kind!r}; valid: {', '.join(UNCERTAINTIES)}")
     if kind == "interval":
-        return map_batches(model, x, "interval", batch_size)
+        lo, hi = map_batches(model, x, "interval", batch_size)
+        return np.clip(hi, 0, 1) - np.clip(lo, 0, 1)
     var = map_batches(model, x, "variance", batch_size)
     return np.sqrt(var) if kind == "std" else var
 
