@@ -248,5 +248,4 @@ def study_figure(models, datasets=TOY_DATASETS, seed=0, grid=100):
             axes[r, 3].set_title(f"{name}: VAE latent means (colour = angle of x)", fontsize=8)
         for ax in axes[r]:
             ax.set_xticks([]), ax.set_yticks([])
-    fig.tight_layout()
     return fig
