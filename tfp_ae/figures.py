@@ -53,7 +53,8 @@ def reconstruction_figure(model, images, uncertainty="interval"):
 def heads_figure(models, images, title="", uncertainty="interval"):
     """Figures 1 and 2: one input row, then for each model a point-estimate row and an
     uncertainty row (`uncertainty` as in `reconstruction_figure`). All uncertainty rows share one
-    colour scale (`plots.map_scale`), so the maps compare across heads; each has its colour bar.
+    colour scale (0 to 1 for `interval`, else `plots.map_scale` of all maps), so the maps compare
+    across heads; each has its colour bar.
 
     Args:
       models: trained models (any heads; a `mse` head gets a blank row with its note).

@@ -40,6 +40,13 @@ INTERVAL_LEVEL = 0.9    # uncertainty maps: width of the central 90 % (5-95 %) i
 INTERVAL_SAMPLES = 1000  # draws per pixel where the interval is estimated from samples
 
 
+def sample_interval(samples, level):
+    """Empirical central `level` interval `(lo, hi)` of draws `samples` `[S, ...]` along axis 0: the
+    `(1 - level) / 2` and `(1 + level) / 2` percentiles (linear interpolation), each `[...]`."""
+    return tf.unstack(tfp.stats.percentile(samples, [50 * (1 - level), 50 * (1 + level)], axis=0,
+                                           interpolation="linear"))
+
+
 def register(obj):
     """Register a class or function with Keras as `tfp_ae>Name`, so `tf_keras.models.load_model`
     finds it after `import tfp_ae` with default arguments."""
@@ -369,7 +376,7 @@ class Head(tfpl.DistributionLambda):
     def marginal(self, comp):
         """Each pixel's marginal distribution under the component distribution `comp`: batch
         `[..., *natural_event_shape]`, scalar event, with a `quantile`; None where it has no
-        closed form (`interval_width` then samples). Overridden by the families."""
+        closed form (`interval` then samples). Overridden by the families."""
         return None
 
     def interval(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
@@ -393,10 +400,7 @@ class Head(tfpl.DistributionLambda):
         if marginal is not None:
             return (self._to_image(marginal.quantile((1 - level) / 2)),
                     self._to_image(marginal.quantile((1 + level) / 2)))
-        x = self.sample(dist, INTERVAL_SAMPLES, seed=seed)
-        lo, hi = tf.unstack(tfp.stats.percentile(x, [50 * (1 - level), 50 * (1 + level)], axis=0,
-                                                 interpolation="linear"))
-        return lo, hi
+        return sample_interval(self.sample(dist, INTERVAL_SAMPLES, seed=seed), level)
 
     def interval_width(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
         """`hi - lo` of `interval`, `[B, H, W, C]`, pixel units (may exceed 1, or be inf)."""
@@ -517,7 +521,8 @@ class MSE(NormalIdentity):
 
     def interval(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
         """NaN bounds `[B, H, W, C]`, as `variance`."""
-        return self.variance(dist), self.variance(dist)
+        nan = self.variance(dist)
+        return nan, nan
 
     loss = staticmethod(squared_error)
 
@@ -568,11 +573,40 @@ class Logistic(PixelHead):
 
 
 # ---- vector heads: one multivariate distribution over the D = H*W*C pixels -------------------
-class VectorHead(Head):
-    """Multivariate normal / Student-t over the flattened image, with an identity, diagonal or
-    full (lower-triangular, `FillScaleTriL`) scale. Student-t heads add one df per component."""
+class _EllipticalHead(Head):
+    """Normal or Student-t heads with a scale operator (vector and matrix heads): each pixel's
+    marginal is N(mu, s^2) or, for Student-t heads, t(df, mu, s) with the same df (Kotz &
+    Nadarajah 2004), where s^2 (`_squared_scale`) is the pixel's diagonal entry of the scale's
+    outer product."""
     scale = "identity"
     student_t = False
+
+    def _squared_scale(self, comp):
+        """s^2 of every pixel, `[..., *natural_event_shape]`."""
+        raise NotImplementedError
+
+    def _pixel_df(self, comp):
+        """df `[...]` broadcastable against the pixels `[..., *natural_event_shape]`."""
+        return comp.df[(Ellipsis,) + (None,) * len(self.natural_event_shape)]
+
+    def marginal(self, comp):
+        scale = tf.sqrt(self._squared_scale(comp))
+        if self.student_t:
+            return tfd.StudentT(self._pixel_df(comp), comp.loc, scale)
+        return tfd.Normal(comp.loc, scale)
+
+    def component_variance(self, comp):
+        """s^2, or df / (df - 2) s^2 for Student-t heads, NaN where df <= 2."""
+        var = self._squared_scale(comp)
+        if self.student_t:
+            df = self._pixel_df(comp)
+            var = tf.where(df > 2, var * df / (df - 2), np.nan)
+        return var
+
+
+class VectorHead(_EllipticalHead):
+    """Multivariate normal / Student-t over the flattened image, with an identity, diagonal or
+    full (lower-triangular, `FillScaleTriL`) scale. Student-t heads add one df per component."""
 
     @property
     def natural_event_shape(self):
@@ -598,19 +632,9 @@ class VectorHead(Head):
                 df=positive(tf.squeeze(df, -1)), loc=loc, scale=_scale_operator(self.scale, s, d))
         return tfd.MultivariateNormalLinearOperator(loc, _scale_operator(self.scale, s, d))
 
-    def marginal(self, comp):
-        """N(mu_i, sum_j L_ij^2), or t(df, mu_i, sqrt(sum_j L_ij^2)) for Student-t heads."""
-        scale = tf.sqrt(_row_variance(comp.scale)) * tf.ones_like(comp.loc)
-        if self.student_t:
-            return tfd.StudentT(comp.df[..., None], comp.loc, scale)
-        return tfd.Normal(comp.loc, scale)
-
-    def component_variance(self, comp):
-        var = _row_variance(comp.scale) * tf.ones_like(comp.loc)
-        if self.student_t:
-            df = comp.df[..., None]
-            var = tf.where(df > 2, var * df / (df - 2), np.nan)
-        return var
+    def _squared_scale(self, comp):
+        """Pixel i: sum_j L_ij^2, `[..., D]`."""
+        return _row_variance(comp.scale) * tf.ones_like(comp.loc)
 
 
 class NormalFull(VectorHead):
@@ -702,12 +726,10 @@ class MatrixT(tfd.MatrixTLinearOperator):
         return self.loc + tf.sqrt(df / g)[..., None, None] * _matrix_noise(self, n, normal_seed)
 
 
-class MatrixHead(Head):
+class MatrixHead(_EllipticalHead):
     """Matrix normal MN(M, U, V) or matrix-t on the H x W image, with row scale U (H x H) and
     column scale V (W x W) each identity, diagonal or lower-triangular (Dawid 1981; Gupta & Nagar
     2000). Its variance map is the product of row and column variances."""
-    scale = "identity"
-    student_t = False
     variance_note = "variance = row variance x column variance"
 
     def _check_event_shape(self, event_shape):
@@ -733,22 +755,11 @@ class MatrixHead(Head):
             return MatrixT(positive(tf.squeeze(df, -1)), loc, rows, cols)
         return MatrixNormal(loc, rows, cols)
 
-    def marginal(self, comp):
-        """Pixel (i, j): N(M_ij, u_i v_j), or t(df, M_ij, sqrt(u_i v_j)) for matrix-t heads, with u, v
-        the row and column variances (the squared row norms of the row and column scales)."""
+    def _squared_scale(self, comp):
+        """Pixel (i, j): u_i v_j, `[..., H, W]`, with u, v the row and column variances (the squared
+        row norms of the row and column scales)."""
         var = _row_variance(comp.scale_row)[..., :, None] * _row_variance(comp.scale_column)[..., None, :]
-        scale = tf.sqrt(var) * tf.ones_like(comp.loc)
-        if self.student_t:
-            return tfd.StudentT(comp.df[..., None, None], comp.loc, scale)
-        return tfd.Normal(comp.loc, scale)
-
-    def component_variance(self, comp):
-        var = _row_variance(comp.scale_row)[..., :, None] * _row_variance(comp.scale_column)[..., None, :]
-        var = var * tf.ones_like(comp.loc)
-        if self.student_t:
-            df = comp.df[..., None, None]
-            var = tf.where(df > 2, var * df / (df - 2), np.nan)
-        return var
+        return var * tf.ones_like(comp.loc)
 
 
 class MatrixNormalIdentity(MatrixHead):

@@ -4,11 +4,11 @@ points. One compiled graph per model and quantity (any batch size); results as n
 Evaluation, figures, FID and export all read their numbers from here."""
 import numpy as np
 
-from tfp_ae._tf import tf, tfp
+from tfp_ae._tf import tf
 from tfp_ae.config import UNCERTAINTIES
 from tfp_ae.data import check_images
 from tfp_ae.errors import InputError
-from tfp_ae.heads import SAMPLE_SEED
+from tfp_ae.heads import SAMPLE_SEED, sample_interval
 
 CALIBRATION_SAMPLES = 100
 
@@ -16,8 +16,8 @@ CALIBRATION_SAMPLES = 100
 def _coverage(samples, x, level=0.95):
     """Per image `[B]`: fraction of pixels of `x` `[B, H, W, C]` inside the central `level`
     interval of `samples` `[S, B, H, W, C]` (empirical per-pixel quantiles)."""
-    q = tfp.stats.percentile(samples, [50 * (1 - level), 50 * (1 + level)], axis=0, interpolation="linear")
-    inside = tf.cast((x >= q[0]) & (x <= q[1]), tf.float32)
+    lo, hi = sample_interval(samples, level)
+    inside = tf.cast((x >= lo) & (x <= hi), tf.float32)
     return tf.reduce_mean(inside, axis=[-3, -2, -1])
 
 
