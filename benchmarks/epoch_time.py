@@ -1,14 +1,34 @@
-"""Benchmark (not a test): seconds per training epoch of each head, as a ratio to the plain `mse`
-autoencoder measured in the same run, plus peak memory and the cost of the evaluation paths.
+"""Benchmark (not a test): seconds per training epoch of each head against its hardware bound.
 
     python benchmarks/epoch_time.py                                    # default set, MNIST MLP
-    python benchmarks/epoch_time.py --heads mse normal_diag maf --components 1 --epochs 3 --jit
+    python benchmarks/epoch_time.py --heads mse normal_diag --components 1 10 --epochs 3
+    python benchmarks/epoch_time.py --steps-per-execution 1            # one step per compiled call
     python benchmarks/epoch_time.py --device gpu --out docs/benchmarks/gpu.md
 
-Each configuration runs in a fresh process (so peak memory is its own): one warm-up epoch, then
-`--epochs` timed epochs (median reported) on MNIST-shaped data (real MNIST when it is available,
-else random 28x28 images), batch 128, the package's tf.data pipeline and `model.fit`. `eval s` is
-the point estimates plus variance maps of 1000 test images (the figure/metrics path).
+The same run first measures the machine (one child process): its float32 matmul rate (a
+2048 x 2048 x 2048 `tf.matmul`, best of 10) and its memory bandwidth (`y = x * c` on 64M floats:
+one read and one write of 256 MB each, best of 10). Then every configuration runs in a fresh
+process (so peak memory is its own) and is timed through the two paths users take, each with one
+warm-up epoch and then `--epochs` timed epochs (median reported), batch 128, on MNIST (real when
+available, else random 28 x 28 images):
+
+- `tfp-ae` path: the package's tf.data pipeline (`tfp_ae.data.make_pipeline`) and `model.fit`,
+  what `tfp-ae train` runs;
+- `arrays` path: `model.fit(x, x, batch_size=128)` on NumPy arrays (Keras' own shuffling).
+
+Bounds for the MLP (per epoch of N images, D = 784 inputs, a 32-unit code, P = the head's
+decoder outputs `head.size`):
+
+- FLOP bound = N x 3 x 2 x (D x 32 + 32 x P) / matmul rate: the two dense layers' matmuls, forward
+  and the two backward products (the head's own arithmetic is not counted, it is elementwise or,
+  for the full-scale heads, a triangular solve of ~2 x 784^2 FLOPs per image, < 7 % of the decoder).
+- memory bound = steps x bytes / bandwidth, bytes per step = 7 x 4 x (parameters) (Adam reads
+  parameter, gradient, m and v, and writes parameter, m, v) + 4 x 4 x B x (D + P) (the decoder
+  output written by the matmul, read by the head, its gradient written and read by the weight
+  gradient; likewise the input): a count of the traffic no implementation can avoid.
+- ratio = measured seconds / the larger bound. Lower is better; 1x is the hardware's limit.
+
+`eval s` is the point estimates plus variance maps of 1000 test images (the figure/metrics path).
 """
 import argparse
 import datetime
@@ -27,10 +47,35 @@ K1 = ["mse", "normal_identity", "normal_diag", "normal_full", "student_t_identit
 K10 = ["normal_identity", "normal_diag", "student_t_identity", "student_t_diag", "matrix_normal_identity",
        "matrix_normal_diag", "matrix_normal_full", "matrix_t_identity", "matrix_t_diag", "matrix_t_full"]
 DEFAULT = [(h, 1) for h in K1] + [(h, 10) for h in K10]
+PATHS = ("tfp-ae", "arrays")
+
+
+def machine(args):
+    """Child process: the matmul rate (FLOP/s) and memory bandwidth (bytes/s) TensorFlow reaches here."""
+    from tfp_ae._tf import tf
+    from tfp_ae.runtime import device_summary
+
+    with tf.device("/GPU:0" if args.device == "gpu" else "/CPU:0"):
+        a = tf.random.normal([2048, 2048])
+        x = tf.random.normal([64 * 2 ** 20])
+
+        def best(fn, n=10):
+            fn().numpy()
+            times = []
+            for _ in range(n):
+                t = time.perf_counter()
+                fn().numpy().ravel()[:1]
+                times.append(time.perf_counter() - t)
+            return min(times)
+
+        matmul = best(lambda: tf.reduce_sum(tf.matmul(a, a)))
+        copy = best(lambda: tf.reduce_sum((x * 1.0001)[:1]))
+    print("RESULT " + json.dumps(dict(flops=2 * 2048 ** 3 / matmul, bandwidth=2 * 4 * x.shape[0] / copy,
+                                      device=device_summary())))
 
 
 def one(args):
-    """Child process: time one configuration, print one JSON line."""
+    """Child process: time one configuration through both paths, print one JSON line."""
     import numpy as np
     import tfp_ae  # noqa: F401  (Keras 2)
     from tfp_ae._tf import tf, tfk
@@ -49,25 +94,34 @@ def one(args):
         x = rng.integers(0, 256, (args.train_limit, 28, 28, 1)).astype(np.float32) / 255
         x_test, source = x[:1000], "random"
     tfk.utils.set_random_seed(0)
-    model = compile_model(build_model(args.head, x.shape[1:], args.k, args.arch), jit_compile=args.jit)
-    jit = "off"
+
+    def build(jit):
+        return compile_model(build_model(args.head, x.shape[1:], args.k, args.arch), jit_compile=jit,
+                             steps_per_execution=args.steps_per_execution)
+
+    model, jit = build(args.jit), "off"
     if args.jit:
         ok, why = probe_jit(model, x[:args.batch_size])
         jit = "xla" if ok else f"fallback: {why[:80]}"
         if not ok:
-            model = compile_model(build_model(args.head, x.shape[1:], args.k, args.arch))
+            model = build(False)
     steps = -(-len(x) // args.batch_size)
-    ds = make_pipeline(x, args.batch_size, seed=0, repeat=True)
-    seconds = []
+    seconds = {path: [] for path in PATHS}
 
     class Timer(tfk.callbacks.Callback):
+        def __init__(self, path):
+            super().__init__()
+            self.path = path
+
         def on_epoch_begin(self, epoch, logs=None):
             self.t = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            seconds.append(time.perf_counter() - self.t)
+            seconds[self.path].append(time.perf_counter() - self.t)
 
-    model.fit(ds, epochs=1 + args.epochs, steps_per_epoch=steps, verbose=0, callbacks=[Timer()])
+    ds = make_pipeline(x, args.batch_size, seed=0, repeat=True)
+    model.fit(ds, epochs=1 + args.epochs, steps_per_epoch=steps, verbose=0, callbacks=[Timer("tfp-ae")])
+    model.fit(x, x, batch_size=args.batch_size, epochs=1 + args.epochs, verbose=0, callbacks=[Timer("arrays")])
     t = time.perf_counter()
     point_and_variance(model, x_test)
     eval_s = time.perf_counter() - t
@@ -75,55 +129,81 @@ def one(args):
         peak_mb = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    sec = statistics.median(seconds[1:])
-    print("RESULT " + json.dumps(dict(head=args.head, k=args.k, arch=args.arch, seconds=sec, steps_per_s=steps / sec,
-                                      warmup_s=seconds[0], eval_s=eval_s, peak_mb=peak_mb, jit=jit,
-                                      params=int(model.count_params()), data=source, device=device_summary())))
+    print("RESULT " + json.dumps(dict(
+        head=args.head, k=args.k, arch=args.arch, steps=steps, eval_s=eval_s, peak_mb=peak_mb, jit=jit,
+        seconds={p: statistics.median(s[1:]) for p, s in seconds.items()}, warmup_s=seconds["tfp-ae"][0],
+        params=int(model.count_params()), outputs=int(model.head.size), data=source, device=device_summary())))
+
+
+def bounds(r, hw, args, images):
+    """(FLOP bound, memory bound) in seconds per epoch of `images` images, MLP only (else None, None)."""
+    if args.arch != "mlp":
+        return None, None
+    d, code, p, b = 784, 32, r["outputs"], args.batch_size
+    flop = images * 3 * 2 * (d * code + code * p) / hw["flops"]
+    steps = -(-images // b)
+    memory = steps * (7 * 4 * r["params"] + 4 * 4 * b * (d + p)) / hw["bandwidth"]
+    return flop, memory
+
+
+def run_child(argv, env):
+    r = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, env=env)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    if r.returncode or not lines:
+        return dict(error=f"exit {r.returncode}: {(r.stderr.strip().splitlines() or ['?'])[-1][:120]}")
+    return json.loads(lines[-1][7:])
 
 
 def main():
+    from tfp_ae.config import STEPS_PER_EXECUTION
+    from tfp_ae.heads import get_head
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--heads", nargs="+", help="heads to time (default: the set below)")
     p.add_argument("--components", nargs="+", type=int, default=None, help="K values for --heads")
     p.add_argument("--arch", default="mlp")
-    p.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up")
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up, per path")
     p.add_argument("--train-limit", type=int, default=60000)
     p.add_argument("--heavy-limit", type=int, default=2560, help="train images for heads with more than 100k "
                    "decoder outputs (normal_full, student_t_full); their epoch time is projected to --train-limit")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps-per-execution", type=int, default=STEPS_PER_EXECUTION)
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--jit", action="store_true", help="XLA (reported fallback where a head does not compile)")
     p.add_argument("--out", help="write the table (Markdown) here")
     p.add_argument("--one", nargs=2, metavar=("HEAD", "K"), help=argparse.SUPPRESS)
+    p.add_argument("--machine", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.machine:
+        return machine(args)
     if args.one:
         args.head, args.k = args.one[0], int(args.one[1])
         return one(args)
     configs = DEFAULT if not args.heads else [(h, k) for h in args.heads for k in (args.components or [1])]
-    if ("mse", 1) not in configs:
-        configs = [("mse", 1)] + configs
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
+    common = ["--device", args.device]
+    hw = run_child(["--machine", *common], env)
+    if "error" in hw:
+        raise SystemExit(f"measuring the machine failed: {hw['error']}")
+    print(f"machine: {hw['flops'] / 1e9:.0f} GFLOP/s float32 matmul, {hw['bandwidth'] / 1e9:.1f} GB/s memory, "
+          f"{hw['device']}", flush=True)
     rows = []
-    from tfp_ae.heads import get_head
     for head, k in configs:
         heavy = get_head(head).params_size((28, 28, 1), k) > 100_000
         limit = min(args.heavy_limit, args.train_limit) if heavy else args.train_limit
-        cmd = [sys.executable, __file__, "--one", head, str(k), "--arch", args.arch, "--epochs", str(args.epochs),
-               "--train-limit", str(limit), "--batch-size", str(args.batch_size), "--device", args.device]
-        r = subprocess.run(cmd + (["--jit"] if args.jit else []), capture_output=True, text=True, env=env)
-        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
-        if r.returncode or not lines:
-            err = (r.stderr.strip().splitlines() or ["?"])[-1][:120]
-            rows.append(dict(head=head, k=k, error=f"exit {r.returncode}: {err}"))
-        else:
-            r = json.loads(lines[-1][7:])
-            r["train_images"] = limit
-            r["epoch_s"] = r["seconds"] * (-(-args.train_limit // args.batch_size)) / (-(-limit // args.batch_size))
-            rows.append(r)
-        print(format_row(rows[-1], rows[0]), flush=True)
-    table = render(rows, args)
+        r = run_child(["--one", head, str(k), "--arch", args.arch, "--epochs", str(args.epochs), "--train-limit",
+                       str(limit), "--batch-size", str(args.batch_size), "--steps-per-execution",
+                       str(args.steps_per_execution), *common] + (["--jit"] if args.jit else []), env)
+        r.update(head=head, k=k, train_images=limit)
+        if "error" not in r:  # project to a full epoch of --train-limit images
+            scale = -(-args.train_limit // args.batch_size) / r["steps"]
+            r["epoch_s"] = {path: sec * scale for path, sec in r["seconds"].items()}
+            r["flop_bound"], r["memory_bound"] = bounds(r, hw, args, args.train_limit)
+        rows.append(r)
+        print(format_row(r, args), flush=True)
+    table = render(rows, hw, args)
     print(table)
     if args.out:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
@@ -131,12 +211,18 @@ def main():
             f.write(table)
 
 
-def format_row(r, base):
+def format_row(r, args):
     if "error" in r:
-        return f"| {r['head']} | {r['k']} | - | - | - | - | - | - | {r['error']} |"
-    ratio = r["epoch_s"] / base["epoch_s"] if "epoch_s" in base else float("nan")
-    projected = "" if r["train_images"] == base.get("train_images") else f" (timed on {r['train_images']} images)"
-    return (f"| {r['head']} | {r['k']} | {r['epoch_s']:.2f}{projected} | {ratio:.2f}x | {r['steps_per_s']:.1f} | "
+        return f"| {r['head']} | {r['k']} | {r['error']} |" + " - |" * 10
+    t, a = r["epoch_s"]["tfp-ae"], r["epoch_s"]["arrays"]
+    projected = "" if r["train_images"] == args.train_limit else f" (timed on {r['train_images']})"
+    if r["flop_bound"] is None:
+        bound_cells = "- | - | - | -"
+    else:
+        bound = max(r["flop_bound"], r["memory_bound"])
+        which = "memory" if r["memory_bound"] > r["flop_bound"] else "FLOP"
+        bound_cells = f"{r['flop_bound']:.3f} | {r['memory_bound']:.3f} | {t / bound:.1f}x | {a / bound:.1f}x ({which})"
+    return (f"| {r['head']} | {r['k']} | {r['outputs']} | {t:.2f}{projected} | {a:.2f} | {bound_cells} | "
             f"{r['eval_s']:.2f} | {r['peak_mb']:.0f} | {r['params']} | {r['jit']} |")
 
 
@@ -148,18 +234,25 @@ def cpu_name():
         return platform.processor() or "unknown CPU"
 
 
-def render(rows, args):
-    ok = next((r for r in rows if "seconds" in r), {})
-    head = [f"# Epoch time per head ({args.arch}, batch {args.batch_size}, {ok.get('data', '?')} "
-            f"{args.train_limit} images, median of {args.epochs} epochs after 1 warm-up)", "",
-            f"Machine: {platform.platform()}, {cpu_name()}, {os.cpu_count()} CPU cores, device {ok.get('device', '?')}, "
-            f"Python {platform.python_version()}; {datetime.date.today()}; command: "
+def render(rows, hw, args):
+    ok = next((r for r in rows if "epoch_s" in r), {})
+    head = [f"# Epoch time per head against its bound ({args.arch}, batch {args.batch_size}, {ok.get('data', '?')} "
+            f"{args.train_limit} images, median of {args.epochs} epochs after 1 warm-up, per path)", "",
+            f"Machine: {platform.platform()}, {cpu_name()}, {os.cpu_count()} CPU cores, device {hw['device']}, "
+            f"Python {platform.python_version()}; measured in the same run: **{hw['flops'] / 1e9:.0f} GFLOP/s** "
+            f"float32 matmul (2048^3), **{hw['bandwidth'] / 1e9:.1f} GB/s** memory (y = c x, 256 MB); "
+            f"{datetime.date.today()}; steps per execution {args.steps_per_execution}; command: "
             f"`python benchmarks/epoch_time.py {' '.join(sys.argv[1:])}`", "",
-            "ratio = seconds per epoch / the mse head's in the same run; eval s = point estimates + variance maps "
-            "of 1000 test images; peak MB = the process's peak resident memory (GPU: peak device memory).", "",
-            "| head | K | s/epoch | ratio to mse | steps/s | eval s | peak MB | params | jit |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    return "\n".join(head + [format_row(r, rows[0]) for r in rows]) + "\n"
+            "s/epoch: `tfp-ae` = the package's tf.data pipeline + `model.fit` (what `tfp-ae train` runs), "
+            "`arrays` = `model.fit(x, x, batch_size=128)` on NumPy arrays. FLOP bound = N x 3 x 2 x (784 x 32 + "
+            "32 x P) / matmul rate; memory bound = steps x (7 x 4 x params + 4 x 4 x B x (784 + P)) bytes / "
+            "bandwidth (Adam's reads and writes of every parameter, the input and decoder output and their "
+            "gradients); ratio = s/epoch / the larger bound (named). eval s = point estimates + variance maps of "
+            "1000 test images; peak MB = the process's peak resident memory (GPU: peak device memory).", "",
+            "| head | K | P | s/epoch tfp-ae | s/epoch arrays | FLOP bound s | memory bound s | ratio tfp-ae | "
+            "ratio arrays | eval s | peak MB | params | jit |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    return "\n".join(head + [format_row(r, args) for r in rows]) + "\n"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ OBJECTIVES = ("elbo", "iwae")
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 UNCERTAINTIES = ("interval", "std", "variance")  # per-pixel uncertainty maps: 90 % interval width, std, variance
+STEPS_PER_EXECUTION = 32  # training steps per call of Keras' compiled train function (docs/benchmarks/cpu_mlp.md)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class RunConfig:
     data_dir: Optional[str] = None
     out: Optional[str] = None
     jit_compile: bool = False
+    steps_per_execution: int = STEPS_PER_EXECUTION  # Keras compile argument: steps per compiled call (same results)
     precision: str = "float32"         # PRECISIONS: Keras mixed precision policy of the layers
     rescale: bool = False              # divide the images by 255 (user data given as 0-255)
     strategy: str = "default"          # STRATEGIES: tf.distribute strategy
@@ -74,7 +76,7 @@ class RunConfig:
                                  + (" (a vae needs a latent bottleneck)" if name == "arch" else ""))
         head = get_head(self.head)
         at_least = dict(components=1, latent_dim=1, iw_samples=1, epochs=1, batch_size=1, seed=0, retries=0,
-                        eval_images=1, tsne_images=0)
+                        eval_images=1, tsne_images=0, steps_per_execution=1)
         if self.train_limit is not None:
             at_least["train_limit"] = 1
         for name, low in at_least.items():

@@ -15,7 +15,7 @@ over images (its head's), registered with Keras, so after `import tfp_ae`:
 import math
 
 from tfp_ae._tf import tf, tfd, tfk
-from tfp_ae.config import ARCHS
+from tfp_ae.config import ARCHS, STEPS_PER_EXECUTION
 from tfp_ae.errors import InputError
 from tfp_ae.heads import INTERVAL_LEVEL, SAMPLE_SEED, make_head, register
 
@@ -253,9 +253,16 @@ def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, 
     return model
 
 
-def compile_model(model, learning_rate=1e-3, jit_compile=False):
+def compile_model(model, learning_rate=1e-3, jit_compile=False, steps_per_execution=STEPS_PER_EXECUTION):
     """Compile with Adam (Keras defaults) on the head's registered loss (NLL in nats per image;
-    MSE for `mse`). A VAE's loss is its own objective (no Keras loss)."""
-    model.compile(optimizer=tfk.optimizers.Adam(learning_rate), loss=model.keras_loss, jit_compile=jit_compile)
+    MSE for `mse`). A VAE's loss is its own objective (no Keras loss).
+
+    `steps_per_execution` (Keras' compile argument) runs that many training steps in one call of
+    the compiled train function, so Python and the TF runtime are entered once per call instead of
+    once per step: the same updates in the same order (the weights are bit-identical to 1 step
+    per call), a small model's epoch is shorter (docs/benchmarks/cpu_mlp.md). Keras truncates the
+    last call to the end of the epoch; callbacks' `on_train_batch_*` hooks run once per call."""
+    model.compile(optimizer=tfk.optimizers.Adam(learning_rate), loss=model.keras_loss, jit_compile=jit_compile,
+                  steps_per_execution=steps_per_execution)
     return model
 

@@ -74,7 +74,8 @@ class Progress(tfk.callbacks.Callback):
                 shutil.rmtree(scratch, ignore_errors=True)
 
 
-RESUME_IGNORED = ("out", "data_dir", "verbose", "strategy", "tensorboard", "uncertainty", "deterministic")
+RESUME_IGNORED = ("out", "data_dir", "verbose", "strategy", "tensorboard", "uncertainty", "deterministic",
+                  "steps_per_execution")
 
 
 def load_state(run_dir, config):

@@ -41,7 +41,7 @@ def build_and_compile(config, image_shape):
                               config.objective, config.iw_samples, seed=config.seed)
         else:
             model = build_model(config.head, image_shape, config.components, config.arch, config.latent_dim)
-        compile_model(model, config.learning_rate, config.jit_compile)
+        compile_model(model, config.learning_rate, config.jit_compile, config.steps_per_execution)
     model.optimizer.build(model.trainable_variables)
     return model
 
