@@ -14,7 +14,7 @@ OBJECTIVES = ("elbo", "iwae")
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 UNCERTAINTIES = ("interval", "std", "variance")  # per-pixel uncertainty maps: 90 % interval width, std, variance
-STEPS_PER_EXECUTION = 32  # training steps per call of Keras' compiled train function (docs/benchmarks/cpu_mlp.md)
+STEPS_PER_EXECUTION = 32  # training steps per call of Keras' compiled train function (docs/benchmarks/cpu_mlp_bounds.md)
 
 
 @dataclass
