@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 
-from tfp_ae.toy2d import TOY_DATASETS, run_study, sample_toy, toy_entropy, toy_log_prob
+from tfp_ae.toy2d import TOY_DATASETS, TUTORIAL, resolve_setup, run_study, sample_toy, toy_entropy, toy_log_prob
 
 
 @pytest.mark.parametrize("name", TOY_DATASETS)
@@ -67,7 +67,7 @@ def test_study_runs_writes_table_and_resumes(tmp_path):
     kw = dict(steps=300, datasets=("8gaussians",), num_train=3000, num_test=500, log=lambda *a: None)
     rows = run_study(tmp_path, **kw)
     r = rows[0]
-    assert r["dataset"] == "8gaussians" and r["tutorial_H"] == -1.92
+    assert r["dataset"] == "8gaussians" and r["tutorial_H"] == -1.92 and r["H"] > 4  # bits at FFJORD's scale
     assert r["vae_nll"] <= r["vae_neg_elbo"] + 0.05 and r["iwae_nll"] <= r["iwae_loss"] + 0.05
     assert r["vae_nll"] > r["H"] - 0.1  # a model cannot beat the entropy (up to Monte-Carlo error)
     assert "| 8gaussians |" in (tmp_path / "table.md").read_text()
@@ -75,3 +75,41 @@ def test_study_runs_writes_table_and_resumes(tmp_path):
     first = json.loads((tmp_path / "results.json").read_text())
     assert run_study(tmp_path, **kw) == rows  # resumed: finished cells reloaded, not retrained
     assert json.loads((tmp_path / "results.json").read_text()) == first
+
+
+@pytest.mark.parametrize("name", TOY_DATASETS)
+def test_tutorial_scale_matches_the_tutorials_entropy_and_normalises(name):
+    # the tutorial's H (bits, computed by its notebook on a 1024^2 grid) from our density at its scale
+    h = toy_entropy(name, num_samples=20_000, scale="tutorial")
+    assert abs(h["H"] / math.log(2) - TUTORIAL[name][0]) < 0.01 + 4 * h["stderr"] / math.log(2), h
+    pts, cell = _grid(-0.575, 0.575, 0.005)
+    np.testing.assert_allclose(np.exp(toy_log_prob(name, pts, "tutorial")).sum() * cell, 1.0, atol=0.01)
+    x = sample_toy(name, 2000, 3, "tutorial")
+    assert np.all(np.isfinite(toy_log_prob(name, x, "tutorial"))) and np.abs(x).max() < 0.575
+    if name != "2spirals":  # the same points divided by 8 (the spirals also drop the uniform term)
+        np.testing.assert_allclose(x, sample_toy(name, 2000, 3) / 8, rtol=1e-6)
+
+
+def test_setup_presets_and_overrides():
+    t = resolve_setup("tutorial", steps=600, growth=32)
+    assert t.hidden == (32,) * 6 and (t.vae_steps, t.iwae_steps) == (600, 300) and t.free_bits == 0.05
+    assert t.num_train is None and t.scale == "tutorial"
+    lr = t.learning_rate_schedule(1000)
+    assert [float(lr(s)) for s in (0, 600, 601, 701, 900, 901)] == pytest.approx([1e-4, 1e-4, 5e-5, 2.5e-5, 1.25e-5, 6.25e-6])
+    assert resolve_setup().hidden == (128, 128)
+    with pytest.raises(ValueError, match="unknown toy2d setup 'paper'"):
+        resolve_setup("paper")
+    with pytest.raises(ValueError, match="growth"):
+        resolve_setup("tutorial", growth=0)
+
+
+def test_tutorial_study_runs_in_bits_and_refuses_another_setup(tmp_path):
+    kw = dict(setup="tutorial", steps=300, growth=8, datasets=("checkerboard",), num_test=300, log=lambda *a: None)
+    r = run_study(tmp_path, **kw)[0]
+    assert r["H"] == pytest.approx(-1.0) and r["tutorial_H"] == -1.0  # bits, the tutorial's scale
+    assert r["vae_nll"] > r["H"] - 0.1 and r["vae_nll"] <= r["vae_neg_elbo"] + 0.05
+    assert "at the tutorial's data scale" in (tmp_path / "table.md").read_text()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["setup"]["hidden"] == [8] * 6 and saved["checkerboard/iwae"]["steps"] == 150
+    with pytest.raises(ValueError, match="another set-up"):
+        run_study(tmp_path, **dict(kw, growth=16))

@@ -36,6 +36,39 @@ def test_kl_is_closed_form_of_tutorial_eq7(digits):
     np.testing.assert_allclose(kl.numpy(), tfd.kl_divergence(q, vae.prior()).numpy(), rtol=1e-6)
 
 
+def test_dense_block_networks_have_the_tutorials_shape():
+    # encoder: layer i maps 2 + g*i -> g (weights, bias, weight-norm gain g), then 2 + 6g -> 2L; decoder likewise
+    g, depth, latent = 16, 6, 2
+    vae = build_vae("normal_diag", (1, 2, 1), latent_dim=latent, arch="dense_block", hidden=(g,) * depth)
+    block = sum((2 + g * i) * g + 2 * g for i in range(depth))
+    head = (2 + g * depth) * 4 + 2 * 4  # both nets end in 4 outputs (2L = 4; normal_diag on 2 pixels = 4)
+    assert vae.count_params() == 2 * (block + head)
+    # weight normalisation: every Dense layer computes x (g * v / |v|) + b (column norms), g starts at |v|
+    wn = [layer for layer in vae.encoder.layers if "weight_norm" in layer.name][0]
+    v, b = wn.v.numpy(), wn.layer.bias.numpy()
+    np.testing.assert_allclose(wn.g.numpy(), np.linalg.norm(v, axis=0), rtol=1e-5)
+    wn.g.assign(np.linspace(0.5, 2, g).astype(np.float32))
+    x = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
+    expected = np.maximum(x @ (wn.g.numpy() * v / np.linalg.norm(v, axis=0)) + b, 0)
+    np.testing.assert_allclose(wn(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_free_bits_loss_charges_each_dimension_at_least_its_floor(digits):
+    vae = build_vae("normal_diag", (8, 8, 1), latent_dim=6, free_bits=0.5)
+    x = tf.constant(digits.x_test[:16])
+    seed = (4, 5)
+    loss, rec, kl = vae._objective(x, seed)
+    q = vae.posterior(x)
+    mu, sigma = q.mean().numpy().astype(np.float64), q.stddev().numpy().astype(np.float64)
+    kl_dims = 0.5 * (mu ** 2 + sigma ** 2 - 1 - np.log(sigma ** 2))  # [B, L], tutorial Eq. 7 per dimension
+    expected = rec.numpy() + np.mean(np.sum(np.maximum(kl_dims, 0.5 * np.log(2)), -1))
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(kl.numpy(), kl_dims.sum(-1).mean(), rtol=1e-5)  # the logged KL is the true one
+    assert loss.numpy() > -vae.elbo(x, seed=seed)[0].numpy().mean()  # the floor only adds
+    with pytest.raises(ValueError, match="free_bits"):
+        build_vae("normal_diag", (8, 8, 1), free_bits=-1.0)
+
+
 def test_iwae_with_one_sample_is_the_elbo_on_the_same_sample(digits):
     vae = build_vae("logistic", (8, 8, 1), latent_dim=3)
     x = digits.x_test[:8]
@@ -92,7 +125,7 @@ def test_cli_vae_run(tmp_path, capsys):
 @pytest.mark.parametrize("argv,match", [
     (["--objective", "iwae"], "needs --model vae"),
     (["--model", "vae", "--objective", "iwae", "--iw-samples", "0"], "iw_samples"),
-    (["--model", "vae", "--arch", "cnn"], "arch must be one of mlp, cnn_dense; got 'cnn'"),
+    (["--model", "vae", "--arch", "cnn"], "arch must be one of mlp, cnn_dense, dense_block; got 'cnn'"),
 ])
 def test_cli_vae_bad_arguments(argv, match, tmp_path):
     with pytest.raises(SystemExit, match=match):

@@ -8,7 +8,8 @@ from tfp_ae.errors import InputError
 from tfp_ae.heads import get_head
 
 ARCHS = ("mlp", "cnn", "cnn_dense")
-VAE_ARCHS = ("mlp", "cnn_dense")   # the paper's `cnn` decoder has no latent bottleneck
+VAE_ARCHS = ("mlp", "cnn_dense", "dense_block")   # the paper's `cnn` decoder has no latent bottleneck;
+#   dense_block: the VAE tutorial's weight-normalised DenseNet-style MLPs (its 2D study)
 MODELS = ("ae", "vae")
 OBJECTIVES = ("elbo", "iwae")
 STRATEGIES = ("default", "mirrored", "multiworker")

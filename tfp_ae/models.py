@@ -253,16 +253,18 @@ def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, 
     return model
 
 
-def compile_model(model, learning_rate=1e-3, jit_compile=False, steps_per_execution=STEPS_PER_EXECUTION):
-    """Compile with Adam (Keras defaults) on the head's registered loss (NLL in nats per image;
-    MSE for `mse`). A VAE's loss is its own objective (no Keras loss).
+def compile_model(model, learning_rate=1e-3, jit_compile=False, steps_per_execution=STEPS_PER_EXECUTION,
+                  amsgrad=False):
+    """Compile with Adam (Keras defaults; `learning_rate` a float or a Keras schedule, `amsgrad`
+    Adam's AMSGrad variant) on the head's registered loss (NLL in nats per image; MSE for `mse`).
+    A VAE's loss is its own objective (no Keras loss).
 
     `steps_per_execution` (Keras' compile argument) runs that many training steps in one call of
     the compiled train function, so Python and the TF runtime are entered once per call instead of
     once per step: the same updates in the same order (the weights are bit-identical to 1 step
     per call), a small model's epoch is shorter (docs/benchmarks/cpu_mlp_bounds.md). Keras truncates the
     last call to the end of the epoch; callbacks' `on_train_batch_*` hooks run once per call."""
-    model.compile(optimizer=tfk.optimizers.Adam(learning_rate), loss=model.keras_loss, jit_compile=jit_compile,
+    model.compile(optimizer=tfk.optimizers.Adam(learning_rate, amsgrad=amsgrad), loss=model.keras_loss, jit_compile=jit_compile,
                   steps_per_execution=steps_per_execution)
     return model
 

@@ -12,15 +12,22 @@ with sigma = 1e-6 + softplus; likelihood p(x|z) = the head's distribution of the
   k = 1 is the ELBO with a sampled KL; it tightens as k grows.
 - Importance-sampled NLL (the tutorial's Eq. 15): -log 1/S sum_s p(x|z_s) p(z_s) / q(z_s|x), S = 250.
 
+- Free bits (Kingma et al. 2016, Sec. C.8; the VAE tutorial's 2D study): the training loss replaces
+  each latent dimension's KL by max(KL_j, free_bits x ln 2) per data point (`free_bits` in bits),
+  so dimensions below that information are not pushed to the prior; the logged `kl` and `elbo()`
+  stay the true ones.
+
 Architectures: `mlp` (the paper's VAE: Dense(2L) encoder, Dense(params) decoder; 101984 parameters
-for MNIST with `normal_diag`, as in Table 1; `hidden` adds ReLU layers to both) and `cnn_dense`
-(the convolutional front end of `tfp_ae.models`).
+for MNIST with `normal_diag`, as in Table 1; `hidden` adds ReLU layers to both), `cnn_dense`
+(the convolutional front end of `tfp_ae.models`) and `dense_block` (the VAE tutorial's 2D
+networks: each hidden layer sees the concatenation of the input and all earlier hidden outputs,
+DenseNet style, and every Dense layer is weight-normalised, Salimans & Kingma 2016).
 """
 import math
 
 import numpy as np
 
-from tfp_ae._tf import tf, tfd, tfk
+from tfp_ae._tf import tf, tfd, tfk, tfp
 from tfp_ae.config import OBJECTIVES, VAE_ARCHS
 from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED, make_head, positive, register
@@ -64,6 +71,9 @@ class VAE(ProbabilisticModel):
             raise InputError(f"iw_samples (k) must be an integer >= 1, got {iw_samples!r}")
         self.latent_dim, self.objective_name, self.iw_samples = int(build_args["latent_dim"]), objective, int(iw_samples)
         self.seed = int(build_args.get("seed", 0))
+        self.free_bits = float(build_args.get("free_bits", 0.0))
+        if not self.free_bits >= 0:
+            raise InputError(f"free_bits must be >= 0 (bits per latent dimension), got {self.free_bits!r}")
         self._trackers = [tfk.metrics.Mean(n) for n in ("loss", "reconstruction", "kl")]
 
     @classmethod
@@ -75,8 +85,10 @@ class VAE(ProbabilisticModel):
         return self._trackers
 
     def count_params(self):
-        """Weights of encoder, decoder and head (not the loss trackers' counters)."""
-        return int(sum(np.prod(w.shape) for w in self.encoder.weights + self.decoder.weights + self.head.weights))
+        """Weights of encoder, decoder and head (not the loss trackers' counters, nor the boolean
+        `initialized` flags of weight normalisation)."""
+        return int(sum(np.prod(w.shape) for w in self.encoder.weights + self.decoder.weights + self.head.weights
+                       if w.dtype != tf.bool))
 
     def prior(self):
         """p(z) = N(0, I), event `[latent_dim]`."""
@@ -154,6 +166,11 @@ class VAE(ProbabilisticModel):
             kl = tfd.kl_divergence(q, self.prior())
             return -tf.reduce_mean(bound), -tf.reduce_mean(rec), tf.reduce_mean(kl)
         elbo, rec, kl = self.elbo(x, seed=seed)
+        if self.free_bits > 0:
+            q = self.posterior(x)
+            kl_dims = tfd.kl_divergence(tfd.Normal(q.mean(), q.stddev()), tfd.Normal(0.0, 1.0))  # [B, L]
+            loss = -rec + tf.reduce_sum(tf.maximum(kl_dims, self.free_bits * math.log(2)), -1)
+            return tf.reduce_mean(loss), -tf.reduce_mean(rec), tf.reduce_mean(kl)
         return -tf.reduce_mean(elbo), -tf.reduce_mean(rec), tf.reduce_mean(kl)
 
     def _log(self, values):
@@ -175,20 +192,37 @@ class VAE(ProbabilisticModel):
         return self._log(self._objective(data[0] if isinstance(data, tuple) else data, SAMPLE_SEED))
 
 
+def _dense_block(inputs, hidden, outputs, name):
+    """The VAE tutorial's network: h_0 = inputs; h_i = [h_{i-1}, ReLU(WN-Dense(hidden[i-1])(h_{i-1}))];
+    then WN-Dense(outputs). WN = `tfp.layers.weight_norm.WeightNorm` (g initialised to |v|, as
+    PyTorch's `weight_norm`)."""
+    def wn_dense(units, activation=None):
+        return tfp.layers.weight_norm.WeightNorm(L.Dense(units, activation), data_init=False)
+
+    h = L.Flatten()(inputs)
+    for units in hidden:
+        h = L.Concatenate()([h, wn_dense(units, "relu")(h)])
+    return tfk.Model(inputs, wn_dense(outputs)(h), name=name)
+
+
 def build_vae(head, image_shape, num_components=1, arch="mlp", latent_dim=32, objective="elbo", iw_samples=1,
-              hidden=(), name=None, seed=0):
+              hidden=(), name=None, seed=0, free_bits=0.0):
     """Build a `VAE` (built: its weights exist; compile it with `tfp_ae.models.compile_model`).
 
     Args:
       head: head name (any registered head: `normal_diag` as in the paper, `continuous_bernoulli`,
         `logistic`, mixtures with `num_components` > 1, ...) or a `Head`.
       image_shape: `(H, W, C)`.
-      arch: `mlp` or `cnn_dense` (the encoder's front end; the decoder is dense).
+      arch: `mlp` or `cnn_dense` (the encoder's front end; the decoder is dense), or `dense_block`
+        (encoder and decoder are weight-normalised dense blocks with layer widths `hidden`; the
+        VAE tutorial's 2D study uses 6 layers of 1024).
       hidden: widths of extra ReLU layers in encoder and decoder (none in the paper).
+      free_bits: bits per latent dimension below which the training loss does not charge the
+        KL (0: the plain ELBO; the tutorial uses 0.05). Only the `elbo` objective uses it.
       name: the model's name (default `vae_ARCH_HEAD_kK`).
       seed: int, the seed of the training draws (see `VAE`).
     Raises:
-      ValueError: unknown head/arch/objective, K < 1, iw_samples < 1.
+      ValueError: unknown head/arch/objective, K < 1, iw_samples < 1, free_bits < 0.
     """
     image_shape = tuple(int(d) for d in image_shape)
     if arch not in VAE_ARCHS:
@@ -196,15 +230,20 @@ def build_vae(head, image_shape, num_components=1, arch="mlp", latent_dim=32, ob
                          "has no latent bottleneck to put a posterior on)")
     head = make_head(head, image_shape, num_components)
     check_image_shape(image_shape, arch)
-    front = cnn_features() if arch == "cnn_dense" else [L.Flatten()]
-    dense = [L.Dense(h, "relu", kernel_initializer="glorot_uniform") for h in hidden]
-    encoder = tfk.Sequential([L.InputLayer(image_shape), *front, *dense,
-                              L.Dense(2 * latent_dim, kernel_initializer="glorot_uniform")], name="encoder")
-    decoder = tfk.Sequential([L.InputLayer((latent_dim,)),
-                              *[L.Dense(h, "relu", kernel_initializer="glorot_uniform") for h in hidden],
-                              L.Dense(head.size, kernel_initializer="glorot_uniform")], name="decoder")
+    if arch == "dense_block":
+        encoder = _dense_block(L.Input(image_shape), hidden, 2 * latent_dim, "encoder")
+        decoder = _dense_block(L.Input((latent_dim,)), hidden, head.size, "decoder")
+    else:
+        front = cnn_features() if arch == "cnn_dense" else [L.Flatten()]
+        dense = [L.Dense(h, "relu", kernel_initializer="glorot_uniform") for h in hidden]
+        encoder = tfk.Sequential([L.InputLayer(image_shape), *front, *dense,
+                                  L.Dense(2 * latent_dim, kernel_initializer="glorot_uniform")], name="encoder")
+        decoder = tfk.Sequential([L.InputLayer((latent_dim,)),
+                                  *[L.Dense(h, "relu", kernel_initializer="glorot_uniform") for h in hidden],
+                                  L.Dense(head.size, kernel_initializer="glorot_uniform")], name="decoder")
     args = dict(head=head.head_name, image_shape=list(image_shape), num_components=head.num_components, arch=arch,
-                latent_dim=int(latent_dim), objective=objective, iw_samples=iw_samples, hidden=[int(h) for h in hidden], seed=int(seed))
+                latent_dim=int(latent_dim), objective=objective, iw_samples=iw_samples, hidden=[int(h) for h in hidden],
+                seed=int(seed), free_bits=float(free_bits))
     model = VAE(encoder, decoder, head, args, name=name or f"vae_{arch}_{head.head_name}_k{head.num_components}")
     model(tf.zeros([1, *image_shape]))  # build
     return model
