@@ -70,6 +70,7 @@ def test_free_bits_loss_charges_each_dimension_at_least_its_floor(digits):
 
 
 def test_iwae_with_one_sample_is_the_elbo_on_the_same_sample(digits):
+    tf.keras.utils.set_random_seed(0)  # the weights: this test must not depend on the tests run before it
     vae = build_vae("logistic", (8, 8, 1), latent_dim=3)
     x = digits.x_test[:8]
     q = vae.posterior(x)
@@ -77,10 +78,11 @@ def test_iwae_with_one_sample_is_the_elbo_on_the_same_sample(digits):
     _, rec, _ = vae.elbo(x, z=z)
     sampled_kl = q.log_prob(z) - vae.prior().log_prob(z)
     np.testing.assert_allclose(vae.iwae_bound(x, 1, z=z[None]).numpy(), (rec - sampled_kl).numpy(), rtol=1e-5)
-    # and in expectation (sampled KL -> closed-form KL): mean over 2000 draws agrees with the ELBO
+    # and in expectation (sampled KL -> closed-form KL): on the same 2000 draws, the mean log weight
+    # and the ELBO differ only by the Monte-Carlo error of the sampled KL
     z = q.sample(2000, seed=(3, 4))
     iwae1 = tf.reduce_mean(vae.log_weights(x, 2000, z=z), axis=0).numpy()
-    elbo = np.mean([vae.elbo(x, z=z[i])[0].numpy() for i in range(0, 2000, 10)], axis=0)
+    elbo = tf.reduce_mean(vae.decode(z).log_prob(x), axis=0).numpy() - vae.elbo(x)[2].numpy()
     np.testing.assert_allclose(iwae1, elbo, atol=0.5)
 
 
