@@ -16,16 +16,20 @@ available, else random 28 x 28 images):
   what `tfp-ae train` runs;
 - `arrays` path: `model.fit(x, x, batch_size=128)` on NumPy arrays (Keras' own shuffling).
 
-Bounds for the MLP (per epoch of N images, D = 784 inputs, a 32-unit code, P = the head's
-decoder outputs `head.size`):
+Bounds (per epoch of N images, batch B), counted from the model's layers, so they hold for every
+`--arch`:
 
-- FLOP bound = N x 3 x 2 x (D x 32 + 32 x P) / matmul rate: the two dense layers' matmuls, forward
-  and the two backward products (the head's own arithmetic is not counted, it is elementwise or,
-  for the full-scale heads, a triangular solve of ~2 x 784^2 FLOPs per image, < 7 % of the decoder).
+- FLOP bound = N x 3 x (forward FLOPs of the Dense and Conv2D layers per image) / matmul rate: a
+  Dense layer is 2 x inputs x units, a Conv2D 2 x H_out x W_out x kh x kw x C_in x filters, and
+  training does each product three times (forward, the gradient of the input and of the kernel).
+  For the MLP (D = 784 inputs, a 32-unit code, P = the head's decoder outputs `head.size`) that is
+  N x 3 x 2 x (D x 32 + 32 x P). The head's own arithmetic is not counted: it is elementwise or,
+  for the full-scale heads, a triangular solve of ~2 x 784^2 FLOPs per image, < 7 % of the decoder.
 - memory bound = steps x bytes / bandwidth, bytes per step = 7 x 4 x (parameters) (Adam reads
-  parameter, gradient, m and v, and writes parameter, m, v) + 4 x 4 x B x (D + P) (the decoder
-  output written by the matmul, read by the head, its gradient written and read by the weight
-  gradient; likewise the input): a count of the traffic no implementation can avoid.
+  parameter, gradient, m and v, and writes parameter, m, v) + 4 x 4 x B x A, A = the floats of the
+  input and of every layer's output per image (each written forward and read by the next layer,
+  its gradient written and read backward; MLP: D + 32 + P; the CNN's 28 x 28 x 320 conv output
+  dominates its A): a count of the traffic no implementation can avoid.
 - ratio = measured seconds / the larger bound. Lower is better; 1x is the hardware's limit.
 
 `eval s` is the point estimates plus variance maps of 1000 test images (the figure/metrics path).
@@ -129,20 +133,37 @@ def one(args):
         peak_mb = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    flops, activations = layer_counts(model)
     print("RESULT " + json.dumps(dict(
         head=args.head, k=args.k, arch=args.arch, steps=steps, eval_s=eval_s, peak_mb=peak_mb, jit=jit,
+        flops_per_image=flops, activations_per_image=activations,
         seconds={p: statistics.median(s[1:]) for p, s in seconds.items()}, warmup_s=seconds["tfp-ae"][0],
         params=int(model.count_params()), outputs=int(model.head.size), data=source, device=device_summary())))
 
 
+def layer_counts(model):
+    """(forward FLOPs, floats of the input and of every layer's output) per image, from the
+    encoder's and decoder's Keras layers (Dense and Conv2D FLOPs; see the module docstring)."""
+    import numpy as np
+    from tfp_ae._tf import tfk
+
+    flops, activations = 0, int(np.prod(model.image_shape))
+    for layer in model.encoder.layers + model.decoder.layers:
+        out = layer.output_shape[1:]
+        activations += int(np.prod(out))
+        if isinstance(layer, tfk.layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            flops += 2 * out[0] * out[1] * kh * kw * cin * cout
+        elif isinstance(layer, tfk.layers.Dense):
+            flops += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+    return int(flops), activations
+
+
 def bounds(r, hw, args, images):
-    """(FLOP bound, memory bound) in seconds per epoch of `images` images, MLP only (else None, None)."""
-    if args.arch != "mlp":
-        return None, None
-    d, code, p, b = 784, 32, r["outputs"], args.batch_size
-    flop = images * 3 * 2 * (d * code + code * p) / hw["flops"]
-    steps = -(-images // b)
-    memory = steps * (7 * 4 * r["params"] + 4 * 4 * b * (d + p)) / hw["bandwidth"]
+    """(FLOP bound, memory bound) in seconds per epoch of `images` images."""
+    flop = images * 3 * r["flops_per_image"] / hw["flops"]
+    steps = -(-images // args.batch_size)
+    memory = steps * (7 * 4 * r["params"] + 4 * 4 * args.batch_size * r["activations_per_image"]) / hw["bandwidth"]
     return flop, memory
 
 
@@ -216,12 +237,9 @@ def format_row(r, args):
         return f"| {r['head']} | {r['k']} | {r['error']} |" + " - |" * 10
     t, a = r["epoch_s"]["tfp-ae"], r["epoch_s"]["arrays"]
     projected = "" if r["train_images"] == args.train_limit else f" (timed on {r['train_images']})"
-    if r["flop_bound"] is None:
-        bound_cells = "- | - | - | -"
-    else:
-        bound = max(r["flop_bound"], r["memory_bound"])
-        which = "memory" if r["memory_bound"] > r["flop_bound"] else "FLOP"
-        bound_cells = f"{r['flop_bound']:.3f} | {r['memory_bound']:.3f} | {t / bound:.1f}x | {a / bound:.1f}x ({which})"
+    bound = max(r["flop_bound"], r["memory_bound"])
+    which = "memory" if r["memory_bound"] > r["flop_bound"] else "FLOP"
+    bound_cells = f"{r['flop_bound']:.3f} | {r['memory_bound']:.3f} | {t / bound:.1f}x | {a / bound:.1f}x ({which})"
     return (f"| {r['head']} | {r['k']} | {r['outputs']} | {t:.2f}{projected} | {a:.2f} | {bound_cells} | "
             f"{r['eval_s']:.2f} | {r['peak_mb']:.0f} | {r['params']} | {r['jit']} |")
 
@@ -244,10 +262,11 @@ def render(rows, hw, args):
             f"{datetime.date.today()}; steps per execution {args.steps_per_execution}; command: "
             f"`python benchmarks/epoch_time.py {' '.join(sys.argv[1:])}`", "",
             "s/epoch: `tfp-ae` = the package's tf.data pipeline + `model.fit` (what `tfp-ae train` runs), "
-            "`arrays` = `model.fit(x, x, batch_size=128)` on NumPy arrays. FLOP bound = N x 3 x 2 x (784 x 32 + "
-            "32 x P) / matmul rate; memory bound = steps x (7 x 4 x params + 4 x 4 x B x (784 + P)) bytes / "
-            "bandwidth (Adam's reads and writes of every parameter, the input and decoder output and their "
-            "gradients); ratio = s/epoch / the larger bound (named). eval s = point estimates + variance maps of "
+            "`arrays` = `model.fit(x, x, batch_size=128)` on NumPy arrays. FLOP bound = N x 3 x (Dense and Conv2D "
+            "FLOPs per image) / matmul rate (MLP: N x 3 x 2 x (784 x 32 + 32 x P)); memory bound = steps x "
+            "(7 x 4 x params + 4 x 4 x B x A) bytes / bandwidth (Adam's reads and writes of every parameter; "
+            "A = floats of the input and every layer's output per image, each written, read and its gradient "
+            "written and read; MLP: 784 + 32 + P); ratio = s/epoch / the larger bound (named). eval s = point estimates + variance maps of "
             "1000 test images; peak MB = the process's peak resident memory (GPU: peak device memory).", "",
             "| head | K | P | s/epoch tfp-ae | s/epoch arrays | FLOP bound s | memory bound s | ratio tfp-ae | "
             "ratio arrays | eval s | peak MB | params | jit |",

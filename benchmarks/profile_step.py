@@ -60,10 +60,10 @@ def op_stats(logdir):
     return [dict(zip(ids, [cell.get("v") if cell else None for cell in r["c"]])) for r in table["rows"]]
 
 
-def profile(head, k, x, steps, batch_size):
+def profile(head, k, x, steps, batch_size, arch="mlp", jit=False, top_n=4):
     """(ms per step, {part: share}, top ops [(name, type, share)]) for one head."""
     tf.keras.utils.set_random_seed(0)
-    model = compile_model(build_model(head, x.shape[1:], k))
+    model = compile_model(build_model(head, x.shape[1:], k, arch), jit_compile=jit)
     model.fit(x, x, batch_size=batch_size, epochs=1, verbose=0)  # warm-up: tracing, first allocations
     xs = x[:steps * batch_size]
     logdir = tempfile.mkdtemp(prefix="tfp_ae_profile_")
@@ -81,7 +81,7 @@ def profile(head, k, x, steps, batch_size):
     head_layer = model.head.name.lower()
     for r in rows:
         parts[_part(r["operation"], head_layer)] += r["total_self_time"] / total
-    top = sorted(rows, key=lambda r: -r["total_self_time"])[:4]
+    top = sorted(rows, key=lambda r: -r["total_self_time"])[:top_n]
     return 1000 * seconds / (len(xs) // batch_size), parts, [(r["operation"], r["type"], r["total_self_time"] / total) for r in top]
 
 
@@ -93,13 +93,17 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--images", type=int, default=2560)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--arch", default="mlp", help="mlp, cnn or cnn_dense")
+    p.add_argument("--jit", action="store_true", help="compile the training step with XLA")
+    p.add_argument("--top", type=int, default=4, help="ops listed per head")
     args = p.parse_args(argv)
     if dataset_available("mnist"):
         x = load_dataset("mnist").x_train[:max(args.images, args.steps * args.batch_size)]
     else:
         x = np.random.default_rng(0).uniform(size=(args.images, 28, 28, 1)).astype(np.float32)
     print(f"machine: {platform.processor() or platform.machine()}, TF {tf.__version__}, "
-          f"{len(tf.config.list_physical_devices('GPU'))} GPU; batch {args.batch_size}, {args.steps} profiled steps\n")
+          f"{len(tf.config.list_physical_devices('GPU'))} GPU; arch {args.arch}, batch {args.batch_size}, "
+          f"{args.steps} profiled steps{', XLA' if args.jit else ''}\n")
     print("ms/step is measured under the profiler (its tracing adds per-op cost): compare shares, and take "
           "speed from benchmarks/epoch_time.py.\n")
     print("| head | K | ms/step | ratio to mse | " + " | ".join(PARTS) + " | top ops (share of device self-time) |")
@@ -110,7 +114,7 @@ def main(argv=None):
             if k > 1 and (not HEADS[head].mixable or head in ("normal_full", "student_t_full")):
                 continue  # no mixture, or ~22 GiB at K=10 (see the README's memory notes)
             steps = min(args.steps, 4) if head in ("normal_full", "student_t_full") else args.steps
-            ms, parts, top = profile(head, k, x, steps, args.batch_size)
+            ms, parts, top = profile(head, k, x, steps, args.batch_size, args.arch, args.jit, args.top)
             base = ms if head == "mse" and base is None else base
             ratio = f"{ms / base:.1f}x" if base else "-"
             ops = "; ".join(f"{t} `{n.split('/')[-1]}` {s:.0%}" for n, t, s in top)

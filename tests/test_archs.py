@@ -4,10 +4,11 @@ import json
 import numpy as np
 import pytest
 
+from tfp_ae._tf import tf, tfk
 from tfp_ae.cli import main
 from tfp_ae.config import ARCHS
 from tfp_ae.heads import HEADS
-from tfp_ae.models import build_model
+from tfp_ae.models import BiasActivation, build_model
 
 # Paper Table 2 (CNN, 28x28): conv 3x3x320 (3200) + conv 3x3x320xF (2881 F), F = ceil(P / 784).
 PAPER_CNN = {("matrix_normal_identity", 1): 8962, ("matrix_normal_diag", 1): 8962,
@@ -31,6 +32,30 @@ def test_cnn_dense_uses_every_decoder_output():
     model = build_model("normal_diag", (28, 28, 1), arch="cnn_dense")
     assert model.decoder.layers[0].units == model.head.size == 2 * 784
     assert model.encoder.output_shape == (None, 32)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "cnn_dense"])
+def test_cnn_front_end_is_conv_relu_then_max_pool(arch):
+    """The first block (conv without bias, pool, bias + ReLU) is the paper's Conv2D(320, ReLU) ->
+    MaxPool 2x2: the same output bit for bit, the same gradients up to float rounding."""
+    model = build_model("matrix_normal_diag", (28, 28, 1), arch=arch)
+    conv, pool, bias = model.encoder.layers[:3]
+    assert isinstance(bias, BiasActivation) and not conv.use_bias
+    rng = np.random.default_rng(0)
+    bias.bias.assign(rng.normal(size=320).astype(np.float32) * 0.1)  # a bias that changes which units are 0
+    ref = tfk.Sequential([tfk.layers.InputLayer((28, 28, 1)), tfk.layers.Conv2D(320, 3, padding="same", activation="relu"),
+                          tfk.layers.MaxPool2D(2)])
+    ref.layers[0].set_weights([conv.kernel.numpy(), bias.bias.numpy()])
+    x = tf.constant(rng.uniform(size=(8, 28, 28, 1)).astype(np.float32))
+    w = tf.constant(rng.normal(size=(8, 14, 14, 320)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        ours = bias(pool(conv(x)))
+        theirs = ref(x)
+        loss_ours, loss_theirs = tf.reduce_sum(ours * w), tf.reduce_sum(theirs * w)
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    assert 0.2 < float(tf.reduce_mean(tf.cast(ours > 0, tf.float32))) < 0.9  # ReLU active and inactive
+    for a, b in zip(tape.gradient(loss_ours, [conv.kernel, bias.bias]), tape.gradient(loss_theirs, ref.weights)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4 * float(tf.reduce_max(tf.abs(b))))
 
 
 CASES = [(h, k, a) for h, c in HEADS.items() for k in ([1, 10] if c.mixable else [1]) for a in ARCHS]

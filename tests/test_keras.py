@@ -20,12 +20,15 @@ from tfp_ae.vae import VAE, build_vae
 IMAGE_SHAPE = (8, 8, 1)
 CASES = [(kind, name, k) for kind in ("ae", "vae") for name, cls in HEADS.items()
          for k in ([1, 2] if cls.mixable else [1])]
+# the convolutional architectures (their layers, e.g. BiasActivation, must save and load too)
+SAVE_CASES = [(*c, "mlp") for c in CASES] + [("ae", "matrix_normal_diag", 1, "cnn"), ("ae", "normal_diag", 2, "cnn_dense"),
+                                             ("vae", "normal_diag", 1, "cnn_dense")]
 
 
-def _build(kind, head, k):
+def _build(kind, head, k, arch="mlp"):
     if kind == "ae":
-        return build_model(head, IMAGE_SHAPE, k)
-    return build_vae(head, IMAGE_SHAPE, k, latent_dim=4)
+        return build_model(head, IMAGE_SHAPE, k, arch)
+    return build_vae(head, IMAGE_SHAPE, k, arch=arch, latent_dim=4)
 
 
 def _fresh_python(code, tmp_path):
@@ -38,18 +41,19 @@ def _fresh_python(code, tmp_path):
 
 
 def test_every_model_saves_and_loads_with_default_arguments_in_a_fresh_process(tmp_path, digits):
-    """Every head (K = 1, and K = 2 where it mixes) x autoencoder / VAE x `.keras` / SavedModel:
+    """Every head (K = 1, and K = 2 where it mixes) x autoencoder / VAE x `.keras` / SavedModel, and
+    the convolutional architectures (`cnn`, `cnn_dense`) for a few heads:
     `tf_keras.models.load_model(path)` after `import tfp_ae`, in a new process, gives the same
     class, a compiled model that returns a distribution with the same log_prob (1e-6), `predict`
     equal to the point estimate, and one more `fit` step that runs."""
     x = digits.x_train[:32]
     np.save(tmp_path / "x.npy", x)
     expected = {}
-    for kind, head, k in CASES:
+    for kind, head, k, arch in SAVE_CASES:
         tfk.utils.set_random_seed(0)
-        model = compile_model(_build(kind, head, k))
+        model = compile_model(_build(kind, head, k, arch))
         model.fit(x, x, batch_size=32, epochs=1, verbose=0)
-        key = f"{kind}-{head}-{k}"
+        key = f"{kind}-{head}-{k}-{arch}"
         for fmt, path in (("keras", tmp_path / f"{key}.keras"), ("savedmodel", tmp_path / key)):
             model.save(str(path))
         expected[key] = dict(log_prob=model.log_prob(x[:4]).numpy().tolist(), cls=type(model).__name__,
@@ -75,7 +79,7 @@ def test_every_model_saves_and_loads_with_default_arguments_in_a_fresh_process(t
         print(json.dumps(results))
     """, tmp_path)
     results = json.loads(stdout.strip().splitlines()[-1])
-    assert len(results) == 2 * len(CASES)
+    assert len(results) == 2 * len(SAVE_CASES)
     for name, got in results.items():
         want = expected[name.split("/")[0]]
         assert got["cls"] == want["cls"] and got["is_distribution"], name
