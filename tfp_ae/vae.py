@@ -165,12 +165,13 @@ class VAE(ProbabilisticModel):
             rec = self.decode(z[0]).log_prob(x)
             kl = tfd.kl_divergence(q, self.prior())
             return -tf.reduce_mean(bound), -tf.reduce_mean(rec), tf.reduce_mean(kl)
-        elbo, rec, kl = self.elbo(x, seed=seed)
-        if self.free_bits > 0:
+        if self.free_bits > 0:  # the ELBO's terms from one posterior pass, the KL per latent dimension
             q = self.posterior(x)
+            rec = self.decode(q.sample(seed=seed)).log_prob(x)
             kl_dims = tfd.kl_divergence(tfd.Normal(q.mean(), q.stddev()), tfd.Normal(0.0, 1.0))  # [B, L]
             loss = -rec + tf.reduce_sum(tf.maximum(kl_dims, self.free_bits * math.log(2)), -1)
-            return tf.reduce_mean(loss), -tf.reduce_mean(rec), tf.reduce_mean(kl)
+            return tf.reduce_mean(loss), -tf.reduce_mean(rec), tf.reduce_mean(tf.reduce_sum(kl_dims, -1))
+        elbo, rec, kl = self.elbo(x, seed=seed)
         return -tf.reduce_mean(elbo), -tf.reduce_mean(rec), tf.reduce_mean(kl)
 
     def _log(self, values):
