@@ -29,7 +29,9 @@ Bounds (per epoch of N images, batch B), counted from the model's layers, so the
   parameter, gradient, m and v, and writes parameter, m, v) + 4 x 4 x B x A, A = the floats of the
   input and of every layer's output per image (each written forward and read by the next layer,
   its gradient written and read backward; MLP: D + 32 + P; the CNN's 28 x 28 x 320 conv output
-  dominates its A): a count of the traffic no implementation can avoid.
+  dominates its A): for the MLP a count of the traffic no implementation can avoid; for the CNN
+  the traffic of the tensors its layers materialise (a fused conv + pool kernel could skip
+  writing the conv output, docs/benchmarks/cpu_cnn.md).
 - ratio = measured seconds / the larger bound. Lower is better; 1x is the hardware's limit.
 
 `eval s` is the point estimates plus variance maps of 1000 test images (the figure/metrics path).
