@@ -299,6 +299,21 @@ def test_scale_tril_equals_fill_scale_tril(n, rng):
     np.testing.assert_allclose(_full_scale(p)[0].numpy(), want, rtol=1e-6, atol=1e-7)
 
 
+def test_scale_tril_gradient_equals_fill_scale_tril(rng):
+    """`_full_scale`'s hand-written `set_diag` gradient equals autodiff through FillScaleTriL."""
+    from tfp_ae._tf import tfb
+    from tfp_ae.heads import _full_scale
+    p = tf.constant(rng.normal(size=(3, 15)), tf.float32)
+    w = tf.constant(rng.normal(size=(3, 5, 5)), tf.float32)
+    grads = []
+    for fn in (lambda q: _full_scale(q)[0], tfb.FillScaleTriL(diag_bijector=tfb.Softplus(), diag_shift=1e-6)):
+        with tf.GradientTape() as tape:
+            tape.watch(p)
+            total = tf.reduce_sum(w * fn(p))
+        grads.append(tape.gradient(total, p).numpy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", ["matrix_normal_full", "matrix_t_diag"])
 def test_matrix_samples_match_mean_and_variance_in_graph_mode(name, rng):
     head = make_head(name, SHAPE, num_components=2)

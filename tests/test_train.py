@@ -160,6 +160,25 @@ def test_steps_per_execution_gives_the_same_training(kind, digits):
     assert int(one.optimizer.iterations) == int(five.optimizer.iterations) == 2 * 16
 
 
+@pytest.mark.parametrize("name", list(HEADS))
+def test_every_head_compiles_with_xla(name, digits):
+    """`--jit`: one training step of every head compiles with XLA at an unknown batch size (as in
+    `model.fit`), so `probe_jit` never has to fall back."""
+    from tfp_ae.runtime import probe_jit
+    model = build_model(name, digits.x_train.shape[1:], 1)
+    assert probe_jit(model, digits.x_train[:16]) == (True, "")
+
+
+def test_xla_fit_of_a_full_scale_matrix_mixture_lowers_the_loss(digits):
+    """`model.fit` with `jit_compile=True`, several steps per call and a ragged last batch (300 / 64)
+    on the head whose `set_diag` gradient XLA used to refuse."""
+    tf.keras.utils.set_random_seed(0)
+    x = digits.x_train[:300]
+    model = compile_model(build_model("matrix_normal_full", x.shape[1:], 3), jit_compile=True, steps_per_execution=4)
+    history = model.fit(x, x, batch_size=64, epochs=3, verbose=0).history["loss"]
+    assert np.isfinite(history).all() and history[-1] < history[0] - 1.0, history
+
+
 def test_steps_per_execution_must_be_positive():
     with pytest.raises(ValueError, match="steps_per_execution must be an integer >= 1"):
         RunConfig(steps_per_execution=0).validate()

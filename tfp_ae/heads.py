@@ -115,7 +115,18 @@ def _full_scale(params):
     `tfb.FillScaleTriL(diag_bijector=Softplus(), diag_shift=1e-6)`, transforming only the n
     diagonal entries instead of the dense matrix), and those raw entries `[..., n]`."""
     d = tf.gather(params, _packed_diagonal(int(params.shape[-1])), axis=-1)
-    return tf.linalg.set_diag(tfp.math.fill_triangular(params), positive(d)), d
+    return _set_diag(tfp.math.fill_triangular(params), positive(d)), d
+
+
+@tf.custom_gradient
+def _set_diag(matrix, diag):
+    """`tf.linalg.set_diag(matrix [..., n, n], diag [..., n])`, with the gradient written with
+    `zeros_like`: TF's own gradient builds `tf.zeros(shape)` from the runtime shape, which XLA
+    cannot compile inside `model.fit`'s loop over `steps_per_execution` steps (the batch size is
+    dynamic there: "Reading input as constant from a dynamic tensor")."""
+    def grad(g):
+        return tf.linalg.set_diag(g, tf.zeros_like(diag)), tf.linalg.diag_part(g)
+    return tf.linalg.set_diag(matrix, diag), grad
 
 
 @tf.custom_gradient
