@@ -135,7 +135,8 @@ def _tril_quadratic_log_det(params, tril, d, r):
 
     Differentiated with respect to the packed `params` directly (`tril` and `d` get no gradient;
     they are functions of `params`): with z = L^{-1} r and w = L^{-T} z,
-    dq/dr = 2 w and dq/dL = -2 w z^T (lower part); d log det / dL_ii = 1 / L_ii; the diagonal
+    dq/dr = 2 w and dq/dL = -2 w z^T (lower part; the upstream factor scales w, [..., n, 1], before
+    the outer product, not the n x n result); d log det / dL_ii = 1 / L_ii; the diagonal
     chains through dL_ii/dp = sigmoid(p). The n x n gradient is gathered back to the packed layout
     once (`fill_triangular_inverse`); no autodiff through `fill_triangular`, `set_diag` or the
     elementwise maps of all n(n+1)/2 entries.
@@ -153,7 +154,7 @@ def _tril_quadratic_log_det(params, tril, d, r):
     def _grad(gq, g_log_det):
         w = tf.linalg.triangular_solve(tril, z, lower=True, adjoint=True)   # L^{-T} z
         # dL: summed over any axes r was broadcast along (e.g. samples), before the diagonal terms
-        big = _unbroadcast((-2.0 * gq)[..., None, None] * tf.matmul(w, z, adjoint_b=True), tf.shape(tril))
+        big = _unbroadcast(tf.matmul((-2.0 * gq)[..., None, None] * w, z, adjoint_b=True), tf.shape(tril))
         diag = (tf.linalg.diag_part(big) + g_log_det[..., None] / pos) * tf.sigmoid(d)
         # fill_triangular_inverse reads a lower-triangular matrix (it adds the mirrored upper part)
         d_params = tfp.math.fill_triangular_inverse(tf.linalg.band_part(tf.linalg.set_diag(big, diag), -1, 0))
