@@ -71,6 +71,19 @@ def test_free_bits_loss_charges_each_dimension_at_least_its_floor(digits):
         build_vae("normal_diag", (8, 8, 1), free_bits=-1.0)
 
 
+def test_iwae_training_objective_is_the_bound_of_its_draws(digits):
+    """`--objective iwae`: the loss is -IWAE_k of the step's k draws (one posterior and one decoder
+    pass), the logged reconstruction that of the first draw, the logged KL the analytic one."""
+    vae = build_vae("normal_diag", (8, 8, 1), latent_dim=4, objective="iwae", iw_samples=5)
+    x = tf.constant(digits.x_test[:16])
+    loss, rec, kl = vae._objective(x, (4, 5))
+    q = vae.posterior(x)
+    z = q.sample(5, seed=(4, 5))
+    np.testing.assert_allclose(loss.numpy(), -vae.iwae_bound(x, 5, z=z).numpy().mean(), rtol=1e-5)
+    np.testing.assert_allclose(rec.numpy(), -vae.decode(z[0]).log_prob(x).numpy().mean(), rtol=1e-5)
+    np.testing.assert_allclose(kl.numpy(), tfd.kl_divergence(q, vae.prior()).numpy().mean(), rtol=1e-6)
+
+
 def test_iwae_with_one_sample_is_the_elbo_on_the_same_sample(digits):
     tf.keras.utils.set_random_seed(0)  # the weights: this test must not depend on the tests run before it
     vae = build_vae("logistic", (8, 8, 1), latent_dim=3)

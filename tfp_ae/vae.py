@@ -138,12 +138,16 @@ class VAE(ProbabilisticModel):
         `seed`: stateless seed of the draw."""
         q = self.posterior(x)
         z = q.sample(num_samples, seed=seed) if z is None else z
-        return self.decode(z).log_prob(x) + self.prior().log_prob(z) - q.log_prob(z)
+        return self._log_weights(x, q, z)[1]
+
+    def _log_weights(self, x, q, z):
+        """(log p(x|z_i) `[S, B]`, the log weights `[S, B]`) for the posterior q of x and its draws z."""
+        rec = self.decode(z).log_prob(x)
+        return rec, rec + self.prior().log_prob(z) - q.log_prob(z)
 
     def iwae_bound(self, x, num_samples, z=None, seed=SAMPLE_SEED):
         """IWAE_k lower bound on log p(x), `[B]` nats (Burda et al. 2016, Eq. 8)."""
-        lw = self.log_weights(x, num_samples, z, seed)
-        return tf.reduce_logsumexp(lw, axis=0) - math.log(num_samples)
+        return _log_mean_exp(self.log_weights(x, num_samples, z, seed), num_samples)
 
     def importance_nll(self, x, num_samples=NLL_SAMPLES, seed=SAMPLE_SEED):
         """-log p(x) estimated by importance sampling with q as proposal, `[B]` nats (tutorial Eq. 15)."""
@@ -159,12 +163,11 @@ class VAE(ProbabilisticModel):
 
     def _objective(self, x, seed):
         if self.objective_name == "iwae":
+            # one posterior and one decoder pass: the logged reconstruction is that of the first draw
             q = self.posterior(x)
-            z = q.sample(self.iw_samples, seed=seed)
-            bound = self.iwae_bound(x, self.iw_samples, z)
-            rec = self.decode(z[0]).log_prob(x)
+            rec, lw = self._log_weights(x, q, q.sample(self.iw_samples, seed=seed))
             kl = tfd.kl_divergence(q, self.prior())
-            return -tf.reduce_mean(bound), -tf.reduce_mean(rec), tf.reduce_mean(kl)
+            return -tf.reduce_mean(_log_mean_exp(lw, self.iw_samples)), -tf.reduce_mean(rec[0]), tf.reduce_mean(kl)
         if self.free_bits > 0:  # the ELBO's terms from one posterior pass, the KL per latent dimension
             q = self.posterior(x)
             rec = self.decode(q.sample(seed=seed)).log_prob(x)
@@ -191,6 +194,11 @@ class VAE(ProbabilisticModel):
 
     def test_step(self, data):
         return self._log(self._objective(data[0] if isinstance(data, tuple) else data, SAMPLE_SEED))
+
+
+def _log_mean_exp(log_weights, num_samples):
+    """log (1/S) sum_i exp(w_i) over the sample axis 0 of `log_weights` `[S, B]`, S = `num_samples`: `[B]`."""
+    return tf.reduce_logsumexp(log_weights, axis=0) - math.log(num_samples)
 
 
 def _dense_block(inputs, hidden, outputs, name):
