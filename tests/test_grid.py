@@ -67,6 +67,31 @@ def test_run_grid_resumes_without_rerunning(tmp_path, monkeypatch):
     assert [r["l2_percent"] for r in again] == [r["l2_percent"] for r in rows]
 
 
+def test_every_rewrite_lists_all_cells_finished_or_pending(tmp_path, monkeypatch):
+    # a cell finished by an earlier invocation shows in the table from the first rewrite on, even
+    # when it comes later in the order; cells not run yet are `pending`
+    monkeypatch.setenv("TFP_AE_CACHE_DIR", str(tmp_path / "cache"))
+    base = RunConfig(epochs=1, train_limit=256, eval_images=50, tsne_images=0, verbose=0)
+    first, middle, last = grid.grid_cells(["digits"], "mlp", ["mse", "normal_diag", "normal_identity"], [1])
+    grid.run_grid(tmp_path, [last], base, figures=False)
+
+    def fake_run(config, **kw):
+        raise MemoryError("needs 99 GiB")
+
+    seen = []
+
+    def on_cell(cell, row):
+        with open(tmp_path / "results.csv") as f:
+            seen.append([(r["head"], r["status"]) for r in csv.DictReader(f)])
+
+    monkeypatch.setattr(train, "run", fake_run)
+    grid.run_grid(tmp_path, [first, middle, last], base, on_cell=on_cell, figures=False)
+    assert seen[0] == [("mse", "failed: MemoryError: needs 99 GiB"), ("normal_diag", grid.PENDING),
+                       ("normal_identity", "done")]
+    assert "| Nµ | normal_identity | 1 |" in (tmp_path / "table.md").read_text()
+    assert seen[-1][1] == ("normal_diag", "failed: MemoryError: needs 99 GiB")
+
+
 def test_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
     calls = []
 

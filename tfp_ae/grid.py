@@ -5,7 +5,8 @@ Layout of the grid folder:
   DATASET/ARCH/MODEL_HEAD_kK/   one run folder per cell (see `tfp_ae.train.run`; an unfinished
                                 cell resumes from its last finished epoch, a finished one is read)
   grid_state.json               wall seconds per finished cell (kept across invocations)
-  results.csv, table.md         rewritten after every cell
+  results.csv, table.md         rewritten after every cell (all cells: finished ones with their
+                                numbers, the rest `pending`)
   figure1_DATASET_ARCH.png      Figure 1: K = 1 heads side by side (input, point, variance)
   figure2_DATASET_ARCH.png      Figure 2: the same for K > 1
 """
@@ -29,6 +30,7 @@ from tfp_ae.rundir import METRICS_FILE, write_json, write_text
 
 PAPER_TABLES = {"mlp": "table1_mlp.csv", "cnn": "table2_cnn.csv"}
 PAPER_PREFIX = {"mnist": "mnist", "fashion_mnist": "fmnist"}
+PENDING = "pending"  # status of a cell not run yet
 VAE_ROW = "vae"  # the paper's VAE row: model vae, head normal_diag, K = 1, mlp only
 COLUMNS = ["dataset", "arch", "model", "head", "components", "label", "status", "epochs", "l2_percent",
            "paper_l2_percent", "fid_lenet", "fid_lenet_vs_noise", "paper_fid_vs_noise", "psnr", "ssim",
@@ -108,7 +110,7 @@ def grid_cells(datasets, arch, heads=("all",), components=(1, 10)):
 def _row(cell, metrics, wall, paper, run_dir):
     label = HEADS[cell.head].label if cell.model == "ae" else "VAE"
     row = dict(dataset=cell.dataset, arch=cell.arch, model=cell.model, head=cell.head, components=cell.components,
-               label=label, status=cell.skip and f"skipped: {cell.skip}", run_dir=str(run_dir))
+               label=label, status=f"skipped: {cell.skip}" if cell.skip else PENDING, run_dir=str(run_dir))
     p = paper.get((VAE_ROW if cell.model == "vae" else cell.head, cell.components))
     prefix = PAPER_PREFIX.get(cell.dataset)
     if p and prefix:
@@ -237,30 +239,34 @@ def run_grid(out, cells, base=RunConfig(), on_cell=None, figures=True):
     state_path = out / "grid_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     papers = {arch: {_paper_key(r): r for r in paper_table(arch) if r["head"]} for arch in {c.arch for c in cells}}
-    rows = []
+
+    def finished(cell):
+        path = out / cell.key / METRICS_FILE
+        return json.loads(path.read_text()) if path.exists() else None
+
+    # every cell has a row from the start: finished cells (this or an earlier invocation, any
+    # position in the order) read, the others `pending`, so each rewrite lists all that is known
+    rows = [_row(c, finished(c) if not c.skip else None, state.get(c.key), papers[c.arch], out / c.key)
+            for c in cells]
     todo = [c for c in cells if not c.skip]
-    for cell in cells:
+    for i, cell in enumerate(cells):
         run_dir = out / cell.key
-        metrics = None
-        if not cell.skip:
-            if (run_dir / METRICS_FILE).exists():
-                metrics = json.loads((run_dir / METRICS_FILE).read_text())
-            else:
-                print(f"cell {todo.index(cell) + 1}/{len(todo)}: {cell.key}{_eta(state, todo, cell)}", flush=True)
-                start = time.perf_counter()
-                try:
-                    _, metrics = train.run(dataclasses.replace(_cell_config(cell, base), out=str(run_dir)))
-                    state[cell.key] = state.get(cell.key, 0.0) + time.perf_counter() - start
-                    write_json(state, state_path)
-                except (ValueError, MemoryError, train.DivergedError) as e:
-                    metrics = f"failed: {type(e).__name__}: {e}"
-                finally:
-                    tfk.backend.clear_session()
-                    gc.collect()
-        rows.append(_row(cell, metrics, state.get(cell.key), papers[cell.arch], run_dir))
+        if rows[i]["status"] == PENDING:
+            print(f"cell {todo.index(cell) + 1}/{len(todo)}: {cell.key}{_eta(state, todo, cell)}", flush=True)
+            start = time.perf_counter()
+            try:
+                _, metrics = train.run(dataclasses.replace(_cell_config(cell, base), out=str(run_dir)))
+                state[cell.key] = state.get(cell.key, 0.0) + time.perf_counter() - start
+                write_json(state, state_path)
+            except (ValueError, MemoryError, train.DivergedError) as e:
+                metrics = f"failed: {type(e).__name__}: {e}"
+            finally:
+                tfk.backend.clear_session()
+                gc.collect()
+            rows[i] = _row(cell, metrics, state.get(cell.key), papers[cell.arch], run_dir)
         write_results(rows, out, base.epochs)
         if on_cell:
-            on_cell(cell, rows[-1])
+            on_cell(cell, rows[i])
     if figures:
         write_head_figures(out, rows, base)
     return rows
