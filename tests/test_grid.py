@@ -92,6 +92,11 @@ def test_every_rewrite_lists_all_cells_finished_or_pending(tmp_path, monkeypatch
     assert seen[-1][1] == ("normal_diag", "failed: MemoryError: needs 99 GiB")
 
 
+def test_time_left_counts_only_the_cells_still_to_run():
+    assert grid._eta({}, 3) == ""
+    assert grid._eta({"a": 600.0, "b": 1200.0}, 3) == ", about 45 min left (mean 15.0 min per cell)"
+
+
 def test_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
     calls = []
 

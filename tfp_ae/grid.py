@@ -252,7 +252,8 @@ def run_grid(out, cells, base=RunConfig(), on_cell=None, figures=True):
     for i, cell in enumerate(cells):
         run_dir = out / cell.key
         if rows[i]["status"] == PENDING:
-            print(f"cell {todo.index(cell) + 1}/{len(todo)}: {cell.key}{_eta(state, todo, cell)}", flush=True)
+            left = sum(r["status"] == PENDING for r in rows[i:])
+            print(f"cell {todo.index(cell) + 1}/{len(todo)}: {cell.key}{_eta(state, left)}", flush=True)
             start = time.perf_counter()
             try:
                 _, metrics = train.run(dataclasses.replace(_cell_config(cell, base), out=str(run_dir)))
@@ -272,12 +273,12 @@ def run_grid(out, cells, base=RunConfig(), on_cell=None, figures=True):
     return rows
 
 
-def _eta(state, todo, cell):
-    """`, about N min left` from the mean wall time of the cells this grid folder has finished."""
-    done = [state[c.key] for c in todo if c.key in state]
-    if not done:
+def _eta(state, left):
+    """`, about N min left` for `left` cells still to run, from the mean wall time of the cells this
+    grid folder has finished (`state`: cell key -> seconds)."""
+    if not state:
         return ""
-    left, mean = len(todo) - todo.index(cell), statistics.mean(done)
+    mean = statistics.mean(state.values())
     return f", about {left * mean / 60:.0f} min left (mean {mean / 60:.1f} min per cell)"
 
 
