@@ -18,9 +18,12 @@ def test_grid_cells_follow_the_paper():
     assert {c.head for c in k10 if c.skip} == {"normal_full", "student_t_full"}
     named = grid.grid_cells(["mnist"], "mlp", ["normal_full"], [10])
     assert named[0].skip == ""  # asked for by name: run
-    assert not [c for c in grid.grid_cells(["mnist"], "cnn", ["vae"], [1])]
-    paper = grid.grid_cells(["mnist"], "cnn", ["paper"], [1])
-    assert {c.head for c in paper} == {h for h in HEADS if h.startswith("matrix_")}
+    with pytest.raises(ValueError, match="no grid cells for heads \\['vae'\\] with arch 'cnn'"):
+        grid.grid_cells(["mnist"], "cnn", ["vae"], [1])  # the VAE row is mlp only: nothing to run
+    for arch in ("cnn", "cnn_dense"):  # cnn_dense is compared with Table 2, like the paper's cnn
+        paper = grid.grid_cells(["mnist", "fashion_mnist"], arch, ["paper"], [1, 10])
+        assert len(paper) == 24 and not any(c.skip for c in paper), arch
+        assert {c.head for c in paper} == {h for h in HEADS if h.startswith("matrix_")}
     with pytest.raises(ValueError, match="unknown head.*valid: all, paper, vae"):
         grid.grid_cells(["mnist"], "mlp", ["gauss"], [1])
     with pytest.raises(ValueError, match="components must be >= 1"):
@@ -31,7 +34,8 @@ def test_paper_tables_ship_with_the_package():
     t1 = {grid._paper_key(r): r for r in grid.paper_table("mlp") if r["head"]}
     assert t1["mse", 1]["mnist_l2_percent"] == "1.585" and t1["vae", 1]["mnist_params"] == "101984"
     assert t1["matrix_t_full", 10]["fmnist_seconds_per_epoch"] == "78.134"
-    assert len(grid.paper_table("cnn")) == 13 and grid.paper_table("cnn_dense") == []
+    assert len(grid.paper_table("cnn")) == 13 and grid.paper_table("cnn_dense") == grid.paper_table("cnn")
+    assert grid.paper_table("no_such_arch") == []
 
 
 def test_markdown_puts_paper_numbers_beside_ours():
