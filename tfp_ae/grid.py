@@ -55,8 +55,8 @@ class Cell:
 
 
 def paper_table(arch):
-    """The paper's rows for `arch` (`mlp`: Table 1, `cnn` and `cnn_dense`: Table 2) as dicts keyed by CSV column
-    (transcribed numbers shipped with the package); {} for other architectures."""
+    """The paper's rows for `arch` (`mlp`: Table 1, `cnn` and `cnn_dense`: Table 2) as dicts keyed
+    by CSV column (transcribed numbers shipped with the package); [] for other architectures."""
     if arch not in PAPER_TABLES:
         return []
     text = resources.files("tfp_ae").joinpath("paper", PAPER_TABLES[arch]).read_text(encoding="utf-8")
