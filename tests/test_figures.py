@@ -74,6 +74,20 @@ def test_heads_and_latent_figures(mixture, digits):
     assert emb.shape == (40, 2)
 
 
+def test_collapsed_encoder_draws_figure_3_without_t_sne(digits):
+    """Every ReLU latent dead (seen in a 20-epoch Fashion-MNIST cnn_dense run): all codes are 0,
+    scikit-learn's t-SNE would divide by their zero spread and crash the process."""
+    model = compile_model(build_model("normal_diag", digits.image_shape))
+    for w in model.encoder.weights:
+        w.assign(tf.zeros_like(w))
+    assert not np.ptp(predict.latents(model, digits.x_test[:60])).any()
+    fig = figures.latent_figure(model, digits, tsne_images=60)
+    notes = [" ".join(t.get_text().split()) for a in fig.axes for t in a.texts]
+    assert any("latents are all equal" in n for n in notes), notes
+    assert figures.tsne(np.ones((40, 5))) is None
+    assert figures.tsne(np.r_[np.eye(5), [[np.nan] * 5]]) is None
+
+
 def test_cli_augment_writes_a_trainable_dataset(tmp_path):
     from tfp_ae.cli import main
     run = tmp_path / "run"

@@ -110,9 +110,17 @@ def output_samples(model, images, num_samples=5, seed=SAMPLE_SEED):
 
 def tsne(codes, seed=0):
     """2-D t-SNE embedding `[N, 2]` of codes `[N, L]` (scikit-learn, PCA initialisation; codes
-    wider than 50 are first reduced to 50 principal components, the usual practice)."""
+    wider than 50 are first reduced to 50 principal components, the usual practice).
+
+    Returns None where t-SNE is undefined: codes that are all the same (a collapsed encoder, e.g.
+    every ReLU latent dead) or not finite. scikit-learn divides by their zero spread and its
+    Barnes-Hut step then crashes the whole process (a segmentation fault, not an exception).
+    """
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
+    codes = np.asarray(codes)
+    if not np.isfinite(codes).all() or not np.ptp(codes, axis=0).any():
+        return None
     if codes.shape[1] > 50 and len(codes) > 50:
         codes = PCA(50, random_state=seed).fit_transform(codes)
     perplexity = min(30.0, (len(codes) - 1) / 3)
@@ -138,10 +146,14 @@ def latent_figure(model, data, num_samples=16, num_inputs=4, num_output_samples=
     inputs = x[:num_inputs]
     outs = output_samples(model, inputs, num_output_samples)
     emb = labels = None
+    note = "no t-SNE (no labels or disabled)"
     if tsne_images and data.y_test is not None and len(x) > 5:
         n = min(tsne_images, len(x))
         emb, labels = tsne(latents(model, x[:n]), seed=seed), data.y_test[:n]
-    return plots.latent_panels(samples, inputs, outs, emb, labels, title=_label(model), prior_note=prior)
+        if emb is None:
+            note = f"no t-SNE: the {n} test latents are all equal or not finite"
+    return plots.latent_panels(samples, inputs, outs, emb, labels, title=_label(model), prior_note=prior,
+                               embedding_note=note)
 
 
 def components_figure(model, images):

@@ -94,9 +94,11 @@ def components_grid(images, points, log_probs, title=""):
     return fig
 
 
-def latent_panels(samples, inputs, outputs, embedding=None, labels=None, title="", prior_note=""):
+def latent_panels(samples, inputs, outputs, embedding=None, labels=None, title="", prior_note="",
+                  embedding_note="no t-SNE (no labels or disabled)"):
     """Figure 3 layout: (a) decoded latent samples `[S, H, W, C]`, (b) inputs `[N, H, W, C]` with
-    output samples `[M, N, H, W, C]` beside each, (c) a t-SNE scatter `[P, 2]` coloured by `labels`."""
+    output samples `[M, N, H, W, C]` beside each, (c) a t-SNE scatter `[P, 2]` coloured by `labels`
+    (`embedding_note` in its place when `embedding` is None)."""
     fig = Figure(figsize=(13, 4.6), layout="constrained")
     left, mid, right = fig.subfigures(1, 3, width_ratios=[1, 1.2, 1.1])
     cols = int(np.ceil(np.sqrt(len(samples))))
@@ -115,7 +117,7 @@ def latent_panels(samples, inputs, outputs, embedding=None, labels=None, title="
         sc = a.scatter(embedding[:, 0], embedding[:, 1], c=labels, cmap="tab10", s=4)
         a.legend(*sc.legend_elements(), fontsize=6, loc="best", markerscale=0.6)
     else:
-        a.text(0.5, 0.5, "no t-SNE (no labels or disabled)", ha="center", transform=a.transAxes)
+        a.text(0.5, 0.5, textwrap.fill(embedding_note, 40), ha="center", transform=a.transAxes)
     a.set_xticks([]), a.set_yticks([])
     right.suptitle("(c) t-SNE of test latents", fontsize=8)
     return fig
