@@ -146,7 +146,7 @@ def latent_figure(model, data, num_samples=16, num_inputs=4, num_output_samples=
     inputs = x[:num_inputs]
     outs = output_samples(model, inputs, num_output_samples)
     emb = labels = None
-    note = "no t-SNE (no labels or disabled)"
+    note = plots.NO_EMBEDDING
     if tsne_images and data.y_test is not None and len(x) > 5:
         n = min(tsne_images, len(x))
         emb, labels = tsne(latents(model, x[:n]), seed=seed), data.y_test[:n]

@@ -94,8 +94,11 @@ def components_grid(images, points, log_probs, title=""):
     return fig
 
 
+NO_EMBEDDING = "no t-SNE (no labels or disabled)"
+
+
 def latent_panels(samples, inputs, outputs, embedding=None, labels=None, title="", prior_note="",
-                  embedding_note="no t-SNE (no labels or disabled)"):
+                  embedding_note=NO_EMBEDDING):
     """Figure 3 layout: (a) decoded latent samples `[S, H, W, C]`, (b) inputs `[N, H, W, C]` with
     output samples `[M, N, H, W, C]` beside each, (c) a t-SNE scatter `[P, 2]` coloured by `labels`
     (`embedding_note` in its place when `embedding` is None)."""
