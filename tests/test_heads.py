@@ -7,7 +7,7 @@ import scipy.stats as st
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_ae.heads import HEADS, bits_per_dim, get_head, make_head, mixable_heads
+from tfp_ae.heads import DEFAULT_RANK, HEADS, bits_per_dim, get_head, make_head, mixable_heads
 
 SHAPE = (3, 4, 1)          # non-square, so rows and columns cannot be confused
 H, W, _ = SHAPE
@@ -53,6 +53,12 @@ def reference_log_prob(name, p, x):
         c = 2 * np.arctanh(1 - 2 * lam) / (1 - 2 * lam)
         return np.sum(np.log(c) + xv * np.log(lam) + (1 - xv) * np.log1p(-lam))
     cls = get_head(name)
+    if name.endswith("_lowrank"):   # diag(sigma^2) + V V^T, layout [mu, sigma, V (D x r row-major), df]
+        v = p[2 * D:2 * D + D * DEFAULT_RANK].reshape(D, DEFAULT_RANK)
+        cov = np.diag(softplus(p[D:2 * D]) ** 2) + v @ v.T
+        if name.startswith("normal_"):
+            return st.multivariate_normal(p[:D], cov).logpdf(xv)
+        return st.multivariate_t(p[:D], cov, df=softplus(p[-1])).logpdf(xv)
     if name.startswith(("normal_", "student_t_")):
         s, n = scale_matrix(cls.scale, p[D:], D)
         if name.startswith("normal_"):
@@ -293,7 +299,7 @@ def test_maf_fast_sampler_equals_tfp_flow(rng):
 @pytest.mark.parametrize("n", [1, 2, 5, 28])
 def test_scale_tril_equals_fill_scale_tril(n, rng):
     from tfp_ae._tf import tfb
-    from tfp_ae.heads import _full_scale
+    from tfp_ae.heads.elliptical import _full_scale
     p = tf.constant(rng.normal(size=(3, n * (n + 1) // 2)), tf.float32)
     want = tfb.FillScaleTriL(diag_bijector=tfb.Softplus(), diag_shift=1e-6)(p).numpy()
     np.testing.assert_allclose(_full_scale(p)[0].numpy(), want, rtol=1e-6, atol=1e-7)
@@ -302,7 +308,7 @@ def test_scale_tril_equals_fill_scale_tril(n, rng):
 def test_scale_tril_gradient_equals_fill_scale_tril(rng):
     """`_full_scale`'s hand-written `set_diag` gradient equals autodiff through FillScaleTriL."""
     from tfp_ae._tf import tfb
-    from tfp_ae.heads import _full_scale
+    from tfp_ae.heads.elliptical import _full_scale
     p = tf.constant(rng.normal(size=(3, 15)), tf.float32)
     w = tf.constant(rng.normal(size=(3, 5, 5)), tf.float32)
     grads = []

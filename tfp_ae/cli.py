@@ -14,7 +14,7 @@ from tfp_ae.errors import InputError
 from tfp_ae.export import export_run
 from tfp_ae.figures import augment
 from tfp_ae.grid import grid_cells, merge_results, run_grid
-from tfp_ae.heads import HEADS, describe_heads
+from tfp_ae.heads import DEFAULT_RANK, HEADS, describe_heads
 from tfp_ae.runtime import device_summary, make_strategy
 from tfp_ae.toy2d import TOY_DATASETS, TOY_SETUPS, run_study
 from tfp_ae.train import DivergedError, load_model, run
@@ -70,6 +70,10 @@ def _add_train_args(p):
     p.add_argument("--head", default=d.head, help=f"output head, one of: {', '.join(HEADS)}")
     p.add_argument("--components", "-K", type=int, default=d.components, help="mixture components K (>= 1)")
     p.add_argument("--arch", default=d.arch, choices=ARCHS)
+    p.add_argument("--rank", type=int, default=None, help=f"low-rank heads ({', '.join(_heads_with('rank'))}): "
+                   f"rank r of the covariance's V (default {DEFAULT_RANK})")
+    p.add_argument("--min-df", type=float, default=None, help="Student-t heads: df = MIN_DF + 1e-6 + softplus "
+                   "(default 0, the paper's; 2 or more makes the variance exist)")
     _add_settings(p)
     p.add_argument("--out", default=None, help="run folder (default runs/DATASET_ARCH_HEAD_kK); an unfinished "
                    "run there is resumed from its last finished epoch")
@@ -80,7 +84,8 @@ def _config(args):
     fields = {k.replace("-", "_"): v for k, v in vars(args).items() if k not in ("command", "func", "overwrite")}
     cfg = RunConfig.from_dict(fields)
     prefix = "" if cfg.model == "ae" else f"{cfg.model}_{cfg.objective}_"
-    cfg.out = cfg.out or f"runs/{Path(cfg.dataset).stem}_{prefix}{cfg.arch}_{cfg.head}_k{cfg.components}"
+    options = "".join(f"_{k}{v:g}" for k, v in cfg.head_options.items())
+    cfg.out = cfg.out or f"runs/{Path(cfg.dataset).stem}_{prefix}{cfg.arch}_{cfg.head}_k{cfg.components}{options}"
     cfg.verbose = 1 if sys.stdout.isatty() else 2
     return cfg.validate()
 
@@ -166,10 +171,15 @@ def cmd_augment(args):
           f"(log p >= {args.min_log_prob}); wrote {out} (x_train {new_x.shape}, usable as --dataset {out})")
 
 
+def _heads_with(option):
+    return [name for name, cls in HEADS.items() if option in cls.options]
+
+
 def cmd_heads(args):
     shape = tuple(args.shape)
-    print(f"{'head':24s} {'paper label':18s} {'params K=1':>12s} {'params K=10':>12s}   (decoder outputs for {shape})")
-    for name, label, sizes in describe_heads(shape):
+    print(f"{'head':24s} {'paper label':18s} {'params K=1':>12s} {'params K=10':>12s}   (decoder outputs for {shape}"
+          f"; low-rank heads at rank {args.rank})")
+    for name, label, sizes in describe_heads(shape, rank=args.rank):
         k10 = "-" if sizes[10] is None else str(sizes[10])
         print(f"{name:24s} {label:18s} {sizes[1]:>12d} {k10:>12s}")
 
@@ -226,6 +236,7 @@ def main(argv=None):
     p.set_defaults(func=cmd_augment)
     p = sub.add_parser("heads", help="list the output heads and their parameter counts")
     p.add_argument("--shape", type=int, nargs=3, default=[28, 28, 1], metavar=("H", "W", "C"))
+    p.add_argument("--rank", type=int, default=DEFAULT_RANK, help="rank of the low-rank heads")
     p.set_defaults(func=cmd_heads)
     args = parser.parse_args(argv)
     try:

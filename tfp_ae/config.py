@@ -26,6 +26,8 @@ class RunConfig:
     model: str = "ae"                  # MODELS: ae (the paper's autoencoders) | vae
     head: str = "normal_diag"
     components: int = 1
+    rank: Optional[int] = None         # low-rank heads: rank r of V (None: the head's default, 10)
+    min_df: Optional[float] = None     # Student-t heads: df = min_df + 1e-6 + softplus (None: 0, the paper's)
     arch: str = "mlp"                  # ARCHS (VAE_ARCHS for a vae)
     latent_dim: int = 32
     objective: str = "elbo"            # OBJECTIVES; vae only: elbo | iwae
@@ -63,8 +65,16 @@ class RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
-    def validate(self):
+    @property
+    def head_options(self):
+        """The head's options that are set (`rank`, `min_df`), for `make_head` / `build_model`."""
+        return {k: v for k, v in dict(rank=self.rank, min_df=self.min_df).items() if v is not None}
+
+    def validate(self, image_shape=None):
         """Check every setting against its allowed values; returns `self`.
+
+        `image_shape` `(H, W, C)`, when known, also checks the head's options against it (a rank
+        below the number of pixel values).
 
         Raises:
           InputError (a ValueError): the first bad setting, naming it, its value and what is allowed.
@@ -84,6 +94,7 @@ class RunConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise InputError(f"{name} must be an integer >= {low}; got {v!r}")
+        head.check_options(image_shape, **self.head_options)
         if self.components > 1 and not head.mixable:
             raise InputError(f"head {self.head!r} does not mix: components must be 1, got {self.components}")
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < float("inf")):

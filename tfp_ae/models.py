@@ -250,7 +250,7 @@ def check_image_shape(image_shape, arch):
                          "use --arch mlp")
 
 
-def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, name=None):
+def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, name=None, **head_options):
     """Build a probabilistic autoencoder (built: its weights exist).
 
     Args:
@@ -260,15 +260,17 @@ def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, 
       arch: `mlp`, `cnn` (the paper's, faithful) or `cnn_dense` (a CNN whose decoder learns).
       latent_dim: bottleneck width of `mlp` and `cnn_dense` (32 in the paper).
       name: the model's name (default `ARCH_HEAD_kK`).
+      **head_options: the head's options (`Head.options`): `rank` (low-rank heads, default 10),
+        `min_df` (Student-t heads, default 0); None means the default.
     Returns:
       an uncompiled `Autoencoder`; `model.head` is the head.
     Raises:
-      ValueError: unknown head or architecture, invalid K.
+      ValueError: unknown head or architecture, invalid K, an option the head does not take.
     """
     image_shape = tuple(int(d) for d in image_shape)
     if arch not in ARCHS:
         raise InputError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
-    head_obj = make_head(head, image_shape, num_components)
+    head_obj = make_head(head, image_shape, num_components, **head_options)
     check_image_shape(image_shape, arch)
     if arch == "mlp":
         encoder, decoder = _mlp(image_shape, head_obj, latent_dim)
@@ -277,7 +279,7 @@ def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, 
     else:
         encoder, decoder = _cnn_dense(image_shape, head_obj, latent_dim)
     args = dict(head=head_obj.head_name, image_shape=list(image_shape), num_components=head_obj.num_components,
-                arch=arch, latent_dim=int(latent_dim))
+                arch=arch, latent_dim=int(latent_dim), **head_obj.option_values)
     model = Autoencoder(encoder, decoder, head_obj, args,
                         name=name or f"{arch}_{head_obj.head_name}_k{head_obj.num_components}")
     model(tf.zeros([1, *image_shape]))  # build

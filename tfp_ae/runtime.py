@@ -62,7 +62,7 @@ GIB = 2 ** 30
 RUNTIME_BYTES = 1 * GIB   # TensorFlow runtime + a cached 60k-image dataset (measured: ~0.9 GiB)
 
 
-def estimate_train_memory(head, image_shape, num_components=1, batch_size=128, latent_dim=32):
+def estimate_train_memory(head, image_shape, num_components=1, batch_size=128, latent_dim=32, **head_options):
     """Rough peak host memory (bytes) of training an MLP autoencoder with `head`.
 
     weights x 4 (value, gradient, two Adam moments) x 4 bytes + batch x params_size x c x 4 bytes
@@ -74,7 +74,7 @@ def estimate_train_memory(head, image_shape, num_components=1, batch_size=128, l
       dict(total, weights, activations) in bytes.
     """
     cls = head if isinstance(head, type) else type(head)
-    size = cls.params_size(tuple(image_shape), num_components)
+    size = cls.params_size(tuple(image_shape), num_components, **head_options)
     weights = 16 * ((latent_dim + 1) * size + (int(np.prod(image_shape)) + 1) * latent_dim)
     per_output = 14 if cls.full_covariance else 8
     activations = 4 * per_output * size * batch_size
@@ -103,20 +103,21 @@ def check_memory(config, image_shape):
         return  # device memory: TensorFlow reports an out-of-memory error itself
     free = available_memory()
     head = get_head(config.head)
-    need = estimate_train_memory(head, image_shape, config.components, config.batch_size, config.latent_dim)
+    opts = config.head_options
+    need = estimate_train_memory(head, image_shape, config.components, config.batch_size, config.latent_dim, **opts)
     if free is None or need["total"] <= 0.9 * free:
         return
     batch = config.batch_size
     while batch > 1 and estimate_train_memory(head, image_shape, config.components, batch,
-                                              config.latent_dim)["total"] > 0.9 * free:
+                                              config.latent_dim, **opts)["total"] > 0.9 * free:
         batch //= 2
-    fits = estimate_train_memory(head, image_shape, config.components, batch, config.latent_dim)["total"]
+    fits = estimate_train_memory(head, image_shape, config.components, batch, config.latent_dim, **opts)["total"]
     hint = (f"use --batch-size {batch} (about {fits / GIB:.1f} GiB)" if fits <= 0.9 * free
             else "even one image per batch does not fit")
     raise MemoryError(
         f"{config.head} with K={config.components} at batch {config.batch_size} needs about {need['total'] / GIB:.1f} GiB "
         f"to train ({need['weights'] / GIB:.1f} GiB for weights, gradients and Adam; {need['activations'] / GIB:.1f} GiB "
-        f"for {head.params_size(tuple(image_shape), config.components)} decoder outputs per image), but only "
+        f"for {head.params_size(tuple(image_shape), config.components, **opts)} decoder outputs per image), but only "
         f"{free / GIB:.1f} GiB are available: {hint}, or run on a machine or GPU with more memory.")
 
 

@@ -34,13 +34,14 @@ def build_and_compile(config, image_shape):
     Raises:
       ValueError: a bad setting (see `RunConfig.validate`).
     """
-    config.validate()
+    config.validate(image_shape)
     with precision_policy(config.precision):
         if config.model == "vae":
             model = build_vae(config.head, image_shape, config.components, config.arch, config.latent_dim,
-                              config.objective, config.iw_samples, seed=config.seed)
+                              config.objective, config.iw_samples, seed=config.seed, **config.head_options)
         else:
-            model = build_model(config.head, image_shape, config.components, config.arch, config.latent_dim)
+            model = build_model(config.head, image_shape, config.components, config.arch, config.latent_dim,
+                                **config.head_options)
         compile_model(model, config.learning_rate, config.jit_compile, config.steps_per_execution)
     model.optimizer.build(model.trainable_variables)
     return model
@@ -175,6 +176,7 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     y_train = None if data.y_train is None else data.y_train[:config.train_limit]
     data = dataclasses.replace(full, x_train=x_train[:config.train_limit], y_train=y_train)
     x_train = data.x_train
+    config.validate(x_train.shape[1:])  # the head's options against the image size, before the folder is made
     if out and writer:
         out.mkdir(parents=True, exist_ok=True)
         write_json(dict(config.to_dict(), image_shape=list(x_train.shape[1:])), out / CONFIG_FILE)

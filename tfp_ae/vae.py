@@ -215,7 +215,7 @@ def _dense_block(inputs, hidden, outputs, name):
 
 
 def build_vae(head, image_shape, num_components=1, arch="mlp", latent_dim=32, objective="elbo", iw_samples=1,
-              hidden=(), name=None, seed=0, free_bits=0.0):
+              hidden=(), name=None, seed=0, free_bits=0.0, **head_options):
     """Build a `VAE` (built: its weights exist; compile it with `tfp_ae.models.compile_model`).
 
     Args:
@@ -230,14 +230,16 @@ def build_vae(head, image_shape, num_components=1, arch="mlp", latent_dim=32, ob
         KL (0: the plain ELBO; the tutorial uses 0.05). Only the `elbo` objective uses it.
       name: the model's name (default `vae_ARCH_HEAD_kK`).
       seed: int, the seed of the training draws (see `VAE`).
+      **head_options: the head's options (`rank`, `min_df`; see `tfp_ae.models.build_model`).
     Raises:
-      ValueError: unknown head/arch/objective, K < 1, iw_samples < 1, free_bits < 0.
+      ValueError: unknown head/arch/objective, K < 1, iw_samples < 1, free_bits < 0, an option the
+        head does not take.
     """
     image_shape = tuple(int(d) for d in image_shape)
     if arch not in VAE_ARCHS:
         raise InputError(f"unknown VAE arch {arch!r}; valid: {', '.join(VAE_ARCHS)} (the paper's `cnn` decoder "
                          "has no latent bottleneck to put a posterior on)")
-    head = make_head(head, image_shape, num_components)
+    head = make_head(head, image_shape, num_components, **head_options)
     check_image_shape(image_shape, arch)
     if arch == "dense_block":
         encoder = _dense_block(L.Input(image_shape), hidden, 2 * latent_dim, "encoder")
@@ -252,7 +254,7 @@ def build_vae(head, image_shape, num_components=1, arch="mlp", latent_dim=32, ob
                                   L.Dense(head.size, kernel_initializer="glorot_uniform")], name="decoder")
     args = dict(head=head.head_name, image_shape=list(image_shape), num_components=head.num_components, arch=arch,
                 latent_dim=int(latent_dim), objective=objective, iw_samples=iw_samples, hidden=[int(h) for h in hidden],
-                seed=int(seed), free_bits=float(free_bits))
+                seed=int(seed), free_bits=float(free_bits), **head.option_values)
     model = VAE(encoder, decoder, head, args, name=name or f"vae_{arch}_{head.head_name}_k{head.num_components}")
     model(tf.zeros([1, *image_shape]))  # build
     return model

@@ -1,0 +1,78 @@
+"""Output heads: the registry of distributions a decoder can end in.
+
+One module per family, each head declared once (see `tfp_ae.heads.base` for the contract):
+`base` (the `Head` class, losses, helpers), `pixel` (per-pixel heads and MSE), `elliptical`
+(scale operators and the fast full-scale `log_prob` the elliptical heads share), `vector`
+(normal and t with identity, diagonal or full scale), `lowrank` (normal and t with diagonal plus
+low-rank covariance), `matrix` (matrix normal and matrix-t) and `maf`. A new head is one module
+and one line in `HEADS` below.
+"""
+import math
+
+from tfp_ae.errors import InputError
+from tfp_ae.heads.base import (INTERVAL_LEVEL, INTERVAL_SAMPLES, MAF_SAMPLES, POSITIVE_SHIFT, SAMPLE_SEED, Head,
+                               negative_log_likelihood, positive, register, sample_interval, squared_error)
+from tfp_ae.heads.lowrank import DEFAULT_RANK, NormalLowRank, StudentTLowRank
+from tfp_ae.heads.maf import MAF
+from tfp_ae.heads.matrix import (MatrixHead, MatrixNormal, MatrixNormalDiag, MatrixNormalFull, MatrixNormalIdentity,
+                                 MatrixT, MatrixTDiag, MatrixTFull, MatrixTIdentity)
+from tfp_ae.heads.pixel import MSE, Bernoulli, ContinuousBernoulli, Logistic, NormalDiag, NormalIdentity, PixelHead
+from tfp_ae.heads.vector import NormalFull, StudentTDiag, StudentTFull, StudentTIdentity, VectorHead
+
+HEADS = {cls.head_name: register(cls) for cls in [
+    MSE, NormalIdentity, NormalDiag, NormalFull,
+    StudentTIdentity, StudentTDiag, StudentTFull, MAF,
+    NormalLowRank, StudentTLowRank,
+    MatrixNormalIdentity, MatrixNormalDiag, MatrixNormalFull,
+    MatrixTIdentity, MatrixTDiag, MatrixTFull,
+    Bernoulli, ContinuousBernoulli, Logistic,
+]}
+
+
+def mixable_heads():
+    return [n for n, c in HEADS.items() if c.mixable]
+
+
+def get_head(name):
+    """The head class registered as `name`.
+
+    Raises:
+      ValueError: unknown name; the message lists the valid ones.
+    """
+    try:
+        return HEADS[name]
+    except (KeyError, TypeError):
+        raise InputError(f"unknown head {name!r}; valid heads: {', '.join(HEADS)}") from None
+
+
+def make_head(name, event_shape, num_components=1, **options):
+    """Instantiate the head `name` for images of shape `event_shape` with K components and the
+    head's `options` (e.g. `rank=4` for `normal_lowrank`, `min_df=2.0` for t heads; None means
+    the default).
+
+    Raises:
+      InputError: unknown head, bad K or event shape, or an option the head does not take or a
+        bad value of one (`Head.check_options`).
+    """
+    return get_head(name)(event_shape, num_components, **{k: v for k, v in options.items() if v is not None})
+
+
+def describe_heads(event_shape=(28, 28, 1), components=(1, 10), **options):
+    """Rows `(name, label, {K: params_size or None})` for every registered head; each option in
+    `options` (e.g. `rank=4`) applies to the heads that take it, the others use their defaults."""
+    rows = []
+    for name, cls in HEADS.items():
+        own = {k: v for k, v in options.items() if k in cls.options}
+        sizes = {k: cls.params_size(event_shape, k, **own) if (k == 1 or cls.mixable) else None for k in components}
+        rows.append((name, cls.label, sizes))
+    return rows
+
+
+def bits_per_dim(nll_nats, num_dims, num_levels=256):
+    """Bits per dimension of a density on dequantised pixels: `nll / (D ln 2) + log2(L)`.
+
+    `nll_nats` is -log p(x_deq) per image (nats) for a density on [0, 1]^D evaluated at uniformly
+    dequantised pixels; `log2(L)` converts the density on bins of width 1/L into a probability
+    of the discrete image (Theis et al. 2016). For L = 256: `nll / (D ln 2) + 8`.
+    """
+    return nll_nats / (num_dims * math.log(2)) + math.log2(num_levels)

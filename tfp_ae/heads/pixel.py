@@ -1,0 +1,105 @@
+"""Per-pixel heads: an `Independent` product over the H x W x C pixels of one univariate family
+(normal, Bernoulli, continuous Bernoulli, logistic), and the plain MSE autoencoder."""
+import numpy as np
+
+from tfp_ae._tf import tf, tfd
+from tfp_ae.heads.base import INTERVAL_LEVEL, SAMPLE_SEED, Head, _split, _unflatten, positive, squared_error
+
+
+class PixelHead(Head):
+    """A factorised head: `Independent` over the H x W x C pixels of one univariate family."""
+    n_pixel_params = 1
+
+    @classmethod
+    def component_params_size(cls, event_shape, **options):
+        return cls.n_pixel_params * int(np.prod(event_shape))
+
+    def pixel_distribution(self, *params):
+        raise NotImplementedError
+
+    def component(self, params):
+        d = int(np.prod(self._image_shape))
+        parts = [_unflatten(t, self._image_shape) for t in _split(params, [d] * self.n_pixel_params)]
+        return tfd.Independent(self.pixel_distribution(*parts), reinterpreted_batch_ndims=3)
+
+    def marginal(self, comp):
+        """The per-pixel distribution itself."""
+        return comp.distribution
+
+
+class NormalIdentity(PixelHead):
+    """N(mu, I): multivariate normal with identity covariance (the paper's Nµ)."""
+    head_name, label = "normal_identity", "Nµ"
+
+    def pixel_distribution(self, loc):
+        return tfd.Normal(loc, tf.ones_like(loc))
+
+
+class MSE(NormalIdentity):
+    """The plain autoencoder: trained on per-pixel mean squared error.
+
+    MSE is the unit-variance normal up to an affine map: `-log N(x; mu, I) =
+    D/2 * (MSE + log 2 pi)`, so its distribution (used for the reported NLL) is N(mu, I).
+    """
+    head_name, label = "mse", "MSE"
+    mixable = False
+    has_variance = False
+    loss_units = "MSE"
+    nll_note = "mse head: NLL of the unit-variance normal N(mean, I) that MSE training implies"
+    variance_note = "the MSE autoencoder models no variance"
+
+    def variance(self, dist, seed=SAMPLE_SEED):
+        """NaN `[B, H, W, C]`: MSE training fixes no variance (its NLL assumes 1, which is not learned)."""
+        return tf.fill(tf.shape(self.mean(dist)), np.nan)
+
+    def interval(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
+        """NaN bounds `[B, H, W, C]`, as `variance`."""
+        nan = self.variance(dist)
+        return nan, nan
+
+    loss = staticmethod(squared_error)
+
+
+class NormalDiag(PixelHead):
+    """N(mu, diag(sigma^2)), sigma = 1e-6 + softplus (the paper's Nµ,diag(Σ))."""
+    head_name, label = "normal_diag", "Nµ,diag(Σ)"
+    n_pixel_params = 2
+
+    def pixel_distribution(self, loc, s):
+        return tfd.Normal(loc, positive(s))
+
+
+class Bernoulli(PixelHead):
+    """Bernoulli per pixel, i.e. binary cross-entropy on [0, 1] pixels.
+
+    Its `log_prob` on non-binary x in [0, 1] is `x log p + (1 - x) log(1 - p)`, which is NOT a
+    normalised density on [0, 1]: its NLL and bits/dim are not comparable with the other heads'
+    (the continuous Bernoulli fixes this, Loaiza-Ganem & Cunningham 2019).
+    """
+    head_name, label = "bernoulli", "Bern"
+    is_density = False
+    nll_note = "bernoulli: not a normalised density on [0, 1]; NLL not comparable, no bits/dim"
+
+    def pixel_distribution(self, logits):
+        return tfd.Bernoulli(logits=logits, dtype=tf.float32)
+
+    def marginal(self, comp):
+        """None: a Bernoulli has no quantile function in TFP (its interval is read from samples)."""
+        return None
+
+
+class ContinuousBernoulli(PixelHead):
+    """Continuous Bernoulli per pixel (Loaiza-Ganem & Cunningham 2019): a normalised density on [0, 1]."""
+    head_name, label = "continuous_bernoulli", "CB"
+
+    def pixel_distribution(self, logits):
+        return tfd.ContinuousBernoulli(logits=logits)
+
+
+class Logistic(PixelHead):
+    """Logistic(mu, s) per pixel, s = 1e-6 + softplus (Kingma et al. 2016, VAE-IAF)."""
+    head_name, label = "logistic", "Logistic"
+    n_pixel_params = 2
+
+    def pixel_distribution(self, loc, s):
+        return tfd.Logistic(loc, positive(s))

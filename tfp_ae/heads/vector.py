@@ -1,0 +1,66 @@
+"""Vector heads: one multivariate normal or Student-t over the D = H*W*C pixels of the image, with
+an identity, diagonal or full (lower-triangular) scale (Ciobanu, Section 3)."""
+import numpy as np
+
+from tfp_ae._tf import tf, tfd
+from tfp_ae.heads.base import _split
+from tfp_ae.heads.elliptical import (T_OPTIONS, MultivariateNormalFullScale, MultivariateStudentTFullScale,
+                                     _EllipticalHead, _full_scale, _row_variance, _scale_operator,
+                                     _scale_params_size)
+
+
+class VectorHead(_EllipticalHead):
+    """Multivariate normal / Student-t over the flattened image, with an identity, diagonal or
+    full (lower-triangular, `FillScaleTriL`) scale. Student-t heads add one df per component."""
+
+    @property
+    def natural_event_shape(self):
+        return (int(np.prod(self._image_shape)),)
+
+    @classmethod
+    def component_params_size(cls, event_shape, **options):
+        d = int(np.prod(event_shape))
+        return d + _scale_params_size(cls.scale, d) + int(cls.student_t)
+
+    def component(self, params):
+        d = self.natural_event_shape[0]
+        n_scale = _scale_params_size(self.scale, d)
+        loc, s, df = _split(params, [d, n_scale, int(self.student_t)])
+        if self.scale == "full":  # log_prob differentiated on the packed parameters
+            tril, diag = _full_scale(s)
+            scale = tf.linalg.LinearOperatorLowerTriangular(tril, is_non_singular=True)
+            scale._packed = (s, tril, diag)
+            return (MultivariateStudentTFullScale(self.df_from(df), loc, scale) if self.student_t
+                    else MultivariateNormalFullScale(loc, scale))
+        if self.student_t:
+            return tfd.MultivariateStudentTLinearOperator(
+                df=self.df_from(df), loc=loc, scale=_scale_operator(self.scale, s, d))
+        return tfd.MultivariateNormalLinearOperator(loc, _scale_operator(self.scale, s, d))
+
+    def _squared_scale(self, comp):
+        """Pixel i: sum_j L_ij^2, `[..., D]`."""
+        return _row_variance(comp.scale) * tf.ones_like(comp.loc)
+
+
+class NormalFull(VectorHead):
+    """N(mu, L L^T), L from `FillScaleTriL` (the paper's Nµ,Σ; D(D+1)/2 scale parameters)."""
+    head_name, label, scale = "normal_full", "Nµ,Σ", "full"
+    full_covariance = True
+
+
+class StudentTIdentity(VectorHead):
+    """Multivariate t(df, mu, I) (the paper's tdf,µ). Point estimate: the mode."""
+    head_name, label, scale, student_t, point = "student_t_identity", "tdf,µ", "identity", True, "mode"
+    options = T_OPTIONS
+    variance_note = "variance exists only where df > 2 (blank elsewhere)"
+
+
+class StudentTDiag(StudentTIdentity):
+    """Multivariate t(df, mu, diag(sigma)^2) (the paper's tdf,µ,diag(Σ))."""
+    head_name, label, scale = "student_t_diag", "tdf,µ,diag(Σ)", "diag"
+
+
+class StudentTFull(StudentTIdentity):
+    """Multivariate t(df, mu, L L^T) with L from `FillScaleTriL` (the paper's tdf,µ,Σ)."""
+    head_name, label, scale = "student_t_full", "tdf,µ,Σ", "full"
+    full_covariance = True
