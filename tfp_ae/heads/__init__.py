@@ -54,7 +54,9 @@ def make_head(name, event_shape, num_components=1, **options):
       InputError: unknown head, bad K or event shape, or an option the head does not take or a
         bad value of one (`Head.check_options`).
     """
-    return get_head(name)(event_shape, num_components, **{k: v for k, v in options.items() if v is not None})
+    cls = get_head(name)
+    cls.check_options(event_shape, **options)  # an option the head does not take never reaches Keras
+    return cls(event_shape, num_components, **{k: v for k, v in options.items() if v is not None})
 
 
 def describe_heads(event_shape=(28, 28, 1), components=(1, 10), **options):
