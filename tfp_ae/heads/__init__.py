@@ -1,8 +1,9 @@
 """Output heads: the registry of distributions a decoder can end in.
 
 One module per family, each head declared once (see `tfp_ae.heads.base` for the contract):
-`base` (the `Head` class, losses, helpers), `pixel` (per-pixel heads and MSE), `elliptical`
-(scale operators and the fast full-scale `log_prob` the elliptical heads share), `vector`
+`base` (the `Head` class, losses, helpers), `readout` (moments, intervals, point estimates),
+`pixel` (per-pixel heads and MSE), `elliptical` (scale operators and the fast full-scale
+`log_prob` the elliptical heads share), `vector`
 (normal and t with identity, diagonal or full scale), `lowrank` (normal and t with diagonal plus
 low-rank covariance), `matrix` (matrix normal and matrix-t) and `maf`. A new head is one module
 and one line in `HEADS` below.
@@ -10,14 +11,42 @@ and one line in `HEADS` below.
 import math
 
 from tfp_ae.errors import InputError
-from tfp_ae.heads.base import (INTERVAL_LEVEL, INTERVAL_SAMPLES, MAF_SAMPLES, POSITIVE_SHIFT, SAMPLE_SEED, Head,
-                               negative_log_likelihood, positive, register, sample_interval, squared_error)
-from tfp_ae.heads.lowrank import DEFAULT_RANK, NormalLowRank, StudentTLowRank
+from tfp_ae.heads.base import MAF_SAMPLES, POSITIVE_SHIFT, Head, negative_log_likelihood, positive, register, squared_error
+from tfp_ae.heads.lowrank import DEFAULT_RANK, MultivariateStudentTDiagPlusLowRank, NormalLowRank, StudentTLowRank
 from tfp_ae.heads.maf import MAF
 from tfp_ae.heads.matrix import (MatrixHead, MatrixNormal, MatrixNormalDiag, MatrixNormalFull, MatrixNormalIdentity,
                                  MatrixT, MatrixTDiag, MatrixTFull, MatrixTIdentity)
 from tfp_ae.heads.pixel import MSE, Bernoulli, ContinuousBernoulli, Logistic, NormalDiag, NormalIdentity, PixelHead
+from tfp_ae.heads.readout import INTERVAL_LEVEL, INTERVAL_SAMPLES, SAMPLE_SEED, Readouts, sample_interval
 from tfp_ae.heads.vector import NormalFull, StudentTDiag, StudentTFull, StudentTIdentity, VectorHead
+
+__all__ = [  # the public names (the head classes are reached through HEADS)
+    "HEADS",
+    "DEFAULT_RANK",
+    "INTERVAL_LEVEL",
+    "INTERVAL_SAMPLES",
+    "MAF_SAMPLES",
+    "POSITIVE_SHIFT",
+    "SAMPLE_SEED",
+    "Head",
+    "Readouts",
+    "negative_log_likelihood",
+    "positive",
+    "register",
+    "sample_interval",
+    "squared_error",
+    "bits_per_dim",
+    "describe_heads",
+    "get_head",
+    "make_head",
+    "mixable_heads",
+    "PixelHead",
+    "VectorHead",
+    "MatrixHead",
+    "MatrixNormal",
+    "MatrixT",
+    "MultivariateStudentTDiagPlusLowRank",
+]
 
 HEADS = {cls.head_name: register(cls) for cls in [
     MSE, NormalIdentity, NormalDiag, NormalFull,

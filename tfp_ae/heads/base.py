@@ -28,21 +28,12 @@ zero). Here K=1 is the plain distribution, which saves that output: one decoder 
 
 import numpy as np
 
-from tfp_ae._tf import tf, tfb, tfd, tfk, tfp, tfpl
+from tfp_ae._tf import tf, tfb, tfd, tfk, tfpl
 from tfp_ae.errors import InputError
+from tfp_ae.heads.readout import Readouts
 
 POSITIVE_SHIFT = 1e-6
 MAF_SAMPLES = 50
-SAMPLE_SEED = (20, 26)  # stateless seed of sample-based estimates (MAF mean / variance)
-INTERVAL_LEVEL = 0.9    # uncertainty maps: width of the central 90 % (5-95 %) interval
-INTERVAL_SAMPLES = 1000  # draws per pixel where the interval is estimated from samples
-
-
-def sample_interval(samples, level):
-    """Empirical central `level` interval `(lo, hi)` of draws `samples` `[S, ...]` along axis 0: the
-    `(1 - level) / 2` and `(1 + level) / 2` percentiles (linear interpolation), each `[...]`."""
-    return tf.unstack(tfp.stats.percentile(samples, [50 * (1 - level), 50 * (1 + level)], axis=0,
-                                           interpolation="linear"))
 
 
 def register(obj):
@@ -84,8 +75,9 @@ def _split(params, sizes):
     return tf.split(params, sizes, axis=-1)
 
 
-class Head(tfpl.DistributionLambda):
-    """Base class of the output heads (see the module docstring for the contract).
+class Head(Readouts, tfpl.DistributionLambda):
+    """Base class of the output heads (see the module docstring for the contract); what a head
+    reads from its distribution (moments, intervals, mode, point estimate, samples) is `Readouts`.
 
     Args:
       event_shape: image shape `(H, W, C)`.
@@ -218,154 +210,3 @@ class Head(tfpl.DistributionLambda):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-    def _parts(self, dist):
-        """(natural-shape distribution, mixture logits or None, component distribution)."""
-        d = getattr(dist, "tensor_distribution", dist)
-        if isinstance(getattr(d, "bijector", None), tfb.Reshape):  # our image-shape wrapper
-            d = d.distribution
-        if isinstance(d, tfd.MixtureSameFamily):
-            return d, d.mixture_distribution.logits, d.components_distribution
-        return d, None, d
-
-    def _to_image(self, t):
-        """`[..., *natural_event_shape]` -> `[..., H, W, C]`."""
-        nd = len(self.natural_event_shape)
-        return tf.reshape(t, tf.concat([tf.shape(t)[:tf.rank(t) - nd], self._image_shape], 0))
-
-    def component_mean(self, comp):
-        return comp.mean()
-
-    def component_variance(self, comp):
-        return comp.variance()
-
-    def component_mode(self, comp):
-        return comp.mode()
-
-    def _mixture_moments(self, dist, seed=SAMPLE_SEED):
-        """Mean and variance `[B, H, W, C]` (law of total variance over components)."""
-        _, logits, comp = self._parts(dist)
-        mean, var = self._to_image(self.component_mean(comp)), self._to_image(self.component_variance(comp))
-        if logits is None:
-            return mean, var
-        w = tf.reshape(tf.nn.softmax(logits), tf.concat([tf.shape(logits), [1, 1, 1]], 0))
-        m = tf.reduce_sum(w * mean, axis=-4)
-        return m, tf.reduce_sum(w * (var + tf.square(mean)), axis=-4) - tf.square(m)
-
-    def mean(self, dist, seed=SAMPLE_SEED):
-        """Mean of the distribution, `[B, H, W, C]` (pixels, unclipped). `seed` is used only by
-        heads whose mean is estimated from samples (MAF)."""
-        _, logits, comp = self._parts(dist)
-        return self._weighted(logits, self._to_image(self.component_mean(comp)))
-
-    @staticmethod
-    def _weighted(logits, x):
-        """`sum_k softmax(logits)_k x_k` `[B, H, W, C]` of per-component images `x` `[B, K, H, W, C]`;
-        `x` itself when `logits` is None (K = 1)."""
-        if logits is None:
-            return x
-        w = tf.reshape(tf.nn.softmax(logits), tf.concat([tf.shape(logits), [1, 1, 1]], 0))
-        return tf.reduce_sum(w * x, axis=-4)
-
-    def variance(self, dist, seed=SAMPLE_SEED):
-        """Per-pixel variance `[B, H, W, C]`; NaN where it does not exist (t with df <= 2, the
-        `mse` head, which models no variance). `seed`: as in `mean`."""
-        return self._mixture_moments(dist, seed)[1]
-
-    def marginal(self, comp):
-        """Each pixel's marginal distribution under the component distribution `comp`: batch
-        `[..., *natural_event_shape]`, scalar event, with a `quantile`; None where it has no
-        closed form (`interval` then samples). Overridden by the families."""
-        return None
-
-    def interval(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
-        """Per-pixel central `level` interval of p(x_pixel | input): `(lo, hi)`, each `[B, H, W, C]`
-        in pixel units (pixels in [0, 1]; the bounds may lie outside, and are infinite where the
-        quantile overflows float32, e.g. a t with df ~ 0.01), `lo = F^-1((1 - level) / 2)`,
-        `hi = F^-1((1 + level) / 2)` of each pixel's marginal F. Unlike the variance it exists for
-        every head (Student-t with df <= 2, MAF, mixtures, Bernoulli). Exact from the marginal's
-        quantiles (`marginal`) for K = 1 normal, Student-t (Kotz & Nadarajah 2004: the marginals of
-        a multivariate or elliptical matrix t are t with the same df), logistic and continuous
-        Bernoulli heads; otherwise (mixtures, MAF, Bernoulli) the empirical percentiles of
-        `INTERVAL_SAMPLES` draws with the stateless `seed` (linear interpolation). NaN for `mse`,
-        which models no spread.
-        Raises:
-          InputError: `level` outside (0, 1).
-        """
-        if not 0 < level < 1:
-            raise InputError(f"interval level must be in (0, 1), got {level!r}")
-        _, logits, comp = self._parts(dist)
-        marginal = self.marginal(comp) if logits is None else None
-        if marginal is not None:
-            return (self._to_image(marginal.quantile((1 - level) / 2)),
-                    self._to_image(marginal.quantile((1 + level) / 2)))
-        return sample_interval(self.sample(dist, INTERVAL_SAMPLES, seed=seed), level)
-
-    def interval_width(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
-        """`hi - lo` of `interval`, `[B, H, W, C]`, pixel units (may exceed 1, or be inf)."""
-        lo, hi = self.interval(dist, level, seed)
-        return hi - lo
-
-    def _mixture_log_prob_at(self, inner, points):
-        """Mixture log-density at each component's point: points `[B, K, *natural]` -> `[B, K]`."""
-        nd = len(self.natural_event_shape)
-        r = points.shape.rank
-        perm = [r - nd - 1] + list(range(r - nd - 1)) + list(range(r - nd, r))
-        lp = inner.log_prob(tf.transpose(points, perm))  # [K, B]
-        return tf.transpose(lp, list(range(1, lp.shape.rank)) + [0])
-
-    def mode(self, dist):
-        """Mode `[B, H, W, C]`. For a mixture: the mode of the component with the highest mixture
-        density at its own mode (Ciobanu, Section 3), exact for K=1."""
-        inner, logits, comp = self._parts(dist)
-        modes = self.component_mode(comp)  # [B, (K,) *natural]
-        if logits is not None:
-            best = tf.argmax(self._mixture_log_prob_at(inner, modes), axis=-1)
-            modes = tf.gather(modes, best, axis=1, batch_dims=1)
-        return self._to_image(modes)
-
-    def component_points(self, dist):
-        """Every mixture component's point estimate and the mixture's log-density there.
-
-        For Figure 4 of the paper (and the `component_means` / `component_log_prob` serving
-        signatures): the mean of each component (the mode for t heads), clipped to [0, 1],
-        `[B, K, H, W, C]`, and `log p_mixture(point_k)` in nats, `[B, K]`, at that clipped image
-        (the image shown and saved, not the unclipped mean).
-        Raises:
-          ValueError: the head is not a mixture (K = 1).
-        """
-        inner, logits, comp = self._parts(dist)
-        if logits is None:
-            raise InputError(f"{self.head_name}: component_points needs a mixture (K > 1), got K=1")
-        pts = self.component_mode(comp) if self.point == "mode" else self.component_mean(comp)
-        pts = tf.clip_by_value(pts, 0.0, 1.0)
-        return self._to_image(pts), self._mixture_log_prob_at(inner, pts)
-
-    def point_estimate(self, dist, seed=SAMPLE_SEED):
-        """The paper's point estimate `[B, H, W, C]` clipped to [0, 1]: mean for normals and
-        per-pixel heads, mode for t heads, mean of 50 samples for MAF (drawn with the stateless
-        `seed`, so the estimate is reproducible; None draws fresh samples)."""
-        if self.point == "mode":
-            x = self.mode(dist)
-        else:
-            x = self.mean(dist, seed=seed)
-        return tf.clip_by_value(x, 0.0, 1.0)
-
-    def point_and_variance(self, dist, seed=SAMPLE_SEED):
-        """`point_estimate` and `variance` together, both `[B, H, W, C]` (heads that estimate
-        them from samples draw the samples once)."""
-        return self.point_estimate(dist, seed=seed), self.variance(dist, seed=seed)
-
-    def _tensor(self, dist):
-        """The cheap tensor the Keras layer carries (`convert_to_tensor_fn`), `[B, H, W, C]`:
-        never a sample, finite for every head. The mean, or for heads whose point estimate is the
-        mode (t heads, whose mean does not exist for df <= 1) the mixture-weighted component modes
-        (the mode for K = 1). `model.predict` returns `point_estimate` instead."""
-        if self.point != "mode":
-            return self.mean(dist)
-        _, logits, comp = self._parts(dist)
-        return self._weighted(logits, self._to_image(self.component_mode(comp)))
-
-    def sample(self, dist, num_samples, seed=None):
-        """`num_samples` draws of `dist`, `[num_samples, B, H, W, C]` (`seed`: int or stateless pair)."""
-        return dist.sample(num_samples, seed=seed)

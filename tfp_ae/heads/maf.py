@@ -2,7 +2,8 @@
 import numpy as np
 
 from tfp_ae._tf import tf, tfb, tfd, tfk
-from tfp_ae.heads.base import MAF_SAMPLES, SAMPLE_SEED, Head
+from tfp_ae.heads.base import MAF_SAMPLES, Head
+from tfp_ae.heads.readout import SAMPLE_SEED
 
 
 class MAF(Head):

@@ -3,7 +3,8 @@
 import numpy as np
 
 from tfp_ae._tf import tf, tfd
-from tfp_ae.heads.base import INTERVAL_LEVEL, SAMPLE_SEED, Head, _split, _unflatten, positive, squared_error
+from tfp_ae.heads.base import Head, _split, _unflatten, positive, squared_error
+from tfp_ae.heads.readout import INTERVAL_LEVEL, SAMPLE_SEED
 
 
 class PixelHead(Head):
