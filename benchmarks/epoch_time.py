@@ -3,6 +3,7 @@
     python benchmarks/epoch_time.py                                    # default set, MNIST MLP
     python benchmarks/epoch_time.py --heads mse normal_diag --components 1 10 --epochs 3
     python benchmarks/epoch_time.py --steps-per-execution 1            # one step per compiled call
+    python benchmarks/epoch_time.py --heads normal_lowrank normal_diag --ranks 1 4 16 64   # low-rank heads per rank
     python benchmarks/epoch_time.py --device gpu --out docs/benchmarks/gpu.md
 
 The same run first measures the machine (one child process): its float32 matmul rate (a
@@ -102,7 +103,7 @@ def one(args):
     tfk.utils.set_random_seed(0)
 
     def build(jit):
-        return compile_model(build_model(args.head, x.shape[1:], args.k, args.arch), jit_compile=jit,
+        return compile_model(build_model(args.head, x.shape[1:], args.k, args.arch, rank=args.rank), jit_compile=jit,
                              steps_per_execution=args.steps_per_execution)
 
     model, jit = build(args.jit), "off"
@@ -194,6 +195,9 @@ def main():
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--jit", action="store_true", help="XLA (reported fallback where a head does not compile)")
     p.add_argument("--out", help="write the table (Markdown) here")
+    p.add_argument("--ranks", nargs="+", type=int, default=[None], help="ranks of the low-rank heads (default: "
+                   "the head's); other heads are timed once")
+    p.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--one", nargs=2, metavar=("HEAD", "K"), help=argparse.SUPPRESS)
     p.add_argument("--machine", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -203,6 +207,7 @@ def main():
         args.head, args.k = args.one[0], int(args.one[1])
         return one(args)
     configs = DEFAULT if not args.heads else [(h, k) for h in args.heads for k in (args.components or [1])]
+    configs = [(h, k, r) for h, k in configs for r in (args.ranks if "rank" in get_head(h).options else [None])]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -213,13 +218,14 @@ def main():
     print(f"machine: {hw['flops'] / 1e9:.0f} GFLOP/s float32 matmul, {hw['bandwidth'] / 1e9:.1f} GB/s memory, "
           f"{hw['device']}", flush=True)
     rows = []
-    for head, k in configs:
-        heavy = get_head(head).params_size((28, 28, 1), k) > 100_000
+    for head, k, rank in configs:
+        heavy = get_head(head).params_size((28, 28, 1), k, rank=rank) > 100_000
         limit = min(args.heavy_limit, args.train_limit) if heavy else args.train_limit
         r = run_child(["--one", head, str(k), "--arch", args.arch, "--epochs", str(args.epochs), "--train-limit",
                        str(limit), "--batch-size", str(args.batch_size), "--steps-per-execution",
-                       str(args.steps_per_execution), *common] + (["--jit"] if args.jit else []), env)
-        r.update(head=head, k=k, train_images=limit)
+                       str(args.steps_per_execution), *common] + (["--jit"] if args.jit else [])
+                      + ([] if rank is None else ["--rank", str(rank)]), env)
+        r.update(head=head if rank is None else f"{head} r={rank}", k=k, train_images=limit)
         if "error" not in r:  # project to a full epoch of --train-limit images
             scale = -(-args.train_limit // args.batch_size) / r["steps"]
             r["epoch_s"] = {path: sec * scale for path, sec in r["seconds"].items()}
