@@ -174,6 +174,11 @@ def test_tensorboard_and_validation_split(tmp_path):
     assert metrics["train_images"] == 300
     for split in ("train", "validation"):
         assert list((tmp_path / "r" / "logs" / split).glob("events.out.tfevents.*")), split
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "r" / "logs" / "images"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert {"inputs", "point_estimates", "interval_width", "prior_samples", "bits_per_dim"} <= set(events.Tags()["tensors"])
+    assert [e.step for e in events.Tensors("bits_per_dim")] == [0, 1]
 
 
 def test_config_errors_name_the_setting():

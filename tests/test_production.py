@@ -95,7 +95,7 @@ def test_serving_signatures_check_their_inputs_in_a_process_without_the_package(
         good = tf.constant(np.full((3, 8, 8, 1), 0.5, np.float32))
         res = dict(good={{}}, bad={{}})
         for name in [*{names!r}, "serving_default"]:
-            args = dict(num_samples=tf.constant(2)) if name == "sample" else {{}}
+            args = dict(sample=dict(num_samples=tf.constant(2)), interval=dict(level=tf.constant(0.9))).get(name, {{}})
             res["good"][name] = [v.shape.as_list() for v in sig[name](images=good, **args).values()]
             for bad, x in np.load({str(tmp_path / 'bad.npz')!r}).items():
                 try:
@@ -108,6 +108,11 @@ def test_serving_signatures_check_their_inputs_in_a_process_without_the_package(
             res["bad"]["sample num_samples=0"] = "accepted"
         except tf.errors.InvalidArgumentError as e:
             res["bad"]["sample num_samples=0"] = str(e)
+        try:
+            sig["interval"](images=good, level=tf.constant(1.5))
+            res["bad"]["interval level=1.5"] = "accepted"
+        except tf.errors.InvalidArgumentError as e:
+            res["bad"]["interval level=1.5"] = str(e)
         res["package_imported"] = "tfp_ae" in sys.modules
         print(json.dumps(res))
     """)
@@ -116,11 +121,30 @@ def test_serving_signatures_check_their_inputs_in_a_process_without_the_package(
     assert res["good"]["serving_default"] == [[3, 8, 8, 1]]
     assert res["good"]["sample"] == [[3, 2, 8, 8, 1]] and res["good"]["log_prob"] == [[3]]
     assert res["good"]["component_means"] == [[3, 2, 8, 8, 1]]
-    assert len(res["bad"]) == (len(names) + 1) * len(BAD_SERVING_INPUTS) + 1
+    assert res["good"]["interval"] == [[3, 8, 8, 1]] * 3
+    assert len(res["bad"]) == (len(names) + 1) * len(BAD_SERVING_INPUTS) + 2
     for key, message in res["bad"].items():
         bad = key.split(" ", 1)[1]
-        expected = "num_samples" if bad == "num_samples=0" else BAD_SERVING_INPUTS[bad][1]
+        expected = dict(zip(["num_samples=0", "level=1.5"], ["num_samples", "interval level must be in (0, 1)"])).get(
+            bad) or BAD_SERVING_INPUTS[bad][1]
         assert expected in message, (key, message)
+
+
+@pytest.mark.parametrize("head,k", [("student_t_diag", 1), ("normal_diag", 2)])
+def test_interval_signature_equals_the_model(head, k, tmp_path, digits):
+    """`interval(images, level)`: lo, hi, width of the model's own `interval`, at the default 0.9
+    and at another level; sample-based (mixture) intervals use a fixed seed, so two calls agree."""
+    from tfp_ae.models import build_model
+    model = build_model(head, digits.image_shape, k)
+    export_saved_model(model, tmp_path / "export")
+    served = tf.saved_model.load(str(tmp_path / "export"))
+    x = digits.x_test[:5]
+    for level, got in [(0.9, served.interval(tf.constant(x))), (0.5, served.interval(tf.constant(x), tf.constant(0.5)))]:
+        lo, hi = model.interval(x, level)
+        np.testing.assert_allclose(got["lo"], lo, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["width"], hi - lo, rtol=1e-5, atol=1e-6)
+    again = served.signatures["interval"](images=tf.constant(x), level=tf.constant(0.5))
+    np.testing.assert_array_equal(again["hi"], served.interval(tf.constant(x), tf.constant(0.5))["hi"])
 
 
 def test_component_log_prob_is_mixture_density_at_each_component_mean(digits):

@@ -9,6 +9,11 @@ variables and these `tf.function`s, which need nothing but TensorFlow to run (im
   head's point estimate (mean, mode for t heads, mean of 50 samples drawn with a fixed stateless
   seed for MAF), clipped to [0, 1]; TF Serving clients that name no signature get it;
 - `variance(images)` -> `{"variance": [B, H, W, C]}` (not for `mse`, which models no variance);
+- `interval(images, level)` -> `{"lo", "hi", "width"}`, each `[B, H, W, C]` in pixel units: each
+  pixel's central `level` interval (`Head.interval`: exact quantiles, or the percentiles of 1000
+  draws with a fixed stateless seed for mixtures, MAF and Bernoulli, so the output is
+  deterministic); `level` is a scalar float32 in (0, 1), 0.9 when a Python caller omits it
+  (`loaded.interval(images)`); not for `mse`;
 - `log_prob(images)` -> `{"log_prob": [B]}` in nats per image (a VAE: log p(x) by importance
   sampling with `NLL_SAMPLES` = 250 samples and a fixed seed; `reconstruct` etc. decode the
   posterior mean);
@@ -32,7 +37,7 @@ import shutil
 from pathlib import Path
 
 from tfp_ae._tf import tf
-from tfp_ae.heads import SAMPLE_SEED
+from tfp_ae.heads import INTERVAL_LEVEL, SAMPLE_SEED
 from tfp_ae.train import load_model
 
 
@@ -89,6 +94,10 @@ class ServingModule(tf.Module):
                 draws = head.sample(dist(images), num_samples)  # [num_samples, B, H, W, C]
             return {"samples": tf.transpose(draws, [1, 0, *range(2, 2 + len(shape))])}
 
+        def interval(images, level=tf.constant(INTERVAL_LEVEL)):
+            lo, hi = head.interval(dist(images), level)
+            return {"lo": lo, "hi": hi, "width": hi - lo}
+
         self.reconstruct = signature(lambda images: {
             "reconstruction": model.point_estimate(checked_images(images, shape))})
         self.log_prob = signature(lambda images: {
@@ -97,7 +106,10 @@ class ServingModule(tf.Module):
         names = ["reconstruct", "log_prob", "sample"]
         if head.has_variance:
             self.variance = signature(lambda images: {"variance": head.variance(dist(images))})
-            names.append("variance")
+            self.interval = tf.function(interval, autograph=False)
+            self.interval.get_concrete_function(images)                                  # level = 0.9
+            self.interval.get_concrete_function(images, tf.TensorSpec([], tf.float32, name="level"))
+            names += ["variance", "interval"]
         if head.num_components > 1:
             self.component_means = signature(lambda images: {
                 "component_means": head.component_points(dist(images))[0]})
@@ -107,8 +119,13 @@ class ServingModule(tf.Module):
         self.signature_names = tuple(names)
 
     def signatures(self):
-        """Name -> function, with `serving_default` (the point estimate) for clients that name none."""
-        return dict({name: getattr(self, name) for name in self.signature_names}, serving_default=self.reconstruct)
+        """Name -> function, with `serving_default` (the point estimate) for clients that name none;
+        `interval` takes `images` and `level` (a signature has no default)."""
+        sigs = {name: getattr(self, name) for name in self.signature_names}
+        if "interval" in sigs:
+            sigs["interval"] = self.interval.get_concrete_function(
+                tf.TensorSpec(None, tf.float32, name="images"), tf.TensorSpec([], tf.float32, name="level"))
+        return dict(sigs, serving_default=self.reconstruct)
 
 
 def export_saved_model(model, export_dir, overwrite=False, config=None):

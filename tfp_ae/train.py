@@ -11,6 +11,7 @@ import numpy as np
 
 from tfp_ae import figures, plots
 from tfp_ae._tf import tf, tfk
+from tfp_ae.callbacks import ImageSummaries
 from tfp_ae.config import RunConfig
 from tfp_ae.data import load_dataset, make_pipeline, prepare_images
 from tfp_ae.errors import InputError
@@ -156,8 +157,9 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     """
     config.validate()  # before anything is deleted or written
     out = Path(config.out) if config.out else None
+    log_dir = out / LOG_DIR if out else Path("runs") / LOG_DIR
     if config.tensorboard:  # raises ImportError without the package: before anything is deleted or written
-        callbacks = [*callbacks, tensorboard_callback(out / LOG_DIR if out else Path("runs") / LOG_DIR)]
+        callbacks = [*callbacks, tensorboard_callback(log_dir)]
     if out and out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is an existing file; the run folder must be a folder (new or a run's)")
     strategy = strategy or make_strategy(config.strategy)
@@ -177,6 +179,8 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     data = dataclasses.replace(full, x_train=x_train[:config.train_limit], y_train=y_train)
     x_train = data.x_train
     config.validate(x_train.shape[1:])  # the head's options against the image size, before the folder is made
+    if config.tensorboard and writer:  # inputs, point estimates, interval maps, samples, bits/dim per epoch
+        callbacks = [*callbacks, ImageSummaries(log_dir, data.x_test, data.num_levels, seed=config.seed)]
     if out and writer:
         out.mkdir(parents=True, exist_ok=True)
         write_json(dict(config.to_dict(), image_shape=list(x_train.shape[1:])), out / CONFIG_FILE)

@@ -91,10 +91,16 @@ class Readouts:
         Bernoulli heads; otherwise (mixtures, MAF, Bernoulli) the empirical percentiles of
         `INTERVAL_SAMPLES` draws with the stateless `seed` (linear interpolation). NaN for `mse`,
         which models no spread.
+        `level` may be a scalar tensor (a serving input): then it is checked when the graph runs.
         Raises:
-          InputError: `level` outside (0, 1).
+          InputError: a number `level` outside (0, 1).
+          InvalidArgumentError (when the graph runs): a tensor `level` outside (0, 1).
         """
-        if not 0 < level < 1:
+        if tf.is_tensor(level):
+            ok = tf.debugging.Assert((level > 0) & (level < 1), ["interval level must be in (0, 1), got", level])
+            with tf.control_dependencies([ok]):
+                level = tf.identity(level)
+        elif not 0 < level < 1:
             raise InputError(f"interval level must be in (0, 1), got {level!r}")
         _, logits, comp = self._parts(dist)
         marginal = self.marginal(comp) if logits is None else None
