@@ -332,3 +332,33 @@ def test_memory_estimate_scales_and_too_big_runs_are_refused(monkeypatch, tmp_pa
     with pytest.raises(SystemExit, match="needs about"):
         monkeypatch.setattr(runtime, "available_memory", lambda: 10 * 2 ** 20)
         main(["train", "--dataset", "digits", "--head", "normal_full", "--epochs", "1", "--out", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("head,converted", [
+    ("normal_diag", {"reconstruct", "interval", "log_prob"}),
+    ("student_t_diag", {"reconstruct"}),
+])
+def test_tflite_files_match_the_saved_model_or_are_refused_with_a_reason(head, converted, tmp_path, digits, capsys):
+    """`tfp-ae export --tflite`: every .tflite file, run by `tf.lite.Interpreter` on test images,
+    equals the SavedModel signature of the same name (rtol 1e-5); what does not convert is in
+    report.json with the converter's reason (Student-t quantiles and log-density)."""
+    config = RunConfig(dataset="digits", head=head, epochs=1, train_limit=200, eval_images=10, fid=False,
+                       extra_figures=False, verbose=0, out=str(tmp_path / "run"))
+    run(config)
+    main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "export"), "--tflite"])
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "export" / "tflite" / "report.json").read_text())
+    assert {n for n, r in report.items() if r == "converted"} == converted
+    for name, result in report.items():
+        assert (tmp_path / "export" / "tflite" / f"{name}.tflite").exists() == (result == "converted")
+        assert f"tflite {name}: " in printed
+        if result != "converted":
+            assert result.startswith("refused: ") and len(result) > 20, result
+    served = tf.saved_model.load(str(tmp_path / "export"))
+    x = digits.x_test[:7]
+    for name in converted:
+        runner = tf.lite.Interpreter(str(tmp_path / "export" / "tflite" / f"{name}.tflite")).get_signature_runner()
+        got = runner(images=x)
+        want = getattr(served, name)(tf.constant(x))
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key].numpy(), rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want[key]).max()))

@@ -109,8 +109,10 @@ def cmd_train(args):
 
 
 def cmd_export(args):
-    names = export_run(args.run_dir, args.out, overwrite=args.overwrite)
+    names, report = export_run(args.run_dir, args.out, overwrite=args.overwrite, tflite=args.tflite)
     print(f"wrote SavedModel {args.out} with signatures: {', '.join(names)}")
+    for name, result in (report or {}).items():
+        print(f"tflite {name}: " + (f"wrote {args.out}/tflite/{name}.tflite" if result == "converted" else result))
 
 
 def cmd_toy2d(args):
@@ -194,6 +196,8 @@ def main(argv=None):
     p.add_argument("run_dir", help="a run folder written by `tfp-ae train`")
     p.add_argument("--out", required=True, help="SavedModel folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--tflite", action="store_true", help="also write OUT/tflite/{reconstruct,interval,log_prob}.tflite "
+                   "where TensorFlow Lite converts and reproduces them (OUT/tflite/report.json says why not)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("toy2d", help="the VAE tutorial's 2D study: VAE and IWAE on toy densities vs their entropy")
     p.add_argument("--out", default="runs/toy2d")

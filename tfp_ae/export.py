@@ -30,11 +30,21 @@ message says what was expected. A dtype other than float32 is refused by the sig
 
 Load with `tf.saved_model.load(path)` and call `loaded.reconstruct(images)`, or use
 `loaded.signatures["reconstruct"](images=images)` from any TensorFlow runtime.
+
+`export_tflite` (`tfp-ae export RUN --out OUT --tflite`) also writes `OUT/tflite/<name>.tflite`
+for the deterministic functions: `reconstruct`, `interval` (level 0.9, fixed) and `log_prob`
+where it is closed-form (not for a VAE). Each is converted with TensorFlow Lite's built-in ops
+only, then run by `tf.lite.Interpreter` on a probe batch and compared with the SavedModel
+function (rtol 1e-5); a function that does not convert, does not run or differs is refused, and
+`OUT/tflite/report.json` says why (for example the Student-t quantile, a `Betaincinv`, and the
+Cholesky factor of the low-rank heads have no TensorFlow Lite kernel).
 """
 import json
 import os
 import shutil
 from pathlib import Path
+
+import numpy as np
 
 from tfp_ae._tf import tf
 from tfp_ae.heads import INTERVAL_LEVEL, SAMPLE_SEED
@@ -158,7 +168,79 @@ def export_saved_model(model, export_dir, overwrite=False, config=None):
     return list(module.signature_names)
 
 
-def export_run(run_dir, export_dir, overwrite=False):
-    """`export_saved_model` of the trained model in a run folder (see `tfp_ae.train.load_model`)."""
+TFLITE_DIR = "tflite"
+TFLITE_RTOL = 1e-5
+
+
+def tflite_functions(model):
+    """The deterministic functions TensorFlow Lite may run, name -> function of float32 images
+    `[B, H, W, C]` returning a dict of tensors (as the SavedModel signatures of the same name)."""
+    head = model.head
+    fns = {"reconstruct": lambda images: {"reconstruction": model.point_estimate(images)}}
+    if head.has_variance:
+        def interval(images):
+            lo, hi = head.interval(model(images, training=False), INTERVAL_LEVEL)
+            return {"lo": lo, "hi": hi, "width": hi - lo}
+        fns["interval"] = interval
+    if model.log_prob_note is None:  # closed form (a VAE's is an importance-sampled estimate)
+        fns["log_prob"] = lambda images: {"log_prob": model.log_prob(images)}
+    return fns
+
+
+def _first_line(e):
+    """The converter's or interpreter's reason, without source locations: `Type: text`."""
+    text = str(e).strip()
+    if "error:" in text:
+        text = text.split("error:", 1)[1]
+    return f"{type(e).__name__}: {(text.strip().splitlines() or ['?'])[0][:300]}"
+
+
+def export_tflite(model, out_dir, probe=None):
+    """Write `OUT_DIR/tflite/<name>.tflite` for each of `tflite_functions(model)` that TensorFlow
+    Lite converts with its built-in ops and runs to within rtol 1e-5 of TensorFlow on `probe`
+    images (default: 4 seeded uniform images), and `report.json` (name -> "converted" or the
+    reason it was refused). The files take a float32 batch `[B, H, W, C]` of any B (the
+    interpreter's signature runner resizes its input); unlike the SavedModel they do not check
+    that pixels are finite and in [0, 1] (TensorFlow Lite has no assertion op).
+
+    Returns:
+      dict name -> "converted" or "refused: reason".
+    """
+    folder = Path(out_dir) / TFLITE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = tuple(model.image_shape)
+    if probe is None:
+        probe = np.random.default_rng(0).uniform(size=(4, *shape)).astype(np.float32)
+    report = {}
+    for name, fn in tflite_functions(model).items():
+        concrete = tf.function(fn, autograph=False).get_concrete_function(tf.TensorSpec([None, *shape], tf.float32,
+                                                                                         name="images"))
+        try:
+            converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            blob = converter.convert()
+            runner = tf.lite.Interpreter(model_content=blob).get_signature_runner()
+            want = {k: v.numpy() for k, v in concrete(tf.constant(probe)).items()}
+            got = runner(images=probe)
+            for k, v in want.items():
+                np.testing.assert_allclose(got[k], v, rtol=TFLITE_RTOL, atol=TFLITE_RTOL * max(1.0, np.abs(v).max()),
+                                           err_msg=f"{name}/{k}: TensorFlow Lite differs from TensorFlow")
+        except Exception as e:  # noqa: BLE001 (any failure refuses this function; the reason is reported)
+            report[name] = f"refused: {_first_line(e)}"
+            continue
+        (folder / f"{name}.tflite").write_bytes(blob)
+        report[name] = "converted"
+    (folder / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def export_run(run_dir, export_dir, overwrite=False, tflite=False):
+    """`export_saved_model` of the trained model in a run folder (see `tfp_ae.train.load_model`),
+    and with `tflite` also `export_tflite` into the same folder.
+
+    Returns:
+      (signature names, TFLite report or None).
+    """
     model, config = load_model(run_dir)
-    return export_saved_model(model, export_dir, overwrite, config=config.to_dict())
+    names = export_saved_model(model, export_dir, overwrite, config=config.to_dict())
+    return names, (export_tflite(model, export_dir) if tflite else None)
