@@ -362,3 +362,20 @@ def test_tflite_files_match_the_saved_model_or_are_refused_with_a_reason(head, c
         want = getattr(served, name)(tf.constant(x))
         for key in want:
             np.testing.assert_allclose(got[key], want[key].numpy(), rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want[key]).max()))
+
+
+@pytest.mark.parametrize("arrays,note", [
+    (lambda d: dict(x_train=d.x_train[:200], x_test=d.x_test[:40]), "no labels"),
+    (lambda d: dict(x_train=d.x_train[:200], y_train=np.zeros(200, np.int64), x_test=d.x_test[:40],
+                    y_test=d.y_test[:40]), "one class"),
+    (lambda d: dict(x_train=d.x_train[:200, :1, :1], y_train=d.y_train[:200], x_test=d.x_test[:40, :1, :1],
+                    y_test=d.y_test[:40]), "at least 4 x 4"),
+])
+def test_npz_sources_that_cannot_train_the_fid_classifier_say_why(arrays, note, tmp_path, digits):
+    """An .npz without labels, with one class, or of 1x1 images trains and is evaluated; fid_lenet
+    is skipped with a note saying why, not computed from a meaningless (or crashing) classifier."""
+    np.savez(tmp_path / "d.npz", **arrays(digits))
+    main(["train", "--dataset", str(tmp_path / "d.npz"), "--epochs", "1", "--eval-images", "20", "--tsne-images", "0",
+          "--out", str(tmp_path / "r")])
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert "fid_lenet" not in m and note in m["fid_note"] and np.isfinite(m["test_nll_nats"])

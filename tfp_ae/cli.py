@@ -165,9 +165,9 @@ def cmd_augment(args):
     if args.include_originals:
         new_x, new_y = np.concatenate([x, new_x]), np.concatenate([-np.ones(len(x), np.int64) if y is None else y, new_y])
     tmp = out.with_name(out.stem + ".tmp.npz")
-    np.savez_compressed(tmp, x_train=new_x, y_train=new_y, x_test=prepare_images(data.x_test, cfg.rescale),
-                        y_test=data.y_test, log_prob=aug["log_prob"], source_index=aug["source_index"],
-                        component=aug["component"])
+    labels = {} if y is None or data.y_test is None else dict(y_train=new_y, y_test=data.y_test)  # none: none written
+    np.savez_compressed(tmp, x_train=new_x, x_test=prepare_images(data.x_test, cfg.rescale), **labels,
+                        log_prob=aug["log_prob"], source_index=aug["source_index"], component=aug["component"])
     tmp.replace(out)
     print(f"kept {len(aug['images'])} of {aug['all_log_prob'].size} component images "
           f"(log p >= {args.min_log_prob}); wrote {out} (x_train {new_x.shape}, usable as --dataset {out})")

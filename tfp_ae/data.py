@@ -40,7 +40,7 @@ class Dataset:
     Attributes:
       name: dataset name (`mnist`, `fashion_mnist`, `digits`).
       x_train, x_test: float32 images `[N, H, W, 1]` in [0, 1].
-      y_train, y_test: int64 labels `[N]`.
+      y_train, y_test: int64 labels `[N]`, or None for a source without labels.
       num_levels: number of intensity levels L of the quantised pixels (256 for 8 bits).
       source: where the data was read from.
     """
@@ -242,8 +242,8 @@ def _load_npz(path):
     labels = {}
     for k, x in (("y_train", xtr), ("y_test", xte)):
         y = arrays.get(k)
-        if y is None:
-            labels[k] = np.zeros(len(x) if x.ndim else 0, np.int64)
+        if y is None:  # no labels: None (not zeros, which would train the FID classifier on one class)
+            labels[k] = None
             continue
         if y.ndim != 1 or x.ndim == 0 or len(y) != len(x):
             raise InputError(f"dataset file {path}: {k} must have shape [N] with N = {len(x) if x.ndim else 0} "

@@ -48,13 +48,14 @@ def psnr_ssim(x, point):
 
 def fid_extractors(config, data):
     """The FID feature extractors a run uses (`tfp_ae.fid`): `lenet` (trained once per dataset,
-    cached) when `config.fid` and the data has labels; `inception` when `config.fid_inception` or
+    cached) when `config.fid` and the data can train it (`fid.lenet_unavailable`); `inception` when `config.fid_inception` or
     its weights are already cached. Returns (extractors, notes)."""
     extractors, notes = [], []
-    if config.fid and data.y_train is not None:
+    why_not = fid.lenet_unavailable(data)
+    if config.fid and not why_not:
         extractors.append(fid.lenet_extractor(data, verbose=config.verbose))
     elif config.fid:
-        notes.append("no fid_lenet: the dataset has no labels to train its classifier")
+        notes.append(f"no fid_lenet: {why_not}")
     if config.fid_inception or (config.fid and fid.inception_available()):
         extractors.append(fid.inception_extractor())
     return extractors, notes

@@ -116,6 +116,19 @@ def _data_key(data):
     return f"{Path(str(data.name)).stem}_{shape}_{h.hexdigest()[:10]}"
 
 
+def lenet_unavailable(data):
+    """Why the `lenet` classifier cannot be trained on `data` (a sentence), or "" when it can:
+    it needs labels for both splits with at least two classes, and images of at least 4 x 4
+    pixels (its two 2 x 2 max-pooling layers)."""
+    if data.y_train is None or data.y_test is None:
+        return "the dataset has no labels (y_train, y_test) to train its classifier"
+    if len(np.unique(data.y_train)) < 2:
+        return "the training labels have one class; a classifier's features would mean nothing"
+    if min(data.x_train.shape[1:3]) < 4:
+        return f"its classifier pools twice 2 x 2 and needs images of at least 4 x 4, got {data.x_train.shape[1:3]}"
+    return ""
+
+
 def lenet_extractor(data, epochs=CLASSIFIER_EPOCHS, seed=0, verbose=0):
     """The `lenet` extractor for a dataset: trains the classifier on `data.x_train` / `y_train`
     the first time (then loads it from the cache) and reports its accuracy on `data.x_test`.

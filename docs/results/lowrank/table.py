@@ -65,6 +65,7 @@ def main(root):
     root = Path(root)
     ours = [run_row(ds.name, run) for ds in sorted(root.iterdir()) if ds.is_dir()
             for run in sorted(ds.iterdir()) if (run / "metrics.json").exists()]
+    ours.sort(key=lambda r: (r["dataset"], r["head"], str(r["min_df"]), r["dequantize"], int(r["rank"] or 0)))
     base = table1_rows()
     rows = ours + [r for r in base if (r["head"], r["components"]) in BASELINES]
     with (HERE / "results.csv").open("w", newline="") as f:
