@@ -62,7 +62,7 @@ def test_fuzz_dataset_files(tmp_path_factory, x_train, x_test, y_train, rescale,
         assert str(e)
         return
     assert x.ndim == 4 and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
-    assert len(data.y_train) == len(data.x_train)
+    assert data.y_train is None if y_train is None else len(data.y_train) == len(data.x_train)
 
 
 @fuzz(60)
