@@ -25,7 +25,8 @@ FULL_COVARIANCE_MAX = 512  # latent sizes up to this get a full-covariance Gauss
 def _label(model):
     head = model.head
     kind = "VAE" if model.kind == "vae" else model.build_args["arch"]
-    return f"{head.head_name} K={head.num_components} ({kind})"
+    options = "".join(f" {k}={v:g}" for k, v in head.option_values.items() if v != head.options[k])  # not defaults
+    return f"{head.head_name} K={head.num_components}{options} ({kind})"
 
 
 def _uncertainty_note(head, kind):
