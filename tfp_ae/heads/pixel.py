@@ -53,7 +53,7 @@ class MSE(NormalIdentity):
         """NaN `[B, H, W, C]`: MSE training fixes no variance (its NLL assumes 1, which is not learned)."""
         return tf.fill(tf.shape(self.mean(dist)), np.nan)
 
-    def interval(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
+    def interval(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED, num_samples=None):
         """NaN bounds `[B, H, W, C]`, as `variance`."""
         nan = self.variance(dist)
         return nan, nan

@@ -94,7 +94,7 @@ class Readouts:
         closed form (`interval` then samples). Overridden by the families."""
         return None
 
-    def interval(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
+    def interval(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED, num_samples=INTERVAL_SAMPLES):
         """Per-pixel central `level` interval of p(x_pixel | input): `(lo, hi)`, each `[B, H, W, C]`
         in pixel units (pixels in [0, 1]; the bounds may lie outside, and are infinite where the
         quantile overflows float32, e.g. a t with df ~ 0.01), `lo = F^-1((1 - level) / 2)`,
@@ -103,7 +103,7 @@ class Readouts:
         quantiles (`marginal`) for K = 1 normal, Student-t (Kotz & Nadarajah 2004: the marginals of
         a multivariate or elliptical matrix t are t with the same df), logistic and continuous
         Bernoulli heads; otherwise (mixtures, MAF, Bernoulli) the empirical percentiles of
-        `INTERVAL_SAMPLES` draws with the stateless `seed` (linear interpolation). NaN for `mse`,
+        `num_samples` draws (default 1000) with the stateless `seed` (linear interpolation). NaN for `mse`,
         which models no spread.
         `level` may be a scalar tensor (a serving input): then it is checked when the graph runs.
         Raises:
@@ -120,11 +120,11 @@ class Readouts:
         marginal = self.marginal(comp) if logits is None else None
         if marginal is not None:
             return tuple(self._to_image(q) for q in central_quantiles(marginal, level))
-        return sample_interval(self.sample(dist, INTERVAL_SAMPLES, seed=seed), level)
+        return sample_interval(self.sample(dist, num_samples, seed=seed), level)
 
-    def interval_width(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
+    def interval_width(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED, num_samples=INTERVAL_SAMPLES):
         """`hi - lo` of `interval`, `[B, H, W, C]`, pixel units (may exceed 1, or be inf)."""
-        lo, hi = self.interval(dist, level, seed)
+        lo, hi = self.interval(dist, level, seed, num_samples)
         return hi - lo
 
     def _mixture_log_prob_at(self, inner, points):

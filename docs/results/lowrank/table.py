@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from tfp_ae.heads import DEFAULT_RANK, HEADS
+
 HERE = Path(__file__).parent
 BASELINES = [("normal_diag", 1), ("normal_diag", 10), ("normal_full", 1), ("matrix_normal_full", 1)]
 COLUMNS = ["dataset", "head", "components", "rank", "min_df", "dequantize", "bits_per_dim", "l2_percent",
@@ -18,7 +20,8 @@ COLUMNS = ["dataset", "head", "components", "rank", "min_df", "dequantize", "bit
 def run_row(dataset, run_dir):
     m = json.loads((run_dir / "metrics.json").read_text())
     c = json.loads((run_dir / "config.json").read_text())
-    return dict(dataset=dataset, head=m["head"], components=m["components"], rank=c.get("rank") or "",
+    rank = c.get("rank") or (DEFAULT_RANK if "rank" in HEADS[m["head"]].options else "")
+    return dict(dataset=dataset, head=m["head"], components=m["components"], rank=rank,
                 min_df=c.get("min_df") if c.get("min_df") is not None else "", dequantize=c["dequantize"],
                 bits_per_dim=m["bits_per_dim"], l2_percent=m["l2_percent"],
                 coverage_95=(m.get("calibration") or {}).get("coverage_95", ""),
