@@ -36,8 +36,8 @@ for the deterministic functions: `reconstruct`, `interval` (level 0.9, fixed) an
 where it is closed-form (not for a VAE). Each is converted with TensorFlow Lite's built-in ops
 only, then run by `tf.lite.Interpreter` on a probe batch and compared with the SavedModel
 function (rtol 1e-5); a function that does not convert, does not run or differs is refused, and
-`OUT/tflite/report.json` says why (for example the Student-t quantile, a `Betaincinv`, and the
-Cholesky factor of the low-rank heads have no TensorFlow Lite kernel).
+`OUT/tflite/report.json` gives the converter's or interpreter's reason (for example the low-rank
+heads' `Cholesky` has no built-in TensorFlow Lite kernel; `docs/benchmarks/tflite.md` per head).
 """
 import json
 import os
@@ -83,6 +83,13 @@ def checked_images(images, image_shape):
                        lambda: tf.zeros([0, *image_shape]))
 
 
+def interval_outputs(head, dist, level):
+    """The `interval` signature's outputs: `{"lo", "hi", "width"}`, each `[B, H, W, C]`, of `dist`'s
+    central `level` interval (`Head.interval`), for the SavedModel and the TFLite file alike."""
+    lo, hi = head.interval(dist, level)
+    return {"lo": lo, "hi": hi, "width": hi - lo}
+
+
 class ServingModule(tf.Module):
     """The serving functions of one model (see the module docstring); tracks only its variables."""
 
@@ -105,8 +112,7 @@ class ServingModule(tf.Module):
             return {"samples": tf.transpose(draws, [1, 0, *range(2, 2 + len(shape))])}
 
         def interval(images, level=tf.constant(INTERVAL_LEVEL)):
-            lo, hi = head.interval(dist(images), level)
-            return {"lo": lo, "hi": hi, "width": hi - lo}
+            return interval_outputs(head, dist(images), level)
 
         self.reconstruct = signature(lambda images: {
             "reconstruction": model.point_estimate(checked_images(images, shape))})
@@ -178,10 +184,7 @@ def tflite_functions(model):
     head = model.head
     fns = {"reconstruct": lambda images: {"reconstruction": model.point_estimate(images)}}
     if head.has_variance:
-        def interval(images):
-            lo, hi = head.interval(model(images, training=False), INTERVAL_LEVEL)
-            return {"lo": lo, "hi": hi, "width": hi - lo}
-        fns["interval"] = interval
+        fns["interval"] = lambda images: interval_outputs(head, model(images, training=False), INTERVAL_LEVEL)
     if model.log_prob_note is None:  # closed form (a VAE's is an importance-sampled estimate)
         fns["log_prob"] = lambda images: {"log_prob": model.log_prob(images)}
     return fns
