@@ -3,21 +3,47 @@ grid, `tfp-ae table` merges grid results, `tfp-ae augment` writes mixture compon
 dataset, `tfp-ae export` writes a SavedModel, `tfp-ae toy2d` the VAE 2D study, `tfp-ae heads`
 lists the heads."""
 import argparse
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from tfp_ae.config import ARCHS, MODELS, OBJECTIVES, PRECISIONS, STRATEGIES, UNCERTAINTIES, RunConfig
-from tfp_ae.data import DATASETS, load_dataset, prepare_images
+from tfp_ae.data import DATASETS
 from tfp_ae.errors import InputError
 from tfp_ae.export import export_run
 from tfp_ae.figures import augment
 from tfp_ae.grid import grid_cells, merge_results, run_grid
 from tfp_ae.heads import DEFAULT_RANK, HEADS, describe_heads
 from tfp_ae.runtime import device_summary, make_strategy
+from tfp_ae.sources import CROPS, convert, open_source
 from tfp_ae.toy2d import TOY_DATASETS, TOY_SETUPS, run_study
 from tfp_ae.train import DivergedError, load_model, run
+
+
+DATASET_HELP = (f"{', '.join(DATASETS)}; a .npz file (x_train, x_test [N, H, W, C]); tfds:NAME[/CONFIG]; a folder of "
+                "images (PNG, JPEG, BMP, GIF; train/ and test/ subfolders, class subfolders as labels); a folder "
+                "or glob of TFRecord shards (see `tfp-ae convert`)")
+
+
+def _add_source_args(p):
+    """Where images come from and how they are shaped: shared by `train`, `grid` and `convert`."""
+    d = RunConfig()
+    p.add_argument("--data-dir", default=None, help="folder with mnist/ and fashion-mnist/ IDX files; "
+                   "for tfds:NAME, TFDS's data_dir")
+    p.add_argument("--image-size", default=None, metavar="H|HxW", help="resize every image (antialiased, "
+                   "re-quantised to the source's levels)")
+    p.add_argument("--crop", default=d.crop, choices=CROPS, help="center: crop to --image-size's aspect ratio first")
+    p.add_argument("--channels", type=int, default=None, choices=[1, 3], help="convert every image to grey (1) "
+                   "or RGB (3)")
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="image folders without train/ "
+                   "and test/ subfolders: the fraction of files held out for test (a fixed split)")
+    p.add_argument("--download", action="store_true", help="tfds:NAME: download and prepare it if it is not "
+                   "prepared in --data-dir (needs the internet)")
+    p.add_argument("--skip-bad-images", action="store_true", help="leave unreadable image files out (counted "
+                   "in the output and metrics.json) instead of stopping with an error")
+    p.add_argument("--rescale", action="store_true", help="divide the images by 255 (.npz data given as 0-255)")
 
 
 def _add_settings(p):
@@ -34,7 +60,7 @@ def _add_settings(p):
     p.add_argument("--dequantize", action="store_true", help="train on uniformly dequantised pixels")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--eval-images", type=int, default=d.eval_images, help="test images for l2_percent")
-    p.add_argument("--data-dir", default=None, help="folder with mnist/ and fashion-mnist/ IDX files")
+    _add_source_args(p)
     p.add_argument("--jit", dest="jit_compile", action="store_true", help="compile training steps with XLA")
     p.add_argument("--steps-per-execution", type=int, default=d.steps_per_execution,
                    help="training steps per call of the compiled train function (fewer Python round trips; "
@@ -45,7 +71,6 @@ def _add_settings(p):
                    help="hold out this fraction of the training images; val_loss is logged per epoch")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/logs "
                    "(pip install 'tfp_ae[tensorboard]')")
-    p.add_argument("--rescale", action="store_true", help="divide the images by 255 (data given as 0-255)")
     p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
                    help="tf.distribute strategy (mirrored: all GPUs, or all logical CPUs; multiworker: TF_CONFIG)")
     p.add_argument("--deterministic", action="store_true", help="enable TensorFlow's op determinism: GPU runs "
@@ -64,7 +89,7 @@ def _add_settings(p):
 def _add_train_args(p):
     d = RunConfig()
     p.add_argument("--dataset", default=d.dataset,
-                   help=f"{', '.join(DATASETS)}, or a path to an .npz file with x_train and x_test [N, H, W, C]")
+                   help=DATASET_HELP)
     p.add_argument("--model", default=d.model, choices=MODELS, help="ae: the paper's autoencoders; vae: a VAE "
                    "with the head as decoder likelihood")
     p.add_argument("--head", default=d.head, help=f"output head, one of: {', '.join(HEADS)}")
@@ -85,7 +110,8 @@ def _config(args):
     cfg = RunConfig.from_dict(fields)
     prefix = "" if cfg.model == "ae" else f"{cfg.model}_{cfg.objective}_"
     options = "".join(f"_{k}{v:g}" for k, v in cfg.head_options.items())
-    cfg.out = cfg.out or f"runs/{Path(cfg.dataset).stem}_{prefix}{cfg.arch}_{cfg.head}_k{cfg.components}{options}"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.dataset.rstrip("/*")).stem).strip("_")
+    cfg.out = cfg.out or f"runs/{slug}_{prefix}{cfg.arch}_{cfg.head}_k{cfg.components}{options}"
     cfg.verbose = 1 if sys.stdout.isatty() else 2
     return cfg.validate()
 
@@ -152,11 +178,11 @@ def cmd_augment(args):
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     model, cfg = load_model(args.run_dir)
-    data = load_dataset(cfg.dataset, cfg.data_dir)
-    x = getattr(data, f"x_{args.split}")[:args.limit]
-    y = getattr(data, f"y_{args.split}")
-    y = None if y is None else y[:args.limit]
-    x = prepare_images(x, cfg.rescale, f"{args.split} images", image_shape=model.head.event_shape)
+    source = open_source(cfg.dataset, **cfg.source_options)
+    x, y = source.splits[args.split].take(args.limit)
+    if tuple(x.shape[1:]) != tuple(model.head.event_shape):
+        raise InputError(f"{args.split} images {tuple(x.shape[1:])} do not match the run's {tuple(model.head.event_shape)}")
+    x_test, y_test = source.splits["test"].take()
     aug = augment(model, x, y, args.min_log_prob)
     q = np.percentile(aug["all_log_prob"], [5, 25, 50, 75, 95])
     print(f"component log-densities (nats) over {aug['all_log_prob'].size} components: "
@@ -165,12 +191,22 @@ def cmd_augment(args):
     if args.include_originals:
         new_x, new_y = np.concatenate([x, new_x]), np.concatenate([-np.ones(len(x), np.int64) if y is None else y, new_y])
     tmp = out.with_name(out.stem + ".tmp.npz")
-    labels = {} if y is None or data.y_test is None else dict(y_train=new_y, y_test=data.y_test)  # none: none written
-    np.savez_compressed(tmp, x_train=new_x, x_test=prepare_images(data.x_test, cfg.rescale), **labels,
+    labels = {} if y is None or y_test is None else dict(y_train=new_y, y_test=y_test)  # none: none written
+    np.savez_compressed(tmp, x_train=new_x, x_test=x_test, **labels,
                         log_prob=aug["log_prob"], source_index=aug["source_index"], component=aug["component"])
     tmp.replace(out)
     print(f"kept {len(aug['images'])} of {aug['all_log_prob'].size} component images "
           f"(log p >= {args.min_log_prob}); wrote {out} (x_train {new_x.shape}, usable as --dataset {out})")
+
+
+def cmd_convert(args):
+    source = open_source(args.source, args.data_dir, args.image_size, args.crop, args.channels, args.test_fraction,
+                         args.download, args.skip_bad_images, args.rescale)
+    info = convert(source, args.out, args.shards, overwrite=args.overwrite)
+    skipped = f"; skipped {len(source.skipped)} unreadable file(s)" if source.skipped else ""
+    print(f"wrote {args.out}: {info['counts']['train']} train and {info['counts']['test']} test images "
+          f"{'x'.join(map(str, info['image_shape']))}, {info['num_levels']} levels{skipped}; "
+          f"train with --dataset {args.out}")
 
 
 def _heads_with(option):
@@ -238,6 +274,15 @@ def main(argv=None):
     p.add_argument("--include-originals", action="store_true", help="x_train = originals + kept components")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_augment)
+    p = sub.add_parser("convert", help="write any source as TFRecord shards (after --image-size/--crop/--channels), "
+                       "to stream from and to shard between workers")
+    p.add_argument("source", help=DATASET_HELP)
+    p.add_argument("out", help="folder for {train,test}-NNNNN-of-NNNNN.tfrecord and tfp_ae_shards.json")
+    p.add_argument("--shards", type=int, default=1, help="files per split (the test split: one per 1000 images, "
+                   "at most this many)")
+    p.add_argument("--overwrite", action="store_true", help="replace the shards in OUT")
+    _add_source_args(p)
+    p.set_defaults(func=cmd_convert)
     p = sub.add_parser("heads", help="list the output heads and their parameter counts")
     p.add_argument("--shape", type=int, nargs=3, default=[28, 28, 1], metavar=("H", "W", "C"))
     p.add_argument("--rank", type=int, default=DEFAULT_RANK, help="rank of the low-rank heads")

@@ -6,6 +6,7 @@ from typing import Optional
 
 from tfp_ae.errors import InputError
 from tfp_ae.heads import get_head
+from tfp_ae.sources import CROPS, Geometry
 
 ARCHS = ("mlp", "cnn", "cnn_dense")
 VAE_ARCHS = ("mlp", "cnn_dense", "dense_block")   # the paper's `cnn` decoder has no latent bottleneck;
@@ -41,7 +42,13 @@ class RunConfig:
     train_limit: Optional[int] = None  # use only the first N training images (quick runs)
     validation_split: float = 0.0      # hold out this fraction of the training images (val_loss)
     eval_images: int = 1000            # test images for l2_percent (the paper's 1000)
-    data_dir: Optional[str] = None
+    data_dir: Optional[str] = None     # IDX folder of the named datasets; TFDS's data_dir for tfds: sources
+    image_size: Optional[str] = None   # "H" or "HxW": resize every image (antialiased; tfp_ae.sources.Geometry)
+    crop: str = "none"                 # CROPS: "center" crops to --image-size's aspect ratio first
+    channels: Optional[int] = None     # 1 or 3: convert every image to grey or RGB (None: the source's)
+    test_fraction: float = 0.1         # image folders without train/ and test/: fraction held out for test
+    download: bool = False             # tfds: sources: download and prepare a dataset that is not prepared
+    skip_bad_images: bool = False      # leave unreadable image files out (counted) instead of stopping
     out: Optional[str] = None
     jit_compile: bool = False
     steps_per_execution: int = STEPS_PER_EXECUTION  # Keras compile argument: steps per compiled call (same results)
@@ -56,6 +63,13 @@ class RunConfig:
     extra_figures: bool = True         # samples.png (Figure 3) and components.png (Figure 4)
     uncertainty: str = "interval"      # UNCERTAINTIES: the map of reconstructions.png
     verbose: int = 2
+
+    @property
+    def source_options(self):
+        """The arguments of `tfp_ae.sources.open_source` besides the dataset."""
+        return dict(data_dir=self.data_dir, image_size=self.image_size, crop=self.crop, channels=self.channels,
+                    test_fraction=self.test_fraction, download=self.download, skip_bad_images=self.skip_bad_images,
+                    rescale=self.rescale)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -80,7 +94,7 @@ class RunConfig:
           InputError (a ValueError): the first bad setting, naming it, its value and what is allowed.
         """
         choices = dict(model=MODELS, arch=VAE_ARCHS if self.model == "vae" else ARCHS, objective=OBJECTIVES,
-                       strategy=STRATEGIES, precision=PRECISIONS, uncertainty=UNCERTAINTIES)
+                       strategy=STRATEGIES, precision=PRECISIONS, uncertainty=UNCERTAINTIES, crop=CROPS)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
@@ -99,6 +113,9 @@ class RunConfig:
             raise InputError(f"head {self.head!r} does not mix: components must be 1, got {self.components}")
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < float("inf")):
             raise InputError(f"learning_rate must be a positive number; got {self.learning_rate!r}")
+        Geometry.parse(self.image_size, self.crop, self.channels)
+        if not (isinstance(self.test_fraction, (int, float)) and 0 < self.test_fraction < 1):
+            raise InputError(f"test_fraction must be in (0, 1); got {self.test_fraction!r}")
         if not (isinstance(self.validation_split, (int, float)) and 0 <= self.validation_split < 1):
             raise InputError(f"validation_split must be in [0, 1); got {self.validation_split!r}")
         if self.model == "ae" and self.objective != "elbo":

@@ -332,15 +332,20 @@ def dequantize(x, num_levels=256, seed=None):
     return (tf.round(x * (num_levels - 1)) + u) / num_levels
 
 
+def array_images(x, shuffle=True, seed=0):
+    """Images `[N, H, W, C]` as a cached `tf.data.Dataset`, shuffled with a buffer of 1024 (the
+    paper's; reshuffled every pass, op seed `seed`) when `shuffle`."""
+    ds = tf.data.Dataset.from_tensor_slices(x).cache()
+    return ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True) if shuffle else ds
+
+
 def make_pipeline(x, batch_size=BATCH_SIZE, shuffle=True, num_levels=None, seed=0, repeat=False,
                   skip_epochs=0):
-    """A `tf.data` pipeline of `(images, images)` pairs for `model.fit`.
+    """A `tf.data` pipeline of `(images, images)` pairs for `model.fit`, from images in memory.
 
-    Built once: the images are cached in memory, shuffled with a buffer of 1024 (reshuffled each
-    epoch, op seed `seed`), batched, optionally dequantised, and prefetched. Every random draw is a
-    function of `seed` and the batch's position in the stream: batch `i = epoch * steps + step`
-    is dequantised with the stateless seed `(seed, i)`, so the stream is the same whatever thread
-    runs the map, in every process, and after `skip_epochs`.
+    The images are cached, shuffled with a buffer of 1024 (reshuffled each epoch, op seed
+    `seed`), then batched, dequantised and prefetched by `batch_stream` (see there for the
+    stateless noise and `skip_epochs`).
 
     Args:
       x: float32 images `[N, H, W, C]` in [0, 1].
@@ -348,22 +353,42 @@ def make_pipeline(x, batch_size=BATCH_SIZE, shuffle=True, num_levels=None, seed=
       seed: int, the run's seed.
       repeat: repeat forever (pass `steps_per_epoch = ceil(N / batch_size)` to `fit`); epoch e is
         then the e-th reshuffle of the seeded shuffle, whatever process runs it.
-      skip_epochs: with `repeat`, start at epoch `skip_epochs` (a resumed run sees the same
-        batches and the same noise as an uninterrupted one).
+      skip_epochs: with `repeat`, start at epoch `skip_epochs`.
     """
-    ds = tf.data.Dataset.from_tensor_slices(x).cache()
-    if shuffle:
-        ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    return batch_stream(array_images(x, shuffle, seed), len(x), batch_size, num_levels, seed, repeat, skip_epochs)
+
+
+def batch_stream(images, count, batch_size=BATCH_SIZE, num_levels=None, seed=0, repeat=False, skip_epochs=0,
+                 shard_policy=None):
+    """The end of every training pipeline: a stream of `count` images `[H, W, C]` (one epoch, in
+    the order of `images`) -> batched `(images, images)` pairs for `model.fit`, prefetched.
+
+    Every random draw is a function of `seed` and the batch's position in the stream: batch
+    `i = epoch * steps + step` is dequantised with the stateless seed `(seed, i)`, so the stream is
+    the same whatever thread runs the map, in every process, and after `skip_epochs`.
+
+    Args:
+      images: `tf.data.Dataset` of float32 images; with `repeat`, every pass reshuffles it by its
+        own seeded shuffle, so epoch e's order depends only on the seed and e.
+      count: images per epoch.
+      num_levels: if given, dequantise each batch (`dequantize`).
+      repeat: repeat forever (pass `steps_per_epoch = ceil(count / batch_size)` to `fit`).
+      skip_epochs: with `repeat`, start at epoch `skip_epochs` (a resumed run sees the same batches
+        and the same noise as an uninterrupted one).
+      shard_policy: `tf.data.experimental.AutoShardPolicy` for multi-worker training (default DATA:
+        every worker builds this stream and keeps its part of each batch).
+    """
+    ds = images.batch(batch_size)
     if repeat:
         ds = ds.repeat()
     ds = ds.enumerate()  # i: the batch's position in the whole stream, counted before the skip
     if repeat:
-        ds = ds.skip(skip_epochs * math.ceil(len(x) / batch_size))
+        ds = ds.skip(skip_epochs * math.ceil(count / batch_size))
     if num_levels:
         seed = tf.constant(int(seed), tf.int64)
         ds = ds.map(lambda i, b: (i, dequantize(b, num_levels, tf.stack([seed, i]))),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    options = tf.data.Options()  # multi-worker: every worker builds this stream and keeps its part of each batch
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (tf.data.experimental.AutoShardPolicy.DATA
+                                                         if shard_policy is None else shard_policy)
     return ds.map(lambda i, b: (b, b)).with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -6,7 +6,8 @@ from tfp_ae import fid
 from tfp_ae._tf import tf
 from tfp_ae.data import dequantize
 from tfp_ae.heads import bits_per_dim
-from tfp_ae.predict import coverage, elbo_per_image, nll_per_image, point_and_variance, point_estimates, variance_maps
+from tfp_ae.predict import coverage, map_dataset, point_and_variance, point_estimates, variance_maps
+from tfp_ae.sources import array_split
 
 CALIBRATION_IMAGES = 200
 
@@ -61,15 +62,42 @@ def fid_extractors(config, data):
     return extractors, notes
 
 
-def evaluate(model, data, eval_images=1000, seed=0, extractors=()):
+def split_log_probs(model, test, num_levels, seed=0, batch_size=None):
+    """Per-image scores of a whole split, streamed in its fixed order (never held whole).
+
+    Args:
+      test: a `tfp_ae.sources.Split`.
+      num_levels: L of the pixels, for the dequantised pass.
+      seed: batch i is dequantised with the stateless seed `(seed, i)` (`tfp_ae.data.dequantize`).
+    Returns:
+      dict of `[N]` arrays, nats: `log_prob` (`model.log_prob` of the pixels in [0, 1]),
+      `log_prob_dequantized` (of the uniformly dequantised pixels) and, for a VAE, `elbo`.
+    """
+    batches = test.elements().map(lambda x, y: x).batch(batch_size or model.eval_batch_size)
+    seed = tf.constant(int(seed), tf.int64)
+    deq = batches.enumerate().map(lambda i, b: dequantize(b, num_levels, tf.stack([seed, i])))
+    out = dict(log_prob=map_dataset(model, batches.prefetch(2), "log_prob"),
+               log_prob_dequantized=map_dataset(model, deq.prefetch(2), "log_prob"))
+    if model.kind == "vae":
+        out["elbo"] = map_dataset(model, batches.prefetch(2), "elbo")
+    return out
+
+
+def evaluate(model, data, eval_images=1000, seed=0, extractors=(), test=None):
     """Test metrics of a trained model.
 
+    Args:
+      data: a `tfp_ae.data.Dataset` in memory: its first `eval_images` test images give L2 %,
+        PSNR/SSIM and FID, the first 200 the calibration.
+      test: the whole test split (`tfp_ae.sources.Split`), streamed for the NLL; default
+        `data.x_test`.
     Returns a dict with `psnr` (dB) and `ssim` of the point estimates, `calibration` (see
     `calibration`, on the first 200 test images; not for `mse`), `test_nll_nats` (mean -log p(x)
     per image on the test split, x in [0, 1]),
     `test_nll_dequantized_nats` and `bits_per_dim` (on the test split dequantised with a fixed
-    seed; None for heads that are not densities), and `l2_percent` (mean squared error x 100
-    between the first `eval_images` test images and their point estimates, Ciobanu Section 4).
+    seed; None for heads that are not densities), `test_images` (how many), and `l2_percent` (mean
+    squared error x 100 between the first `eval_images` test images and their point estimates,
+    Ciobanu Section 4).
     For a VAE also `test_elbo_nats` (mean ELBO, a lower bound on log p(x)); its `test_nll_nats`
     is the importance-sampled estimate, so `test_nll_nats <= -test_elbo_nats` up to Monte-Carlo error.
     For each FID feature extractor in `extractors` (see `tfp_ae.fid.fid_metrics`): `fid_NAME`
@@ -77,22 +105,23 @@ def evaluate(model, data, eval_images=1000, seed=0, extractors=()):
     paper's column) and `fid_NAME_real_vs_noise`, plus `fid_NAME_info` (e.g. classifier accuracy).
     """
     head = model.head
-    x = data.x_test
+    test = test or array_split(data.x_test, data.num_levels)
     metrics = {}
+    scores = split_log_probs(model, test, data.num_levels, seed)
     if model.kind == "vae":
-        metrics["test_elbo_nats"] = float(np.mean(elbo_per_image(model, x)))
-    nll = float(np.mean(nll_per_image(model, x)))
-    nll_deq = float(np.mean(nll_per_image(model, dequantize(x, data.num_levels, seed))))
-    xe = x[:eval_images]
+        metrics["test_elbo_nats"] = float(np.mean(scores["elbo"]))
+    nll, nll_deq = float(-np.mean(scores["log_prob"])), float(-np.mean(scores["log_prob_dequantized"]))
+    xe = data.x_test[:eval_images]
     point = point_estimates(model, xe)
-    d = int(np.prod(x.shape[1:]))
+    d = int(np.prod(xe.shape[1:]))
     metrics["psnr"], metrics["ssim"] = psnr_ssim(xe, point)
     for extractor in extractors:
         metrics.update(fid.fid_metrics(extractor, point, xe), **{f"fid_{extractor.name}_info": extractor.info})
     if head.has_variance:
-        xc = x[:CALIBRATION_IMAGES]
+        xc = data.x_test[:CALIBRATION_IMAGES]
         metrics["calibration"] = calibration(model, xc, point[:len(xc)] if len(point) >= len(xc) else None)
     metrics.update(test_nll_nats=nll, test_nll_dequantized_nats=nll_deq, l2_percent=l2_percent(xe, point),
+                   test_images=len(scores["log_prob"]),
                    bits_per_dim=bits_per_dim(nll_deq, d, data.num_levels) if head.is_density else None)
     note = model.log_prob_note or head.nll_note
     if note:

@@ -23,10 +23,10 @@ from pathlib import Path
 from tfp_ae import figures, plots, train
 from tfp_ae._tf import tfk
 from tfp_ae.config import RunConfig
-from tfp_ae.data import load_dataset, prepare_images
 from tfp_ae.errors import InputError
 from tfp_ae.heads import HEADS
 from tfp_ae.rundir import METRICS_FILE, write_json, write_text
+from tfp_ae.sources import open_source
 
 # `cnn_dense` is our variant of the paper's CNN (Table 2): its rows are compared with Table 2
 PAPER_TABLES = {"mlp": "table1_mlp.csv", "cnn": "table2_cnn.csv", "cnn_dense": "table2_cnn.csv"}
@@ -289,7 +289,7 @@ def write_head_figures(out, rows, base=RunConfig(), num_images=8):
     """Figures 1 (K = 1) and 2 (K > 1) of each (dataset, arch) from the finished cells
     (`base`: data_dir and rescale of the grid)."""
     for dataset, arch in dict.fromkeys((r["dataset"], r["arch"]) for r in rows):
-        x = prepare_images(load_dataset(dataset, base.data_dir).x_test[:num_images], base.rescale, "test images")
+        x = open_source(dataset, **base.source_options).splits["test"].take(num_images)[0]
         for number, many in ((1, False), (2, True)):
             done = [r for r in rows if (r["dataset"], r["arch"], r["status"]) == (dataset, arch, "done")
                     and (int(r["components"]) > 1) == many]

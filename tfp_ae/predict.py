@@ -35,6 +35,21 @@ QUANTITIES = {  # fn(model, images [B, H, W, C]) -> per-image result(s)
 }
 
 
+def _step(model, quantity):
+    """The compiled `QUANTITIES[quantity]` of `model` (traced once, unknown batch size, cached on the model)."""
+    steps = model.__dict__.setdefault("_tfp_ae_steps", {})
+    if quantity not in steps:
+        fn, spec = QUANTITIES[quantity], tf.TensorSpec([None, *model.image_shape], tf.float32)
+        steps[quantity] = tf.function(lambda b: fn(model, b), input_signature=[spec], autograph=False)
+    return steps[quantity]
+
+
+def _concatenate(outs):
+    if isinstance(outs[0], (tuple, list)):
+        return tuple(np.concatenate([o[j].numpy() for o in outs]) for j in range(len(outs[0])))
+    return np.concatenate([o.numpy() for o in outs])
+
+
 def map_batches(model, x, quantity, batch_size=None):
     """`QUANTITIES[quantity]` of `model` on images `x` `[N, H, W, C]` in [0, 1], batch by batch,
     concatenated as numpy (a tuple of arrays for quantities with several results).
@@ -46,14 +61,15 @@ def map_batches(model, x, quantity, batch_size=None):
     """
     x = check_images(x, "images", image_shape=model.image_shape)
     batch_size = batch_size or model.eval_batch_size
-    steps = model.__dict__.setdefault("_tfp_ae_steps", {})
-    if quantity not in steps:
-        fn, spec = QUANTITIES[quantity], tf.TensorSpec([None, *model.image_shape], tf.float32)
-        steps[quantity] = tf.function(lambda b: fn(model, b), input_signature=[spec], autograph=False)
-    outs = [steps[quantity](tf.constant(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
-    if isinstance(outs[0], (tuple, list)):
-        return tuple(np.concatenate([o[j].numpy() for o in outs]) for j in range(len(outs[0])))
-    return np.concatenate([o.numpy() for o in outs])
+    step = _step(model, quantity)
+    return _concatenate([step(tf.constant(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+
+
+def map_dataset(model, batches, quantity):
+    """`QUANTITIES[quantity]` of `model` on a `tf.data.Dataset` of image batches `[B, H, W, C]` in
+    [0, 1] (a streamed split: never held whole), concatenated as numpy per image."""
+    step = _step(model, quantity)
+    return _concatenate([step(b) for b in batches])
 
 
 def nll_per_image(model, x, batch_size=None):

@@ -32,6 +32,14 @@ def make_strategy(name="default"):
     raise InputError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
 
 
+def num_workers(strategy=None):
+    """How many worker processes train together (1 unless `MultiWorkerMirroredStrategy`)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return max(1, sum(len(v) for v in strategy.cluster_resolver.cluster_spec().as_dict().values()))
+    return 1
+
+
 def device_summary(strategy=None):
     """Where training runs, e.g. `1 x CPU` or `2 x GPU (mirrored)`, for logs and metrics.json."""
     strategy = strategy or tf.distribute.get_strategy()
@@ -39,8 +47,7 @@ def device_summary(strategy=None):
     kind = "GPU" if gpus else "CPU"
     n = strategy.num_replicas_in_sync
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # class name: CollectiveAllReduceStrategy
-        workers = strategy.cluster_resolver.cluster_spec().as_dict()
-        return f"{n} x {kind} on {sum(len(v) for v in workers.values()) or 1} workers (MultiWorkerMirroredStrategy)"
+        return f"{n} x {kind} on {num_workers(strategy)} workers (MultiWorkerMirroredStrategy)"
     name = type(strategy).__name__
     return f"{n} x {kind}" + ("" if name.startswith("_Default") else f" ({name})")
 

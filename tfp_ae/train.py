@@ -13,13 +13,13 @@ from tfp_ae import figures, plots
 from tfp_ae._tf import tf, tfk
 from tfp_ae.callbacks import ImageSummaries
 from tfp_ae.config import RunConfig
-from tfp_ae.data import load_dataset, make_pipeline, prepare_images
 from tfp_ae.errors import InputError
-from tfp_ae.evaluate import evaluate, fid_extractors
+from tfp_ae.evaluate import CALIBRATION_IMAGES, evaluate, fid_extractors
 from tfp_ae.models import build_model, compile_model
 from tfp_ae.rundir import (CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, METRICS_FILE, STATE_FILE, Progress,
                            checkpoint_manager, load_state, restore, write_json)
-from tfp_ae.runtime import check_memory, device_summary, make_strategy, precision_policy, probe_jit
+from tfp_ae.runtime import check_memory, device_summary, make_strategy, num_workers, precision_policy, probe_jit
+from tfp_ae.sources import Split, array_split, open_source
 from tfp_ae.vae import build_vae
 
 
@@ -51,6 +51,9 @@ def build_and_compile(config, image_shape):
 def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None, resume=True):
     """Build and train a model: resumable, retried with seed+1, seed+2... when the loss becomes NaN.
 
+    `x_train`: float32 images `[N, H, W, C]` in [0, 1], or a `tfp_ae.sources.Split` (streamed:
+    decoded batch by batch, never held whole; shard files are split between multi-worker workers).
+
     With `run_dir`, progress (`state.json`: seed, attempts, per-epoch loss and seconds) and a
     checkpoint of model + optimizer are written after every epoch, and a call on a folder with an
     unfinished run resumes from its last finished epoch. Every random draw of training is
@@ -78,31 +81,32 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None, 
     if run_dir and writer:
         run_dir.mkdir(parents=True, exist_ok=True)
     state = load_state(run_dir if resume else None, config)
+    train = x_train if isinstance(x_train, Split) else array_split(x_train, num_levels)
+    shape = train.image_shape
     if config.model == "ae":
-        check_memory(config, x_train.shape[1:])
-    n_val = int(len(x_train) * config.validation_split)
-    x_train, x_val = x_train[:len(x_train) - n_val], x_train[len(x_train) - n_val:]
-    steps = math.ceil(len(x_train) / config.batch_size)
+        check_memory(config, shape)
+    n_val = int(train.count * config.validation_split)
+    train, val_split = train.subset(0, train.count - n_val), train.subset(train.count - n_val)
+    steps = math.ceil(train.count / config.batch_size)
     while True:
         seed = state["seed"]
         tfk.utils.set_random_seed(seed)
         with strategy.scope():
-            model = build_and_compile(dataclasses.replace(config, seed=seed), x_train.shape[1:])
+            model = build_and_compile(dataclasses.replace(config, seed=seed), shape)
             if config.jit_compile:
-                ok, why = probe_jit(model, x_train[:config.batch_size])
+                ok, why = probe_jit(model, train.take(config.batch_size)[0])
                 state["jit"] = "xla" if ok else f"fallback to no XLA: {why}"
                 if not ok:
                     print(f"--jit: {config.head} does not compile with XLA ({why}); training without XLA")
-                    model = build_and_compile(dataclasses.replace(config, seed=seed, jit_compile=False),
-                                              x_train.shape[1:])
+                    model = build_and_compile(dataclasses.replace(config, seed=seed, jit_compile=False), shape)
         manager = checkpoint_manager(model, run_dir) if run_dir else None
         initial = restore(manager, len(state["epochs"])) if manager else 0
         state["epochs"] = state["epochs"][:initial]
         if initial:
             print(f"resuming {run_dir} after epoch {initial} (seed {seed})")
-        ds = make_pipeline(x_train, config.batch_size, seed=seed, repeat=True, skip_epochs=initial,
-                           num_levels=num_levels if config.dequantize else None)
-        val = make_pipeline(x_val, config.batch_size, shuffle=False) if n_val else None
+        ds = train.pipeline(config.batch_size, seed=seed, repeat=True, skip_epochs=initial,
+                            num_levels=num_levels if config.dequantize else None, num_workers=num_workers(strategy))
+        val = val_split.pipeline(config.batch_size, shuffle=False) if n_val else None
         progress = Progress(state, run_dir / STATE_FILE if run_dir else None, manager, writer)
         if initial < config.epochs and not state.get("stopped_early"):
             model.fit(ds, epochs=config.epochs, initial_epoch=initial, steps_per_epoch=steps, verbose=config.verbose,
@@ -171,37 +175,39 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     if out and overwrite and writer:
         for name in (METRICS_FILE, STATE_FILE, CONFIG_FILE, CHECKPOINT_DIR):
             shutil.rmtree(out / name, ignore_errors=True) if (out / name).is_dir() else (out / name).unlink(missing_ok=True)
-    data = load_dataset(config.dataset, config.data_dir)
-    x_train = prepare_images(data.x_train, config.rescale, "training images")
-    x_test = prepare_images(data.x_test, config.rescale, "test images", image_shape=x_train.shape[1:])
-    full = dataclasses.replace(data, x_train=x_train, x_test=x_test)  # the FID classifier trains on all of it
-    y_train = None if data.y_train is None else data.y_train[:config.train_limit]
-    data = dataclasses.replace(full, x_train=x_train[:config.train_limit], y_train=y_train)
-    x_train = data.x_train
-    config.validate(x_train.shape[1:])  # the head's options against the image size, before the folder is made
+    source = open_source(config.dataset, **config.source_options)
+    train = source.splits["train"].subset(0, config.train_limit)
+    config.validate(source.image_shape)  # the head's options against the image size, before the folder is made
+    # in memory: the first test images (L2 %, calibration, figures, FID) and a bounded part of the
+    # training split (the FID classifier's data); the NLL streams over the whole test split
+    data = source.sample(max(config.eval_images, CALIBRATION_IMAGES, config.tsne_images, 10))
     if config.tensorboard and writer:  # inputs, point estimates, interval maps, samples, bits/dim per epoch
         callbacks = [*callbacks, ImageSummaries(log_dir, data.x_test, data.num_levels, seed=config.seed)]
     if out and writer:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(dict(config.to_dict(), image_shape=list(x_train.shape[1:])), out / CONFIG_FILE)
-    model, history, attempts = fit(config, x_train, data.num_levels, callbacks, run_dir=out, strategy=strategy,
+        write_json(dict(config.to_dict(), image_shape=list(source.image_shape)), out / CONFIG_FILE)
+    model, history, attempts = fit(config, train, source.num_levels, callbacks, run_dir=out, strategy=strategy,
                                    resume=writer or not overwrite)
     metrics = dict(dataset=config.dataset, model=config.model, head=config.head, components=config.components, arch=config.arch,
                    epochs=config.epochs, num_params=int(model.count_params()), seconds_per_epoch=history["seconds"],
                    train_loss=history["loss"], loss_units=_loss_units(config, model.head),
                    seed=attempts[-1]["seed"], attempts=attempts, dequantize=config.dequantize,
-                   num_levels=data.num_levels, train_images=len(x_train), data_source=data.source,
+                   num_levels=source.num_levels, train_images=train.count, data_source=source.description,
+                   image_shape=list(source.image_shape), skipped_images=len(source.skipped),
                    device=device_summary(strategy), jit=history.get("jit", "off"), precision=config.precision)
     if "val_loss" in history:
         metrics["val_loss"] = history["val_loss"]
     if not writer:
         print(f"worker: trained {len(history['loss'])} epochs; the chief evaluates and writes {out}", flush=True)
         return model, dict(metrics, role="worker")
-    extractors, notes = fid_extractors(config, full)
+    if source.skipped:
+        metrics["skipped_files"] = [p for p, _ in source.skipped[:100]]
+    extractors, notes = fid_extractors(config, data)
     if config.verbose:
-        print(f"evaluating on {len(data.x_test)} test images (NLL, bits/dim, L2 %, calibration"
+        print(f"evaluating on {source.splits['test'].count} test images (NLL, bits/dim, L2 %, calibration"
               f"{', FID' if extractors else ''}) and drawing the figures", flush=True)
-    metrics.update(evaluate(model, data, config.eval_images, seed=config.seed, extractors=extractors))
+    metrics.update(evaluate(model, data, config.eval_images, seed=config.seed, extractors=extractors,
+                            test=source.splits["test"]))
     if notes:
         metrics["fid_note"] = "; ".join(notes)
     if model.kind == "vae":
