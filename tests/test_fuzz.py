@@ -155,3 +155,63 @@ def test_truncated_and_folder_npz_get_clear_errors(tmp_path, tiny_data):
     with pytest.raises(InputError, match=r"y_train must have shape \[N\] with N = 3"):
         load_dataset(str(tmp_path / "y.npz"))
     assert zipfile.is_zipfile(tiny_data)
+
+
+def _random_image_file(path, rng, kind, size):
+    """A file named like an image: a valid PNG/JPEG/BMP/GIF of `size` (None: random) and a random
+    mode, or a broken one."""
+    from PIL import Image
+    h, w = rng.integers(1, 9, 2) if size is None else size
+    mode = rng.choice(["L", "RGB", "RGBA", "LA", "P"])
+    img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".bmp": "BMP", ".gif": "GIF"}[path.suffix]
+    if fmt in ("JPEG", "BMP") and mode in ("LA", "RGBA", "P"):
+        img = img.convert("RGB")
+    img.save(path, fmt)
+    raw = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(raw[:max(1, len(raw) // 2)])
+    elif kind == "garbage":
+        path.write_bytes(rng.bytes(int(rng.integers(0, 64))))
+
+
+@fuzz(60)
+@given(files=st.lists(st.tuples(st.sampled_from([".png", ".jpg", ".bmp", ".gif", ".txt"]),
+                                st.sampled_from(["ok"] * 6 + ["truncated", "garbage"]),
+                                st.sampled_from(["", "", "a", "b", "train/a", "test/a", "train", "test", "x/y/z"])),
+                      min_size=0, max_size=12),
+       mixed_sizes=st.booleans(),
+       geometry=st.sampled_from([(None, "none"), ("4", "none"), ("3x5", "center"), ("4", "center"), ("6x2", "none"),
+                                 ("0", "none"), ("z", "none"), (None, "center")]),
+       channels=st.sampled_from([None, 1, 3]), skip=st.booleans(), shards=st.integers(0, 3), seed=st.integers(0, 99))
+def test_fuzz_image_folders_and_shards(tmp_path_factory, files, mixed_sizes, geometry, channels, skip, shards, seed):
+    """Random folders (valid, truncated and garbage files of every format and mode, random sizes, text
+    files, nesting, train/test subfolders) read with random geometry: a source whose splits stream
+    (read, converted to TFRecord shards and read back, scored by a model: the evaluation stage), or
+    an `InputError`."""
+    from tfp_ae.evaluate import split_log_probs
+    from tfp_ae.sources import convert, open_source
+    image_size, crop = geometry
+    rng = np.random.default_rng(seed)
+    root = tmp_path_factory.mktemp("folder")
+    for i, (ext, kind, sub) in enumerate(files):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        if ext == ".txt":
+            (root / sub / f"{i}.txt").write_text("not an image")
+        else:
+            _random_image_file(root / sub / f"{i}{ext}", rng, kind, None if mixed_sizes else (5, 4))
+    try:
+        source = open_source(root, image_size=image_size, crop=crop, channels=channels, skip_bad_images=skip,
+                             test_fraction=0.5)
+        if shards:
+            convert(source, root.parent / (root.name + "_shards"), shards=shards)
+            source = open_source(root.parent / (root.name + "_shards"), skip_bad_images=skip)
+        with source.reading():
+            x, _ = source.splits["train"].take()
+            model = build_model("normal_diag", source.image_shape)
+            scores = split_log_probs(model, source.splits["test"], source.num_levels)
+    except InputError as e:
+        assert str(e)
+        return
+    assert x.ndim == 4 and x.shape[1:] == source.image_shape and 0 <= x.min() and x.max() <= 1
+    assert np.isfinite(scores["log_prob"]).all() and len(scores["log_prob"]) == source.splits["test"].count

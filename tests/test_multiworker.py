@@ -107,3 +107,44 @@ def test_killed_pair_resumes_after_a_restart(tmp_path, one_process):
         assert "resuming" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
     np.testing.assert_allclose(metrics["train_loss"], one_process["train_loss"], rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """scikit-learn's digits as TFRecord shards: 4 files (FILE sharding) and 1 file (DATA fall-back)."""
+    from tfp_ae.sources import convert, open_source
+    root = tmp_path_factory.mktemp("shards")
+    for n in (4, 1):
+        convert(open_source("digits"), root / f"s{n}", shards=n)
+    return root
+
+
+def shard_command(out, strategy, dataset):
+    flags = [f for f in FLAGS if f not in ("--train-limit", "1024")]  # whole files: a range would be sharded by DATA
+    flags[flags.index("digits")] = str(dataset)
+    return [sys.executable, "-m", "tfp_ae", "train", *flags, "--strategy", strategy, "--out", str(out)]
+
+
+def test_two_workers_on_shards_read_their_own_files(tmp_path, shards):
+    """4 shard files: each worker reads 2 (AutoShardPolicy.FILE). A global batch is then half from
+    each worker's files, not the one process's batch, so the curves are close, not equal; with 1
+    file the input falls back to DATA and the curve is the one process's."""
+    single = {}
+    for n in (4, 1):
+        r = subprocess.run(shard_command(tmp_path / f"one{n}", "default", shards / f"s{n}"), capture_output=True,
+                           text=True, env=ENV, timeout=TIMEOUT)
+        assert r.returncode == 0, r.stderr[-3000:]
+        single[n] = json.loads((tmp_path / f"one{n}" / "metrics.json").read_text())["train_loss"]
+    results = wait(start_workers(shard_command(tmp_path / "file", "multiworker", shards / "s4")))
+    for rc, stdout, stderr in results:
+        assert rc == 0, stderr[-3000:]
+        assert "4 shard files over 2 workers: each worker reads its own files" in stdout
+    file_loss = json.loads((tmp_path / "file" / "metrics.json").read_text())["train_loss"]
+    np.testing.assert_allclose(file_loss, single[4], rtol=0.05)
+    assert file_loss != single[4]
+    results = wait(start_workers(shard_command(tmp_path / "data", "multiworker", shards / "s1")))
+    for rc, stdout, stderr in results:
+        assert rc == 0, stderr[-3000:]
+        assert "1 shard file(s) for 2 workers: sharding by DATA" in stdout
+    np.testing.assert_allclose(json.loads((tmp_path / "data" / "metrics.json").read_text())["train_loss"], single[1],
+                               rtol=1e-4)

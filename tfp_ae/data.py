@@ -200,8 +200,9 @@ def load_dataset(name, data_dir=None):
     if str(name).endswith(".npz"):
         return _load_npz(name)
     if name not in IDX_FOLDERS:
-        raise InputError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}, or a path to an .npz file "
-                         "with arrays x_train and x_test")
+        raise InputError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}, a path to an .npz file "
+                         f"with arrays x_train and x_test, tfds:NAME (e.g. tfds:{name}), a folder of images or "
+                         "of TFRecord shards")
     arrays, source = _load_idx_dataset(name, data_dir)
     (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
     scale = np.float32(1 / 255)
@@ -381,7 +382,9 @@ def batch_stream(images, count, batch_size=BATCH_SIZE, num_levels=None, seed=0, 
     ds = images.batch(batch_size)
     if repeat:
         ds = ds.repeat()
-    ds = ds.enumerate()  # i: the batch's position in the whole stream, counted before the skip
+    # i: the batch's position in the whole stream, counted before the skip (a scan, not `enumerate`,
+    # whose range dataset would be a second, unshardable source for AutoShardPolicy.FILE)
+    ds = ds.scan(tf.constant(0, tf.int64), lambda i, b: (i + 1, (i, b)))
     if repeat:
         ds = ds.skip(skip_epochs * math.ceil(count / batch_size))
     if num_levels:

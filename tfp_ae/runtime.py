@@ -40,6 +40,13 @@ def num_workers(strategy=None):
     return 1
 
 
+def worker(strategy=None):
+    """`(index, count)` of this process among the workers that train together (`(0, 1)` alone)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    count = num_workers(strategy)
+    return (int(strategy.cluster_resolver.task_id or 0) if count > 1 else 0), count
+
+
 def device_summary(strategy=None):
     """Where training runs, e.g. `1 x CPU` or `2 x GPU (mirrored)`, for logs and metrics.json."""
     strategy = strategy or tf.distribute.get_strategy()

@@ -16,6 +16,7 @@ Every image is decoded to float32 `[H, W, C]` in [0, 1], then shaped by a `Geome
 levels), so `num_levels` (256 for 8-bit files) stays true and `bits_per_dim` / `--dequantize`
 stay honest.
 """
+import contextlib
 import glob
 import json
 import math
@@ -142,6 +143,7 @@ class Split:
     source_channels: int = 1
     start: int = 0
     records_total: int = 0   # records: how many records the files hold
+    skip_bad: bool = False   # records: drop records whose image cannot be decoded (`skip_bad_images`)
 
     @property
     def has_labels(self):
@@ -165,6 +167,14 @@ class Split:
         """True when this split is all the records of its files (so files can be shuffled and sharded)."""
         return self.kind == "records" and self.start == 0 and self.count == self.records_total
 
+    @property
+    def reshaped(self):
+        """True when the geometry changes the images (arrays are then reshaped as they stream)."""
+        return self.geometry != Geometry()
+
+    def _shape_array(self, x):
+        return tf.ensure_shape(self.geometry.apply(x, self.num_levels), self.image_shape)
+
     def _decode(self, encoded, label):
         x = decode_image(encoded, self.source_channels, self.num_levels)
         x = tf.ensure_shape(self.geometry.apply(x, self.num_levels), self.image_shape)
@@ -177,23 +187,30 @@ class Split:
         """`tf.data.Dataset` of `(image float32 [H, W, C], label int64 (-1: none))` in the fixed order."""
         if self.kind == "array":
             y = np.full(self.count, -1, np.int64) if self.y is None else self.y
-            return tf.data.Dataset.from_tensor_slices((self.x, y))
+            ds = tf.data.Dataset.from_tensor_slices((self.x, y))
+            return ds.map(lambda x, y: (self._shape_array(x), y)) if self.reshaped else ds
         if self.kind == "files":
             ds = self._file_keys()
         else:
             ds = self._records(list(self.files)).skip(self.start).take(self.count)
-        return ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return self._drop_bad(ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+
+    def _drop_bad(self, ds):
+        return ds.ignore_errors(log_warning=True) if self.skip_bad and self.kind == "records" else ds
 
     def _file_keys(self):
         labels = np.full(self.count, -1, np.int64) if self.labels is None else self.labels
         return tf.data.Dataset.from_tensor_slices((self.paths, labels)).map(lambda p, y: (tf.io.read_file(p), y))
 
-    def shuffled_images(self, seed):
+    def shuffled_images(self, seed, worker=(0, 1)):
         """Images `[H, W, C]` (no labels) in a seeded order, reshuffled on every pass: file paths are
         shuffled whole; records by shuffling the file order, interleaving four files and a buffer
-        of `SHUFFLE_BUFFER`; arrays with that buffer (the paper's 1024) over the cached images."""
+        of `SHUFFLE_BUFFER`; arrays with that buffer (the paper's 1024) over the cached images.
+        `worker` `(index, count)`: with `shard_policy` FILE, only this worker's files are read."""
         if self.kind == "array":
-            return array_images(self.x, True, seed)
+            ds = array_images(self.x, True, seed)
+            return ds.map(self._shape_array, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True) \
+                if self.reshaped else ds
         if self.kind == "files":
             labels = np.full(self.count, -1, np.int64)
             keys = tf.data.Dataset.from_tensor_slices((self.paths, labels))
@@ -201,6 +218,8 @@ class Split:
             ds = keys.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         elif self.whole_files:
             files = tf.data.Dataset.from_tensor_slices(list(self.files))
+            if worker[1] > 1:  # this worker's files: every worker-th file from its index on
+                files = files.shard(worker[1], worker[0])
             files = files.shuffle(len(self.files), seed=seed, reshuffle_each_iteration=True)
             ds = files.interleave(lambda f: tf.data.TFRecordDataset(f), cycle_length=min(4, len(self.files)),
                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).map(self.parse)
@@ -208,11 +227,13 @@ class Split:
         else:  # a range of the records (train_limit, validation split): the fixed order, buffer-shuffled
             ds = self._records(list(self.files)).skip(self.start).take(self.count)
             ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-        return ds.map(lambda e, y: self._decode(e, y)[0], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return self._drop_bad(ds.map(lambda e, y: self._decode(e, y)[0], num_parallel_calls=tf.data.AUTOTUNE,
+                                     deterministic=True))
 
     def shard_policy(self, num_workers=1):
-        """(AutoShardPolicy, why) for `num_workers` workers: FILE for whole shard files when there are
-        at least as many files as workers, else DATA (every worker reads everything and keeps its part)."""
+        """(AutoShardPolicy, a sentence for the log or "") for `num_workers` workers: FILE for whole
+        shard files when there are at least as many files as workers (worker i reads files i,
+        i + workers, ...), else DATA (every worker reads everything and keeps its part of each batch)."""
         policy = tf.data.experimental.AutoShardPolicy
         if num_workers <= 1 or self.kind != "records":
             return policy.DATA, ""
@@ -221,23 +242,28 @@ class Split:
         if len(self.files) < num_workers:
             return policy.DATA, (f"{len(self.files)} shard file(s) for {num_workers} workers: sharding by DATA "
                                  f"(write at least {num_workers} shards with `tfp-ae convert --shards` to shard by file)")
-        return policy.FILE, ""
+        return policy.FILE, (f"{len(self.files)} shard files over {num_workers} workers: each worker reads its own "
+                             "files (sharded by FILE)")
 
     def pipeline(self, batch_size=BATCH_SIZE, shuffle=True, num_levels=None, seed=0, repeat=False, skip_epochs=0,
-                 num_workers=1):
+                 worker=(0, 1)):
         """`(images, images)` batches for `model.fit` (`tfp_ae.data.batch_stream`): `shuffled_images`
-        when `shuffle`, else the fixed order; sharded by file across `num_workers` workers where
-        `shard_policy` allows."""
-        images = self.shuffled_images(seed) if shuffle else self.elements().map(lambda x, y: x)
-        policy, why = self.shard_policy(num_workers)
+        when `shuffle`, else the fixed order. `worker` `(index, count)` of a multi-worker run: with
+        `shard_policy` FILE the worker reads only its files (the files are split here, and
+        TensorFlow's auto-sharding is turned off: it cannot see through the pipeline's scan)."""
+        policy, why = self.shard_policy(worker[1])
         if why:
             print(f"multi-worker input: {why}", flush=True)
+        if policy == tf.data.experimental.AutoShardPolicy.FILE:
+            images, policy = self.shuffled_images(seed, worker), tf.data.experimental.AutoShardPolicy.OFF
+        else:
+            images = self.shuffled_images(seed) if shuffle else self.elements().map(lambda x, y: x)
         return batch_stream(images, self.count, batch_size, num_levels, seed, repeat, skip_epochs, policy)
 
     def take(self, n=None):
         """The first `n` images (all when None) as arrays: (x float32 `[n, H, W, C]`, y int64 `[n]` or None)."""
         n = self.count if n is None else min(n, self.count)
-        if self.kind == "array":
+        if self.kind == "array" and not self.reshaped:
             return self.x[:n], None if self.y is None else self.y[:n]
         x = np.empty((n, *self.image_shape), np.float32)
         y = np.empty(n, np.int64)
@@ -275,11 +301,25 @@ class Source:
     def streamed(self):
         return any(s.kind != "array" for s in self.splits.values())
 
+    @contextlib.contextmanager
+    def reading(self):
+        """Turns TensorFlow's decoding errors while a streamed source is read (a corrupt record, an
+        image of another size) into an `InputError` that names the source and the fix."""
+        try:
+            yield
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+            if not self.streamed:
+                raise
+            first = (e.message or str(e)).strip().splitlines()[0][:300]
+            raise InputError(f"{self.description}: an image cannot be read ({first}). Rewrite the shards with "
+                             "`tfp-ae convert`, pass --image-size/--channels for mixed shapes, or --skip-bad-images "
+                             "to leave unreadable records out") from None
+
     def sample(self, test_images, train_bytes=SAMPLE_BYTES):
         """A bounded in-memory `tfp_ae.data.Dataset`: the first `test_images` test images and as many
-        training images as fit in `train_bytes` of float32 (all of MNIST's 60,000), for what needs
-        arrays: L2 %, calibration, figures, the FID classifier and its features."""
-        n_train = max(1, train_bytes // (4 * int(np.prod(self.image_shape))))
+        training images as fit in `train_bytes` of float32 (all of MNIST's 60,000; none when 0), for
+        what needs arrays: L2 %, calibration, figures, the FID classifier and its features."""
+        n_train = train_bytes // (4 * int(np.prod(self.image_shape)))
         (xtr, ytr), (xte, yte) = self.splits["train"].take(n_train), self.splits["test"].take(test_images)
         if ytr is None or yte is None:
             ytr = yte = None
@@ -292,18 +332,17 @@ def array_split(x, num_levels=256, y=None):
 
 
 def _array_source(data, geometry, rescale):
-    """A `Source` over a loaded `tfp_ae.data.Dataset` (named datasets, `.npz`), geometry applied once."""
+    """A `Source` over a loaded `tfp_ae.data.Dataset` (named datasets, `.npz`); the geometry is
+    applied as the images stream (a resized copy is never held)."""
     splits = {}
-    for split in SPLITS:
-        x = prepare_images(getattr(data, f"x_{split}"), rescale, f"{split} images")
-        if geometry != Geometry():
-            x = np.concatenate([geometry.apply(tf.constant(x[i:i + 1024]), data.num_levels).numpy()
-                                for i in range(0, len(x), 1024)])
-        splits[split] = Split("array", len(x), tuple(x.shape[1:]), data.num_levels, geometry, x=x,
-                              y=getattr(data, f"y_{split}"))
+    for split, what in (("train", "training images"), ("test", "test images")):
+        shape = None if split == "train" or geometry.size else splits["train"].x.shape[1:]
+        x = prepare_images(getattr(data, f"x_{split}"), rescale, what, image_shape=shape)
+        splits[split] = Split("array", len(x), geometry.shape(x.shape[1:]), data.num_levels, geometry, x=x,
+                              y=getattr(data, f"y_{split}"), source_channels=x.shape[-1])
     if splits["train"].image_shape != splits["test"].image_shape:
-        raise InputError(f"{data.source}: test images {splits['test'].image_shape} and training images "
-                         f"{splits['train'].image_shape} differ in shape; pass --image-size and --channels")
+        raise InputError(f"{data.source}: test images {splits['test'].x.shape[1:]} and training images "
+                         f"{splits['train'].x.shape[1:]} differ in shape; pass --channels")
     return Source(data.name, data.source, splits["train"].image_shape, data.num_levels, splits)
 
 
@@ -393,11 +432,14 @@ def _folder_source(folder, geometry, test_fraction, skip_bad_images):
         kept = dict(test=[kept_all[i] for i in sorted(order[:n_test])],
                     train=[kept_all[i] for i in sorted(order[n_test:])])
         base = dict(train=folder, test=folder)
+    for s in SPLITS:
+        if not kept[s]:
+            raise InputError(f"folder {base[s]}: none of its image files can be read, so the {s} split is empty")
     splits = {}
     labels = {s: _folder_labels(base[s], kept[s]) for s in SPLITS}
     with_labels = all(labels[s][0] is not None for s in SPLITS) and labels["train"][1] == labels["test"][1]
     for s in SPLITS:
-        splits[s] = Split("files", len(kept[s]), shape, 256, geometry, paths=np.array(kept[s]),
+        splits[s] = Split("files", len(kept[s]), shape, 256, geometry, paths=np.array(kept[s], dtype=str),
                           labels=labels[s][0] if with_labels else None, source_channels=source_channels)
     return Source(folder.name, f"image folder {folder}", shape, 256, splits, skipped)
 
@@ -426,11 +468,14 @@ def _shard_files(spec):
     return by_split
 
 
-def _shard_source(spec, geometry):
+def _shard_source(spec, geometry, skip_bad_images=False):
     by_split = _shard_files(spec)
     folder = Path(by_split["train"][0]).parent
     info = json.loads((folder / SHARDS_INFO).read_text()) if (folder / SHARDS_INFO).exists() else {}
-    first = next(iter(tf.data.TFRecordDataset(by_split["train"][:1]).take(1)), None)
+    try:
+        first = next(iter(tf.data.TFRecordDataset(by_split["train"][:1]).take(1)), None)
+    except tf.errors.DataLossError as e:
+        raise InputError(f"shard file {by_split['train'][0]} is truncated or corrupt ({e.message.splitlines()[0]})") from None
     if first is None:
         raise InputError(f"shard file {by_split['train'][0]} holds no records")
     try:
@@ -450,19 +495,23 @@ def _shard_source(spec, geometry):
     has_labels = bool(info["has_labels"]) if "has_labels" in info else "label" in features
     splits = {}
     for s in SPLITS:
-        count = int(info["counts"][s]) if "counts" in info else int(
-            tf.data.TFRecordDataset(by_split[s]).reduce(np.int64(0), lambda n, _: n + 1))
+        try:
+            count = int(info["counts"][s]) if "counts" in info else int(
+                tf.data.TFRecordDataset(by_split[s]).reduce(np.int64(0), lambda n, _: n + 1))
+        except tf.errors.DataLossError as e:
+            raise InputError(f"{spec}: the {s} shards are truncated or corrupt ({e.message.splitlines()[0]})") from None
         if count == 0:
             raise InputError(f"{spec}: the {s} shards hold no records")
         splits[s] = Split("records", count, shape, num_levels, geometry, files=tuple(by_split[s]),
-                          parse=_record_parser(has_labels), source_channels=source_channels, records_total=count)
+                          parse=_record_parser(has_labels), source_channels=source_channels, records_total=count,
+                          skip_bad=skip_bad_images)
     name = info.get("name") or folder.name
     return Source(name, f"TFRecord shards {spec}", shape, num_levels, splits)
 
 
 # ---------------------------------------------------------------- TFDS
 
-def _tfds_source(spec, data_dir, geometry, download):
+def _tfds_source(spec, data_dir, geometry, download, skip_bad_images=False):
     import tensorflow_datasets as tfds  # heavy (about 2 s): imported only for a tfds: source
     name = spec[len("tfds:"):]
     try:
@@ -502,7 +551,8 @@ def _tfds_source(spec, data_dir, geometry, download):
         info = builder.info.splits[tfds_split]
         files = tuple(str(p) for p in info.filepaths)
         splits[s] = Split("records", int(info.num_examples), shape, 256, geometry, files=files, parse=parse,
-                          source_channels=source_channels, records_total=int(info.num_examples))
+                          source_channels=source_channels, records_total=int(info.num_examples),
+                          skip_bad=skip_bad_images)
     return Source(name.replace("/", "_"), f"tfds:{name} ({builder.data_dir})", shape, 256, splits)
 
 
@@ -528,17 +578,17 @@ def open_source(dataset, data_dir=None, image_size=None, crop="none", channels=N
     geometry = Geometry.parse(image_size, crop, channels)
     spec = str(dataset)
     if spec.startswith("tfds:"):
-        return _tfds_source(spec, data_dir, geometry, download)
+        return _tfds_source(spec, data_dir, geometry, download, skip_bad_images)
     path = Path(spec)
     if path.is_dir():
         if glob.glob(str(path / "*.tfrecord*")):
-            return _shard_source(spec, geometry)
+            return _shard_source(spec, geometry, skip_bad_images)
         return _folder_source(path, geometry, test_fraction, skip_bad_images)
     if any(ch in spec for ch in "*?[") and not path.exists():
-        return _shard_source(spec, geometry)
+        return _shard_source(spec, geometry, skip_bad_images)
     if spec.endswith(".npz") or os.sep in spec:
         if not path.exists():
-            raise InputError(f"dataset {spec}: no such file or folder")
+            raise InputError(f"dataset {spec} does not exist (no such file or folder)")
     return _array_source(load_dataset(spec, data_dir), geometry, rescale)
 
 
@@ -558,7 +608,8 @@ def convert(source, out, shards=1, overwrite=False):
     num_levels, labels). Files are written under temporary names and renamed when complete.
 
     Args:
-      shards: files per split (the test split gets `min(shards, ceil(count / 1000))`, at least 1).
+      shards: files of the training split (at most one per image); the test split gets
+        `min(shards, ceil(count / 1000))`, at least 1.
     Returns:
       the info dict written to `tfp_ae_shards.json`.
     Raises:
@@ -578,7 +629,7 @@ def convert(source, out, shards=1, overwrite=False):
                 channels=int(source.image_shape[-1]), num_levels=L, has_labels=source.has_labels, counts={},
                 schema="image: PNG bytes (pixel k / (num_levels - 1)); label: int64 (absent: none)")
     for split, s in source.splits.items():
-        n = shards if split == "train" else min(shards, max(1, math.ceil(s.count / 1000)))
+        n = min(shards, s.count) if split == "train" else min(shards, max(1, math.ceil(s.count / 1000)))
         bounds = np.linspace(0, s.count, n + 1).astype(int)
         i, shard, writer = 0, -1, None
         ds = s.elements().map(lambda x, y: (tf.io.encode_png(tf.cast(tf.round(x * (L - 1)), tf.uint8)), y),

@@ -18,8 +18,8 @@ from tfp_ae.evaluate import CALIBRATION_IMAGES, evaluate, fid_extractors
 from tfp_ae.models import build_model, compile_model
 from tfp_ae.rundir import (CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, METRICS_FILE, STATE_FILE, Progress,
                            checkpoint_manager, load_state, restore, write_json)
-from tfp_ae.runtime import check_memory, device_summary, make_strategy, num_workers, precision_policy, probe_jit
-from tfp_ae.sources import Split, array_split, open_source
+from tfp_ae.runtime import check_memory, device_summary, make_strategy, precision_policy, probe_jit, worker
+from tfp_ae.sources import SAMPLE_BYTES, Split, array_split, open_source
 from tfp_ae.vae import build_vae
 
 
@@ -105,7 +105,7 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None, 
         if initial:
             print(f"resuming {run_dir} after epoch {initial} (seed {seed})")
         ds = train.pipeline(config.batch_size, seed=seed, repeat=True, skip_epochs=initial,
-                            num_levels=num_levels if config.dequantize else None, num_workers=num_workers(strategy))
+                            num_levels=num_levels if config.dequantize else None, worker=worker(strategy))
         val = val_split.pipeline(config.batch_size, shuffle=False) if n_val else None
         progress = Progress(state, run_dir / STATE_FILE if run_dir else None, manager, writer)
         if initial < config.epochs and not state.get("stopped_early"):
@@ -180,14 +180,17 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     config.validate(source.image_shape)  # the head's options against the image size, before the folder is made
     # in memory: the first test images (L2 %, calibration, figures, FID) and a bounded part of the
     # training split (the FID classifier's data); the NLL streams over the whole test split
-    data = source.sample(max(config.eval_images, CALIBRATION_IMAGES, config.tsne_images, 10))
+    with source.reading():
+        data = source.sample(max(config.eval_images, CALIBRATION_IMAGES, config.tsne_images, 10),
+                             train_bytes=SAMPLE_BYTES if config.fid else 0)
     if config.tensorboard and writer:  # inputs, point estimates, interval maps, samples, bits/dim per epoch
         callbacks = [*callbacks, ImageSummaries(log_dir, data.x_test, data.num_levels, seed=config.seed)]
     if out and writer:
         out.mkdir(parents=True, exist_ok=True)
         write_json(dict(config.to_dict(), image_shape=list(source.image_shape)), out / CONFIG_FILE)
-    model, history, attempts = fit(config, train, source.num_levels, callbacks, run_dir=out, strategy=strategy,
-                                   resume=writer or not overwrite)
+    with source.reading():
+        model, history, attempts = fit(config, train, source.num_levels, callbacks, run_dir=out, strategy=strategy,
+                                       resume=writer or not overwrite)
     metrics = dict(dataset=config.dataset, model=config.model, head=config.head, components=config.components, arch=config.arch,
                    epochs=config.epochs, num_params=int(model.count_params()), seconds_per_epoch=history["seconds"],
                    train_loss=history["loss"], loss_units=_loss_units(config, model.head),
@@ -206,8 +209,9 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     if config.verbose:
         print(f"evaluating on {source.splits['test'].count} test images (NLL, bits/dim, L2 %, calibration"
               f"{', FID' if extractors else ''}) and drawing the figures", flush=True)
-    metrics.update(evaluate(model, data, config.eval_images, seed=config.seed, extractors=extractors,
-                            test=source.splits["test"]))
+    with source.reading():
+        metrics.update(evaluate(model, data, config.eval_images, seed=config.seed, extractors=extractors,
+                                test=source.splits["test"]))
     if notes:
         metrics["fid_note"] = "; ".join(notes)
     if model.kind == "vae":
