@@ -21,8 +21,17 @@ IMAGE_SHAPE = (8, 8, 1)
 CASES = [(kind, name, k) for kind in ("ae", "vae") for name, cls in HEADS.items()
          for k in ([1, 2] if cls.mixable else [1])]
 # the convolutional architectures (their layers, e.g. BiasActivation, must save and load too)
-SAVE_CASES = [(*c, "mlp") for c in CASES] + [("ae", "matrix_normal_diag", 1, "cnn"), ("ae", "normal_diag", 2, "cnn_dense"),
-                                             ("vae", "normal_diag", 1, "cnn_dense")]
+# saved and loaded: every head and K as an autoencoder; as a VAE decoder every head with K = 1 and two
+# mixtures (the head saves through the same config either way)
+SAVE_CASES = [(*c, "mlp") for c in CASES if c[0] == "ae" or c[2] == 1 or c[1] in ("normal_diag", "student_t_diag")]
+SAVE_CASES += [("ae", "matrix_normal_diag", 1, "cnn"), ("ae", "normal_diag", 2, "cnn_dense"),
+               ("vae", "normal_diag", 1, "cnn_dense")]
+
+
+def saved_model_too(kind, head, k, arch):
+    """SavedModel (slow to write) for each head once (autoencoder, K = 1), a VAE with and without a
+    mixture, and the convolutional architectures; the `.keras` format for every case."""
+    return (kind == "ae" and k == 1) or head == "normal_diag" or arch != "mlp"
 
 
 def _build(kind, head, k, arch="mlp"):
@@ -41,8 +50,9 @@ def _fresh_python(code, tmp_path):
 
 
 def test_every_model_saves_and_loads_with_default_arguments_in_a_fresh_process(tmp_path, digits):
-    """Every head (K = 1, and K = 2 where it mixes) x autoencoder / VAE x `.keras` / SavedModel, and
-    the convolutional architectures (`cnn`, `cnn_dense`) for a few heads:
+    """Every head (K = 1, and K = 2 where it mixes) as an autoencoder and (K = 1) as a VAE decoder in
+    the `.keras` format, each head once as a SavedModel (`saved_model_too`), and the convolutional
+    architectures (`cnn`, `cnn_dense`) for a few heads:
     `tf_keras.models.load_model(path)` after `import tfp_ae`, in a new process, gives the same
     class, a compiled model that returns a distribution with the same log_prob (1e-6), `predict`
     equal to the point estimate, and one more `fit` step that runs."""
@@ -54,10 +64,11 @@ def test_every_model_saves_and_loads_with_default_arguments_in_a_fresh_process(t
         model = compile_model(_build(kind, head, k, arch))
         model.fit(x, x, batch_size=32, epochs=1, verbose=0)
         key = f"{kind}-{head}-{k}-{arch}"
-        for fmt, path in (("keras", tmp_path / f"{key}.keras"), ("savedmodel", tmp_path / key)):
-            model.save(str(path))
+        formats = ["keras", "savedmodel"] if saved_model_too(kind, head, k, arch) else ["keras"]
+        for fmt in formats:
+            model.save(str(tmp_path / (f"{key}.keras" if fmt == "keras" else key)))
         expected[key] = dict(log_prob=model.log_prob(x[:4]).numpy().tolist(), cls=type(model).__name__,
-                             point=model.point_estimate(x[:4]).numpy().tolist())
+                             point=model.point_estimate(x[:4]).numpy().tolist(), formats=formats)
     (tmp_path / "expected.json").write_text(json.dumps(expected))
     stdout = _fresh_python(f"""
         import json, numpy as np
@@ -67,8 +78,9 @@ def test_every_model_saves_and_loads_with_default_arguments_in_a_fresh_process(t
         folder = {str(tmp_path)!r}
         x = np.load(folder + "/x.npy")
         results = {{}}
-        for key in json.load(open(folder + "/expected.json")):
-            for fmt, path in (("keras", f"{{folder}}/{{key}}.keras"), ("savedmodel", f"{{folder}}/{{key}}")):
+        for key, want in json.load(open(folder + "/expected.json")).items():
+            for fmt in want["formats"]:
+                path = f"{{folder}}/{{key}}.keras" if fmt == "keras" else f"{{folder}}/{{key}}"
                 model = tf_keras.models.load_model(path)
                 dist = model(x[:4])
                 result = dict(cls=type(model).__name__, is_distribution=isinstance(dist, tfd.Distribution),
@@ -79,7 +91,8 @@ def test_every_model_saves_and_loads_with_default_arguments_in_a_fresh_process(t
         print(json.dumps(results))
     """, tmp_path)
     results = json.loads(stdout.strip().splitlines()[-1])
-    assert len(results) == 2 * len(SAVE_CASES)
+    assert len(results) == sum(len(w["formats"]) for w in expected.values())
+    assert sum("savedmodel" in w["formats"] for w in expected.values()) >= len(HEADS)
     for name, got in results.items():
         want = expected[name.split("/")[0]]
         assert got["cls"] == want["cls"] and got["is_distribution"], name
