@@ -17,6 +17,7 @@ from tfp_ae.figures import augment
 from tfp_ae.grid import grid_cells, merge_results, run_grid
 from tfp_ae.heads import DEFAULT_RANK, HEADS, describe_heads
 from tfp_ae.runtime import device_summary, make_strategy
+from tfp_ae.scoring import score_run
 from tfp_ae.sources import CROPS, convert, open_source
 from tfp_ae.toy2d import TOY_DATASETS, TOY_SETUPS, run_study
 from tfp_ae.train import DivergedError, load_model, run
@@ -59,6 +60,8 @@ def _add_settings(p):
     p.add_argument("--retries", type=int, default=d.retries, help="re-runs with a new seed after a NaN loss")
     p.add_argument("--dequantize", action="store_true", help="train on uniformly dequantised pixels")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--perturb-rate", type=float, default=d.perturb_rate, help="train a background model for "
+                   "`tfp-ae score --background`: each pixel replaced by a random level at this rate (Ren et al. 2019)")
     p.add_argument("--eval-images", type=int, default=d.eval_images, help="test images for l2_percent")
     _add_source_args(p)
     p.add_argument("--jit", dest="jit_compile", action="store_true", help="compile training steps with XLA")
@@ -209,6 +212,21 @@ def cmd_convert(args):
           f"train with --dataset {args.out}")
 
 
+def cmd_score(args):
+    masks = None
+    if args.masks:
+        with np.load(args.masks) as f:
+            if "mask_test" not in f.files:
+                raise InputError(f"{args.masks}: no array mask_test (found {', '.join(f.files)})")
+            masks = f["mask_test"]
+    _, m = score_run(args.run_dir, args.data, args.ood, args.background, args.out, masks, args.limit, args.seed)
+    for name, v in m.get("scores", {}).items():
+        print(f"{name:18s} AUROC {v['auroc']:.3f}  AUPRC {v['auprc']:.3f}  FPR@95%TPR {v['fpr_at_95_tpr']:.3f}")
+    for name, v in m.get("localisation", {}).items():
+        print(f"map {name:18s} pixel AUROC {v['pixel_auroc']:.3f}  PRO {v['pro']:.3f}")
+    print(f"wrote {args.out}/scores.csv and metrics.json" + (", roc.png, histograms.png" if args.ood else ""))
+
+
 def _heads_with(option):
     return [name for name, cls in HEADS.items() if option in cls.options]
 
@@ -283,6 +301,19 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace the shards in OUT")
     _add_source_args(p)
     p.set_defaults(func=cmd_convert)
+    p = sub.add_parser("score", help="OOD scores of a run's test images (and an OOD set's): scores.csv, "
+                       "metrics.json (AUROC, AUPRC, FPR at 95%% TPR), ROC and histograms")
+    p.add_argument("run_dir", help="a run folder written by `tfp-ae train`")
+    p.add_argument("--data", required=True, help="in-distribution dataset (its test split is scored)")
+    p.add_argument("--ood", default=None, help="out-of-distribution dataset (its test split)")
+    p.add_argument("--background", default=None, help="run folder of a background model (tfp-ae train "
+                   "--perturb-rate) for the likelihood ratio")
+    p.add_argument("--masks", default=None, help=".npz with mask_test [N, H, W]: defect masks of --data's first "
+                   "N test images (pixel AUROC and PRO of each anomaly map)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N test images of each set")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dequantisation noise")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_score)
     p = sub.add_parser("heads", help="list the output heads and their parameter counts")
     p.add_argument("--shape", type=int, nargs=3, default=[28, 28, 1], metavar=("H", "W", "C"))
     p.add_argument("--rank", type=int, default=DEFAULT_RANK, help="rank of the low-rank heads")

@@ -39,6 +39,7 @@ class RunConfig:
     seed: int = 0
     retries: int = 0                   # re-runs with seed+1, seed+2, ... after a NaN loss
     dequantize: bool = False           # train on uniformly dequantised pixels
+    perturb_rate: float = 0.0          # background model (Ren et al. 2019): replace pixels at this rate by noise
     train_limit: Optional[int] = None  # use only the first N training images (quick runs)
     validation_split: float = 0.0      # hold out this fraction of the training images (val_loss)
     eval_images: int = 1000            # test images for l2_percent (the paper's 1000)
@@ -116,6 +117,8 @@ class RunConfig:
         Geometry.parse(self.image_size, self.crop, self.channels)
         if not (isinstance(self.test_fraction, (int, float)) and 0 < self.test_fraction < 1):
             raise InputError(f"test_fraction must be in (0, 1); got {self.test_fraction!r}")
+        if not (isinstance(self.perturb_rate, (int, float)) and 0 <= self.perturb_rate < 1):
+            raise InputError(f"perturb_rate must be in [0, 1); got {self.perturb_rate!r}")
         if not (isinstance(self.validation_split, (int, float)) and 0 <= self.validation_split < 1):
             raise InputError(f"validation_split must be in [0, 1); got {self.validation_split!r}")
         if self.model == "ae" and self.objective != "elbo":

@@ -359,8 +359,18 @@ def make_pipeline(x, batch_size=BATCH_SIZE, shuffle=True, num_levels=None, seed=
     return batch_stream(array_images(x, shuffle, seed), len(x), batch_size, num_levels, seed, repeat, skip_epochs)
 
 
+def perturb(x, rate, num_levels=256, seed=None):
+    """Replace each pixel, with probability `rate`, by a level drawn uniformly from the `L` levels
+    `k / (L - 1)`: the input perturbation of the background model of Ren et al. (NeurIPS 2019,
+    Section 3), with the stateless `seed` (int tensor `[2]`). Same shape as `x` `[..., H, W, C]`."""
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    flip = tf.random.stateless_uniform(tf.shape(x), seeds[0], dtype=x.dtype) < rate
+    level = tf.random.stateless_uniform(tf.shape(x), seeds[1], 0, num_levels, dtype=tf.int32)
+    return tf.where(flip, tf.cast(level, x.dtype) / (num_levels - 1), x)
+
+
 def batch_stream(images, count, batch_size=BATCH_SIZE, num_levels=None, seed=0, repeat=False, skip_epochs=0,
-                 shard_policy=None):
+                 shard_policy=None, perturb_rate=0.0, perturb_levels=256):
     """The end of every training pipeline: a stream of `count` images `[H, W, C]` (one epoch, in
     the order of `images`) -> batched `(images, images)` pairs for `model.fit`, prefetched.
 
@@ -378,6 +388,7 @@ def batch_stream(images, count, batch_size=BATCH_SIZE, num_levels=None, seed=0, 
         and the same noise as an uninterrupted one).
       shard_policy: `tf.data.experimental.AutoShardPolicy` for multi-worker training (default DATA:
         every worker builds this stream and keeps its part of each batch).
+      perturb_rate: train a background model: `perturb` each batch (stateless seed (seed + 7919, i)).
     """
     ds = images.batch(batch_size)
     if repeat:
@@ -387,8 +398,11 @@ def batch_stream(images, count, batch_size=BATCH_SIZE, num_levels=None, seed=0, 
     ds = ds.scan(tf.constant(0, tf.int64), lambda i, b: (i + 1, (i, b)))
     if repeat:
         ds = ds.skip(skip_epochs * math.ceil(count / batch_size))
+    seed = tf.constant(int(seed), tf.int64)
+    if perturb_rate:  # before dequantisation: the perturbed pixels are levels too
+        ds = ds.map(lambda i, b: (i, perturb(b, perturb_rate, perturb_levels, tf.stack([seed + 7919, i]))),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if num_levels:
-        seed = tf.constant(int(seed), tf.int64)
         ds = ds.map(lambda i, b: (i, dequantize(b, num_levels, tf.stack([seed, i]))),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()

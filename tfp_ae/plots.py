@@ -142,3 +142,33 @@ def image_grid(images, title="", columns=8):
 def save(fig, path):
     """Write `fig` as PNG (or the format of `path`'s suffix)."""
     fig.savefig(path, dpi=100)
+
+
+def roc_figure(scores):
+    """ROC curves of OOD scores: `scores` {name: (in-distribution `[N]`, OOD `[M]`)}, OOD positive;
+    AUROC in the legend (scikit-learn's `roc_curve` / `roc_auc_score`)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+    fig, ax = subplots(1, 1, (5, 4.5))
+    ax = ax[0, 0]
+    for name, (a, b) in scores.items():
+        labels, s = np.r_[np.zeros(len(a)), np.ones(len(b))], np.nan_to_num(np.r_[a, b], nan=np.inf)
+        fpr, tpr, _ = roc_curve(labels, s)
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(labels, s):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate (OOD detected)", title="ROC, OOD = positive")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def score_histograms(scores, bins=50):
+    """One panel per score: histograms of the in-distribution and OOD scores (higher = more anomalous)."""
+    fig, axes = subplots(1, len(scores), (3.2 * len(scores), 3))
+    for ax, (name, (a, b)) in zip(axes[0], scores.items()):
+        both = np.r_[a, b]
+        both = both[np.isfinite(both)]
+        edges = np.linspace(*np.percentile(both, [0.5, 99.5]), bins) if both.size else bins
+        ax.hist(a, edges, alpha=0.6, density=True, label="in")
+        ax.hist(b, edges, alpha=0.6, density=True, label="OOD")
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=7)
+    return fig

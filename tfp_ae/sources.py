@@ -246,10 +246,10 @@ class Split:
                              "files (sharded by FILE)")
 
     def pipeline(self, batch_size=BATCH_SIZE, shuffle=True, num_levels=None, seed=0, repeat=False, skip_epochs=0,
-                 worker=(0, 1)):
+                 worker=(0, 1), perturb_rate=0.0):
         """`(images, images)` batches for `model.fit` (`tfp_ae.data.batch_stream`): `shuffled_images`
         when `shuffle`, else the fixed order. `worker` `(index, count)` of a multi-worker run: with
-        `shard_policy` FILE the worker reads only its files (the files are split here, and
+        `shard_policy` FILE the worker reads only its files; `perturb_rate`: see `tfp_ae.data.perturb` (the files are split here, and
         TensorFlow's auto-sharding is turned off: it cannot see through the pipeline's scan)."""
         policy, why = self.shard_policy(worker[1])
         if why:
@@ -258,7 +258,8 @@ class Split:
             images, policy = self.shuffled_images(seed, worker), tf.data.experimental.AutoShardPolicy.OFF
         else:
             images = self.shuffled_images(seed) if shuffle else self.elements().map(lambda x, y: x)
-        return batch_stream(images, self.count, batch_size, num_levels, seed, repeat, skip_epochs, policy)
+        return batch_stream(images, self.count, batch_size, num_levels, seed, repeat, skip_epochs, policy,
+                            perturb_rate, self.num_levels)
 
     def take(self, n=None):
         """The first `n` images (all when None) as arrays: (x float32 `[n, H, W, C]`, y int64 `[n]` or None)."""

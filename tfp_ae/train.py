@@ -105,7 +105,8 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None, 
         if initial:
             print(f"resuming {run_dir} after epoch {initial} (seed {seed})")
         ds = train.pipeline(config.batch_size, seed=seed, repeat=True, skip_epochs=initial,
-                            num_levels=num_levels if config.dequantize else None, worker=worker(strategy))
+                            num_levels=num_levels if config.dequantize else None, worker=worker(strategy),
+                            perturb_rate=config.perturb_rate)
         val = val_split.pipeline(config.batch_size, shuffle=False) if n_val else None
         progress = Progress(state, run_dir / STATE_FILE if run_dir else None, manager, writer)
         if initial < config.epochs and not state.get("stopped_early"):

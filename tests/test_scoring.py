@@ -1,0 +1,161 @@
+"""OOD scores and anomaly maps (issue 34): each score on cases with known answers, the metrics against
+scikit-learn on scores.csv, per-pixel marginals against scipy, PRO on constructed maps, bad input."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from tfp_ae._tf import tf
+from tfp_ae.cli import main
+from tfp_ae.config import RunConfig
+from tfp_ae.data import perturb
+from tfp_ae.errors import InputError
+from tfp_ae.models import build_model
+from tfp_ae.scoring import image_scores, ood_metrics, pixel_maps, png_bits_per_dim, pro_score, score_run
+from tfp_ae.train import run
+
+FAST = dict(epochs=3, fid=False, tsne_images=0, eval_images=50, extra_figures=False, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, digits):
+    """A digits model, a background model trained on perturbed digits, and an OOD set of noise images."""
+    root = tmp_path_factory.mktemp("score")
+    run(RunConfig(dataset="digits", out=str(root / "model"), **FAST))
+    run(RunConfig(dataset="digits", out=str(root / "background"), perturb_rate=0.3, **FAST))
+    rng = np.random.default_rng(0)
+    noise = np.round(rng.uniform(size=(60, 8, 8, 1)) * 16) / 16
+    np.savez(root / "noise.npz", x_train=noise, x_test=noise)
+    return root
+
+
+def test_a_model_scores_noise_as_more_anomalous_than_its_test_images(runs, tmp_path):
+    rows, m = score_run(runs / "model", "digits", str(runs / "noise.npz"), str(runs / "background"), tmp_path / "s")
+    assert m["counts"] == {"in": 360, "ood": 60}
+    for name in ("nll", "bits_per_dim", "typicality"):
+        assert m["scores"][name]["auroc"] > 0.95, (name, m["scores"][name])
+    # metrics.json is scikit-learn on scores.csv
+    from sklearn.metrics import roc_auc_score
+    with open(tmp_path / "s" / "scores.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 420 and set(table[0]) == {"set", "index", "nll", "bits_per_dim", "likelihood_ratio",
+                                                   "complexity", "typicality"}
+    labels = [r["set"] == "ood" for r in table]
+    for name in ("nll", "likelihood_ratio", "complexity"):
+        assert m["scores"][name]["auroc"] == pytest.approx(roc_auc_score(labels, [float(r[name]) for r in table]))
+    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["scores"] == m["scores"]
+    assert (tmp_path / "s" / "roc.png").exists() and (tmp_path / "s" / "histograms.png").exists()
+
+
+def test_scores_are_their_definitions(runs, digits):
+    from tfp_ae.train import load_model
+    model, bg = load_model(runs / "model")[0], load_model(runs / "background")[0]
+    x = digits.x_test[:40]
+    s = image_scores(model, x, 17, background=bg, train_bits=5.0)
+    s_model, s_bg = image_scores(model, x, 17), image_scores(bg, x, 17)
+    np.testing.assert_allclose(s["likelihood_ratio"], s_model["bits_per_dim"] - s_bg["bits_per_dim"], rtol=1e-6)
+    np.testing.assert_allclose(s["typicality"], np.abs(s["bits_per_dim"] - 5.0))
+    np.testing.assert_allclose(s["complexity"], s["bits_per_dim"] - png_bits_per_dim(x, 17))
+    np.testing.assert_allclose(s["nll"], -model.log_prob(x).numpy(), rtol=1e-5)
+
+
+def test_png_complexity_orders_flat_below_noise():
+    flat = np.zeros((1, 32, 32, 1), np.float32)
+    noise = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 1)).astype(np.float32) / 255
+    b = png_bits_per_dim(np.concatenate([flat, noise]))
+    assert b[0] < 1 < 7 < b[1]
+    assert b[1] == 8 * len(tf.io.encode_png(np.round(noise[0] * 255).astype(np.uint8)).numpy()) / 1024
+
+
+def test_ood_metrics_on_known_cases():
+    m = ood_metrics([0, 1, 2], [3, 4, 5])
+    assert m == dict(auroc=1.0, auprc=1.0, fpr_at_95_tpr=0.0)
+    m = ood_metrics([3, 4, 5], [0, 1, 2])
+    assert m["auroc"] == 0.0 and m["fpr_at_95_tpr"] == 1.0
+    assert ood_metrics([1, 1], [1, 1])["auroc"] == 0.5
+    with pytest.raises(InputError, match="need images"):
+        ood_metrics([1.0], [])
+
+
+def test_pixel_marginals_match_scipy():
+    x = np.random.default_rng(1).uniform(size=(3, 4, 4, 1)).astype(np.float32)
+    model = build_model("normal_diag", (4, 4, 1))
+    dist = model(x)
+    comp = dist.tensor_distribution if hasattr(dist, "tensor_distribution") else dist
+    mean, var = model.head.mean(comp).numpy(), model.head.variance(comp).numpy()
+    lp = model.head.pixel_log_prob(comp, tf.constant(x)).numpy()
+    np.testing.assert_allclose(lp, stats.norm.logpdf(x, mean, np.sqrt(var)), rtol=1e-4, atol=1e-5)
+    # a mixture's pixel marginal integrates to one (trapezoid over a fine grid of one pixel)
+    model = build_model("normal_diag", (2, 2, 1), 3)
+    grid = np.linspace(-30, 30, 200001, dtype=np.float32)
+    imgs = np.tile(x[:1, :2, :2], (len(grid), 1, 1, 1))
+    imgs[:, 0, 0, 0] = grid
+    dd = model.head.new(tf.repeat(model.decoder(model.encoder(x[:1, :2, :2])), len(grid), axis=0))
+    p = np.exp(model.head.pixel_log_prob(dd, tf.constant(imgs)).numpy()[:, 0, 0, 0])
+    assert np.trapezoid(p, grid) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("head,k", [("normal_diag", 1), ("normal_diag", 3), ("maf", 1), ("bernoulli", 1),
+                                    ("matrix_t_full", 1), ("normal_lowrank", 2)])
+def test_every_map_exists_and_is_finite(head, k, digits):
+    model = build_model(head, (8, 8, 1), k)
+    maps = pixel_maps(model, digits.x_test[:5])
+    for name, m in maps.items():
+        assert m.shape == (5, 8, 8, 1) and np.isfinite(m).all(), name
+        assert (m >= 0).all() or name == "neg_log_marginal"
+
+
+def test_pro_and_pixel_auroc_on_constructed_maps():
+    from tfp_ae.scoring import localisation_metrics
+    masks = np.zeros((2, 10, 10), bool)
+    masks[0, 2:4, 2:4] = masks[1, 5:9, 1:3] = True
+    perfect = masks.astype(float)[..., None] + 0.01 * np.random.default_rng(0).uniform(size=(2, 10, 10, 1))
+    half = perfect.copy()
+    half[1, 5:9, 1:3] = 0  # the second region is missed
+    m = localisation_metrics({"perfect": perfect, "half": half}, masks)
+    assert m["perfect"] == dict(pixel_auroc=1.0, pro=pytest.approx(1.0, abs=0.02))
+    assert m["half"]["pro"] == pytest.approx(0.5, abs=0.05) and m["half"]["pixel_auroc"] < 1
+    with pytest.raises(InputError, match="masks .* do not match"):
+        localisation_metrics({"perfect": perfect}, masks[:, :5])
+    with pytest.raises(InputError, match="defect regions"):
+        pro_score(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)))
+
+
+def test_perturbation_replaces_the_given_fraction_by_levels():
+    x = tf.fill([200, 8, 8, 1], 0.5)
+    y = perturb(x, 0.3, 17, tf.constant([1, 2], tf.int64)).numpy()
+    changed = y != 0.5
+    assert 0.25 < changed.mean() < 0.31  # 0.3 x 16/17 of draws land on another level
+    np.testing.assert_allclose(y * 16, np.round(y * 16), atol=1e-5)
+    np.testing.assert_array_equal(perturb(x, 0.0, 17, tf.constant([1, 2], tf.int64)).numpy(), x.numpy())
+
+
+def test_bad_scoring_input_is_refused(runs, tmp_path):
+    np.savez(tmp_path / "big.npz", x_train=np.zeros((4, 9, 9, 1)), x_test=np.zeros((4, 9, 9, 1)))
+    with pytest.raises(InputError, match="do not match the run's"):
+        score_run(runs / "model", "digits", str(tmp_path / "big.npz"))
+    with pytest.raises(InputError, match="do not match the run's"):
+        score_run(runs / "model", str(tmp_path / "big.npz"))
+    np.savez(tmp_path / "empty.npz", x_train=np.zeros((4, 8, 8, 1)), x_test=np.zeros((0, 8, 8, 1)))
+    with pytest.raises(InputError, match="empty"):
+        score_run(runs / "model", "digits", str(tmp_path / "empty.npz"))
+    with pytest.raises(InputError, match="masks"):
+        score_run(runs / "model", "digits", masks=np.zeros((5, 7, 7)))
+    run(RunConfig(dataset=str(tmp_path / "big.npz"), out=str(tmp_path / "other"), **dict(FAST, epochs=1)))
+    with pytest.raises(InputError, match="background run's images"):
+        score_run(runs / "model", "digits", background=str(tmp_path / "other"))
+
+
+def test_cli_score_with_masks(runs, tmp_path, digits, capsys):
+    masks = np.zeros((20, 8, 8), bool)
+    masks[:, 2:5, 2:5] = True
+    np.savez(tmp_path / "m.npz", mask_test=masks)
+    main(["score", str(runs / "model"), "--data", "digits", "--ood", str(runs / "noise.npz"), "--masks",
+          str(tmp_path / "m.npz"), "--limit", "50", "--out", str(tmp_path / "o")])
+    out = capsys.readouterr().out
+    assert "nll" in out and "AUROC" in out and "pixel AUROC" in out
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["counts"] == {"in": 50, "ood": 50} and set(m["localisation"]) == {
+        "neg_log_marginal", "standardized_error", "outside_interval", "abs_error"}

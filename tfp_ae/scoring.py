@@ -1,0 +1,257 @@
+"""What the uncertainty is for: out-of-distribution scores per image and anomaly maps per pixel,
+and how well they separate in-distribution from out-of-distribution (OOD) images.
+
+Per-image scores (`SCORES`), all oriented so that higher means more anomalous:
+- `nll`: -log p(x) in nats of the pixels in [0, 1];
+- `bits_per_dim`: of the uniformly dequantised image (Theis et al. 2016), bits;
+- `likelihood_ratio`: bits/dim under the model minus bits/dim under a background model trained on
+  perturbed inputs (`tfp-ae train --perturb-rate MU`), i.e. -LLR of Ren et al., NeurIPS 2019, Eq. 5,
+  in bits/dim;
+- `complexity`: bits/dim minus the bits/dim of the image losslessly compressed as PNG
+  (`tf.io.encode_png`): S(x) of Serra et al., ICLR 2020, Eq. 2;
+- `typicality`: |bits/dim - mean bits/dim of training images| (Nalisnick et al. 2019, the typicality
+  test with a batch of one image).
+Per-pixel maps (`MAPS`), `[N, H, W, C]`:
+- `neg_log_marginal`: -log p(x_pixel | input), nats (`Head.pixel_log_prob`);
+- `standardized_error`: |x - point estimate| / s, s the half-width of the central 68.27 % interval
+  (the standard deviation for a normal; exists for every head but `mse`);
+- `outside_interval`: distance of x outside the central 95 % interval (0 inside), pixel units.
+The baseline map is `abs_error`, |x - point estimate|.
+"""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from sklearn import metrics as skm
+
+from tfp_ae import plots
+from tfp_ae._tf import tf
+from tfp_ae.data import dequantize
+from tfp_ae.errors import InputError
+from tfp_ae.heads import SAMPLE_SEED, bits_per_dim
+from tfp_ae.predict import map_dataset
+from tfp_ae.sources import Split, array_split, open_source
+from tfp_ae.train import load_model
+
+SCORES = ("nll", "bits_per_dim", "likelihood_ratio", "complexity", "typicality")
+MAPS = ("neg_log_marginal", "standardized_error", "outside_interval", "abs_error")
+ONE_SIGMA = 0.682689492137  # central probability of +-1 standard deviation of a normal
+TRAIN_IMAGES = 2000  # training images whose mean bits/dim centres the typicality score
+PRO_MAX_FPR = 0.3    # PRO is integrated up to this false-positive rate (Bergmann et al., MVTec AD)
+
+
+def png_bits_per_dim(x, num_levels=256):
+    """Bits per dimension of each image `[N, H, W, C]` (pixels `k / (L - 1)`) compressed losslessly
+    as PNG (`tf.io.encode_png` of the levels k, zlib at its default level), `[N]`: the complexity
+    L(x) of Serra et al. (ICLR 2020), who used PNG among their compressors."""
+    x = np.asarray(x)
+    levels = np.round(x * (num_levels - 1)).astype(np.uint16 if num_levels > 256 else np.uint8)
+    d = int(np.prod(x.shape[1:]))
+    return np.array([8 * len(tf.io.encode_png(img).numpy()) / d for img in levels])
+
+
+def _score_step(model, quantity):
+    steps = model.__dict__.setdefault("_tfp_ae_score_steps", {})
+    if quantity not in steps:
+        spec = tf.TensorSpec([None, *model.image_shape], tf.float32)
+        if quantity == "maps":
+            def fn(x):
+                dist = model(x, training=False)
+                head = model.head
+                point = head.point_estimate(dist)
+                lo, hi = head.interval(dist, ONE_SIGMA, seed=SAMPLE_SEED, num_samples=200)
+                lo95, hi95 = head.interval(dist, 0.95, seed=SAMPLE_SEED, num_samples=200)
+                scale = tf.maximum((hi - lo) / 2, 1e-6)
+                return dict(neg_log_marginal=-head.pixel_log_prob(dist, x),
+                            standardized_error=tf.abs(x - point) / scale,
+                            outside_interval=tf.maximum(lo95 - x, 0.0) + tf.maximum(x - hi95, 0.0),
+                            abs_error=tf.abs(x - point))
+        steps[quantity] = tf.function(fn, input_signature=[spec], autograph=False)
+    return steps[quantity]
+
+
+def pixel_maps(model, x, batch_size=100):
+    """The anomaly maps (`MAPS`) of images `x` `[N, H, W, C]` in [0, 1]: dict of `[N, H, W, C]` arrays.
+
+    Raises:
+      InputError: images of another shape than the model's.
+    """
+    x = np.asarray(x, np.float32)
+    if tuple(x.shape[1:]) != tuple(model.image_shape):
+        raise InputError(f"images {tuple(x.shape[1:])} do not match the model's {tuple(model.image_shape)}")
+    step = _score_step(model, "maps")
+    outs = [step(tf.constant(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+    return {k: np.concatenate([o[k].numpy() for o in outs]) for k in MAPS}
+
+
+def _bits(model, split, num_levels, seed):
+    """Per-image bits/dim of the dequantised images of `split`, streamed (batch i: seed (seed, i))."""
+    seed = tf.constant(int(seed), tf.int64)
+    batches = split.elements().map(lambda x, y: x).batch(model.eval_batch_size)
+    nll = -map_dataset(model, batches.prefetch(2), "log_prob")
+    deq = batches.enumerate().map(lambda i, b: dequantize(b, num_levels, tf.stack([seed, i])))
+    nll_deq = -map_dataset(model, deq.prefetch(2), "log_prob")
+    return nll, bits_per_dim(nll_deq, int(np.prod(split.image_shape)), num_levels)
+
+
+def image_scores(model, split, num_levels=256, background=None, train_bits=None, seed=0):
+    """Every per-image score (`SCORES`) of the images of `split` (streamed), `[N]` each.
+
+    Args:
+      model: a trained `ProbabilisticModel`.
+      split: a `tfp_ae.sources.Split` (or an array `[N, H, W, C]`).
+      background: a second model over the same images for `likelihood_ratio` (None: no such column).
+      train_bits: mean bits/dim of training images, for `typicality` (None: no such column).
+      seed: the dequantisation noise (the same for the model and the background).
+    Raises:
+      InputError: images or a background model of another shape than the model's.
+    """
+    split = split if isinstance(split, Split) else array_split(np.asarray(split, np.float32), num_levels)
+    if tuple(split.image_shape) != tuple(model.image_shape):
+        raise InputError(f"the images {tuple(split.image_shape)} do not match the run's {tuple(model.image_shape)}")
+    if split.count == 0:
+        raise InputError("no images to score (the set is empty)")
+    nll, bits = _bits(model, split, num_levels, seed)
+    out = dict(nll=nll, bits_per_dim=bits)
+    if background is not None:
+        if tuple(background.image_shape) != tuple(model.image_shape):
+            raise InputError(f"the background run's images {tuple(background.image_shape)} do not match the run's "
+                             f"{tuple(model.image_shape)}")
+        out["likelihood_ratio"] = bits - _bits(background, split, num_levels, seed)[1]
+    x = np.concatenate([b for b in split.elements().map(lambda x, y: x).batch(500).as_numpy_iterator()])
+    out["complexity"] = bits - png_bits_per_dim(x, num_levels)
+    if train_bits is not None:
+        out["typicality"] = np.abs(bits - train_bits)
+    return out
+
+
+def fpr_at_tpr(labels, scores, tpr=0.95):
+    """False-positive rate at the first threshold whose true-positive rate reaches `tpr`."""
+    fpr, tprs, _ = skm.roc_curve(labels, scores)
+    return float(fpr[np.searchsorted(tprs, tpr, side="left")])
+
+
+def ood_metrics(scores_in, scores_ood):
+    """`{"auroc", "auprc", "fpr_at_95_tpr"}` of one score, OOD as the positive class (scikit-learn).
+
+    Raises:
+      InputError: an empty set, or non-finite scores.
+    """
+    a, b = np.asarray(scores_in, np.float64), np.asarray(scores_ood, np.float64)
+    if not len(a) or not len(b):
+        raise InputError("both the in-distribution and the OOD set need images")
+    labels, s = np.r_[np.zeros(len(a)), np.ones(len(b))], np.r_[a, b]
+    if not np.isfinite(s).all():
+        s = np.nan_to_num(s, nan=np.inf, posinf=np.finfo(np.float64).max, neginf=-np.finfo(np.float64).max)
+    return dict(auroc=float(skm.roc_auc_score(labels, s)), auprc=float(skm.average_precision_score(labels, s)),
+                fpr_at_95_tpr=fpr_at_tpr(labels, s))
+
+
+def pro_score(masks, amap, max_fpr=PRO_MAX_FPR, thresholds=100):
+    """Per-region overlap (Bergmann et al., "MVTec AD", CVPR 2019): for thresholds of the map, the
+    mean over connected defect regions of the fraction of the region above threshold, against the
+    false-positive rate on defect-free pixels; the area under this curve up to `max_fpr`, divided by
+    `max_fpr` (1 is perfect). `masks` bool `[N, H, W]`, `amap` `[N, H, W]`."""
+    masks, amap = np.asarray(masks, bool), np.asarray(amap, np.float64)
+    regions = [(i, r) for i in range(len(masks)) for r in _regions(masks[i])]
+    if not regions or masks.all():
+        raise InputError("PRO needs defect regions and defect-free pixels in the masks")
+    normal = amap[~masks]
+    levels = np.quantile(normal, np.linspace(1 - max_fpr, 1, thresholds))
+    fprs, pros = [], []
+    for t in levels[::-1]:
+        fprs.append(np.mean(normal > t))
+        pros.append(np.mean([np.mean(amap[i][r] > t) for i, r in regions]))
+    fprs, pros = np.r_[0.0, fprs], np.r_[0.0, pros]
+    keep = fprs <= max_fpr
+    return float(np.trapezoid(pros[keep], fprs[keep]) / max_fpr)
+
+
+def _regions(mask):
+    labelled, n = ndimage.label(mask)
+    return [labelled == k for k in range(1, n + 1)]
+
+
+def localisation_metrics(maps, masks):
+    """Pixel AUROC and PRO of each map against defect masks `[N, H, W]` (or `[N, H, W, C]`; a pixel
+    is defective where any channel is). Maps are averaged over channels.
+
+    Raises:
+      InputError: masks whose shape does not match the maps'.
+    """
+    masks = np.asarray(masks) > 0
+    first = next(iter(maps.values()))
+    if masks.ndim == 4:
+        masks = masks.any(-1)
+    if masks.shape != first.shape[:3]:
+        raise InputError(f"masks {masks.shape} do not match the images {first.shape[:3]} ([N, H, W])")
+    out = {}
+    for name, m in maps.items():
+        m = np.nan_to_num(np.asarray(m, np.float64).mean(-1), nan=0.0, posinf=1e30)
+        out[name] = dict(pixel_auroc=float(skm.roc_auc_score(masks.ravel(), m.ravel())), pro=pro_score(masks, m))
+    return out
+
+
+def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, limit=None, seed=0):
+    """`tfp-ae score`: every score of a trained run on a dataset and (optionally) an OOD dataset.
+
+    Args:
+      run_dir: a run folder (`tfp-ae train`).
+      data: the in-distribution dataset string (its test split is scored).
+      ood: the OOD dataset string (its test split), or None.
+      background: a run folder of a background model (likelihood ratio), or None.
+      out: folder for `scores.csv`, `metrics.json`, `roc.png`, `histograms.png`.
+      masks: defect masks `[N, H, W(, C)]` of `data`'s first N test images (pixel AUROC, PRO), or None.
+      limit: score only the first `limit` test images of each set.
+    Returns:
+      (rows, metrics): rows of `scores.csv` (dicts), and the metrics dict.
+    Raises:
+      InputError: a dataset or background run whose image shape differs from the run's, an empty OOD
+        set, masks of the wrong shape.
+    """
+    model, config = load_model(run_dir)
+    bg = load_model(background)[0] if background else None
+    source = open_source(data, **dict(config.source_options, data_dir=config.data_dir))
+    train_split = source.splits["train"].subset(0, TRAIN_IMAGES)
+    if tuple(source.image_shape) != tuple(model.image_shape):
+        raise InputError(f"--data {data}: images {source.image_shape} do not match the run's {tuple(model.image_shape)}")
+    with source.reading():
+        train_bits = float(np.mean(_bits(model, train_split, source.num_levels, seed + 1)[1]))
+        sets = [("in", image_scores(model, source.splits["test"].subset(0, limit), source.num_levels, bg, train_bits,
+                                    seed))]
+    if ood:
+        ood_source = open_source(ood, **dict(config.source_options, data_dir=config.data_dir))
+        if tuple(ood_source.image_shape) != tuple(model.image_shape):
+            raise InputError(f"--ood {ood}: images {ood_source.image_shape} do not match the run's "
+                             f"{tuple(model.image_shape)}; pass --image-size / --channels")
+        with ood_source.reading():
+            sets.append(("ood", image_scores(model, ood_source.splits["test"].subset(0, limit), ood_source.num_levels,
+                                             bg, train_bits, seed)))
+    columns = [c for c in SCORES if c in sets[0][1]]
+    rows = [dict(set=name, index=i, **{c: float(s[c][i]) for c in columns})
+            for name, s in sets for i in range(len(s["nll"]))]
+    result = dict(run=str(run_dir), data=data, ood=ood, background=background, train_bits_per_dim=train_bits,
+                  counts={name: len(s["nll"]) for name, s in sets}, orientation="higher = more anomalous")
+    if ood:
+        result["scores"] = {c: ood_metrics(sets[0][1][c], sets[1][1][c]) for c in columns}
+    if masks is not None:
+        masks = np.asarray(masks)
+        x = source.splits["test"].take(len(masks))[0]
+        if len(x) != len(masks):
+            raise InputError(f"{len(masks)} masks for {len(x)} test images")
+        result["localisation"] = localisation_metrics(pixel_maps(model, x), masks)
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "scores.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, ["set", "index", *columns])
+            w.writeheader()
+            w.writerows(rows)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        if ood:
+            plots.save(plots.roc_figure({c: (sets[0][1][c], sets[1][1][c]) for c in columns}), out / "roc.png")
+            plots.save(plots.score_histograms({c: (sets[0][1][c], sets[1][1][c]) for c in columns}),
+                       out / "histograms.png")
+    return rows, result
