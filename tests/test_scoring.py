@@ -159,3 +159,17 @@ def test_cli_score_with_masks(runs, tmp_path, digits, capsys):
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert m["counts"] == {"in": 50, "ood": 50} and set(m["localisation"]) == {
         "neg_log_marginal", "standardized_error", "outside_interval", "abs_error"}
+
+
+def test_exported_score_signature_equals_the_python_maps(runs, tmp_path, digits):
+    from tfp_ae.export import export_run
+    from tfp_ae.train import load_model
+    names, _ = export_run(runs / "model", tmp_path / "export")
+    assert "score" in names
+    served = tf.saved_model.load(str(tmp_path / "export")).signatures["score"](images=tf.constant(digits.x_test[:6]))
+    model = load_model(runs / "model")[0]
+    np.testing.assert_allclose(served["neg_log_marginal"].numpy(), pixel_maps(model, digits.x_test[:6])["neg_log_marginal"],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(served["nll"].numpy(), -model.log_prob(digits.x_test[:6]).numpy(), rtol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="pixels must be finite"):
+        tf.saved_model.load(str(tmp_path / "export")).signatures["score"](images=tf.fill([1, 8, 8, 1], 2.0))

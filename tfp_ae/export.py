@@ -20,6 +20,8 @@ variables and these `tf.function`s, which need nothing but TensorFlow to run (im
 - `sample(images, num_samples)` -> `{"samples": [B, num_samples, H, W, C]}`, batch-major like every
   other output; `num_samples` is a scalar int32 >= 1 (TF Serving's REST API: send it with the
   columnar `"inputs"` format, whose inputs need not share a batch axis);
+- `score(images)` -> `{"nll": [B], "neg_log_marginal": [B, H, W, C]}` in nats: the per-image OOD
+  score and the per-pixel anomaly map of `tfp_ae.scoring` (not for `mse`);
 - mixtures (K > 1) only: `component_means(images)` -> `{"component_means": [B, K, H, W, C]}`
   and `component_log_prob(images)` -> `{"component_log_prob": [B, K]}` (the mixture's
   log-density at each component's mean, or mode for t heads; Ciobanu, Figure 4).
@@ -90,6 +92,14 @@ def interval_outputs(head, dist, level):
     return {"lo": lo, "hi": hi, "width": hi - lo}
 
 
+def score_outputs(model, images):
+    """The `score` signature's outputs (`tfp_ae.scoring`): `nll` `[B]`, -log p(x) in nats per image
+    (the OOD score before any correction), and `neg_log_marginal` `[B, H, W, C]`, -log p(x_pixel |
+    input) in nats (`Head.pixel_log_prob`, the anomaly map)."""
+    dist = model(images, training=False)
+    return {"nll": -model.log_prob(images, seed=SAMPLE_SEED), "neg_log_marginal": -model.head.pixel_log_prob(dist, images)}
+
+
 class ServingModule(tf.Module):
     """The serving functions of one model (see the module docstring); tracks only its variables."""
 
@@ -125,7 +135,8 @@ class ServingModule(tf.Module):
             self.interval = tf.function(interval, autograph=False)
             self.interval.get_concrete_function(images)                                  # level = 0.9
             self.interval.get_concrete_function(images, tf.TensorSpec([], tf.float32, name="level"))
-            names += ["variance", "interval"]
+            self.score = signature(lambda images: score_outputs(model, checked_images(images, shape)))
+            names += ["variance", "interval", "score"]
         if head.num_components > 1:
             self.component_means = signature(lambda images: {
                 "component_means": head.component_points(dist(images))[0]})
