@@ -173,3 +173,16 @@ def test_exported_score_signature_equals_the_python_maps(runs, tmp_path, digits)
     np.testing.assert_allclose(served["nll"].numpy(), -model.log_prob(digits.x_test[:6]).numpy(), rtol=1e-5)
     with pytest.raises(tf.errors.InvalidArgumentError, match="pixels must be finite"):
         tf.saved_model.load(str(tmp_path / "export")).signatures["score"](images=tf.fill([1, 8, 8, 1], 2.0))
+
+
+def test_synthetic_defects_are_fixed_and_masked(digits):
+    from tfp_ae.scoring import synthetic_defects
+    x = digits.x_test[:30]
+    a, ma = synthetic_defects(x, digits.x_train[:50], seed=3)
+    b, mb = synthetic_defects(x, digits.x_train[:50], seed=3)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ma, mb)
+    assert ma.shape == (30, 8, 8) and ma.any(axis=(1, 2)).mean() > 0.8
+    changed = (np.abs(a - x) > 1.5 / 255).any(-1)
+    np.testing.assert_array_equal(changed, ma)
+    np.testing.assert_allclose(a * 255, np.round(a * 255), atol=1e-3)

@@ -255,3 +255,51 @@ def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, li
             plots.save(plots.score_histograms({c: (sets[0][1][c], sets[1][1][c]) for c in columns}),
                        out / "histograms.png")
     return rows, result
+
+
+DEFECT_KINDS = ("patch", "line", "blob")
+
+
+def synthetic_defects(x, donors, seed=0):
+    """Paste one synthetic defect into each image, with its mask: the fixed localisation protocol of
+    docs/results/ood.
+
+    Image i gets defect `DEFECT_KINDS[i % 3]`, placed by `numpy.random.default_rng(seed)`:
+    - `patch`: a random 8 x 8 crop of a random `donors` image (another dataset's), pasted at a
+      random place;
+    - `line`: a straight line 2 pixels wide between two random border points, of a random level
+      in [0.5, 1];
+    - `blob`: a Gaussian blob (sigma 1.5-3 pixels, peak +-0.6) added at a random centre, clipped
+      to [0, 1].
+    The mask marks the pixels the defect changed by more than 1/255. Results are re-quantised to
+    8 bits, so they stay valid 8-bit images.
+
+    Args:
+      x: images `[N, H, W, C]` in [0, 1], H, W >= 8; donors: `[M, H, W, C]`.
+    Returns:
+      (defective images `[N, H, W, C]`, masks bool `[N, H, W]`).
+    """
+    rng = np.random.default_rng(seed)
+    x = np.asarray(x, np.float32)
+    out = x.copy()
+    n, h, w, c = x.shape
+    yy, xx = np.mgrid[:h, :w]
+    for i in range(n):
+        kind = DEFECT_KINDS[i % len(DEFECT_KINDS)]
+        if kind == "patch":
+            d = donors[rng.integers(len(donors))]
+            r, q = rng.integers(0, h - 7), rng.integers(0, w - 7)
+            r0, q0 = rng.integers(0, h - 7), rng.integers(0, w - 7)
+            out[i, r:r + 8, q:q + 8] = d[r0:r0 + 8, q0:q0 + 8]
+        elif kind == "line":
+            (r0, q0), (r1, q1) = rng.uniform([0, 0], [h - 1, w - 1], (2, 2))
+            t = np.clip(((yy - r0) * (r1 - r0) + (xx - q0) * (q1 - q0)) / max((r1 - r0) ** 2 + (q1 - q0) ** 2, 1e-9), 0, 1)
+            dist = np.hypot(yy - (r0 + t * (r1 - r0)), xx - (q0 + t * (q1 - q0)))
+            out[i][dist <= 1.0] = rng.uniform(0.5, 1.0)
+        else:
+            r, q, s = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(1.5, 3.0)
+            bump = rng.choice([-0.6, 0.6]) * np.exp(-((yy - r) ** 2 + (xx - q) ** 2) / (2 * s * s))
+            out[i] = np.clip(out[i] + bump[..., None], 0, 1)
+    out = np.round(out * 255) / 255
+    masks = (np.abs(out - x) > 1.5 / 255).any(-1)
+    return out.astype(np.float32), masks
