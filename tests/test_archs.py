@@ -58,7 +58,11 @@ def test_cnn_front_end_is_conv_relu_then_max_pool(arch):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4 * float(tf.reduce_max(tf.abs(b))))
 
 
-CASES = [(h, k, a) for h, c in HEADS.items() for k in ([1, 10] if c.mixable else [1]) for a in ARCHS]
+# every head and K on the MLP; every head (K = 1) on each convolutional architecture, and two mixtures
+# there: the architectures differ before the head, the heads after it
+CASES = [(h, k, "mlp") for h, c in HEADS.items() for k in ([1, 10] if c.mixable else [1])]
+CASES += [(h, 1, a) for h in HEADS for a in ARCHS if a != "mlp"]
+CASES += [("normal_diag", 10, "cnn"), ("matrix_t_full", 10, "cnn_dense")]
 
 
 @pytest.mark.parametrize("head,k,arch", CASES)

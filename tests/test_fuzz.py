@@ -100,7 +100,7 @@ BAD_FLAGS = dict(epochs=["0", "-1", "x"], batch_size=["0", "-5"], components=["0
                  objective=["x"], out=["an existing file"], dataset=["a folder", "a truncated file"])
 
 
-@fuzz(30)
+@fuzz(20)
 @given(good=st.fixed_dictionaries({k: st.sampled_from(v) for k, v in GOOD_FLAGS.items()}),
        bad=st.none() | st.sampled_from(sorted(BAD_FLAGS)).flatmap(
            lambda k: st.tuples(st.just(k), st.sampled_from(BAD_FLAGS[k]))))
