@@ -135,7 +135,13 @@ def component_points(model, x, batch_size=200):
     return map_batches(model, x, "component_points", batch_size)
 
 
-def coverage(model, x, batch_size=50):
+SAMPLE_FLOATS = 2 ** 23  # bound on the draws held per batch by sample-based quantities (32 MiB of float32)
+
+
+def coverage(model, x, batch_size=None):
     """Per image `[N]`: the fraction of its pixels inside the central 95 % interval of
-    `CALIBRATION_SAMPLES` draws of the model's distribution."""
+    `CALIBRATION_SAMPLES` draws of the model's distribution. Batches default to at most 50 images
+    and `SAMPLE_FLOATS` drawn values (large images: fewer per batch, the same result)."""
+    d = int(np.prod(model.image_shape))
+    batch_size = batch_size or max(1, min(50, SAMPLE_FLOATS // (CALIBRATION_SAMPLES * d)))
     return map_batches(model, x, "coverage", batch_size)
