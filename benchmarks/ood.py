@@ -92,7 +92,6 @@ def main():
         w = csv.DictWriter(f, list(loc_rows[0]))
         w.writeheader()
         w.writerows(loc_rows)
-    np.savez_compressed(out / "defects_protocol_check.npz", masks=masks[:20])
     print(f"wrote {out}/results.csv, localisation.csv")
 
 
