@@ -62,7 +62,7 @@ def fid_extractors(config, data):
     return extractors, notes
 
 
-def split_log_probs(model, test, num_levels, seed=0, batch_size=None):
+def split_log_probs(model, test, num_levels, seed=0, batch_size=None, elbo=None):
     """Per-image scores of a whole split, streamed in its fixed order (never held whole).
 
     Args:
@@ -71,14 +71,15 @@ def split_log_probs(model, test, num_levels, seed=0, batch_size=None):
       seed: batch i is dequantised with the stateless seed `(seed, i)` (`tfp_ae.data.dequantize`).
     Returns:
       dict of `[N]` arrays, nats: `log_prob` (`model.log_prob` of the pixels in [0, 1]),
-      `log_prob_dequantized` (of the uniformly dequantised pixels) and, for a VAE, `elbo`.
+      `log_prob_dequantized` (of the uniformly dequantised pixels) and, for a VAE (unless `elbo` is
+      False), `elbo`.
     """
     batches = test.elements().map(lambda x, y: x).batch(batch_size or model.eval_batch_size)
     seed = tf.constant(int(seed), tf.int64)
     deq = batches.enumerate().map(lambda i, b: dequantize(b, num_levels, tf.stack([seed, i])))
     out = dict(log_prob=map_dataset(model, batches.prefetch(2), "log_prob"),
                log_prob_dequantized=map_dataset(model, deq.prefetch(2), "log_prob"))
-    if model.kind == "vae":
+    if model.kind == "vae" if elbo is None else elbo:
         out["elbo"] = map_dataset(model, batches.prefetch(2), "elbo")
     return out
 

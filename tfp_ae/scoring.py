@@ -28,10 +28,9 @@ from sklearn import metrics as skm
 
 from tfp_ae import plots
 from tfp_ae._tf import tf
-from tfp_ae.data import dequantize
 from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED, bits_per_dim
-from tfp_ae.predict import map_dataset
+from tfp_ae.evaluate import split_log_probs
 from tfp_ae.sources import Split, array_split, open_source
 from tfp_ae.train import load_model
 
@@ -87,13 +86,10 @@ def pixel_maps(model, x, batch_size=100):
 
 
 def _bits(model, split, num_levels, seed):
-    """Per-image bits/dim of the dequantised images of `split`, streamed (batch i: seed (seed, i))."""
-    seed = tf.constant(int(seed), tf.int64)
-    batches = split.elements().map(lambda x, y: x).batch(model.eval_batch_size)
-    nll = -map_dataset(model, batches.prefetch(2), "log_prob")
-    deq = batches.enumerate().map(lambda i, b: dequantize(b, num_levels, tf.stack([seed, i])))
-    nll_deq = -map_dataset(model, deq.prefetch(2), "log_prob")
-    return nll, bits_per_dim(nll_deq, int(np.prod(split.image_shape)), num_levels)
+    """Per-image NLL (nats) and bits/dim of the dequantised images of `split`, streamed
+    (`tfp_ae.evaluate.split_log_probs`)."""
+    s = split_log_probs(model, split, num_levels, seed, elbo=False)
+    return -s["log_prob"], bits_per_dim(-s["log_prob_dequantized"], int(np.prod(split.image_shape)), num_levels)
 
 
 def image_scores(model, split, num_levels=256, background=None, train_bits=None, seed=0):
@@ -120,8 +116,8 @@ def image_scores(model, split, num_levels=256, background=None, train_bits=None,
             raise InputError(f"the background run's images {tuple(background.image_shape)} do not match the run's "
                              f"{tuple(model.image_shape)}")
         out["likelihood_ratio"] = bits - _bits(background, split, num_levels, seed)[1]
-    x = np.concatenate([b for b in split.elements().map(lambda x, y: x).batch(500).as_numpy_iterator()])
-    out["complexity"] = bits - png_bits_per_dim(x, num_levels)
+    batches = split.elements().map(lambda x, y: x).batch(500).as_numpy_iterator()  # streamed, not held whole
+    out["complexity"] = bits - np.concatenate([png_bits_per_dim(b, num_levels) for b in batches])
     if train_bits is not None:
         out["typicality"] = np.abs(bits - train_bits)
     return out
