@@ -39,6 +39,21 @@ def train(runs, name, dataset, epochs, perturb=0.0):
     return out
 
 
+def write_rows(path, rows, models):
+    """Write `rows` to the CSV `path`, keeping its rows of models other than `models` (so that a run
+    with `--models maf` adds MAF's rows to the table instead of replacing it)."""
+    kept = []
+    if path.exists():
+        with open(path, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if r["model"] not in models]
+    order = {m: i for i, m in enumerate(MODELS)}
+    rows = sorted(kept + rows, key=lambda r: order.get(r["model"], len(order)))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs/ood")
@@ -68,10 +83,7 @@ def main():
                              **{f"auroc_{c}": round(m["scores"][c]["auroc"], 4) for c in SCORE_COLUMNS},
                              **{f"fpr95_{c}": round(m["scores"][c]["fpr_at_95_tpr"], 4) for c in SCORE_COLUMNS}))
             print(rows[-1], flush=True)
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(out / "results.csv", rows, args.models)
     # localisation: synthetic defects in Fashion-MNIST test images, MNIST digits as patch donors
     fashion, mnist = load_dataset("fashion_mnist"), load_dataset("mnist")
     x, masks = synthetic_defects(fashion.x_test[:args.defect_images], mnist.x_test[:1000], seed=0)
@@ -88,10 +100,7 @@ def main():
                                               title="Fashion-MNIST with synthetic defects: point estimate and "
                                                     "-log p(x_pixel | input)", label="-log marginal (nats)")
             plots.save(fig, out / "defect_maps.png")
-    with open(out / "localisation.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, list(loc_rows[0]))
-        w.writeheader()
-        w.writerows(loc_rows)
+    write_rows(out / "localisation.csv", loc_rows, args.models)
     print(f"wrote {out}/results.csv, localisation.csv")
 
 
