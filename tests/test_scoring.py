@@ -161,6 +161,79 @@ def test_cli_score_with_masks(runs, tmp_path, digits, capsys):
         "neg_log_marginal", "standardized_error", "outside_interval", "abs_error"}
 
 
+def _png(path, a):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(np.asarray(a, np.float32) * 255).astype(np.uint8)).save(path)
+
+
+def test_mask_folders_match_test_images_by_name(runs, tmp_path, digits):
+    """An MVTec-AD-like folder: test/good (no masks) and test/defect with ground_truth/defect/NNN_mask.png."""
+    from tfp_ae.scoring import localisation_metrics, synthetic_defects
+    from tfp_ae.sources import load_masks, open_source
+    from tfp_ae.train import load_model
+    data, gt = tmp_path / "parts", tmp_path / "ground_truth"
+    bad, bad_masks = synthetic_defects(digits.x_test[:4], digits.x_train[:50], seed=1)
+    for i in range(6):
+        _png(data / "train" / "good" / f"{i:03d}.png", digits.x_train[i, ..., 0])
+    for i in range(3):
+        _png(data / "test" / "good" / f"{i:03d}.png", digits.x_test[10 + i, ..., 0])
+    for i in range(4):
+        _png(data / "test" / "defect" / f"{i:03d}.png", bad[i, ..., 0])
+        _png(gt / "defect" / f"{i:03d}_mask.png", bad_masks[i])
+    test = open_source(str(data)).splits["test"]  # sorted: test/defect/000..003, then test/good/000..002
+    masks = load_masks(str(gt), test)
+    np.testing.assert_array_equal(masks, np.concatenate([bad_masks, np.zeros((3, 8, 8), bool)]))
+    _, m = score_run(runs / "model", str(data), masks=str(gt))
+    x = test.take()[0]
+    expected = localisation_metrics(pixel_maps(load_model(runs / "model")[0], x), masks)
+    assert set(m["localisation"]) == set(expected)
+    for name, v in expected.items():
+        assert m["localisation"][name] == pytest.approx(v), name
+    # the same masks in an .npz, and a folder read in sorted order for a source that is not a folder
+    np.savez(tmp_path / "m.npz", mask_test=masks[..., None].astype(np.uint8))
+    np.testing.assert_array_equal(load_masks(str(tmp_path / "m.npz"), test), masks)
+    for i in range(3):
+        _png(tmp_path / "plain" / f"{i}.png", bad_masks[i])
+    np.testing.assert_array_equal(load_masks(str(tmp_path / "plain"), open_source("digits").splits["test"]),
+                                  bad_masks[:3])
+    # masks shaped like the images: --image-size 4 halves a 4x4 block to 2x2
+    block = np.zeros((8, 8), bool)
+    block[:4, :4] = True
+    _png(tmp_path / "small" / "defect" / "000.png", block)
+    small = load_masks(str(tmp_path / "small"), open_source(str(data), image_size=4).splits["test"])
+    assert small.shape == (7, 4, 4) and small[0].sum() == 4 and small[0, :2, :2].all() and not small[1:].any()
+
+
+def test_bad_mask_folders_are_refused(tmp_path, digits):
+    from tfp_ae.sources import load_masks, open_source
+    data = tmp_path / "parts"
+    for split, kind in (("train", "good"), ("test", "good"), ("test", "defect")):
+        for i in range(2):
+            _png(data / split / kind / f"{i:03d}.png", digits.x_test[i, ..., 0])
+    test = open_source(str(data)).splits["test"]
+    cases = {"no image files": {}, "matches no test image": {"defect/007_mask.png": np.ones((8, 8))},
+             "is 9x9": {"defect/000_mask.png": np.ones((9, 9))},
+             "matches two test images": {"000.png": np.ones((8, 8))},
+             "5 masks for 4 test images": {f"{i}.png": np.ones((8, 8)) for i in range(5)}}
+    for i, (message, files) in enumerate(cases.items()):
+        folder = tmp_path / f"m{i}"
+        folder.mkdir()
+        for name, a in files.items():
+            _png(folder / name, a)
+        with pytest.raises(InputError, match=message):
+            load_masks(str(folder), test)
+    (tmp_path / "m9" / "defect").mkdir(parents=True)
+    (tmp_path / "m9" / "defect" / "000_mask.png").write_bytes(b"\x89PNG not an image")
+    with pytest.raises(InputError, match="000_mask.png cannot be read"):
+        load_masks(str(tmp_path / "m9"), test)
+    np.savez(tmp_path / "x.npz", x=np.zeros(3))
+    with pytest.raises(InputError, match="no array mask_test"):
+        load_masks(str(tmp_path / "x.npz"), test)
+    with pytest.raises(InputError, match="do not exist"):
+        load_masks(str(tmp_path / "nothing"), test)
+
+
 def test_exported_score_signature_equals_the_python_maps(runs, tmp_path, digits):
     from tfp_ae.export import export_run
     from tfp_ae.train import load_model

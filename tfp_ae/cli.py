@@ -213,13 +213,7 @@ def cmd_convert(args):
 
 
 def cmd_score(args):
-    masks = None
-    if args.masks:
-        with np.load(args.masks) as f:
-            if "mask_test" not in f.files:
-                raise InputError(f"{args.masks}: no array mask_test (found {', '.join(f.files)})")
-            masks = f["mask_test"]
-    _, m = score_run(args.run_dir, args.data, args.ood, args.background, args.out, masks, args.limit, args.seed)
+    _, m = score_run(args.run_dir, args.data, args.ood, args.background, args.out, args.masks, args.limit, args.seed)
     for name, v in m.get("scores", {}).items():
         print(f"{name:18s} AUROC {v['auroc']:.3f}  AUPRC {v['auprc']:.3f}  FPR@95%TPR {v['fpr_at_95_tpr']:.3f}")
     for name, v in m.get("localisation", {}).items():
@@ -308,8 +302,10 @@ def main(argv=None):
     p.add_argument("--ood", default=None, help="out-of-distribution dataset (its test split)")
     p.add_argument("--background", default=None, help="run folder of a background model (tfp-ae train "
                    "--perturb-rate) for the likelihood ratio")
-    p.add_argument("--masks", default=None, help=".npz with mask_test [N, H, W]: defect masks of --data's first "
-                   "N test images (pixel AUROC and PRO of each anomaly map)")
+    p.add_argument("--masks", default=None, help="defect masks of --data's test images (pixel AUROC and PRO of "
+                   "each anomaly map): an .npz with mask_test [N, H, W] (the first N images), or a folder of mask "
+                   "images (non-zero = defect), matched by name to an image folder's test images "
+                   "(crack/000_mask.png -> test/crack/000.png; MVTec AD's layout), else in sorted order")
     p.add_argument("--limit", type=int, default=None, help="score only the first N test images of each set")
     p.add_argument("--seed", type=int, default=0, help="seed of the dequantisation noise")
     p.add_argument("--out", required=True)

@@ -31,7 +31,7 @@ from tfp_ae._tf import tf
 from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED, bits_per_dim
 from tfp_ae.evaluate import split_log_probs
-from tfp_ae.sources import Split, array_split, open_source
+from tfp_ae.sources import Split, array_split, load_masks, open_source
 from tfp_ae.train import load_model
 
 SCORES = ("nll", "bits_per_dim", "likelihood_ratio", "complexity", "typicality")
@@ -199,7 +199,8 @@ def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, li
       ood: the OOD dataset string (its test split), or None.
       background: a run folder of a background model (likelihood ratio), or None.
       out: folder for `scores.csv`, `metrics.json`, `roc.png`, `histograms.png`.
-      masks: defect masks `[N, H, W(, C)]` of `data`'s first N test images (pixel AUROC, PRO), or None.
+      masks: defect masks `[N, H, W(, C)]` of `data`'s first N test images (pixel AUROC, PRO), the
+        path of an `.npz` or a folder of mask images (`tfp_ae.sources.load_masks`), or None.
       limit: score only the first `limit` test images of each set.
     Returns:
       (rows, metrics): rows of `scores.csv` (dicts), and the metrics dict.
@@ -233,7 +234,7 @@ def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, li
     if ood:
         result["scores"] = {c: ood_metrics(sets[0][1][c], sets[1][1][c]) for c in columns}
     if masks is not None:
-        masks = np.asarray(masks)
+        masks = load_masks(masks, source.splits["test"]) if isinstance(masks, (str, Path)) else np.asarray(masks)
         x = source.splits["test"].take(len(masks))[0]
         if len(x) != len(masks):
             raise InputError(f"{len(masks)} masks for {len(x)} test images")
