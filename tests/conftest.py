@@ -1,10 +1,14 @@
 import os
 
-import numpy as np
-import pytest
+# Several test processes (pytest-xdist) may share one GPU: each takes memory as it needs it instead
+# of all of it (set before TensorFlow is imported; inherited by the subprocesses tests start).
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
-import tfp_ae  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from tfp_ae.data import dataset_available
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import tfp_ae  # noqa: F401,E402  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from tfp_ae.data import dataset_available  # noqa: E402
 
 
 def require_dataset(name):
