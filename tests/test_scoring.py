@@ -107,6 +107,23 @@ def test_every_map_exists_and_is_finite(head, k, digits):
         assert (m >= 0).all() or name == "neg_log_marginal"
 
 
+def test_pixel_maps_bound_their_batches_by_the_draws_they_hold(digits, monkeypatch):
+    """Large images get fewer images per batch (`SAMPLE_FLOATS` / `MAP_SAMPLES` draws); maps with
+    exact marginals do not depend on the batching."""
+    from tfp_ae import scoring
+    model = build_model("normal_diag", (8, 8, 1), 1)
+    x = digits.x_test[:10]
+    whole = pixel_maps(model, x)
+    sizes = []
+    step = scoring._score_step(model, "maps")
+    monkeypatch.setattr(scoring, "SAMPLE_FLOATS", 3 * scoring.MAP_SAMPLES * 64)  # 3 images of 8x8
+    monkeypatch.setattr(scoring, "_score_step", lambda m, q: lambda b: sizes.append(len(b)) or step(b))
+    batched = pixel_maps(model, x)
+    assert sizes == [3, 3, 3, 1]
+    for name in ("neg_log_marginal", "standardized_error", "outside_interval", "abs_error"):
+        np.testing.assert_allclose(batched[name], whole[name], rtol=1e-6, atol=1e-6, err_msg=name)
+
+
 def test_pro_and_pixel_auroc_on_constructed_maps():
     from tfp_ae.scoring import localisation_metrics
     masks = np.zeros((2, 10, 10), bool)

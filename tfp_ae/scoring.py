@@ -31,6 +31,7 @@ from tfp_ae._tf import tf
 from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED, bits_per_dim
 from tfp_ae.evaluate import split_log_probs
+from tfp_ae.predict import SAMPLE_FLOATS
 from tfp_ae.sources import Split, array_split, load_masks, open_source
 from tfp_ae.train import load_model
 
@@ -39,6 +40,7 @@ MAPS = ("neg_log_marginal", "standardized_error", "outside_interval", "abs_error
 ONE_SIGMA = 0.682689492137  # central probability of +-1 standard deviation of a normal
 TRAIN_IMAGES = 2000  # training images whose mean bits/dim centres the typicality score
 PRO_MAX_FPR = 0.3    # PRO is integrated up to this false-positive rate (Bergmann et al., MVTec AD)
+MAP_SAMPLES = 200    # draws per image for the maps of heads without exact marginals (intervals, MAF's density)
 
 
 def png_bits_per_dim(x, num_levels=256):
@@ -60,10 +62,10 @@ def _score_step(model, quantity):
                 dist = model(x, training=False)
                 head = model.head
                 point = head.point_estimate(dist)
-                lo, hi = head.interval(dist, ONE_SIGMA, seed=SAMPLE_SEED, num_samples=200)
-                lo95, hi95 = head.interval(dist, 0.95, seed=SAMPLE_SEED, num_samples=200)
+                lo, hi = head.interval(dist, ONE_SIGMA, seed=SAMPLE_SEED, num_samples=MAP_SAMPLES)
+                lo95, hi95 = head.interval(dist, 0.95, seed=SAMPLE_SEED, num_samples=MAP_SAMPLES)
                 scale = tf.maximum((hi - lo) / 2, 1e-6)
-                return dict(neg_log_marginal=-head.pixel_log_prob(dist, x),
+                return dict(neg_log_marginal=-head.pixel_log_prob(dist, x, num_samples=MAP_SAMPLES),
                             standardized_error=tf.abs(x - point) / scale,
                             outside_interval=tf.maximum(lo95 - x, 0.0) + tf.maximum(x - hi95, 0.0),
                             abs_error=tf.abs(x - point))
@@ -71,8 +73,13 @@ def _score_step(model, quantity):
     return steps[quantity]
 
 
-def pixel_maps(model, x, batch_size=100):
+def pixel_maps(model, x, batch_size=None):
     """The anomaly maps (`MAPS`) of images `x` `[N, H, W, C]` in [0, 1]: dict of `[N, H, W, C]` arrays.
+
+    Batches default to at most 100 images and `SAMPLE_FLOATS` values per `MAP_SAMPLES` draws, so
+    heads that sample (mixtures, MAF, Bernoulli) stay within memory on large images. Their maps are
+    Monte-Carlo estimates with a fixed seed per batch: the same images in other batches give the
+    same maps up to that noise.
 
     Raises:
       InputError: images of another shape than the model's.
@@ -80,6 +87,8 @@ def pixel_maps(model, x, batch_size=100):
     x = np.asarray(x, np.float32)
     if tuple(x.shape[1:]) != tuple(model.image_shape):
         raise InputError(f"images {tuple(x.shape[1:])} do not match the model's {tuple(model.image_shape)}")
+    d = int(np.prod(model.image_shape))
+    batch_size = batch_size or max(1, min(100, SAMPLE_FLOATS // (MAP_SAMPLES * d)))
     step = _score_step(model, "maps")
     outs = [step(tf.constant(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
     return {k: np.concatenate([o[k].numpy() for o in outs]) for k in MAPS}
@@ -235,7 +244,8 @@ def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, li
         result["scores"] = {c: ood_metrics(sets[0][1][c], sets[1][1][c]) for c in columns}
     if masks is not None:
         masks = load_masks(masks, source.splits["test"]) if isinstance(masks, (str, Path)) else np.asarray(masks)
-        x = source.splits["test"].take(len(masks))[0]
+        with source.reading():
+            x = source.splits["test"].take(len(masks))[0]
         if len(x) != len(masks):
             raise InputError(f"{len(masks)} masks for {len(x)} test images")
         result["localisation"] = localisation_metrics(pixel_maps(model, x), masks)
