@@ -232,6 +232,7 @@ def test_bad_mask_folders_are_refused(tmp_path, digits):
     cases = {"no image files": {}, "matches no test image": {"defect/007_mask.png": np.ones((8, 8))},
              "is 9x9": {"defect/000_mask.png": np.ones((9, 9))},
              "matches two test images": {"000.png": np.ones((8, 8))},
+             "the mask of the same image": {"defect/000.png": np.ones((8, 8)), "defect/000_mask.png": np.ones((8, 8))},
              "5 masks for 4 test images": {f"{i}.png": np.ones((8, 8)) for i in range(5)}}
     for i, (message, files) in enumerate(cases.items()):
         folder = tmp_path / f"m{i}"

@@ -639,7 +639,7 @@ def load_masks(spec, split):
     Raises:
       InputError: a missing file, an `.npz` without `mask_test`, a folder without mask images, an
         unreadable mask, a mask of another size than the images, more masks than images, a mask
-        that matches no test image or more than one.
+        that matches no test image or more than one, two masks of one image.
     """
     path = Path(spec)
     if not path.exists():
@@ -660,7 +660,11 @@ def load_masks(spec, split):
         raise InputError(f"mask folder {spec} holds {len(files)} masks for {split.count} test images")
     if split.kind != "files":
         return np.stack([_read_mask(f, split) for f in files])
-    by_key = {_image_key(f, path): f for f in files}
+    by_key = {}
+    for f in files:
+        other = by_key.setdefault(_image_key(f, path), f)
+        if other != f:
+            raise InputError(f"masks {other} and {f} are the mask of the same image; keep one")
     owner = {}
     for i, p in enumerate(split.paths):
         key = _image_key(p)
