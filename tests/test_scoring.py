@@ -110,13 +110,13 @@ def test_every_map_exists_and_is_finite(head, k, digits):
 def test_pixel_maps_bound_their_batches_by_the_draws_they_hold(digits, monkeypatch):
     """Large images get fewer images per batch (`SAMPLE_FLOATS` / `MAP_SAMPLES` draws); maps with
     exact marginals do not depend on the batching."""
-    from tfp_ae import scoring
+    from tfp_ae import predict, scoring
     model = build_model("normal_diag", (8, 8, 1), 1)
     x = digits.x_test[:10]
     whole = pixel_maps(model, x)
     sizes = []
     step = scoring._score_step(model, "maps")
-    monkeypatch.setattr(scoring, "SAMPLE_FLOATS", 3 * scoring.MAP_SAMPLES * 64)  # 3 images of 8x8
+    monkeypatch.setattr(predict, "SAMPLE_FLOATS", 3 * scoring.MAP_SAMPLES * 64)  # 3 images of 8x8
     monkeypatch.setattr(scoring, "_score_step", lambda m, q: lambda b: sizes.append(len(b)) or step(b))
     batched = pixel_maps(model, x)
     assert sizes == [3, 3, 3, 1]

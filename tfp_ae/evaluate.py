@@ -79,7 +79,9 @@ def split_log_probs(model, test, num_levels, seed=0, batch_size=None, elbo=None)
     deq = batches.enumerate().map(lambda i, b: dequantize(b, num_levels, tf.stack([seed, i])))
     out = dict(log_prob=map_dataset(model, batches.prefetch(2), "log_prob"),
                log_prob_dequantized=map_dataset(model, deq.prefetch(2), "log_prob"))
-    if model.kind == "vae" if elbo is None else elbo:
+    if elbo is None:
+        elbo = model.kind == "vae"
+    if elbo:
         out["elbo"] = map_dataset(model, batches.prefetch(2), "elbo")
     return out
 

@@ -138,10 +138,14 @@ def component_points(model, x, batch_size=200):
 SAMPLE_FLOATS = 2 ** 23  # bound on the draws held per batch by sample-based quantities (32 MiB of float32)
 
 
+def sample_batch_size(model, num_samples, most):
+    """Images per batch for a quantity that draws `num_samples` images per input image: at most
+    `most`, and at most `SAMPLE_FLOATS` drawn values (large images: fewer per batch), at least 1."""
+    return max(1, min(most, SAMPLE_FLOATS // (num_samples * int(np.prod(model.image_shape)))))
+
+
 def coverage(model, x, batch_size=None):
     """Per image `[N]`: the fraction of its pixels inside the central 95 % interval of
     `CALIBRATION_SAMPLES` draws of the model's distribution. Batches default to at most 50 images
-    and `SAMPLE_FLOATS` drawn values (large images: fewer per batch, the same result)."""
-    d = int(np.prod(model.image_shape))
-    batch_size = batch_size or max(1, min(50, SAMPLE_FLOATS // (CALIBRATION_SAMPLES * d)))
-    return map_batches(model, x, "coverage", batch_size)
+    and `SAMPLE_FLOATS` drawn values (`sample_batch_size`; large images: fewer per batch, the same result)."""
+    return map_batches(model, x, "coverage", batch_size or sample_batch_size(model, CALIBRATION_SAMPLES, 50))

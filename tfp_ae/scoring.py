@@ -31,7 +31,7 @@ from tfp_ae._tf import tf
 from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED, bits_per_dim
 from tfp_ae.evaluate import split_log_probs
-from tfp_ae.predict import SAMPLE_FLOATS
+from tfp_ae.predict import sample_batch_size
 from tfp_ae.sources import Split, array_split, load_masks, open_source
 from tfp_ae.train import load_model
 
@@ -76,8 +76,9 @@ def _score_step(model, quantity):
 def pixel_maps(model, x, batch_size=None):
     """The anomaly maps (`MAPS`) of images `x` `[N, H, W, C]` in [0, 1]: dict of `[N, H, W, C]` arrays.
 
-    Batches default to at most 100 images and `SAMPLE_FLOATS` values per `MAP_SAMPLES` draws, so
-    heads that sample (mixtures, MAF, Bernoulli) stay within memory on large images. Their maps are
+    Batches default to at most 100 images and `SAMPLE_FLOATS` drawn values (`MAP_SAMPLES` draws per
+    image, `tfp_ae.predict.sample_batch_size`), so heads that sample (mixtures, MAF, Bernoulli) stay
+    within memory on large images. Their maps are
     Monte-Carlo estimates with a fixed seed per batch: the same images in other batches give the
     same maps up to that noise.
 
@@ -87,8 +88,7 @@ def pixel_maps(model, x, batch_size=None):
     x = np.asarray(x, np.float32)
     if tuple(x.shape[1:]) != tuple(model.image_shape):
         raise InputError(f"images {tuple(x.shape[1:])} do not match the model's {tuple(model.image_shape)}")
-    d = int(np.prod(model.image_shape))
-    batch_size = batch_size or max(1, min(100, SAMPLE_FLOATS // (MAP_SAMPLES * d)))
+    batch_size = batch_size or sample_batch_size(model, MAP_SAMPLES, 100)
     step = _score_step(model, "maps")
     outs = [step(tf.constant(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
     return {k: np.concatenate([o[k].numpy() for o in outs]) for k in MAPS}
