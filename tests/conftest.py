@@ -21,6 +21,15 @@ def require_dataset(name):
     pytest.skip(f"dataset {name} not available (set TFP_AE_DATA_DIR)")
 
 
+def write_png(path, x):
+    """Write an image in [0, 1] (`[H, W]`, `[H, W, 1]` or `[H, W, 3]`; bool for a mask) as an 8-bit PNG,
+    creating its folder."""
+    from PIL import Image
+    x = np.asarray(x, np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round((x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x) * 255).astype(np.uint8)).save(path)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """FID classifiers trained by the tests go to a temporary cache, not the user's ~/.cache."""

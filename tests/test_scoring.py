@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import write_png
 from tfp_ae._tf import tf
 from tfp_ae.cli import main
 from tfp_ae.config import RunConfig
@@ -178,12 +179,6 @@ def test_cli_score_with_masks(runs, tmp_path, digits, capsys):
         "neg_log_marginal", "standardized_error", "outside_interval", "abs_error"}
 
 
-def _png(path, a):
-    from PIL import Image
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.round(np.asarray(a, np.float32) * 255).astype(np.uint8)).save(path)
-
-
 def test_mask_folders_match_test_images_by_name(runs, tmp_path, digits):
     """An MVTec-AD-like folder: test/good (no masks) and test/defect with ground_truth/defect/NNN_mask.png."""
     from tfp_ae.scoring import localisation_metrics, synthetic_defects
@@ -192,12 +187,12 @@ def test_mask_folders_match_test_images_by_name(runs, tmp_path, digits):
     data, gt = tmp_path / "parts", tmp_path / "ground_truth"
     bad, bad_masks = synthetic_defects(digits.x_test[:4], digits.x_train[:50], seed=1)
     for i in range(6):
-        _png(data / "train" / "good" / f"{i:03d}.png", digits.x_train[i, ..., 0])
+        write_png(data / "train" / "good" / f"{i:03d}.png", digits.x_train[i, ..., 0])
     for i in range(3):
-        _png(data / "test" / "good" / f"{i:03d}.png", digits.x_test[10 + i, ..., 0])
+        write_png(data / "test" / "good" / f"{i:03d}.png", digits.x_test[10 + i, ..., 0])
     for i in range(4):
-        _png(data / "test" / "defect" / f"{i:03d}.png", bad[i, ..., 0])
-        _png(gt / "defect" / f"{i:03d}_mask.png", bad_masks[i])
+        write_png(data / "test" / "defect" / f"{i:03d}.png", bad[i, ..., 0])
+        write_png(gt / "defect" / f"{i:03d}_mask.png", bad_masks[i])
     test = open_source(str(data)).splits["test"]  # sorted: test/defect/000..003, then test/good/000..002
     masks = load_masks(str(gt), test)
     np.testing.assert_array_equal(masks, np.concatenate([bad_masks, np.zeros((3, 8, 8), bool)]))
@@ -211,13 +206,13 @@ def test_mask_folders_match_test_images_by_name(runs, tmp_path, digits):
     np.savez(tmp_path / "m.npz", mask_test=masks[..., None].astype(np.uint8))
     np.testing.assert_array_equal(load_masks(str(tmp_path / "m.npz"), test), masks)
     for i in range(3):
-        _png(tmp_path / "plain" / f"{i}.png", bad_masks[i])
+        write_png(tmp_path / "plain" / f"{i}.png", bad_masks[i])
     np.testing.assert_array_equal(load_masks(str(tmp_path / "plain"), open_source("digits").splits["test"]),
                                   bad_masks[:3])
     # masks shaped like the images: --image-size 4 halves a 4x4 block to 2x2
     block = np.zeros((8, 8), bool)
     block[:4, :4] = True
-    _png(tmp_path / "small" / "defect" / "000.png", block)
+    write_png(tmp_path / "small" / "defect" / "000.png", block)
     small = load_masks(str(tmp_path / "small"), open_source(str(data), image_size=4).splits["test"])
     assert small.shape == (7, 4, 4) and small[0].sum() == 4 and small[0, :2, :2].all() and not small[1:].any()
 
@@ -227,7 +222,7 @@ def test_bad_mask_folders_are_refused(tmp_path, digits):
     data = tmp_path / "parts"
     for split, kind in (("train", "good"), ("test", "good"), ("test", "defect")):
         for i in range(2):
-            _png(data / split / kind / f"{i:03d}.png", digits.x_test[i, ..., 0])
+            write_png(data / split / kind / f"{i:03d}.png", digits.x_test[i, ..., 0])
     test = open_source(str(data)).splits["test"]
     cases = {"no image files": {}, "matches no test image": {"defect/007_mask.png": np.ones((8, 8))},
              "is 9x9": {"defect/000_mask.png": np.ones((9, 9))},
@@ -238,7 +233,7 @@ def test_bad_mask_folders_are_refused(tmp_path, digits):
         folder = tmp_path / f"m{i}"
         folder.mkdir()
         for name, a in files.items():
-            _png(folder / name, a)
+            write_png(folder / name, a)
         with pytest.raises(InputError, match=message):
             load_masks(str(folder), test)
     (tmp_path / "m9" / "defect").mkdir(parents=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import require_dataset
+from conftest import require_dataset, write_png
 from tfp_ae._tf import tf
 from tfp_ae.config import RunConfig
 from tfp_ae.data import load_dataset
@@ -33,19 +33,13 @@ def mnist():
     return (d.x_train[:N_TRAIN], d.y_train[:N_TRAIN]), (d.x_test[:N_TEST], d.y_test[:N_TEST])
 
 
-def _png(path, x):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.round(x[..., 0] * 255).astype(np.uint8) if x.shape[-1] == 1
-                    else np.round(x * 255).astype(np.uint8)).save(path)
-
-
 @pytest.fixture(scope="module")
 def png_folder(mnist, tmp_path_factory):
     """Real MNIST digits as PNG files: train/<label>/i.png and test/<label>/i.png."""
     root = tmp_path_factory.mktemp("pngs")
     for split, (x, y) in zip(("train", "test"), mnist):
         for i, (img, label) in enumerate(zip(x, y)):
-            _png(root / split / str(label) / f"{i:05d}.png", img)
+            write_png(root / split / str(label) / f"{i:05d}.png", img)
     return root
 
 
@@ -202,8 +196,8 @@ def test_shards_without_an_image_feature_are_refused(tmp_path):
 
 
 def test_mixed_grey_and_colour_without_channels_is_refused(tmp_path):
-    _png(tmp_path / "m" / "a.png", np.zeros((8, 8, 1)))
-    _png(tmp_path / "m" / "b.png", np.zeros((8, 8, 3)))
+    write_png(tmp_path / "m" / "a.png", np.zeros((8, 8, 1)))
+    write_png(tmp_path / "m" / "b.png", np.zeros((8, 8, 3)))
     with pytest.raises(InputError, match="mixes grey .*a.png.* and colour .*b.png.*--channels"):
         open_source(tmp_path / "m")
     assert open_source(tmp_path / "m", channels=3, test_fraction=0.5).image_shape == (8, 8, 3)
