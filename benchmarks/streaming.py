@@ -35,7 +35,7 @@ def sh(argv):
 def pipeline_rate(shards, batch_size=128, batches=300):
     """Images per second of the training input pipeline alone (read, shuffle, decode, batch)."""
     import tfp_ae  # noqa: F401
-    from tfp_ae.sources import open_source
+    from tfp_ae.data import open_source
     split = open_source(shards).splits["train"]
     it = iter(split.pipeline(batch_size, seed=0, repeat=True))
     for _ in range(20):

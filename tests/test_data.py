@@ -51,13 +51,31 @@ def test_idx_rejects_truncated_gzip_stream(tmp_path, rng):
 def test_missing_dataset_error_says_where_and_how(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("TFP_AE_DATA_DIR", str(tmp_path / "nothing"))
-    monkeypatch.setattr("tfp_ae.data.DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
-    monkeypatch.setattr("tfp_ae.data._from_tfds", lambda name: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr("tfp_ae.data.named.DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr("tfp_ae.data.named._from_tfds", lambda name: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(DataNotFoundError) as e:
         load_dataset("fashion_mnist")
     msg = str(e.value)
     assert str(tmp_path / "nothing" / "fashion-mnist") in msg
     assert "tfds.load('fashion_mnist')" in msg and "apt-get install dataset-fashion-mnist" in msg
+
+
+def test_offline_a_missing_dataset_fails_within_seconds(tmp_path, monkeypatch):
+    """Issue 40: offline, a dataset that is not on disk fails after one short probe of the download
+    server (it used to take 3 min 31 s of tensorflow-datasets' download retries), with the message
+    that names TFP_AE_DATA_DIR. Where this machine has a network, the probe is pointed at a closed
+    local port, which is what an unreachable server looks like."""
+    import time
+    from tfp_ae.data import named, network_reachable
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("TFP_AE_DATA_DIR", raising=False)
+    if network_reachable():
+        monkeypatch.setattr(named, "DOWNLOAD_PROBE", ("127.0.0.1", 9))
+    assert not network_reachable(named.DOWNLOAD_PROBE)
+    start = time.monotonic()
+    with pytest.raises(DataNotFoundError, match="(?s)cannot be reached.*TFP_AE_DATA_DIR"):
+        load_dataset("mnist")
+    assert time.monotonic() - start < named.PROBE_SECONDS + 5
 
 
 def test_search_order_prefers_explicit_dir(tmp_path, monkeypatch, rng):

@@ -112,7 +112,7 @@ def test_killed_pair_resumes_after_a_restart(tmp_path, one_process):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """scikit-learn's digits as TFRecord shards: 4 files (FILE sharding) and 1 file (DATA fall-back)."""
-    from tfp_ae.sources import convert, open_source
+    from tfp_ae.data import convert, open_source
     root = tmp_path_factory.mktemp("shards")
     for n in (4, 1):
         convert(open_source("digits"), root / f"s{n}", shards=n)

@@ -335,14 +335,19 @@ def test_memory_estimate_scales_and_too_big_runs_are_refused(monkeypatch, tmp_pa
 
 
 def test_tflite_files_match_the_saved_model_or_are_refused_with_a_reason(tmp_path, digits, capsys):
-    """`tfp-ae export --tflite`: every .tflite file, run by `tf.lite.Interpreter` on test images,
-    equals the SavedModel signature of the same name (rtol 1e-5); a Student-t head's interval and
-    log-density do not convert, and report.json gives the converter's reason."""
-    from tfp_ae.export import export_tflite
+    """`tfp-ae export --tflite` of a `--dequantize` run (issue 40: its log_prob was refused when the
+    check ran on uniform noise): every .tflite file, run by `tf.lite.Interpreter` on test images,
+    equals the SavedModel signature of the same name (rtol 1e-5); the check ran on the run's own
+    dequantised test images; a Student-t head's interval and log-density do not convert, and
+    report.json gives the converter's reason."""
+    from tfp_ae.export import export_tflite, tflite_probe
     from tfp_ae.models import build_model
     config = RunConfig(dataset="digits", head="normal_diag", epochs=1, train_limit=200, eval_images=10, fid=False,
-                       extra_figures=False, verbose=0, out=str(tmp_path / "run"))
+                       extra_figures=False, verbose=0, out=str(tmp_path / "run"), dequantize=True)
     run(config)
+    probe = tflite_probe(config)
+    levels = np.round(digits.x_test[:8] * 16)
+    assert probe.shape == (8, 8, 8, 1) and np.all(probe >= levels / 17) and np.all(probe < (levels + 1) / 17)
     main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "export"), "--tflite"])
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "export" / "tflite" / "report.json").read_text())
@@ -361,6 +366,22 @@ def test_tflite_files_match_the_saved_model_or_are_refused_with_a_reason(tmp_pat
     for name in ("interval", "log_prob"):
         assert t_report[name].startswith("refused: ") and len(t_report[name]) > 30, t_report[name]
         assert not (tmp_path / "t" / "tflite" / f"{name}.tflite").exists()
+
+
+def test_a_tflite_mismatch_names_the_output_the_largest_differences_and_where():
+    from tfp_ae.export import TFLiteMismatch, check_tflite_output
+    want = np.array([[1.0, -2000.0], [3.0, 4.0]])
+    check_tflite_output("log_prob", "log_prob", want * (1 + 1e-6), want)  # within rtol 1e-5
+    got = want.copy()
+    got[0, 1] += 0.5    # the largest absolute difference
+    got[1, 0] += 0.03   # the largest relative difference (1 %)
+    with pytest.raises(TFLiteMismatch) as e:
+        check_tflite_output("log_prob", "log_prob", got, want)
+    text = str(e.value)
+    assert text.startswith("log_prob/log_prob: TensorFlow Lite differs from TensorFlow by up to 0.5 absolute at index (0, 1)")
+    assert "(TensorFlow -2000, TensorFlow Lite -1999.5)" in text and "0.01 relative at (1, 0)" in text
+    with pytest.raises(TFLiteMismatch, match=r"returns shape \(2,\), TensorFlow \(2, 2\)"):
+        check_tflite_output("interval", "width", np.zeros(2), want)
 
 
 def test_npz_sources_that_cannot_train_the_fid_classifier_say_why(tmp_path, digits):

@@ -182,7 +182,7 @@ def test_cli_score_with_masks(runs, tmp_path, digits, capsys):
 def test_mask_folders_match_test_images_by_name(runs, tmp_path, digits):
     """An MVTec-AD-like folder: test/good (no masks) and test/defect with ground_truth/defect/NNN_mask.png."""
     from tfp_ae.scoring import localisation_metrics, synthetic_defects
-    from tfp_ae.sources import load_masks, open_source
+    from tfp_ae.data import load_masks, open_source
     from tfp_ae.train import load_model
     data, gt = tmp_path / "parts", tmp_path / "ground_truth"
     bad, bad_masks = synthetic_defects(digits.x_test[:4], digits.x_train[:50], seed=1)
@@ -218,7 +218,7 @@ def test_mask_folders_match_test_images_by_name(runs, tmp_path, digits):
 
 
 def test_bad_mask_folders_are_refused(tmp_path, digits):
-    from tfp_ae.sources import load_masks, open_source
+    from tfp_ae.data import load_masks, open_source
     data = tmp_path / "parts"
     for split, kind in (("train", "good"), ("test", "good"), ("test", "defect")):
         for i in range(2):

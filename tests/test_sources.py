@@ -13,9 +13,9 @@ from PIL import Image
 from conftest import require_dataset, write_png
 from tfp_ae._tf import tf
 from tfp_ae.config import RunConfig
-from tfp_ae.data import load_dataset
+from tfp_ae import plots
+from tfp_ae.data import SHARDS_INFO, Geometry, convert, load_dataset, open_source
 from tfp_ae.errors import InputError
-from tfp_ae.sources import SHARDS_INFO, Geometry, convert, open_source
 from tfp_ae.train import run
 
 N_TRAIN, N_TEST = 600, 200
@@ -90,6 +90,7 @@ def test_tfds_source_reads_a_locally_prepared_dataset(tfds_dir, mnist):
     x, y = src.splits["train"].take(100)
     np.testing.assert_allclose(x, mnist[0][0][:100], atol=1e-6)
     np.testing.assert_array_equal(y, mnist[0][1][:100])
+    assert src.class_names == [str(i) for i in range(10)]  # the ClassLabel's names
 
 
 def test_unprepared_tfds_name_offline_says_how_to_prepare_it(tmp_path):
@@ -106,6 +107,7 @@ def test_convert_writes_shards_that_read_back_equal(tfds_dir, tmp_path):
     assert len(list((tmp_path / "shards").glob("train-*.tfrecord"))) == 3
     back = open_source(tmp_path / "shards")
     assert back.image_shape == (28, 28, 1) and back.has_labels and back.num_levels == 256
+    assert back.class_names == src.class_names == [str(i) for i in range(10)]
     for s in ("train", "test"):
         (x0, y0), (x1, y1) = src.splits[s].take(), back.splits[s].take()
         np.testing.assert_array_equal(x0, x1)
@@ -263,3 +265,27 @@ def test_cli_convert_and_train_on_shards(png_folder, tmp_path):
     r = subprocess.run([sys.executable, "-m", "tfp_ae", "train", "--dataset", str(tmp_path / "nowhere"),
                         "--epochs", "1"], capture_output=True, text=True)
     assert r.returncode != 0 and "tfp-ae: error:" in r.stderr and "nowhere" in r.stderr
+
+
+def test_class_names_travel_from_folders_to_metrics_and_the_legend(tmp_path):
+    """Issue 40: a two-class folder (crops of scikit-learn's two photographs, in china/ and flower/)
+    names its classes in the Source, in metrics.json and in the t-SNE legend of samples.png."""
+    from sklearn.datasets import load_sample_images
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    for name, img in zip(("china", "flower"), load_sample_images().images):
+        for split, n in (("train", 40), ("test", 12)):
+            for i in range(n):
+                r, c = rng.integers(0, img.shape[0] - 16), rng.integers(0, img.shape[1] - 16)
+                write_png(root / split / name / f"{i:03d}.png", img[r:r + 16, c:c + 16] / 255)
+    src = open_source(root)
+    assert src.class_names == ["china", "flower"]
+    assert sorted(set(src.splits["test"].take()[1])) == [0, 1]
+    _, m = run(fast_config(root, tmp_path / "run", epochs=1, tsne_images=24, extra_figures=True))
+    assert m["class_names"] == ["china", "flower"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["class_names"] == ["china", "flower"]
+    emb = rng.normal(size=(6, 2))
+    fig = plots.latent_panels(np.zeros((4, 16, 16, 3)), np.zeros((1, 16, 16, 3)), np.zeros((2, 1, 16, 16, 3)), emb,
+                              np.array([0, 1, 0, 1, 1, 0]), class_names=src.class_names)
+    legends = [a.get_legend() for a in fig.axes if a.get_legend() is not None]
+    assert [t.get_text() for t in legends[0].get_texts()] == ["china", "flower"]

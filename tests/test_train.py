@@ -68,6 +68,27 @@ def test_cli_lists_heads(capsys):
     assert "308504" in out  # normal_full on 28x28: 784 + 784*785/2
 
 
+def test_the_cli_prints_no_tensorflow_log_lines_unless_verbose():
+    """Issue 40: `tfp-ae heads` and `--help` in a fresh process print no C++ log line of
+    TensorFlow (`I0000 ...`, `E0000 ... cuInit`, absl's notice), whatever TF_CPP_MIN_LOG_LEVEL the
+    caller has; `-v` starts again with them shown and still works."""
+    import os
+    import re
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFP_AE_TF_LOGS")}
+    native = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl)", re.M)
+    for argv in (["heads"], ["train", "--help"]):
+        done = subprocess.run([sys.executable, "-m", "tfp_ae", *argv], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert not native.search(done.stderr), done.stderr
+        assert "normal_diag" in done.stdout or "(default: fashion_mnist)" in done.stdout
+    loud = subprocess.run([sys.executable, "-m", "tfp_ae", "-v", "heads"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert loud.returncode == 0 and "normal_diag" in loud.stdout, loud.stderr
+
+
 class _PoisonWeights(tf.keras.callbacks.Callback):
     """Sets the decoder bias to NaN at the start of epoch 2, as a diverging run would."""
 

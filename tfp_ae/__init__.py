@@ -11,8 +11,8 @@ the variable yourself) for `tf.keras` to agree with it.
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tfp_ae._tf  # noqa: E402,F401  (TensorFlow first, quietly: see tfp_ae._tf)
 from tfp_ae.config import RunConfig  # noqa: E402
 from tfp_ae.data import load_dataset, make_pipeline, dequantize  # noqa: E402
 from tfp_ae.heads import HEADS, get_head, make_head  # noqa: E402
@@ -20,7 +20,7 @@ from tfp_ae.models import Autoencoder, ProbabilisticModel, build_model, compile_
 from tfp_ae.train import load_model, run  # noqa: E402
 from tfp_ae.vae import VAE, build_vae  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["HEADS", "get_head", "make_head", "load_dataset", "make_pipeline", "dequantize",
            "Autoencoder", "ProbabilisticModel", "VAE", "build_model", "build_vae", "compile_model", "RunConfig",
            "run", "load_model"]

@@ -3,14 +3,15 @@ grid, `tfp-ae table` merges grid results, `tfp-ae augment` writes mixture compon
 dataset, `tfp-ae export` writes a SavedModel, `tfp-ae toy2d` the VAE 2D study, `tfp-ae heads`
 lists the heads."""
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from tfp_ae._tf import SHOW_TF_LOGS
 from tfp_ae.config import ARCHS, MODELS, OBJECTIVES, PRECISIONS, STRATEGIES, UNCERTAINTIES, RunConfig
-from tfp_ae.data import DATASETS
 from tfp_ae.errors import InputError
 from tfp_ae.export import export_run
 from tfp_ae.figures import augment
@@ -18,7 +19,7 @@ from tfp_ae.grid import grid_cells, merge_results, run_grid
 from tfp_ae.heads import DEFAULT_RANK, HEADS, describe_heads
 from tfp_ae.runtime import device_summary, make_strategy
 from tfp_ae.scoring import score_run
-from tfp_ae.sources import CROPS, convert, open_source
+from tfp_ae.data import CROPS, DATASETS, convert, open_source
 from tfp_ae.toy2d import TOY_DATASETS, TOY_SETUPS, run_study
 from tfp_ae.train import DivergedError, load_model, run
 
@@ -42,8 +43,8 @@ def _add_source_args(p):
                    "and test/ subfolders: the fraction of files held out for test (a fixed split)")
     p.add_argument("--download", action="store_true", help="tfds:NAME: download and prepare it if it is not "
                    "prepared in --data-dir (needs the internet)")
-    p.add_argument("--skip-bad-images", action="store_true", help="leave unreadable image files out (counted "
-                   "in the output and metrics.json) instead of stopping with an error")
+    p.add_argument("--skip-bad-images", action="store_true", help="leave unreadable image files out (each one "
+                   "printed with its reason, and listed in metrics.json) instead of stopping with an error")
     p.add_argument("--rescale", action="store_true", help="divide the images by 255 (.npz data given as 0-255)")
 
 
@@ -52,11 +53,11 @@ def _add_settings(p):
     d = RunConfig()
     p.add_argument("--objective", default=d.objective, choices=OBJECTIVES, help="vae: train on the elbo or the iwae bound")
     p.add_argument("--iw-samples", type=int, default=d.iw_samples, help="vae --objective iwae: importance samples k")
-    p.add_argument("--latent-dim", type=int, default=d.latent_dim)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--latent-dim", type=int, default=d.latent_dim, help="units of the code (the paper's 32)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (all replicas together)")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="Adam's learning rate")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of every random draw of the run")
     p.add_argument("--retries", type=int, default=d.retries, help="re-runs with a new seed after a NaN loss")
     p.add_argument("--dequantize", action="store_true", help="train on uniformly dequantised pixels")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
@@ -97,7 +98,8 @@ def _add_train_args(p):
                    "with the head as decoder likelihood")
     p.add_argument("--head", default=d.head, help=f"output head, one of: {', '.join(HEADS)}")
     p.add_argument("--components", "-K", type=int, default=d.components, help="mixture components K (>= 1)")
-    p.add_argument("--arch", default=d.arch, choices=ARCHS)
+    p.add_argument("--arch", default=d.arch, choices=ARCHS, help="mlp and cnn: the paper's; cnn_dense: every "
+                   "decoder output used")
     p.add_argument("--rank", type=int, default=None, help=f"low-rank heads ({', '.join(_heads_with('rank'))}): "
                    f"rank r of the covariance's V (default {DEFAULT_RANK})")
     p.add_argument("--min-df", type=float, default=None, help="Student-t heads: df = MIN_DF + 1e-6 + softplus "
@@ -109,7 +111,7 @@ def _add_train_args(p):
 
 
 def _config(args):
-    fields = {k.replace("-", "_"): v for k, v in vars(args).items() if k not in ("command", "func", "overwrite")}
+    fields = {k.replace("-", "_"): v for k, v in vars(args).items() if k not in ("command", "func", "overwrite", "verbose")}
     cfg = RunConfig.from_dict(fields)
     prefix = "" if cfg.model == "ae" else f"{cfg.model}_{cfg.objective}_"
     options = "".join(f"_{k}{v:g}" for k, v in cfg.head_options.items())
@@ -153,7 +155,7 @@ def cmd_toy2d(args):
 
 def cmd_grid(args):
     # every training flag except the per-cell fields (dataset, arch, model, head, components, out)
-    grid_only = ("dataset", "arch", "heads", "components", "out", "no_figures", "command", "func")
+    grid_only = ("dataset", "arch", "heads", "components", "out", "no_figures", "command", "func", "verbose")
     base = RunConfig.from_dict({k: v for k, v in vars(args).items() if k not in grid_only})
     base.verbose = 2
     cells = grid_cells(args.dataset, args.arch, args.heads, args.components)
@@ -205,6 +207,7 @@ def cmd_augment(args):
 def cmd_convert(args):
     source = open_source(args.source, args.data_dir, args.image_size, args.crop, args.channels, args.test_fraction,
                          args.download, args.skip_bad_images, args.rescale)
+    source.print_skipped()
     info = convert(source, args.out, args.shards, overwrite=args.overwrite)
     skipped = f"; skipped {len(source.skipped)} unreadable file(s)" if source.skipped else ""
     print(f"wrote {args.out}: {info['counts']['train']} train and {info['counts']['test']} test images "
@@ -221,6 +224,15 @@ def cmd_score(args):
     print(f"wrote {args.out}/scores.csv and metrics.json" + (", roc.png, histograms.png" if args.ood else ""))
 
 
+HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter  # every --help shows the defaults
+
+
+def _with_defaults_shown(add_parser):
+    def add(*args, **kwargs):
+        return add_parser(*args, formatter_class=HELP_FORMAT, **kwargs)
+    return add
+
+
 def _heads_with(option):
     return [name for name, cls in HEADS.items() if option in cls.options]
 
@@ -235,8 +247,12 @@ def cmd_heads(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="tfp-ae", description="Probabilistic autoencoders (TFP + Keras).")
+    parser = argparse.ArgumentParser(prog="tfp-ae", description="Probabilistic autoencoders (TFP + Keras).",
+                                     formatter_class=HELP_FORMAT)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's own C++ log lines "
+                        "(hidden by default; the same as TFP_AE_TF_LOGS=1)")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser = _with_defaults_shown(sub.add_parser)
     p = sub.add_parser("train", help="train and evaluate one model")
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
@@ -315,6 +331,10 @@ def main(argv=None):
     p.add_argument("--rank", type=int, default=DEFAULT_RANK, help="rank of the low-rank heads")
     p.set_defaults(func=cmd_heads)
     args = parser.parse_args(argv)
+    if args.verbose and not SHOW_TF_LOGS and argv is None:
+        # TensorFlow is already imported, quietly: start again with its logs on (tfp_ae._tf)
+        os.environ["TFP_AE_TF_LOGS"] = "1"
+        os.execv(sys.executable, [sys.executable, "-m", "tfp_ae", *sys.argv[1:]])
     try:
         args.func(args)
     except (InputError, FileNotFoundError, FileExistsError, DivergedError, MemoryError, ImportError) as e:

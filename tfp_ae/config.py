@@ -6,7 +6,7 @@ from typing import Optional
 
 from tfp_ae.errors import InputError
 from tfp_ae.heads import get_head
-from tfp_ae.sources import CROPS, Geometry
+from tfp_ae.data import CROPS, Geometry
 
 ARCHS = ("mlp", "cnn", "cnn_dense")
 VAE_ARCHS = ("mlp", "cnn_dense", "dense_block")   # the paper's `cnn` decoder has no latent bottleneck;
@@ -44,7 +44,7 @@ class RunConfig:
     validation_split: float = 0.0      # hold out this fraction of the training images (val_loss)
     eval_images: int = 1000            # test images for l2_percent (the paper's 1000)
     data_dir: Optional[str] = None     # IDX folder of the named datasets; TFDS's data_dir for tfds: sources
-    image_size: Optional[str] = None   # "H" or "HxW": resize every image (antialiased; tfp_ae.sources.Geometry)
+    image_size: Optional[str] = None   # "H" or "HxW": resize every image (antialiased; tfp_ae.data.Geometry)
     crop: str = "none"                 # CROPS: "center" crops to --image-size's aspect ratio first
     channels: Optional[int] = None     # 1 or 3: convert every image to grey or RGB (None: the source's)
     test_fraction: float = 0.1         # image folders without train/ and test/: fraction held out for test
@@ -67,7 +67,7 @@ class RunConfig:
 
     @property
     def source_options(self):
-        """The arguments of `tfp_ae.sources.open_source` besides the dataset."""
+        """The arguments of `tfp_ae.data.open_source` besides the dataset."""
         return dict(data_dir=self.data_dir, image_size=self.image_size, crop=self.crop, channels=self.channels,
                     test_fraction=self.test_fraction, download=self.download, skip_bad_images=self.skip_bad_images,
                     rescale=self.rescale)

@@ -7,7 +7,7 @@ from tfp_ae._tf import tf
 from tfp_ae.data import dequantize
 from tfp_ae.heads import bits_per_dim
 from tfp_ae.predict import coverage, map_dataset, point_and_variance, point_estimates, variance_maps
-from tfp_ae.sources import array_split
+from tfp_ae.data import array_split
 
 CALIBRATION_IMAGES = 200
 
@@ -66,7 +66,7 @@ def split_log_probs(model, test, num_levels, seed=0, batch_size=None, elbo=None)
     """Per-image scores of a whole split, streamed in its fixed order (never held whole).
 
     Args:
-      test: a `tfp_ae.sources.Split`.
+      test: a `tfp_ae.data.Split`.
       num_levels: L of the pixels, for the dequantised pass.
       seed: batch i is dequantised with the stateless seed `(seed, i)` (`tfp_ae.data.dequantize`).
     Returns:
@@ -92,7 +92,7 @@ def evaluate(model, data, eval_images=1000, seed=0, extractors=(), test=None):
     Args:
       data: a `tfp_ae.data.Dataset` in memory: its first `eval_images` test images give L2 %,
         PSNR/SSIM and FID, the first 200 the calibration.
-      test: the whole test split (`tfp_ae.sources.Split`), streamed for the NLL; default
+      test: the whole test split (`tfp_ae.data.Split`), streamed for the NLL; default
         `data.x_test`.
     Returns a dict with `psnr` (dB) and `ssim` of the point estimates, `calibration` (see
     `calibration`, on the first 200 test images; not for `mse`), `test_nll_nats` (mean -log p(x)

@@ -36,9 +36,10 @@ Load with `tf.saved_model.load(path)` and call `loaded.reconstruct(images)`, or 
 `export_tflite` (`tfp-ae export RUN --out OUT --tflite`) also writes `OUT/tflite/<name>.tflite`
 for the deterministic functions: `reconstruct`, `interval` (level 0.9, fixed) and `log_prob`
 where it is closed-form (not for a VAE). Each is converted with TensorFlow Lite's built-in ops
-only, then run by `tf.lite.Interpreter` on a probe batch and compared with the SavedModel
-function (rtol 1e-5); a function that does not convert, does not run or differs is refused, and
-`OUT/tflite/report.json` gives the converter's or interpreter's reason (for example the low-rank
+only, then run by `tf.lite.Interpreter` on the run's own first test images (dequantised for a
+`--dequantize` run) and compared with the SavedModel function (rtol 1e-5); a function that does
+not convert, does not run or differs is refused, and `OUT/tflite/report.json` gives the
+converter's or interpreter's reason, or the largest difference and where (for example the low-rank
 heads' `Cholesky` has no built-in TensorFlow Lite kernel; `docs/benchmarks/tflite.md` per head).
 """
 import json
@@ -49,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from tfp_ae._tf import tf
+from tfp_ae.data import dequantize, open_source
 from tfp_ae.heads import INTERVAL_LEVEL, SAMPLE_SEED
 from tfp_ae.train import load_model
 
@@ -209,14 +211,45 @@ def _first_line(e):
     return f"{type(e).__name__}: {(text.strip().splitlines() or ['?'])[0][:300]}"
 
 
+class TFLiteMismatch(AssertionError):
+    """A TensorFlow Lite function's output is not within rtol `TFLITE_RTOL` of TensorFlow's."""
+
+
+def check_tflite_output(name, key, got, want):
+    """Raise `TFLiteMismatch` unless `got` (TFLite) is within rtol `TFLITE_RTOL` of `want`
+    (TensorFlow), with an absolute floor of `TFLITE_RTOL * max(1, max |want|)`. The message
+    names the signature and output, the largest absolute and relative difference and the index
+    of each (with both values there)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        raise TFLiteMismatch(f"{name}/{key}: TensorFlow Lite returns shape {got.shape}, TensorFlow {want.shape}")
+    diff = np.abs(got - want)
+    if np.all(diff <= TFLITE_RTOL * np.abs(want) + TFLITE_RTOL * max(1.0, float(np.abs(want).max(initial=0)))):
+        return
+    rel = diff / np.maximum(np.abs(want), np.finfo(np.float32).tiny)
+    at_abs = np.unravel_index(np.nanargmax(diff), diff.shape)
+    at_rel = np.unravel_index(np.nanargmax(rel), rel.shape)
+    raise TFLiteMismatch(
+        f"{name}/{key}: TensorFlow Lite differs from TensorFlow by up to {diff[at_abs]:.3g} absolute at index "
+        f"{tuple(map(int, at_abs))} (TensorFlow {want[at_abs]:.7g}, TensorFlow Lite {got[at_abs]:.7g}) and "
+        f"{rel[at_rel]:.3g} relative at {tuple(map(int, at_rel))}; allowed: rtol {TFLITE_RTOL:g}")
+
+
 def export_tflite(model, out_dir, probe=None):
     """Write `OUT_DIR/tflite/<name>.tflite` for each of `tflite_functions(model)` that TensorFlow
     Lite converts with its built-in ops and runs to within rtol 1e-5 of TensorFlow on `probe`
-    images (default: 4 seeded uniform images), and `report.json` (name -> "converted" or the
-    reason it was refused). The files take a float32 batch `[B, H, W, C]` of any B (the
-    interpreter's signature runner resizes its input); unlike the SavedModel they do not check
-    that pixels are finite and in [0, 1] (TensorFlow Lite has no assertion op).
+    images, and `report.json` (name -> "converted" or the reason it was refused, with the largest
+    absolute and relative difference and where for an output that differs). The files take a
+    float32 batch `[B, H, W, C]` of any B (the interpreter's signature runner resizes its input);
+    unlike the SavedModel they do not check that pixels are finite and in [0, 1] (TensorFlow Lite
+    has no assertion op).
 
+    Args:
+      probe: float32 images `[B, H, W, C]` in [0, 1] like the data the model will see (`export_run`
+        passes the run's own test images, dequantised for a `--dequantize` run). The default, 4
+        seeded uniform-noise images, is far from any data set: a density fitted to dequantised
+        pixels gives them log-densities of order -1e8, where float32 sums of TensorFlow and TFLite
+        differ by more than rtol 1e-5.
     Returns:
       dict name -> "converted" or "refused: reason".
     """
@@ -225,6 +258,7 @@ def export_tflite(model, out_dir, probe=None):
     shape = tuple(model.image_shape)
     if probe is None:
         probe = np.random.default_rng(0).uniform(size=(4, *shape)).astype(np.float32)
+    probe = np.asarray(probe, np.float32)
     report = {}
     for name, fn in tflite_functions(model).items():
         concrete = tf.function(fn, autograph=False).get_concrete_function(tf.TensorSpec([None, *shape], tf.float32,
@@ -237,8 +271,7 @@ def export_tflite(model, out_dir, probe=None):
             want = {k: v.numpy() for k, v in concrete(tf.constant(probe)).items()}
             got = runner(images=probe)
             for k, v in want.items():
-                np.testing.assert_allclose(got[k], v, rtol=TFLITE_RTOL, atol=TFLITE_RTOL * max(1.0, np.abs(v).max()),
-                                           err_msg=f"{name}/{k}: TensorFlow Lite differs from TensorFlow")
+                check_tflite_output(name, k, got[k], v)
         except Exception as e:  # noqa: BLE001 (any failure refuses this function; the reason is reported)
             report[name] = f"refused: {_first_line(e)}"
             continue
@@ -257,4 +290,16 @@ def export_run(run_dir, export_dir, overwrite=False, tflite=False):
     """
     model, config = load_model(run_dir)
     names = export_saved_model(model, export_dir, overwrite, config=config.to_dict())
-    return names, (export_tflite(model, export_dir) if tflite else None)
+    return names, (export_tflite(model, export_dir, probe=tflite_probe(config)) if tflite else None)
+
+
+TFLITE_PROBE_IMAGES = 8
+
+
+def tflite_probe(config):
+    """The images `export_run` checks TensorFlow Lite on: the run's first `TFLITE_PROBE_IMAGES` test
+    images `[8, H, W, C]`, dequantised (seed 0) when the run trained on dequantised pixels."""
+    source = open_source(config.dataset, **config.source_options)
+    with source.reading():
+        x, _ = source.splits["test"].take(TFLITE_PROBE_IMAGES)
+    return dequantize(x, source.num_levels, seed=0) if config.dequantize else x

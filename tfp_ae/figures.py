@@ -132,7 +132,7 @@ def latent_figure(model, data, num_samples=16, num_inputs=4, num_output_samples=
     """Figure 3 for one model: (a) decoded latent samples (see `latent_samples`; an autoencoder's
     first half from N(0, I) as in the paper, the rest from the Gaussian fit), (b) inputs with
     samples of their output distribution, (c) t-SNE of the first `tsne_images` test latents
-    coloured by label (skipped when 0 or when the data has no labels).
+    coloured by label and named by `data.class_names` (skipped when 0 or when the data has no labels).
 
     Args: `data`: a `tfp_ae.data.Dataset` (test split used). Returns: a `Figure`.
     """
@@ -154,7 +154,7 @@ def latent_figure(model, data, num_samples=16, num_inputs=4, num_output_samples=
         if emb is None:
             note = f"no t-SNE: the {n} test latents are all equal or not finite"
     return plots.latent_panels(samples, inputs, outs, emb, labels, title=_label(model), prior_note=prior,
-                               embedding_note=note)
+                               embedding_note=note, class_names=data.class_names)
 
 
 def components_figure(model, images):

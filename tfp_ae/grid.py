@@ -26,7 +26,7 @@ from tfp_ae.config import RunConfig
 from tfp_ae.errors import InputError
 from tfp_ae.heads import HEADS
 from tfp_ae.rundir import METRICS_FILE, write_json, write_text
-from tfp_ae.sources import open_source
+from tfp_ae.data import open_source
 
 # `cnn_dense` is our variant of the paper's CNN (Table 2): its rows are compared with Table 2
 PAPER_TABLES = {"mlp": "table1_mlp.csv", "cnn": "table2_cnn.csv", "cnn_dense": "table2_cnn.csv"}

@@ -3,6 +3,7 @@ backend switch: a notebook shows the returned figure, `save` writes it)."""
 import textwrap
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 
@@ -98,10 +99,11 @@ NO_EMBEDDING = "no t-SNE (no labels or disabled)"
 
 
 def latent_panels(samples, inputs, outputs, embedding=None, labels=None, title="", prior_note="",
-                  embedding_note=NO_EMBEDDING):
+                  embedding_note=NO_EMBEDDING, class_names=None):
     """Figure 3 layout: (a) decoded latent samples `[S, H, W, C]`, (b) inputs `[N, H, W, C]` with
     output samples `[M, N, H, W, C]` beside each, (c) a t-SNE scatter `[P, 2]` coloured by `labels`
-    (`embedding_note` in its place when `embedding` is None)."""
+    `[P]` (int), its legend naming each label by `class_names[label]` when given (`embedding_note`
+    in its place when `embedding` is None)."""
     fig = Figure(figsize=(13, 4.6), layout="constrained")
     left, mid, right = fig.subfigures(1, 3, width_ratios=[1, 1.2, 1.1])
     cols = int(np.ceil(np.sqrt(len(samples))))
@@ -117,8 +119,13 @@ def latent_panels(samples, inputs, outputs, embedding=None, labels=None, title="
     mid.suptitle("(b) samples of p(x | input)", fontsize=8)
     a = right.subplots()
     if embedding is not None:
-        sc = a.scatter(embedding[:, 0], embedding[:, 1], c=labels, cmap="tab10", s=4)
-        a.legend(*sc.legend_elements(), fontsize=6, loc="best", markerscale=0.6)
+        classes = np.unique(labels)
+        colours = colormaps["tab10" if len(classes) <= 10 else "tab20"]
+        for i, k in enumerate(classes):
+            at = labels == k
+            name = class_names[k] if class_names is not None and 0 <= k < len(class_names) else str(k)
+            a.scatter(embedding[at, 0], embedding[at, 1], color=colours(i % colours.N), s=4, label=name)
+        a.legend(fontsize=6, loc="best", markerscale=2)
     else:
         a.text(0.5, 0.5, textwrap.fill(embedding_note, 40), ha="center", transform=a.transAxes)
     a.set_xticks([]), a.set_yticks([])

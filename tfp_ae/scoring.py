@@ -32,7 +32,7 @@ from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED, bits_per_dim
 from tfp_ae.evaluate import split_log_probs
 from tfp_ae.predict import sample_batch_size
-from tfp_ae.sources import Split, array_split, load_masks, open_source
+from tfp_ae.data import Split, array_split, load_masks, open_source
 from tfp_ae.train import load_model
 
 SCORES = ("nll", "bits_per_dim", "likelihood_ratio", "complexity", "typicality")
@@ -106,7 +106,7 @@ def image_scores(model, split, num_levels=256, background=None, train_bits=None,
 
     Args:
       model: a trained `ProbabilisticModel`.
-      split: a `tfp_ae.sources.Split` (or an array `[N, H, W, C]`).
+      split: a `tfp_ae.data.Split` (or an array `[N, H, W, C]`).
       background: a second model over the same images for `likelihood_ratio` (None: no such column).
       train_bits: mean bits/dim of training images, for `typicality` (None: no such column).
       seed: the dequantisation noise (the same for the model and the background).
@@ -209,7 +209,7 @@ def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, li
       background: a run folder of a background model (likelihood ratio), or None.
       out: folder for `scores.csv`, `metrics.json`, `roc.png`, `histograms.png`.
       masks: defect masks `[N, H, W(, C)]` of `data`'s first N test images (pixel AUROC, PRO), the
-        path of an `.npz` or a folder of mask images (`tfp_ae.sources.load_masks`), or None.
+        path of an `.npz` or a folder of mask images (`tfp_ae.data.load_masks`), or None.
       limit: score only the first `limit` test images of each set.
     Returns:
       (rows, metrics): rows of `scores.csv` (dicts), and the metrics dict.

@@ -19,7 +19,7 @@ from tfp_ae.models import build_model, compile_model
 from tfp_ae.rundir import (CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, METRICS_FILE, STATE_FILE, Progress,
                            checkpoint_manager, load_state, restore, write_json)
 from tfp_ae.runtime import check_memory, device_summary, make_strategy, precision_policy, probe_jit, worker
-from tfp_ae.sources import SAMPLE_BYTES, Split, array_split, open_source
+from tfp_ae.data import SAMPLE_BYTES, Split, array_split, open_source
 from tfp_ae.vae import build_vae
 
 
@@ -51,7 +51,7 @@ def build_and_compile(config, image_shape):
 def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None, resume=True):
     """Build and train a model: resumable, retried with seed+1, seed+2... when the loss becomes NaN.
 
-    `x_train`: float32 images `[N, H, W, C]` in [0, 1], or a `tfp_ae.sources.Split` (streamed:
+    `x_train`: float32 images `[N, H, W, C]` in [0, 1], or a `tfp_ae.data.Split` (streamed:
     decoded batch by batch, never held whole; shard files are split between multi-worker workers).
 
     With `run_dir`, progress (`state.json`: seed, attempts, per-epoch loss and seconds) and a
@@ -177,6 +177,7 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
         for name in (METRICS_FILE, STATE_FILE, CONFIG_FILE, CHECKPOINT_DIR):
             shutil.rmtree(out / name, ignore_errors=True) if (out / name).is_dir() else (out / name).unlink(missing_ok=True)
     source = open_source(config.dataset, **config.source_options)
+    source.print_skipped()
     train = source.splits["train"].subset(0, config.train_limit)
     config.validate(source.image_shape)  # the head's options against the image size, before the folder is made
     # in memory: the first test images (L2 %, calibration, figures, FID) and a bounded part of the
@@ -206,6 +207,8 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
         return model, dict(metrics, role="worker")
     if source.skipped:
         metrics["skipped_files"] = [p for p, _ in source.skipped[:100]]
+    if source.class_names is not None and source.has_labels:
+        metrics["class_names"] = list(source.class_names)
     extractors, notes = fid_extractors(config, data)
     if config.verbose:
         print(f"evaluating on {source.splits['test'].count} test images (NLL, bits/dim, L2 %, calibration"

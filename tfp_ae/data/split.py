@@ -1,0 +1,239 @@
+"""`Split` (the images of one split in a fixed order, read lazily: arrays in memory, image files or
+TFRecord records) and `Source` (a dataset's train and test splits with what they share): what
+every source kind returns, and what training, evaluation and scoring read."""
+import contextlib
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
+
+import numpy as np
+
+from tfp_ae._tf import tf
+from tfp_ae.data.arrays import Dataset
+from tfp_ae.data.geometry import Geometry, decode_image
+from tfp_ae.data.pipeline import BATCH_SIZE, SHUFFLE_BUFFER, array_images, batch_stream
+from tfp_ae.errors import InputError
+
+SPLITS = ("train", "test")
+SAMPLE_BYTES = 256 * 2 ** 20  # bound on the training images held as an array (the FID classifier's training set)
+
+
+@dataclass
+class Split:
+    """The images of one split in a fixed order, read lazily.
+
+    `kind`:
+    - `array`: `x` float32 `[N, H, W, C]` in memory, `y` int64 `[N]` or None;
+    - `files`: `paths` `[N]` of image files, `labels` int64 `[N]` or None;
+    - `records`: the records `start..stop` of the shard `files` in order (`parse`: a serialised
+      record -> (encoded image, label)).
+    `image_shape` is the shape after `geometry`; `count` the number of images.
+    """
+    kind: str
+    count: int
+    image_shape: tuple
+    num_levels: int
+    geometry: Geometry = Geometry()
+    x: Optional[np.ndarray] = None
+    y: Optional[np.ndarray] = None
+    paths: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
+    files: tuple = ()
+    parse: Optional[Callable] = None
+    source_channels: int = 1
+    start: int = 0
+    records_total: int = 0   # records: how many records the files hold
+    skip_bad: bool = False   # records: drop records whose image cannot be decoded (`skip_bad_images`)
+
+    @property
+    def has_labels(self):
+        return self.y is not None if self.kind == "array" else self.labels is not None if self.kind == "files" \
+            else self.parse is not None and getattr(self.parse, "has_labels", False)
+
+    def subset(self, start=0, stop=None):
+        """Images `start..stop` of this split (in its fixed order), without reading any."""
+        stop = self.count if stop is None else min(stop, self.count)
+        start = min(start, stop)
+        if self.kind == "array":
+            return replace(self, count=stop - start, x=self.x[start:stop],
+                           y=None if self.y is None else self.y[start:stop])
+        if self.kind == "files":
+            return replace(self, count=stop - start, paths=self.paths[start:stop],
+                           labels=None if self.labels is None else self.labels[start:stop])
+        return replace(self, count=stop - start, start=self.start + start)
+
+    @property
+    def whole_files(self):
+        """True when this split is all the records of its files (so files can be shuffled and sharded)."""
+        return self.kind == "records" and self.start == 0 and self.count == self.records_total
+
+    @property
+    def reshaped(self):
+        """True when the geometry changes the images (arrays are then reshaped as they stream)."""
+        return self.geometry != Geometry()
+
+    def _shape_array(self, x):
+        return tf.ensure_shape(self.geometry.apply(x, self.num_levels), self.image_shape)
+
+    def _decode(self, encoded, label):
+        x = decode_image(encoded, self.source_channels, self.num_levels)
+        x = tf.ensure_shape(self.geometry.apply(x, self.num_levels), self.image_shape)
+        return x, label
+
+    def _records(self, files):
+        return tf.data.TFRecordDataset(files, num_parallel_reads=None).map(self.parse)
+
+    def elements(self):
+        """`tf.data.Dataset` of `(image float32 [H, W, C], label int64 (-1: none))` in the fixed order."""
+        if self.kind == "array":
+            y = np.full(self.count, -1, np.int64) if self.y is None else self.y
+            ds = tf.data.Dataset.from_tensor_slices((self.x, y))
+            return ds.map(lambda x, y: (self._shape_array(x), y)) if self.reshaped else ds
+        if self.kind == "files":
+            ds = self._file_keys()
+        else:
+            ds = self._records(list(self.files)).skip(self.start).take(self.count)
+        return self._drop_bad(ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+
+    def _drop_bad(self, ds):
+        return ds.ignore_errors(log_warning=True) if self.skip_bad and self.kind == "records" else ds
+
+    def _file_keys(self):
+        labels = np.full(self.count, -1, np.int64) if self.labels is None else self.labels
+        return tf.data.Dataset.from_tensor_slices((self.paths, labels)).map(lambda p, y: (tf.io.read_file(p), y))
+
+    def shuffled_images(self, seed, worker=(0, 1)):
+        """Images `[H, W, C]` (no labels) in a seeded order, reshuffled on every pass: file paths are
+        shuffled whole; records by shuffling the file order, interleaving four files and a buffer
+        of `SHUFFLE_BUFFER`; arrays with that buffer (the paper's 1024) over the cached images.
+        `worker` `(index, count)`: with `shard_policy` FILE, only this worker's files are read."""
+        if self.kind == "array":
+            ds = array_images(self.x, True, seed)
+            return ds.map(self._shape_array, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True) \
+                if self.reshaped else ds
+        if self.kind == "files":
+            labels = np.full(self.count, -1, np.int64)
+            keys = tf.data.Dataset.from_tensor_slices((self.paths, labels))
+            keys = keys.shuffle(self.count, seed=seed, reshuffle_each_iteration=True)
+            ds = keys.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        elif self.whole_files:
+            files = tf.data.Dataset.from_tensor_slices(list(self.files))
+            if worker[1] > 1:  # this worker's files: every worker-th file from its index on
+                files = files.shard(worker[1], worker[0])
+            files = files.shuffle(len(self.files), seed=seed, reshuffle_each_iteration=True)
+            ds = files.interleave(lambda f: tf.data.TFRecordDataset(f), cycle_length=min(4, len(self.files)),
+                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).map(self.parse)
+            ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+        else:  # a range of the records (train_limit, validation split): the fixed order, buffer-shuffled
+            ds = self._records(list(self.files)).skip(self.start).take(self.count)
+            ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+        return self._drop_bad(ds.map(lambda e, y: self._decode(e, y)[0], num_parallel_calls=tf.data.AUTOTUNE,
+                                     deterministic=True))
+
+    def shard_policy(self, num_workers=1):
+        """(AutoShardPolicy, a sentence for the log or "") for `num_workers` workers: FILE for whole
+        shard files when there are at least as many files as workers (worker i reads files i,
+        i + workers, ...), else DATA (every worker reads everything and keeps its part of each batch)."""
+        policy = tf.data.experimental.AutoShardPolicy
+        if num_workers <= 1 or self.kind != "records":
+            return policy.DATA, ""
+        if not self.whole_files:
+            return policy.DATA, "a range of the records (train_limit / validation_split) is sharded by DATA"
+        if len(self.files) < num_workers:
+            return policy.DATA, (f"{len(self.files)} shard file(s) for {num_workers} workers: sharding by DATA "
+                                 f"(write at least {num_workers} shards with `tfp-ae convert --shards` to shard by file)")
+        return policy.FILE, (f"{len(self.files)} shard files over {num_workers} workers: each worker reads its own "
+                             "files (sharded by FILE)")
+
+    def pipeline(self, batch_size=BATCH_SIZE, shuffle=True, num_levels=None, seed=0, repeat=False, skip_epochs=0,
+                 worker=(0, 1), perturb_rate=0.0):
+        """`(images, images)` batches for `model.fit` (`tfp_ae.data.batch_stream`): `shuffled_images`
+        when `shuffle`, else the fixed order. `worker` `(index, count)` of a multi-worker run: with
+        `shard_policy` FILE the worker reads only its files; `perturb_rate`: see `tfp_ae.data.perturb` (the files are split here, and
+        TensorFlow's auto-sharding is turned off: it cannot see through the pipeline's scan)."""
+        policy, why = self.shard_policy(worker[1])
+        if why:
+            print(f"multi-worker input: {why}", flush=True)
+        if policy == tf.data.experimental.AutoShardPolicy.FILE:
+            images, policy = self.shuffled_images(seed, worker), tf.data.experimental.AutoShardPolicy.OFF
+        else:
+            images = self.shuffled_images(seed) if shuffle else self.elements().map(lambda x, y: x)
+        return batch_stream(images, self.count, batch_size, num_levels, seed, repeat, skip_epochs, policy,
+                            perturb_rate, self.num_levels)
+
+    def take(self, n=None):
+        """The first `n` images (all when None) as arrays: (x float32 `[n, H, W, C]`, y int64 `[n]` or None)."""
+        n = self.count if n is None else min(n, self.count)
+        if self.kind == "array" and not self.reshaped:
+            return self.x[:n], None if self.y is None else self.y[:n]
+        x = np.empty((n, *self.image_shape), np.float32)
+        y = np.empty(n, np.int64)
+        i = 0
+        for bx, by in self.elements().take(n).batch(256).prefetch(2).as_numpy_iterator():
+            x[i:i + len(bx)], y[i:i + len(bx)] = bx, by
+            i += len(bx)
+        return x, (y if self.has_labels else None)
+
+
+@dataclass
+class Source:
+    """A dataset's train and test `Split`s, with what they share.
+
+    Attributes:
+      name: the dataset's short name (for run folders and caches).
+      description: where it is read from.
+      image_shape: `(H, W, C)` after the geometry.
+      num_levels: L, the pixel levels `k / (L - 1)` (256 for 8-bit files).
+      splits: {"train": Split, "test": Split}.
+      skipped: `[(path, reason)]` of unreadable images left out (`skip_bad_images`).
+      class_names: the name of each label index (folder names, a TFDS `ClassLabel`'s names), or None.
+    """
+    name: str
+    description: str
+    image_shape: tuple
+    num_levels: int
+    splits: dict
+    skipped: list = field(default_factory=list)
+    class_names: Optional[list] = None
+
+    @property
+    def has_labels(self):
+        return all(s.has_labels for s in self.splits.values())
+
+    def print_skipped(self):
+        """Print one line per image file left out by `skip_bad_images` (path and reason)."""
+        for path, reason in self.skipped:
+            print(f"skipped unreadable image {path}: {reason}", flush=True)
+
+    @property
+    def streamed(self):
+        return any(s.kind != "array" for s in self.splits.values())
+
+    @contextlib.contextmanager
+    def reading(self):
+        """Turns TensorFlow's decoding errors while a streamed source is read (a corrupt record, an
+        image of another size) into an `InputError` that names the source and the fix."""
+        try:
+            yield
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+            if not self.streamed:
+                raise
+            first = (e.message or str(e)).strip().splitlines()[0][:300]
+            raise InputError(f"{self.description}: an image cannot be read ({first}). Rewrite the shards with "
+                             "`tfp-ae convert`, pass --image-size/--channels for mixed shapes, or --skip-bad-images "
+                             "to leave unreadable records out") from None
+
+    def sample(self, test_images, train_bytes=SAMPLE_BYTES):
+        """A bounded in-memory `tfp_ae.data.Dataset`: the first `test_images` test images and as many
+        training images as fit in `train_bytes` of float32 (all of MNIST's 60,000; none when 0), for
+        what needs arrays: L2 %, calibration, figures, the FID classifier and its features."""
+        n_train = train_bytes // (4 * int(np.prod(self.image_shape)))
+        (xtr, ytr), (xte, yte) = self.splits["train"].take(n_train), self.splits["test"].take(test_images)
+        if ytr is None or yte is None:
+            ytr = yte = None
+        return Dataset(self.name, xtr, ytr, xte, yte, self.num_levels, self.description,
+                       self.class_names if ytr is not None else None)
+
+
+def array_split(x, num_levels=256, y=None):
+    """A `Split` over images in memory, float32 `[N, H, W, C]` in [0, 1] (labels `y` `[N]` or None)."""
+    return Split("array", len(x), tuple(x.shape[1:]), num_levels, x=x, y=y)
