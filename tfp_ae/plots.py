@@ -62,6 +62,14 @@ def _show(ax, img, title=None, scale=None):
     return shown
 
 
+ROW_LABEL_CHARS = 22  # a row label's lines at fontsize 6 fit the 1.3-inch row height (longer ones overlap the next)
+
+
+def _fit_row_label(name):
+    """Each line of a row label wrapped to `ROW_LABEL_CHARS`, so that the rotated label stays beside its row."""
+    return "\n".join(textwrap.fill(line, ROW_LABEL_CHARS) for line in str(name).split("\n"))
+
+
 def image_rows(rows, title=""):
     """Rows of images: `rows` is a list of `(name, images [N, H, W, C], note or None)` for images
     in [0, 1], or `(name, maps [N, H, W, C], note or None, (vmin, vmax))` for uncertainty maps,
@@ -75,7 +83,7 @@ def image_rows(rows, title=""):
             shown = _show(axes[r, i], batch[i], scale=scale)
         if scale is not None:
             fig.colorbar(shown, ax=axes[r, :].tolist(), fraction=0.02, pad=0.01).ax.tick_params(labelsize=6)
-        axes[r, 0].set_ylabel(name, fontsize=6)
+        axes[r, 0].set_ylabel(_fit_row_label(name), fontsize=6)
         if note:
             axes[r, n // 2].set_xlabel(note, fontsize=6)
     fig.suptitle(title, fontsize=9)

@@ -348,30 +348,41 @@ def markdown_table(rows, setup=TOY_SETUPS["laptop"]):
     return "\n".join(lines) + "\n"
 
 
+LOG_DENSITY_RANGE = 12.0  # nats shown below a row's highest log-density (the rest is the darkest colour)
+
+
 def study_figure(models, datasets=TOY_DATASETS, seed=0, grid=100, scale="ffjord"):
-    """Per dataset: ground-truth density, VAE and IWAE densities on a grid, and the VAE's latent
-    space (posterior means of test points coloured by the angle of the point)."""
+    """Per dataset: ground-truth, VAE and IWAE log-densities log p(x) (nats) on a grid, on one colour
+    scale per row (from the row's highest value down `LOG_DENSITY_RANGE` nats, with a colour bar;
+    a density panel scaled to its own maximum is black but for its one hottest pixel), and the VAE's
+    latent space (posterior means of test points coloured by the angle of the point)."""
     fig, axes = plots.subplots(len(datasets), 4, (12, 3 * len(datasets)))
     lim = 4.5 / (_TUTORIAL_DIVISOR if scale == "tutorial" else 1)
     g = np.linspace(-lim, lim, grid)
     xx, yy = np.meshgrid(g, g)
     pts = np.stack([xx.ravel(), yy.ravel()], 1)
     for r, name in enumerate(datasets):
-        panels = [("ground truth", np.exp(toy_log_prob(name, pts, scale)))]
+        panels = [("ground truth log p(x)", toy_log_prob(name, pts, scale))]
         for objective in ("elbo", "iwae"):
             vae = models.get(f"{name}/{objective}")
             if vae is not None:
-                panels.append((f"{'VAE' if objective == 'elbo' else 'IWAE k=10'} density",
-                               np.exp(model_log_density(vae, pts, num_samples=100))))
-        for c, (title, dens) in enumerate(panels):
-            axes[r, c].imshow(dens.reshape(grid, grid), origin="lower", extent=(-lim, lim, -lim, lim), cmap="magma")
+                panels.append((f"{'VAE' if objective == 'elbo' else 'IWAE k=10'} log p(x)",
+                               model_log_density(vae, pts, num_samples=100)))
+        top = max(float(np.max(lp[np.isfinite(lp)], initial=-np.inf)) for _, lp in panels)
+        shown = None
+        for c, (title, lp) in enumerate(panels):
+            lp = np.where(np.isfinite(lp), lp, top - LOG_DENSITY_RANGE)  # log 0 (off the checkerboard): darkest
+            shown = axes[r, c].imshow(lp.reshape(grid, grid), origin="lower", extent=(-lim, lim, -lim, lim),
+                                      cmap="magma", vmin=top - LOG_DENSITY_RANGE, vmax=top)
             axes[r, c].set_title(f"{name}: {title}", fontsize=8)
+        fig.colorbar(shown, ax=axes[r, :len(panels)].tolist(), fraction=0.02, pad=0.01,
+                     label="log p(x), nats").ax.tick_params(labelsize=6)
         vae = models.get(f"{name}/elbo")
         if vae is not None:
             x = sample_toy(name, 3000, seed + 2, scale)
             z = vae.posterior(_as_images(x)).mean().numpy()
             axes[r, 3].scatter(z[:, 0], z[:, 1], c=np.arctan2(x[:, 1], x[:, 0]), s=2, cmap="hsv")
-            axes[r, 3].set_title(f"{name}: VAE latent means (colour = angle of x)", fontsize=8)
+            axes[r, 3].set_title(f"{name}: VAE latent means\n(colour: angle of x)", fontsize=8)
         for ax in axes[r]:
             ax.set_xticks([]), ax.set_yticks([])
     return fig
