@@ -122,14 +122,58 @@ def test_one_epoch_on_real_data(name, tmp_path):
     assert 0 < m["l2_percent"] < 20 and np.isfinite(m["bits_per_dim"])
 
 
-def test_coverage_of_calibrated_and_overconfident_samples():
-    from tfp_ae.predict import _coverage
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(4, 16, 16, 1)).astype(np.float32)
-    calibrated = rng.normal(size=(400, 4, 16, 16, 1)).astype(np.float32)
-    narrow = 0.5 * calibrated  # central 95 % of N(0, 0.25) = |x| < 0.98: covers 67 % of N(0, 1)
-    assert abs(float(tf.reduce_mean(_coverage(calibrated, x))) - 0.95) < 0.03
-    assert abs(float(tf.reduce_mean(_coverage(narrow, x))) - 0.67) < 0.05
+CALIBRATION_HEADS = [("normal_diag", 1), ("normal_diag", 3), ("student_t_diag", 1), ("logistic", 1), ("maf", 1),
+                     ("normal_lowrank", 1), ("matrix_normal_diag", 1), ("continuous_bernoulli", 1)]
+
+
+@pytest.mark.parametrize("name,k", CALIBRATION_HEADS)
+def test_pixels_drawn_from_the_model_itself_cover_every_level(name, k, digits):
+    """Issue 41: the PIT of a draw of the model's own distribution is uniform, so the coverage of
+    every central interval equals its level (exact CDFs, mixtures of them, and the randomised ranks
+    of the sample-based MAF), and the PIT histogram is flat."""
+    from tfp_ae.evaluate import LEVELS, coverage_at
+    tf.keras.utils.set_random_seed(1)
+    model = build_model(name, digits.image_shape, num_components=k, min_df=3.0 if "student" in name else None)
+    x = tf.constant(digits.x_test[:200])
+    dist = model(x, training=False)
+    drawn = tf.cast(model.head.sample(dist, 1, seed=(3, 4))[0], tf.float32)
+    u = model.head.pit(dist, drawn, seed=tf.constant([5, 6], tf.int32)).numpy()
+    assert u.shape == x.shape and np.all((u >= 0) & (u <= 1))
+    np.testing.assert_allclose(coverage_at(u), LEVELS, atol=0.02)
+    hist = np.histogram(u, bins=10, range=(0, 1))[0] / u.size
+    np.testing.assert_allclose(hist, 0.1, atol=0.02)
+
+
+def test_pit_and_crps_against_scipy_references(digits):
+    """PIT = the marginal CDF (scipy.stats.norm / t), and CRPS = the integral of (F(z) - 1{z >= y})^2
+    (scipy.integrate.quad), for one-component normal and Student-t heads and a normal mixture."""
+    from scipy import integrate, stats
+    from tfp_ae.evaluate import pixel_crps
+    x = tf.constant(digits.x_test[:3])
+    for name, k in (("normal_diag", 1), ("student_t_diag", 1), ("normal_diag", 2)):
+        tf.keras.utils.set_random_seed(2)
+        model = build_model(name, digits.image_shape, num_components=k, min_df=1.5 if "student" in name else None)
+        dist = model(x, training=False)
+        u, crps = model.head.pit(dist, x).numpy(), pixel_crps(model.head, dist, x.numpy())
+        _, logits, comp = model.head._parts(dist)
+        marginal = model.head.marginal(comp)
+        loc = np.asarray(marginal.loc).reshape(*np.shape(marginal.loc)[:-1], -1) if k == 1 else np.asarray(marginal.loc)
+        scale = np.broadcast_to(np.asarray(marginal.scale), np.shape(marginal.loc))
+        w = None if logits is None else np.asarray(tf.nn.softmax(logits))
+        for b, i in ((0, 5), (1, 20), (2, 40)):
+            y = float(x.numpy()[b].ravel()[i])
+            if name == "student_t_diag":
+                df = float(np.ravel(marginal.df)[b])
+                cdf = lambda z: stats.t.cdf(z, df, loc.reshape(3, -1)[b, i], scale.reshape(3, -1)[b, i])  # noqa: E731
+            elif k == 1:
+                cdf = lambda z: stats.norm.cdf(z, loc.reshape(3, -1)[b, i], scale.reshape(3, -1)[b, i])  # noqa: E731
+            else:
+                lo, sc = loc.reshape(3, k, -1)[b, :, i], scale.reshape(3, k, -1)[b, :, i]
+                cdf = lambda z: float(np.sum(w[b] * stats.norm.cdf(z, lo, sc)))  # noqa: E731
+            assert u[b].ravel()[i] == pytest.approx(cdf(y), abs=2e-5)
+            below = integrate.quad(lambda z: cdf(z) ** 2, -np.inf, y, limit=200)[0]
+            above = integrate.quad(lambda z: (1 - cdf(z)) ** 2, y, np.inf, limit=200)[0]
+            assert crps[b].ravel()[i] == pytest.approx(below + above, rel=2e-3, abs=1e-6)
 
 
 def test_psnr_ssim_and_calibration_metrics(digits):
@@ -143,8 +187,11 @@ def test_psnr_ssim_and_calibration_metrics(digits):
     psnr, ssim = psnr_ssim(x, point)
     want = np.mean(10 * np.log10(1 / np.mean((x - point) ** 2, axis=(1, 2, 3))))
     assert psnr == pytest.approx(want, rel=1e-4) and 0 < ssim <= 1
-    c = calibration(model, x)
-    assert 0 < c["coverage_95"] <= 1 and c["mean_predicted_std"] > 0
+    c = calibration(model, x, num_levels=17)
+    assert c["levels"] == [0.5, 0.8, 0.9, 0.95, 0.99] and len(c["coverage"]) == 5 and c["images"] == 50
+    assert all(0 <= v <= 1 for v in c["coverage"]) and c["mean_predicted_std"] > 0 and c["sigma_scale"] == 1.0
+    assert c["calibration_error"] == pytest.approx(np.mean(np.abs(np.array(c["coverage"]) - c["levels"])))
+    assert len(c["pit_histogram"]) == 20 and sum(c["pit_histogram"]) == pytest.approx(1) and c["crps"] > 0
     assert c["mean_abs_error"] == pytest.approx(np.mean(np.abs(x - point)), rel=1e-5)
 
 

@@ -1,32 +1,105 @@
-"""Test metrics of a trained model: NLL and bits/dim, the paper's L2 %, PSNR/SSIM, calibration
-of the variance maps and FID (wired to `tfp_ae.fid`)."""
+"""Test metrics of a trained model: NLL and bits/dim (mean and median), the paper's L2 %,
+PSNR/SSIM, calibration of the predictive distribution (PIT coverage at several levels, CRPS) and
+FID (wired to `tfp_ae.fid`)."""
 import numpy as np
+import scoringrules
 
 from tfp_ae import fid
-from tfp_ae._tf import tf
-from tfp_ae.data import dequantize
-from tfp_ae.heads import bits_per_dim
-from tfp_ae.predict import coverage, map_dataset, point_and_variance, point_estimates, variance_maps
-from tfp_ae.data import array_split
+from tfp_ae._tf import tf, tfd
+from tfp_ae.data import array_split, dequantize
+from tfp_ae.heads import PIT_SAMPLES, SAMPLE_SEED, bits_per_dim
+from tfp_ae.predict import map_dataset, point_and_variance, point_estimates, sample_batch_size, variance_maps
 
 CALIBRATION_IMAGES = 200
+LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)  # central intervals whose coverage `calibration` reports
+PIT_BINS = 20
 
 
-def calibration(model, x, point=None):
-    """Can a variance map be trusted? On images `x` `[N, H, W, C]` in [0, 1]:
+def pixel_crps(head, dist, x, seed=SAMPLE_SEED, num_samples=PIT_SAMPLES):
+    """Continuous ranked probability score of each pixel's marginal at `x` `[B, H, W, C]` (pixels,
+    lower is better; numpy `[B, H, W, C]`), by the `scoringrules` package: closed forms for one
+    normal, logistic or Student-t marginal (`crps_normal`, `crps_logistic`, `crps_t`) and for a
+    mixture of normal marginals (`crps_mixnorm`); otherwise the unbiased ("fair") ensemble
+    estimator over `num_samples` draws (`crps_ensemble`; Gneiting & Raftery 2007, Eq. 21). inf
+    where a t marginal has df <= 1 (no finite mean: the CRPS is infinite)."""
+    _, logits, comp = head._parts(dist)
+    marginal = head.marginal(comp) if head.is_density else None
+    shape = (-1, *head.natural_event_shape)
+    obs = np.reshape(np.asarray(x, np.float64), shape)
+    if logits is None and isinstance(marginal, (tfd.Normal, tfd.Logistic, tfd.StudentT)):
+        loc, scale = np.asarray(marginal.loc, np.float64), np.asarray(marginal.scale, np.float64)
+        if isinstance(marginal, tfd.StudentT):
+            df = np.broadcast_to(np.asarray(marginal.df, np.float64), loc.shape)
+            crps = np.where(df > 1, scoringrules.crps_t(obs, np.maximum(df, 1.5), loc, scale), np.inf)
+        elif isinstance(marginal, tfd.Logistic):
+            crps = scoringrules.crps_logistic(obs, loc, scale)
+        else:
+            crps = scoringrules.crps_normal(obs, loc, scale)
+    elif logits is not None and isinstance(marginal, tfd.Normal):
+        w = np.asarray(tf.nn.softmax(logits), np.float64).reshape(*logits.shape, *[1] * len(head.natural_event_shape))
+        loc, scale = np.asarray(marginal.loc, np.float64), np.asarray(marginal.scale, np.float64)
+        w = np.broadcast_to(w, loc.shape)
+        crps = scoringrules.crps_mixnorm(obs, np.moveaxis(loc, 1, -1), np.moveaxis(scale, 1, -1),
+                                         np.moveaxis(w, 1, -1), m_axis=-1)
+    else:
+        samples = np.asarray(head.sample(dist, num_samples, seed=seed), np.float64)  # [S, B, H, W, C]
+        crps = scoringrules.crps_ensemble(np.asarray(x, np.float64), samples, m_axis=0, estimator="fair")
+    return np.reshape(crps, np.shape(x))
 
-    `coverage_95`: fraction of test pixels inside the predicted central 95 % interval (empirical
-    quantiles of 100 samples of the head's distribution; 0.95 when calibrated, lower when
-    over-confident); `mean_predicted_std`: mean per-pixel predicted standard deviation (over
-    pixels where the variance exists); `mean_abs_error`: mean |x - point estimate| (`point`: the
-    point estimates of `x` if already computed).
+
+def pit_values(model, x, seed=0, batch_size=None):
+    """PIT values u = F(x) `[N, H, W, C]` and per-pixel CRPS `[N, H, W, C]` of images `x` (pixels in
+    [0, 1], e.g. dequantised) under `model(x)` (`Head.pit`, `pixel_crps`), batch by batch (at most
+    `sample_batch_size` images, so that the sample-based heads stay within memory)."""
+    batch_size = batch_size or sample_batch_size(model, PIT_SAMPLES, 50)
+    us, crps = [], []
+    for i, start in enumerate(range(0, len(x), batch_size)):
+        b = tf.constant(x[start:start + batch_size])
+        dist = model(b, training=False)
+        step_seed = tf.constant([int(seed), i], tf.int32)
+        us.append(model.head.pit(dist, b, seed=step_seed).numpy())
+        crps.append(pixel_crps(model.head, dist, b.numpy(), seed=step_seed))
+    return np.concatenate(us), np.concatenate(crps)
+
+
+def coverage_at(u, levels=LEVELS):
+    """The fraction of PIT values `u` (any shape) inside each central interval:
+    mean(|u - 1/2| <= level / 2) per level, a list in the order of `levels`."""
+    dev = np.abs(np.asarray(u, np.float64) - 0.5)
+    return [float(np.mean(dev <= lv / 2)) for lv in levels]
+
+
+def calibration(model, x, point=None, num_levels=256, seed=0):
+    """Can the predictive distribution (and so the variance and interval maps) be trusted? On
+    images `x` `[N, H, W, C]` in [0, 1], dequantised with `seed` (`dequantize`, `num_levels` L) so
+    that every head's CDF is continuous at the pixels:
+
+    - `levels` `[0.5, 0.8, 0.9, 0.95, 0.99]` and `coverage`: the fraction of pixels inside each
+      central interval, from the PIT values u = F(x) (`Head.pit`: exact marginal CDFs, randomised
+      ranks among 100 draws otherwise), so `coverage` equals `levels` for a calibrated model
+      (the old `coverage_95`, between order statistics of 100 samples, covered about 93 % of a
+      calibrated model's pixels);
+    - `calibration_error`: mean |coverage - level| over the levels;
+    - `pit_histogram`: the fraction of pixels in each of 20 equal bins of u (flat for a
+      calibrated model; U-shaped: over-confident; peaked: under-confident);
+    - `images` (N), `sigma_scale` (1.0: no recalibration), `crps` (mean per-pixel CRPS,
+      pixels; `pixel_crps`; None where infinite), `mean_predicted_std` (over pixels whose
+      variance exists) and `mean_abs_error` (mean |x - point estimate|; `point`: the point
+      estimates of `x` if already computed).
     """
     if point is None:
         point, variance = point_and_variance(model, x)
     else:
         variance = variance_maps(model, x)
     std = np.sqrt(variance)
-    return dict(coverage_95=float(np.mean(coverage(model, x))),
+    u, crps = pit_values(model, dequantize(np.asarray(x, np.float32), num_levels, seed=seed), seed)
+    coverage = coverage_at(u)
+    hist = np.histogram(np.clip(u, 0, 1), bins=PIT_BINS, range=(0, 1))[0] / u.size
+    mean_crps = float(np.mean(crps))
+    return dict(levels=list(LEVELS), coverage=coverage,
+                calibration_error=float(np.mean(np.abs(np.array(coverage) - LEVELS))),
+                pit_histogram=[float(h) for h in hist], images=int(len(x)), sigma_scale=1.0,
+                crps=mean_crps if np.isfinite(mean_crps) else None,
                 mean_predicted_std=float(np.nanmean(std)) if np.isfinite(std).any() else None,
                 mean_abs_error=float(np.mean(np.abs(x - point))))
 
@@ -95,10 +168,12 @@ def evaluate(model, data, eval_images=1000, seed=0, extractors=(), test=None):
       test: the whole test split (`tfp_ae.data.Split`), streamed for the NLL; default
         `data.x_test`.
     Returns a dict with `psnr` (dB) and `ssim` of the point estimates, `calibration` (see
-    `calibration`, on the first 200 test images; not for `mse`), `test_nll_nats` (mean -log p(x)
-    per image on the test split, x in [0, 1]),
-    `test_nll_dequantized_nats` and `bits_per_dim` (on the test split dequantised with a fixed
-    seed; None for heads that are not densities), `test_images` (how many), and `l2_percent` (mean
+    `calibration`, on the first 200 test images; not for `mse`) and its `crps`, `test_nll_nats`
+    (mean -log p(x) per image on the test split, x in [0, 1]),
+    `test_nll_dequantized_nats`, `bits_per_dim` and `bits_per_dim_median` (mean and median over
+    the test images dequantised with a fixed seed: the likelihood is heavy-tailed, a few images
+    can move the mean by orders of magnitude; None for heads that are not densities),
+    `bits_per_dim_finite` (False when any test image's score is not finite), `test_images` (how many), and `l2_percent` (mean
     squared error x 100 between the first `eval_images` test images and their point estimates,
     Ciobanu Section 4).
     For a VAE also `test_elbo_nats` (mean ELBO, a lower bound on log p(x)); its `test_nll_nats`
@@ -122,10 +197,15 @@ def evaluate(model, data, eval_images=1000, seed=0, extractors=(), test=None):
         metrics.update(fid.fid_metrics(extractor, point, xe), **{f"fid_{extractor.name}_info": extractor.info})
     if head.has_variance:
         xc = data.x_test[:CALIBRATION_IMAGES]
-        metrics["calibration"] = calibration(model, xc, point[:len(xc)] if len(point) >= len(xc) else None)
+        metrics["calibration"] = calibration(model, xc, point[:len(xc)] if len(point) >= len(xc) else None,
+                                             data.num_levels, seed)
+        metrics["crps"] = metrics["calibration"]["crps"]
+    per_image = bits_per_dim(-scores["log_prob_dequantized"], d, data.num_levels)
     metrics.update(test_nll_nats=nll, test_nll_dequantized_nats=nll_deq, l2_percent=l2_percent(xe, point),
                    test_images=len(scores["log_prob"]),
-                   bits_per_dim=bits_per_dim(nll_deq, d, data.num_levels) if head.is_density else None)
+                   bits_per_dim=bits_per_dim(nll_deq, d, data.num_levels) if head.is_density else None,
+                   bits_per_dim_median=float(np.median(per_image)) if head.is_density else None,
+                   bits_per_dim_finite=bool(np.all(np.isfinite(per_image))))
     note = model.log_prob_note or head.nll_note
     if note:
         metrics["nll_note"] = note

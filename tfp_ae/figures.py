@@ -22,7 +22,8 @@ from tfp_ae.predict import component_points, latents, point_estimates, uncertain
 FULL_COVARIANCE_MAX = 512  # latent sizes up to this get a full-covariance Gaussian fit
 
 
-def _label(model):
+def model_label(model):
+    """`HEAD K=k [options] (arch)`: how figures name a model."""
     head = model.head
     kind = "VAE" if model.kind == "vae" else model.build_args["arch"]
     options = "".join(f" {k}={v:g}" for k, v in head.option_values.items() if v != head.options[k])  # not defaults
@@ -46,7 +47,7 @@ def reconstruction_figure(model, images, uncertainty="interval"):
     uncertainty maps (`uncertainty`: `interval`, `std` or `variance`, see
     `tfp_ae.predict.uncertainty_maps`) with a colour bar."""
     return plots.reconstruction_figure(images, point_estimates(model, images),
-                                       uncertainty_maps(model, images, uncertainty), title=_label(model),
+                                       uncertainty_maps(model, images, uncertainty), title=model_label(model),
                                        note=_uncertainty_note(model.head, uncertainty),
                                        label=plots.UNCERTAINTY_LABELS[uncertainty], scale=_scale(uncertainty))
 
@@ -66,8 +67,8 @@ def heads_figure(models, images, title="", uncertainty="interval"):
     scale = _scale(uncertainty) or plots.map_scale(*maps)
     rows = [("input", images, None)]
     for m, u in zip(models, maps):
-        rows += [(f"{_label(m)}\npoint", point_estimates(m, images), None),
-                 (f"{_label(m)}\n{plots.UNCERTAINTY_LABELS[uncertainty]}", u, _uncertainty_note(m.head, uncertainty),
+        rows += [(f"{model_label(m)}\npoint", point_estimates(m, images), None),
+                 (f"{model_label(m)}\n{plots.UNCERTAINTY_LABELS[uncertainty]}", u, _uncertainty_note(m.head, uncertainty),
                   scale)]
     return plots.image_rows(rows, title=title)
 
@@ -153,7 +154,7 @@ def latent_figure(model, data, num_samples=16, num_inputs=4, num_output_samples=
         emb, labels = tsne(latents(model, x[:n]), seed=seed), data.y_test[:n]
         if emb is None:
             note = f"no t-SNE: the {n} test latents are all equal or not finite"
-    return plots.latent_panels(samples, inputs, outs, emb, labels, title=_label(model), prior_note=prior,
+    return plots.latent_panels(samples, inputs, outs, emb, labels, title=model_label(model), prior_note=prior,
                                embedding_note=note, class_names=data.class_names)
 
 
@@ -164,7 +165,7 @@ def components_figure(model, images):
     order = np.argsort(-lps, axis=1)
     pts = np.take_along_axis(pts, order[..., None, None, None], axis=1)
     lps = np.take_along_axis(lps, order, axis=1)
-    return plots.components_grid(images, pts, lps, title=f"{_label(model)}: components by log p (nats)")
+    return plots.components_grid(images, pts, lps, title=f"{model_label(model)}: components by log p (nats)")
 
 
 def augment(model, images, labels=None, min_log_prob=None, batch_size=200):

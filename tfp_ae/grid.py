@@ -35,7 +35,7 @@ PENDING = "pending"  # status of a cell not run yet
 VAE_ROW = "vae"  # the paper's VAE row: model vae, head normal_diag, K = 1, mlp only
 COLUMNS = ["dataset", "arch", "model", "head", "components", "label", "status", "epochs", "l2_percent",
            "paper_l2_percent", "fid_lenet", "fid_lenet_vs_noise", "paper_fid_vs_noise", "psnr", "ssim",
-           "fid_lenet_real_vs_noise", "test_nll_nats", "bits_per_dim", "coverage_95", "num_params", "paper_params", "seconds_per_epoch",
+           "fid_lenet_real_vs_noise", "test_nll_nats", "bits_per_dim", "bits_per_dim_median", "calibration_error", "crps", "num_params", "paper_params", "seconds_per_epoch",
            "paper_seconds_per_epoch", "cell_wall_seconds", "run_dir"]
 
 
@@ -127,7 +127,8 @@ def _row(cell, metrics, wall, paper, run_dir):
                    fid_lenet=metrics.get("fid_lenet"), fid_lenet_vs_noise=metrics.get("fid_lenet_vs_noise"),
                    fid_lenet_real_vs_noise=metrics.get("fid_lenet_real_vs_noise"),
                    psnr=metrics["psnr"], ssim=metrics["ssim"], test_nll_nats=metrics["test_nll_nats"],
-                   bits_per_dim=metrics["bits_per_dim"], coverage_95=cal.get("coverage_95"),
+                   bits_per_dim=metrics["bits_per_dim"], bits_per_dim_median=metrics.get("bits_per_dim_median"),
+                   calibration_error=cal.get("calibration_error"), crps=metrics.get("crps"),
                    num_params=metrics["num_params"], seconds_per_epoch=statistics.median(metrics["seconds_per_epoch"]),
                    cell_wall_seconds=wall)
     return row
@@ -155,7 +156,7 @@ def markdown_table(rows, epochs=None):
         table = {"mlp": "Table 1", "cnn": "Table 2"}.get(arch, "grid")
         out += [f"### {table} ({arch}), {dataset}" + (f", {epochs} epochs" if epochs else ""), "",
                 "| distribution | head | K | L2 % | paper L2 % | FID lenet | FID lenet vs noise | paper FID vs noise "
-                "| bits/dim | 95 % coverage | params | paper params | s/epoch | paper s/epoch | status |",
+                "| bits/dim | calibration error | params | paper params | s/epoch | paper s/epoch | status |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in part:
             worse = (r.get("l2_percent") not in (None, "") and r.get("paper_l2_percent") not in (None, "")
@@ -164,7 +165,7 @@ def markdown_table(rows, epochs=None):
             out.append(f"| {r['label']} | {r['head'] if r['model'] == 'ae' else 'vae/' + r['head']} | {r['components']} "
                        f"| {l2} | {_fmt(r.get('paper_l2_percent'))} | {_fmt(r.get('fid_lenet'))} "
                        f"| {_fmt(r.get('fid_lenet_vs_noise'))} | {_fmt(r.get('paper_fid_vs_noise'))} "
-                       f"| {_fmt(r.get('bits_per_dim'))} | {_fmt(r.get('coverage_95'))} | {_fmt(r.get('num_params'))} "
+                       f"| {_fmt(r.get('bits_per_dim'))} | {_fmt(r.get('calibration_error'))} | {_fmt(r.get('num_params'))} "
                        f"| {_fmt(r.get('paper_params'))} | {_fmt(r.get('seconds_per_epoch'), 2)} "
                        f"| {_fmt(r.get('paper_seconds_per_epoch'), 2)} | {r['status']} |")
         real = next((r.get("fid_lenet_real_vs_noise") for r in part if r.get("fid_lenet_real_vs_noise")), None)

@@ -159,6 +159,31 @@ def save(fig, path):
     fig.savefig(path, dpi=100)
 
 
+def calibration_figure(calibration, title=""):
+    """The `calibration` dict of `tfp_ae.evaluate.calibration` as two panels: a reliability diagram
+    (coverage of each central interval against its level, the diagonal = calibrated; above it
+    under-confident, below over-confident) and the PIT histogram (density of u = F(x) in 20 bins;
+    flat at 1 = calibrated, U-shaped = over-confident, peaked = under-confident)."""
+    fig, axes = subplots(1, 2, (8, 3.4))
+    left, right = axes[0]
+    levels, coverage = np.array(calibration["levels"]), np.array(calibration["coverage"])
+    left.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
+    left.plot(levels, coverage, "o-", label=f"model (error {calibration['calibration_error']:.3f})")
+    before = calibration.get("before_recalibration")
+    if before:
+        left.plot(levels, before["coverage"], "s:", label=f"before σ-scaling ({before['calibration_error']:.3f})")
+    left.set(xlim=(0.4, 1), ylim=(0.4, 1), xlabel="central interval level", ylabel="fraction of pixels inside",
+             title="reliability")
+    left.legend(fontsize=7, loc="upper left")
+    hist = np.array(calibration["pit_histogram"])
+    bins = len(hist)
+    right.bar((np.arange(bins) + 0.5) / bins, hist * bins, width=1 / bins, edgecolor="white")
+    right.axhline(1, color="grey", lw=1, ls="--")
+    right.set(xlim=(0, 1), xlabel="PIT u = F(x)", ylabel="density", title=f"PIT histogram, {calibration['images']} images")
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
 def roc_figure(scores):
     """ROC curves of OOD scores: `scores` {name: (in-distribution `[N]`, OOD `[M]`)}, OOD positive;
     AUROC in the legend (scikit-learn's `roc_curve` / `roc_auc_score`)."""

@@ -8,17 +8,7 @@ from tfp_ae._tf import tf
 from tfp_ae.config import UNCERTAINTIES
 from tfp_ae.data import check_images
 from tfp_ae.errors import InputError
-from tfp_ae.heads import SAMPLE_SEED, sample_interval
-
-CALIBRATION_SAMPLES = 100
-
-
-def _coverage(samples, x, level=0.95):
-    """Per image `[B]`: fraction of pixels of `x` `[B, H, W, C]` inside the central `level`
-    interval of `samples` `[S, B, H, W, C]` (empirical per-pixel quantiles)."""
-    lo, hi = sample_interval(samples, level)
-    inside = tf.cast((x >= lo) & (x <= hi), tf.float32)
-    return tf.reduce_mean(inside, axis=[-3, -2, -1])
+from tfp_ae.heads import SAMPLE_SEED
 
 
 QUANTITIES = {  # fn(model, images [B, H, W, C]) -> per-image result(s)
@@ -30,8 +20,6 @@ QUANTITIES = {  # fn(model, images [B, H, W, C]) -> per-image result(s)
     "interval": lambda m, b: m.interval(b),
     "code": lambda m, b: m.encode(b),
     "component_points": lambda m, b: m.head.component_points(m(b, training=False)),
-    # fraction of pixels inside the central 95 % interval of CALIBRATION_SAMPLES draws
-    "coverage": lambda m, b: _coverage(m.head.sample(m(b, training=False), CALIBRATION_SAMPLES, seed=SAMPLE_SEED), b),
 }
 
 
@@ -143,9 +131,3 @@ def sample_batch_size(model, num_samples, most):
     `most`, and at most `SAMPLE_FLOATS` drawn values (large images: fewer per batch), at least 1."""
     return max(1, min(most, SAMPLE_FLOATS // (num_samples * int(np.prod(model.image_shape)))))
 
-
-def coverage(model, x, batch_size=None):
-    """Per image `[N]`: the fraction of its pixels inside the central 95 % interval of
-    `CALIBRATION_SAMPLES` draws of the model's distribution. Batches default to at most 50 images
-    and `SAMPLE_FLOATS` drawn values (`sample_batch_size`; large images: fewer per batch, the same result)."""
-    return map_batches(model, x, "coverage", batch_size or sample_batch_size(model, CALIBRATION_SAMPLES, 50))

@@ -42,7 +42,7 @@ def build_and_compile(config, image_shape):
                               config.objective, config.iw_samples, seed=config.seed, **config.head_options)
         else:
             model = build_model(config.head, image_shape, config.components, config.arch, config.latent_dim,
-                                **config.head_options)
+                                **config.loss_options, **config.head_options)
         compile_model(model, config.learning_rate, config.jit_compile, config.steps_per_execution)
     model.optimizer.build(model.trainable_variables)
     return model
@@ -226,6 +226,9 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
         if config.extra_figures:
             plots.save(figures.latent_figure(model, data, tsne_images=config.tsne_images, seed=config.seed),
                        out / "samples.png")
+        if "calibration" in metrics:
+            plots.save(plots.calibration_figure(metrics["calibration"], title=figures.model_label(model)),
+                       out / "calibration.png")
         if config.extra_figures and model.head.num_components > 1:
             plots.save(figures.components_figure(model, data.x_test[:6]), out / "components.png")
         write_json(dict(metrics, config=config.to_dict()), out / METRICS_FILE)
@@ -236,7 +239,7 @@ def _loss_units(config, head):
     if config.model == "vae":
         what = "-ELBO" if config.objective == "elbo" else f"-IWAE bound (k={config.iw_samples})"
         return f"{what}, nats per image"
-    return head.loss_units
+    return head.loss_description
 
 
 def load_model(run_dir):

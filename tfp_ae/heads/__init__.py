@@ -11,20 +11,26 @@ and one line in `HEADS` below.
 import math
 
 from tfp_ae.errors import InputError
-from tfp_ae.heads.base import MAF_SAMPLES, POSITIVE_SHIFT, Head, negative_log_likelihood, positive, register, squared_error
+from tfp_ae.heads.base import (DEFAULT_BETA, LOSSES, MAF_SAMPLES, POSITIVE_SHIFT, BetaNLL, Head, faithful_loss,
+                              negative_log_likelihood, positive, register, squared_error)
 from tfp_ae.heads.lowrank import DEFAULT_RANK, MultivariateStudentTDiagPlusLowRank, NormalLowRank, StudentTLowRank
 from tfp_ae.heads.maf import MAF
 from tfp_ae.heads.matrix import (MatrixHead, MatrixNormal, MatrixNormalDiag, MatrixNormalFull, MatrixNormalIdentity,
                                  MatrixT, MatrixTDiag, MatrixTFull, MatrixTIdentity)
 from tfp_ae.heads.pixel import MSE, Bernoulli, ContinuousBernoulli, Logistic, NormalDiag, NormalIdentity, PixelHead
-from tfp_ae.heads.readout import INTERVAL_LEVEL, INTERVAL_SAMPLES, SAMPLE_SEED, Readouts, sample_interval
+from tfp_ae.heads.readout import INTERVAL_LEVEL, INTERVAL_SAMPLES, PIT_SAMPLES, SAMPLE_SEED, Readouts, sample_interval
 from tfp_ae.heads.vector import NormalFull, StudentTDiag, StudentTFull, StudentTIdentity, VectorHead
 
 __all__ = [  # the public names (the head classes are reached through HEADS)
     "HEADS",
+    "LOSSES",
+    "DEFAULT_BETA",
+    "BetaNLL",
+    "faithful_loss",
     "DEFAULT_RANK",
     "INTERVAL_LEVEL",
     "INTERVAL_SAMPLES",
+    "PIT_SAMPLES",
     "MAF_SAMPLES",
     "POSITIVE_SHIFT",
     "SAMPLE_SEED",
@@ -74,18 +80,18 @@ def get_head(name):
         raise InputError(f"unknown head {name!r}; valid heads: {', '.join(HEADS)}") from None
 
 
-def make_head(name, event_shape, num_components=1, **options):
-    """Instantiate the head `name` for images of shape `event_shape` with K components and the
-    head's `options` (e.g. `rank=4` for `normal_lowrank`, `min_df=2.0` for t heads; None means
-    the default).
+def make_head(name, event_shape, num_components=1, loss="nll", beta=None, **options):
+    """Instantiate the head `name` for images of shape `event_shape` with K components, trained by
+    `loss` (`LOSSES`; `beta` for `beta_nll`, see `Head`), and the head's `options` (e.g. `rank=4`
+    for `normal_lowrank`, `min_df=2.0` for t heads; None means the default).
 
     Raises:
-      InputError: unknown head, bad K or event shape, or an option the head does not take or a
-        bad value of one (`Head.check_options`).
+      InputError: unknown head, bad K or event shape, a loss the head cannot take, or an option
+        the head does not take or a bad value of one (`Head.check_options`).
     """
     cls = get_head(name)
     cls.check_options(event_shape, **options)  # an option the head does not take never reaches Keras
-    return cls(event_shape, num_components, **{k: v for k, v in options.items() if v is not None})
+    return cls(event_shape, num_components, loss=loss, beta=beta, **{k: v for k, v in options.items() if v is not None})
 
 
 def describe_heads(event_shape=(28, 28, 1), components=(1, 10), **options):

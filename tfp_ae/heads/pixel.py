@@ -31,6 +31,7 @@ class PixelHead(Head):
 class NormalIdentity(PixelHead):
     """N(mu, I): multivariate normal with identity covariance (the paper's Nµ)."""
     head_name, label = "normal_identity", "Nµ"
+    takes_beta_nll = has_location = True
 
     def pixel_distribution(self, loc):
         return tfd.Normal(loc, tf.ones_like(loc))
@@ -58,13 +59,19 @@ class MSE(NormalIdentity):
         nan = self.variance(dist)
         return nan, nan
 
-    loss = staticmethod(squared_error)
+    def pit(self, dist, x, seed=SAMPLE_SEED, num_samples=None):
+        """NaN `[B, H, W, C]`, as `variance`: no predictive spread to calibrate."""
+        return self.variance(dist)
+
+    nll_loss = staticmethod(squared_error)
+    takes_beta_nll = has_location = False  # trains on squared error already
 
 
 class NormalDiag(PixelHead):
     """N(mu, diag(sigma^2)), sigma = 1e-6 + softplus (the paper's Nµ,diag(Σ))."""
     head_name, label = "normal_diag", "Nµ,diag(Σ)"
     n_pixel_params = 2
+    takes_beta_nll = has_location = True
 
     def pixel_distribution(self, loc, s):
         return tfd.Normal(loc, positive(s))
@@ -101,6 +108,7 @@ class Logistic(PixelHead):
     """Logistic(mu, s) per pixel, s = 1e-6 + softplus (Kingma et al. 2016, VAE-IAF)."""
     head_name, label = "logistic", "Logistic"
     n_pixel_params = 2
+    takes_beta_nll = has_location = True
 
     def pixel_distribution(self, loc, s):
         return tfd.Logistic(loc, positive(s))
