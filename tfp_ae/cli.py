@@ -16,7 +16,7 @@ from tfp_ae.errors import InputError
 from tfp_ae.export import export_run
 from tfp_ae.figures import augment
 from tfp_ae.grid import grid_cells, merge_results, run_grid
-from tfp_ae.heads import DEFAULT_RANK, HEADS, describe_heads
+from tfp_ae.heads import DEFAULT_RANK, HEADS, LOSSES, describe_heads
 from tfp_ae.runtime import device_summary, make_strategy
 from tfp_ae.scoring import score_run
 from tfp_ae.data import CROPS, DATASETS, convert, open_source
@@ -104,6 +104,13 @@ def _add_train_args(p):
                    f"rank r of the covariance's V (default {DEFAULT_RANK})")
     p.add_argument("--min-df", type=float, default=None, help="Student-t heads: df = MIN_DF + 1e-6 + softplus "
                    "(default 0, the paper's; 2 or more makes the variance exist)")
+    p.add_argument("--loss", default=d.loss, choices=LOSSES, help="nll: the paper's; beta_nll: each pixel's "
+                   "log-density weighted by stop_gradient(variance)^beta (Seitzer et al. 2022; normal_identity, "
+                   "normal_diag, logistic); faithful: the location by squared error, the dispersion by the NLL through "
+                   "its own branch (Stirn et al. 2023; K = 1 heads with a location)")
+    p.add_argument("--beta", type=float, default=d.beta, help="--loss beta_nll: the exponent, in [0, 1] (0 = nll)")
+    p.add_argument("--dispersion-units", type=int, default=d.dispersion_units, help="--loss faithful: hidden "
+                   "units of the dispersion branch (0: a linear readout of the code, as the paper's decoder)")
     _add_settings(p)
     p.add_argument("--out", default=None, help="run folder (default runs/DATASET_ARCH_HEAD_kK); an unfinished "
                    "run there is resumed from its last finished epoch")
@@ -114,7 +121,7 @@ def _config(args):
     fields = {k.replace("-", "_"): v for k, v in vars(args).items() if k not in ("command", "func", "overwrite", "verbose")}
     cfg = RunConfig.from_dict(fields)
     prefix = "" if cfg.model == "ae" else f"{cfg.model}_{cfg.objective}_"
-    options = "".join(f"_{k}{v:g}" for k, v in cfg.head_options.items())
+    options = "".join(f"_{k}{v:g}" for k, v in cfg.head_options.items()) + ("" if cfg.loss == "nll" else f"_{cfg.loss}")
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.dataset.rstrip("/*")).stem).strip("_")
     cfg.out = cfg.out or f"runs/{slug}_{prefix}{cfg.arch}_{cfg.head}_k{cfg.components}{options}"
     cfg.verbose = 1 if sys.stdout.isatty() else 2

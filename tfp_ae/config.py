@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from tfp_ae.errors import InputError
-from tfp_ae.heads import get_head
 from tfp_ae.data import CROPS, Geometry
+from tfp_ae.heads import DEFAULT_BETA, LOSSES, get_head
 
 ARCHS = ("mlp", "cnn", "cnn_dense")
 VAE_ARCHS = ("mlp", "cnn_dense", "dense_block")   # the paper's `cnn` decoder has no latent bottleneck;
@@ -31,6 +31,9 @@ class RunConfig:
     min_df: Optional[float] = None     # Student-t heads: df = min_df + 1e-6 + softplus (None: 0, the paper's)
     arch: str = "mlp"                  # ARCHS (VAE_ARCHS for a vae)
     latent_dim: int = 32
+    loss: str = "nll"                  # LOSSES; ae only: nll (the paper's) | beta_nll | faithful (tfp_ae.heads.Head)
+    beta: float = DEFAULT_BETA         # beta_nll: pixel weights stop_gradient(variance)^beta, in [0, 1]
+    dispersion_units: int = 256        # faithful: hidden units of the dispersion branch (0: linear readout)
     objective: str = "elbo"            # OBJECTIVES; vae only: elbo | iwae
     iw_samples: int = 10               # vae with objective iwae: k importance samples
     epochs: int = 20
@@ -81,6 +84,16 @@ class RunConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     @property
+    def loss_options(self):
+        """The training-loss arguments of `build_model` (`loss`, and `beta` / `dispersion_units` where used)."""
+        opts = dict(loss=self.loss)
+        if self.loss == "beta_nll":
+            opts["beta"] = self.beta
+        if self.loss == "faithful":
+            opts["dispersion_units"] = self.dispersion_units
+        return opts
+
+    @property
     def head_options(self):
         """The head's options that are set (`rank`, `min_df`), for `make_head` / `build_model`."""
         return {k: v for k, v in dict(rank=self.rank, min_df=self.min_df).items() if v is not None}
@@ -102,7 +115,7 @@ class RunConfig:
                                  + (" (a vae needs a latent bottleneck)" if name == "arch" else ""))
         head = get_head(self.head)
         at_least = dict(components=1, latent_dim=1, iw_samples=1, epochs=1, batch_size=1, seed=0, retries=0,
-                        eval_images=1, tsne_images=0, steps_per_execution=1)
+                        eval_images=1, tsne_images=0, steps_per_execution=1, dispersion_units=0)
         if self.train_limit is not None:
             at_least["train_limit"] = 1
         for name, low in at_least.items():
@@ -121,6 +134,14 @@ class RunConfig:
             raise InputError(f"perturb_rate must be in [0, 1); got {self.perturb_rate!r}")
         if not (isinstance(self.validation_split, (int, float)) and 0 <= self.validation_split < 1):
             raise InputError(f"validation_split must be in [0, 1); got {self.validation_split!r}")
+        if self.loss not in LOSSES:
+            raise InputError(f"loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
+        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 <= self.beta <= 1:
+            raise InputError(f"beta must be a number in [0, 1]; got {self.beta!r}")
+        if self.model == "vae" and self.loss != "nll":
+            raise InputError(f"loss {self.loss!r} is for autoencoders: a vae trains on its bound (--objective elbo|iwae), "
+                             "whose decoder term is the head's log-likelihood")
+        head.check_loss(self.loss, self.beta if self.loss == "beta_nll" else None, self.components)
         if self.model == "ae" and self.objective != "elbo":
             raise InputError(f"objective {self.objective!r} needs --model vae (model='vae'); autoencoders train on "
                              "the NLL")

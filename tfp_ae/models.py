@@ -150,18 +150,44 @@ class Autoencoder(ProbabilisticModel):
         return build_model(**config)
 
 
-def _mlp(image_shape, head, latent_dim):
-    """Ciobanu, Section 4: flatten, Dense(32, ReLU, Glorot uniform), Dense(params_size), head."""
+def _mlp(image_shape, size, latent_dim):
+    """Ciobanu, Section 4: flatten, Dense(32, ReLU, Glorot uniform), Dense(size), head."""
     encoder = tfk.Sequential([L.InputLayer(image_shape), L.Flatten(),
                               L.Dense(latent_dim, "relu", kernel_initializer="glorot_uniform")],
                              name="encoder")
-    return encoder, _dense_decoder(head, latent_dim)
+    return encoder, _dense_decoder(size, latent_dim)
 
 
-def _dense_decoder(head, latent_dim):
-    """Dense(latent_dim -> params_size, Glorot uniform): the head's parameters."""
-    return tfk.Sequential([L.InputLayer((latent_dim,)), L.Dense(head.size, kernel_initializer="glorot_uniform")],
+def _dense_decoder(size, latent_dim):
+    """Dense(latent_dim -> size, Glorot uniform): the head's parameters."""
+    return tfk.Sequential([L.InputLayer((latent_dim,)), L.Dense(size, kernel_initializer="glorot_uniform")],
                           name="decoder")
+
+
+@register
+class StopGradient(L.Layer):
+    """`tf.stop_gradient`: the input passes forward, no gradient flows back to it."""
+
+    def call(self, x):
+        return tf.stop_gradient(x)
+
+
+def faithful_decoder(location_decoder, code_shape, dispersion_size, dispersion_units):
+    """The decoder of `loss="faithful"` (Stirn et al., AISTATS 2023, Section 3 and their Figure 2):
+    the arch's own decoder outputs only the location (the first D head parameters); a separate
+    dispersion branch reads the code under stop_gradient (so the NLL cannot move the encoder or
+    the location) through Dense(`dispersion_units`, ReLU) (none when 0: a linear readout, like
+    the paper's decoder) and a Dense layer to the `dispersion_size` remaining head parameters
+    (scales, df, covariance factors). Code `[B, *code_shape]` -> `[B, D + dispersion_size]`."""
+    code = L.Input(code_shape)
+    location = location_decoder(code)
+    if not dispersion_size:  # e.g. normal_identity: nothing to disperse (faithful = squared error)
+        return tfk.Model(code, location, name="decoder")
+    h = L.Flatten()(StopGradient()(code))
+    if dispersion_units:
+        h = L.Dense(dispersion_units, "relu", kernel_initializer="glorot_uniform", name="dispersion_hidden")(h)
+    dispersion = L.Dense(dispersion_size, kernel_initializer="glorot_uniform", name="dispersion")(h)
+    return tfk.Model(code, L.Concatenate()([location, dispersion]), name="decoder")
 
 
 def conv_relu_pool(filters=320):
@@ -195,16 +221,16 @@ class BiasActivation(L.Layer):
         return dict(super().get_config(), activation=tfk.activations.serialize(self.activation))
 
 
-def _cnn(image_shape, head):
+def _cnn(image_shape, size):
     """Ciobanu, Section 4: Conv2D(320, 3x3, same, ReLU), MaxPool 2x2 (`conv_relu_pool`) |
-    Conv2D(F, 3x3, same), UpSampling 2x2, flatten, the first `params_size` values;
-    F = ceil(params_size / (H'*W')) with H' = 2 floor(H/2), W' = 2 floor(W/2) the upsampled size
+    Conv2D(F, 3x3, same), UpSampling 2x2, flatten, the first `size` (params_size) values;
+    F = ceil(size / (H'*W')) with H' = 2 floor(H/2), W' = 2 floor(W/2) the upsampled size
     (H*W for even sizes, as in the paper)."""
     h, w, _ = image_shape
-    filters = math.ceil(head.size / ((2 * (h // 2)) * (2 * (w // 2))))
+    filters = math.ceil(size / ((2 * (h // 2)) * (2 * (w // 2))))
     encoder = tfk.Sequential([L.InputLayer(image_shape), *conv_relu_pool()], name="encoder")
     decoder = tfk.Sequential([L.InputLayer(encoder.output_shape[1:]), L.Conv2D(filters, 3, padding="same"),
-                              L.UpSampling2D(2), L.Flatten(), TakeFirst(head.size)], name="decoder")
+                              L.UpSampling2D(2), L.Flatten(), TakeFirst(size)], name="decoder")
     return encoder, decoder
 
 
@@ -224,7 +250,7 @@ class TakeFirst(L.Layer):
         return dict(super().get_config(), n=self.n)
 
 
-def _cnn_dense(image_shape, head, latent_dim):
+def _cnn_dense(image_shape, size, latent_dim):
     """The paper's CNN front end with a decoder that learns: Conv2D(320, 3x3, same, ReLU),
     MaxPool 2x2, a 1x1 Conv2D to 16 channels (ReLU), flatten, Dense(latent_dim, ReLU) | Dense to
     exactly `params_size`, head. Every decoder output is used (the paper's `cnn` discards the conv
@@ -233,7 +259,7 @@ def _cnn_dense(image_shape, head, latent_dim):
     (about 100k instead of 98M for a 28x28 `normal_diag`)."""
     encoder = tfk.Sequential([L.InputLayer(image_shape), *cnn_features(),
                               L.Dense(latent_dim, "relu", kernel_initializer="glorot_uniform")], name="encoder")
-    return encoder, _dense_decoder(head, latent_dim)
+    return encoder, _dense_decoder(size, latent_dim)
 
 
 def cnn_features():
@@ -250,7 +276,11 @@ def check_image_shape(image_shape, arch):
                          "use --arch mlp")
 
 
-def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, name=None, **head_options):
+DISPERSION_UNITS = 256  # hidden units of the faithful dispersion branch (0: a linear readout)
+
+
+def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, name=None, loss="nll", beta=None,
+                dispersion_units=DISPERSION_UNITS, **head_options):
     """Build a probabilistic autoencoder (built: its weights exist).
 
     Args:
@@ -260,26 +290,41 @@ def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, 
       arch: `mlp`, `cnn` (the paper's, faithful) or `cnn_dense` (a CNN whose decoder learns).
       latent_dim: bottleneck width of `mlp` and `cnn_dense` (32 in the paper).
       name: the model's name (default `ARCH_HEAD_kK`).
+      loss: `nll` (the paper's), `beta_nll` (Seitzer et al. 2022; `beta` in [0, 1], default 0.5) or
+        `faithful` (Stirn et al. 2023: the location by squared error, the dispersion by the NLL
+        through its own branch, `faithful_decoder`); see `tfp_ae.heads.Head`.
+      dispersion_units: `faithful` only: hidden units of the dispersion branch (0: linear readout).
       **head_options: the head's options (`Head.options`): `rank` (low-rank heads, default 10),
         `min_df` (Student-t heads, default 0); None means the default.
     Returns:
       an uncompiled `Autoencoder`; `model.head` is the head.
     Raises:
-      ValueError: unknown head or architecture, invalid K, an option the head does not take.
+      ValueError: unknown head or architecture, invalid K, an option the head does not take, a
+        loss the head cannot take, a bad beta or a negative `dispersion_units`.
     """
     image_shape = tuple(int(d) for d in image_shape)
     if arch not in ARCHS:
         raise InputError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
-    head_obj = make_head(head, image_shape, num_components, **head_options)
+    if isinstance(dispersion_units, bool) or not isinstance(dispersion_units, int) or dispersion_units < 0:
+        raise InputError(f"dispersion_units must be an integer >= 0; got {dispersion_units!r}")
+    head_obj = make_head(head, image_shape, num_components, loss=loss, beta=beta, **head_options)
     check_image_shape(image_shape, arch)
+    faithful = head_obj.training_loss == "faithful"
+    size = int(math.prod(image_shape)) if faithful else head_obj.size  # faithful: the arch decodes the location
     if arch == "mlp":
-        encoder, decoder = _mlp(image_shape, head_obj, latent_dim)
+        encoder, decoder = _mlp(image_shape, size, latent_dim)
     elif arch == "cnn":
-        encoder, decoder = _cnn(image_shape, head_obj)
+        encoder, decoder = _cnn(image_shape, size)
     else:
-        encoder, decoder = _cnn_dense(image_shape, head_obj, latent_dim)
+        encoder, decoder = _cnn_dense(image_shape, size, latent_dim)
+    if faithful:
+        decoder = faithful_decoder(decoder, encoder.output_shape[1:], head_obj.size - size, dispersion_units)
     args = dict(head=head_obj.head_name, image_shape=list(image_shape), num_components=head_obj.num_components,
                 arch=arch, latent_dim=int(latent_dim), **head_obj.option_values)
+    if head_obj.training_loss != "nll":  # only then, so the configs of nll models stay as they were
+        args.update(loss=head_obj.training_loss, beta=head_obj.beta)
+    if faithful:
+        args["dispersion_units"] = int(dispersion_units)
     model = Autoencoder(encoder, decoder, head_obj, args,
                         name=name or f"{arch}_{head_obj.head_name}_k{head_obj.num_components}")
     model(tf.zeros([1, *image_shape]))  # build

@@ -58,6 +58,55 @@ def squared_error(y_true, y_pred):
     return tf.reduce_mean(tf.square(tf.cast(y_true, mean.dtype) - mean), axis=[-3, -2, -1])
 
 
+LOSSES = ("nll", "beta_nll", "faithful")  # how a head's parameters are trained (`Head(loss=...)`)
+DEFAULT_BETA = 0.5
+
+
+def _unwrapped(y_pred):
+    """The distribution a head built (`Head.new`) behind the Keras layer's tensor-coercible wrapper."""
+    return getattr(y_pred, "tensor_distribution", y_pred)
+
+
+@register
+class BetaNLL(tfk.losses.Loss):
+    """Keras loss of `loss="beta_nll"` (Seitzer et al., ICLR 2022, "On the pitfalls of heteroscedastic
+    uncertainty estimation with probabilistic neural networks", Eq. 6): minus the sum over pixels of
+    each pixel's log-density weighted by stop_gradient(variance)^beta, nats-like units per image
+    `[B]`. beta = 0 is the NLL exactly; beta = 1 gives the mean the gradient of squared error.
+    For heads whose log-density is a sum over pixels (`Head.takes_beta_nll`).
+
+    Args:
+      beta: in [0, 1].
+    """
+
+    def __init__(self, beta=DEFAULT_BETA, name="beta_nll", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.beta = float(beta)
+
+    def call(self, y_true, y_pred):
+        pixels = _unwrapped(y_pred).distribution  # Independent over [H, W, C] of a univariate family
+        lp = pixels.log_prob(tf.cast(y_true, pixels.dtype))
+        weight = tf.pow(tf.stop_gradient(pixels.variance()), self.beta)
+        return -tf.reduce_sum(weight * lp, axis=[-3, -2, -1])
+
+    def get_config(self):
+        return dict(super().get_config(), beta=self.beta)
+
+
+@register
+def faithful_loss(y_true, y_pred):
+    """Keras loss of `loss="faithful"` (Stirn et al., AISTATS 2023, "Faithful heteroscedastic
+    regression with neural networks", Section 3): half the squared error of the location (the
+    mean's parameter, which alone trains it) plus the NLL of the distribution built with that
+    location under stop_gradient (which trains only the dispersion parameters: scales, df,
+    covariance factors), per image `[B]`, nats-like units. `y_pred` is a head's distribution
+    built with `loss="faithful"` (`Head.new` attaches `faithful_location` and `faithful_dispersion`)."""
+    d = _unwrapped(y_pred)
+    y = tf.cast(y_true, d.faithful_location.dtype)
+    se = 0.5 * tf.reduce_sum(tf.square(y - d.faithful_location), axis=[-3, -2, -1])
+    return se - d.faithful_dispersion.log_prob(y)
+
+
 def positive(x):
     """`1e-6 + softplus(x)`: the map of every strictly positive parameter (scale, df)."""
     return POSITIVE_SHIFT + tf.math.softplus(x)
@@ -75,6 +124,11 @@ def _split(params, sizes):
     return tf.split(params, sizes, axis=-1)
 
 
+def _subclasses(cls):
+    """`cls` and every class derived from it."""
+    return [cls] + [d for c in cls.__subclasses__() for d in _subclasses(c)]
+
+
 class Head(Readouts, tfpl.DistributionLambda):
     """Base class of the output heads (see the module docstring for the contract); what a head
     reads from its distribution (moments, intervals, mode, point estimate, samples) is `Readouts`.
@@ -82,11 +136,16 @@ class Head(Readouts, tfpl.DistributionLambda):
     Args:
       event_shape: image shape `(H, W, C)`.
       num_components: K >= 1; K > 1 makes a `MixtureSameFamily` (only for `mixable` heads).
+      loss: how the parameters are trained (`LOSSES`): `nll` (the paper's; `mse` trains on squared
+        error), `beta_nll` (`BetaNLL`, heads with `takes_beta_nll`) or `faithful` (`faithful_loss`,
+        K = 1 heads with `has_location`; the model gives the dispersion its own branch).
+      beta: `beta_nll`'s exponent, in [0, 1] (default 0.5).
       **kwargs: the head's `options` (e.g. `rank=4`; defaults from `options`), then Keras layer
         arguments (`name`, `dtype`).
     Raises:
       InputError (a ValueError): K is not an integer >= 1, or K > 1 for a head that does not mix,
-        an event shape the head cannot take, or a bad option (`check_options`).
+        an event shape the head cannot take, a bad option (`check_options`), an unknown loss or
+        one this head cannot take (the message names the heads that take it), beta outside [0, 1].
     """
     head_name = None
     label = None
@@ -99,8 +158,10 @@ class Head(Readouts, tfpl.DistributionLambda):
     loss_units = "NLL, nats per image"
     nll_note = None        # what the reported NLL means, where it is not simply -log p(x)
     options = {}           # settings beyond shape and K: name -> default (`rank`, `min_df`)
+    takes_beta_nll = False  # log-density a sum over pixels of a family with a variance (beta_nll)
+    has_location = False    # the first D = H*W*C parameters are a location (the mean or mode): faithful
 
-    def __init__(self, event_shape, num_components=1, **kwargs):
+    def __init__(self, event_shape, num_components=1, loss="nll", beta=None, **kwargs):
         given = {k: kwargs.pop(k) for k in list(kwargs) if k in self.options}
         event_shape = tuple(int(d) for d in event_shape)
         if len(event_shape) != 3 or min(event_shape) < 1:
@@ -113,6 +174,7 @@ class Head(Readouts, tfpl.DistributionLambda):
                              "(the paper never mixed MSE or MAF)")
         self._image_shape = event_shape
         self.num_components = int(num_components)
+        self.training_loss, self.beta = self.check_loss(loss, beta, self.num_components)
         self._check_event_shape(event_shape)
         self.option_values = self.check_options(event_shape, **given)
         for name, value in self.option_values.items():
@@ -120,6 +182,35 @@ class Head(Readouts, tfpl.DistributionLambda):
         kwargs.setdefault("name", f"{self.head_name}_head")
         kwargs.setdefault("dtype", "float32")  # the distribution and loss stay float32 under mixed precision
         super().__init__(self.new, convert_to_tensor_fn=self._tensor, **kwargs)
+
+    @classmethod
+    def check_loss(cls, loss, beta=None, num_components=1):
+        """`(loss, beta)` checked for this head: beta is None unless the loss is `beta_nll`.
+
+        Raises:
+          InputError: an unknown loss, one this head (or K > 1) cannot take, naming the heads that
+            take it, or a beta that is not a number in [0, 1].
+        """
+        heads = {c.head_name: c for c in _subclasses(Head)}  # every defined head (the registry imports this module)
+        if loss not in LOSSES:
+            raise InputError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
+        if loss == "beta_nll":
+            if not cls.takes_beta_nll:
+                takes = sorted(n for n, c in heads.items() if n and c.takes_beta_nll)
+                raise InputError(f"head {cls.head_name!r} cannot take --loss beta_nll: it needs a log-density that is a "
+                                 f"sum over pixels of a family with a variance; heads that take it: {', '.join(takes)} "
+                                 "(a multivariate t with a diagonal scale does not factor over pixels)")
+            beta = DEFAULT_BETA if beta is None else beta
+            if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating)) or not 0 <= beta <= 1:
+                raise InputError(f"beta must be a number in [0, 1]; got {beta!r}")
+            return loss, float(beta)
+        if loss == "faithful" and (not cls.has_location or num_components > 1):
+            takes = sorted(n for n, c in heads.items() if n and c.has_location)
+            why = ("mixtures have no single location to fit by squared error" if num_components > 1 else
+                   f"{cls.head_name} has no location parameter to fit by squared error")
+            raise InputError(f"head {cls.head_name!r} (K={num_components}) cannot take --loss faithful: {why}; heads that "
+                             f"take it with K = 1: {', '.join(takes)}")
+        return loss, None
 
     # ---- declaration, overridden by families -------------------------------------------------
     def _check_event_shape(self, event_shape):
@@ -186,7 +277,20 @@ class Head(Readouts, tfpl.DistributionLambda):
         return self.params_size(self._image_shape, self.num_components, **self.option_values)
 
     def new(self, params):
-        """Turn decoder outputs `[B, params_size]` into a distribution, event shape `[H, W, C]`."""
+        """Turn decoder outputs `[B, params_size]` into a distribution, event shape `[H, W, C]`.
+
+        With `loss="faithful"` the distribution also carries `faithful_location` (the location,
+        `[B, H, W, C]`) and `faithful_dispersion` (the same distribution built with the location under
+        stop_gradient), which `faithful_loss` reads."""
+        dist = self._distribution(params)
+        if self.training_loss == "faithful":
+            d = int(np.prod(self._image_shape))
+            loc, rest = _split(params, [d, params.shape[-1] - d])
+            dist.faithful_location = _unflatten(loc, self._image_shape)
+            dist.faithful_dispersion = self._distribution(tf.concat([tf.stop_gradient(loc), rest], axis=-1))
+        return dist
+
+    def _distribution(self, params):
         k = self.num_components
         if k == 1:
             dist = self.component(params)
@@ -199,12 +303,32 @@ class Head(Readouts, tfpl.DistributionLambda):
                 dist, tfb.Reshape(self._image_shape, event_shape_in=self.natural_event_shape))
         return dist
 
-    # Training loss for `model.compile` (a registered function, so compiled models save and load)
-    loss = staticmethod(negative_log_likelihood)
+    # The head's own loss for `loss="nll"` (a registered function, so compiled models save and load)
+    nll_loss = staticmethod(negative_log_likelihood)
+
+    @property
+    def loss(self):
+        """The Keras loss `compile` gets: `nll_loss`, `BetaNLL(beta)` or `faithful_loss` (`training_loss`)."""
+        if self.training_loss == "beta_nll":
+            return BetaNLL(self.beta)
+        if self.training_loss == "faithful":
+            return faithful_loss
+        return self.nll_loss
+
+    @property
+    def loss_description(self):
+        """What the training loss is, with its units (`metrics.json` `loss_units`)."""
+        if self.training_loss == "beta_nll":
+            return f"beta-NLL (beta={self.beta:g}; Seitzer et al. 2022), nats per image weighted per pixel"
+        if self.training_loss == "faithful":
+            return "faithful (Stirn et al. 2023): squared error / 2 of the location + NLL with the location fixed, per image"
+        return self.loss_units
 
     def get_config(self):
         config = tfk.layers.Layer.get_config(self)  # skip DistributionLambda's pickled function
         config.update(event_shape=list(self._image_shape), num_components=self.num_components, **self.option_values)
+        if self.training_loss != "nll":
+            config.update(loss=self.training_loss, beta=self.beta)
         return config
 
     @classmethod

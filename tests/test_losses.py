@@ -1,0 +1,108 @@
+"""Training losses (issue 41): beta-NLL (Seitzer et al. 2022) and faithful heteroscedastic training
+(Stirn et al. 2023), checked against their definitions: beta = 0 is the NLL bit for bit, beta = 1
+gives the mean the squared error's gradient, faithful's location gradient is the squared error's
+and its dispersion gradient the NLL's; short fits lower the loss; bad settings are refused."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfp_ae.cli import main
+from tfp_ae.heads import BetaNLL, faithful_loss, make_head, negative_log_likelihood
+from tfp_ae.models import build_model, compile_model
+
+SHAPE = (8, 8, 1)
+
+
+def _params_and_images(head, seed=0):
+    rng = np.random.default_rng(seed)
+    params = tf.constant(rng.normal(size=(3, head.size)).astype(np.float32))
+    x = tf.constant(rng.uniform(size=(3, *SHAPE)).astype(np.float32))
+    return params, x
+
+
+def _loss_and_grad(loss_fn, head, params, x):
+    """Per-image loss `[B]` (a Keras `Loss` object's `call`, before Keras averages over the batch) and
+    its gradient with respect to the head's flat parameters."""
+    per_image = getattr(loss_fn, "call", loss_fn)
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        loss = per_image(x, head(params))
+    return loss.numpy(), tape.gradient(loss, params).numpy()
+
+
+@pytest.mark.parametrize("name", ["normal_diag", "logistic", "normal_identity"])
+def test_beta_zero_is_the_nll_bit_for_bit(name):
+    head = make_head(name, SHAPE)
+    params, x = _params_and_images(head)
+    want = _loss_and_grad(negative_log_likelihood, head, params, x)
+    got = _loss_and_grad(BetaNLL(0.0), make_head(name, SHAPE, loss="beta_nll", beta=0.0), params, x)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_beta_one_gives_the_mean_the_squared_errors_gradient():
+    """Seitzer et al. 2022, Eq. 7: with beta = 1 the gradient of the mean is mu - y, whatever sigma."""
+    head = make_head("normal_diag", SHAPE, loss="beta_nll", beta=1.0)
+    params, x = _params_and_images(head, seed=1)
+    _, grad = _loss_and_grad(head.loss, head, params, x)
+    d = int(np.prod(SHAPE))
+    np.testing.assert_allclose(grad[:, :d], params.numpy()[:, :d] - x.numpy().reshape(3, d), rtol=1e-4, atol=1e-5)
+    # and the weighted loss is sum_i sigma_i^2 * (-log N(y_i; mu_i, sigma_i)) (stop_gradient only changes gradients)
+    dist = head(params).tensor_distribution.distribution
+    want = -np.sum(dist.variance().numpy() * dist.log_prob(x).numpy(), axis=(1, 2, 3))
+    np.testing.assert_allclose(head.loss.call(x, head(params)).numpy(), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["normal_diag", "student_t_diag", "normal_full", "normal_lowrank", "matrix_t_diag",
+                                  "logistic"])
+def test_faithful_location_gradient_is_the_squared_errors_and_dispersion_gradient_the_nlls(name):
+    head = make_head(name, SHAPE, loss="faithful", rank=2 if "lowrank" in name else None)
+    params, x = _params_and_images(head, seed=2)
+    d = int(np.prod(SHAPE))
+    _, grad = _loss_and_grad(faithful_loss, head, params, x)
+    np.testing.assert_allclose(grad[:, :d], params.numpy()[:, :d] - x.numpy().reshape(3, d), rtol=1e-4, atol=1e-5)
+    _, nll_grad = _loss_and_grad(negative_log_likelihood, make_head(name, SHAPE, rank=2 if "lowrank" in name else None),
+                                 params, x)
+    np.testing.assert_allclose(grad[:, d:], nll_grad[:, d:], rtol=1e-4, atol=1e-5)
+
+
+def test_faithful_model_trains_the_encoder_by_squared_error_alone(digits):
+    """The dispersion branch reads the code under stop_gradient: the encoder's gradient under the
+    faithful loss equals its gradient under half the squared error of the location."""
+    tf.keras.utils.set_random_seed(0)
+    model = build_model("normal_diag", digits.image_shape, loss="faithful", dispersion_units=16)
+    assert [l.name for l in model.decoder.layers if "dispersion" in l.name] == ["dispersion_hidden", "dispersion"]
+    x = tf.constant(digits.x_train[:16])
+    with tf.GradientTape(persistent=True) as tape:
+        dist = model(x, training=True)
+        faithful = tf.reduce_mean(faithful_loss(x, dist))
+        se = tf.reduce_mean(0.5 * tf.reduce_sum(tf.square(x - dist.tensor_distribution.faithful_location), [1, 2, 3]))
+    for a, b in zip(tape.gradient(faithful, model.encoder.trainable_variables),
+                    tape.gradient(se, model.encoder.trainable_variables)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+    linear = build_model("normal_diag", digits.image_shape, loss="faithful", dispersion_units=0)
+    assert not any("dispersion_hidden" in l.name for l in linear.decoder.layers)
+
+
+@pytest.mark.parametrize("name,loss", [("normal_diag", "beta_nll"), ("logistic", "beta_nll"), ("normal_diag", "faithful"),
+                                       ("student_t_diag", "faithful"), ("matrix_normal_diag", "faithful")])
+def test_a_short_fit_lowers_the_loss(name, loss, digits):
+    tf.keras.utils.set_random_seed(0)
+    model = compile_model(build_model(name, digits.image_shape, loss=loss, min_df=3.0 if "student" in name else None))
+    history = model.fit(digits.x_train, digits.x_train, batch_size=64, epochs=5, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history)) and history[-1] < history[0]
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--loss", "beta_nll", "--beta", "1.5"], r"beta must be a number in \[0, 1\]; got 1.5"),
+    (["--loss", "beta_nll", "--beta", "nan"], r"beta must be a number in \[0, 1\]; got nan"),
+    (["--loss", "beta_nll", "--head", "student_t_diag"], "cannot take --loss beta_nll.*heads that take it: logistic"),
+    (["--loss", "faithful", "--head", "maf"], "cannot take --loss faithful: maf has no location"),
+    (["--loss", "faithful", "-K", "3"], "mixtures have no single location"),
+    (["--loss", "faithful", "--dispersion-units", "-1"], r"dispersion_units must be an integer >= 0; got -1"),
+    (["--loss", "faithful", "--model", "vae"], "a vae trains on its bound"),
+])
+def test_bad_loss_settings_are_refused_before_anything_is_written(argv, match, tmp_path):
+    with pytest.raises(SystemExit, match=match):
+        main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x")] + argv)
+    assert not (tmp_path / "x").exists()
