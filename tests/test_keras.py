@@ -105,6 +105,58 @@ def test_every_model_saves_and_loads_with_default_arguments_in_a_fresh_process(t
         assert np.isfinite(got["loss"]), name
 
 
+LOSS_CASES = [("normal_diag", "faithful", "mlp"), ("student_t_diag", "faithful", "cnn_dense"),
+              ("logistic", "beta_nll", "mlp")]
+
+
+def test_models_trained_with_beta_nll_and_faithful_save_load_and_clone_in_a_fresh_process(tmp_path, digits):
+    """Issue 41: a model built with `loss="faithful"` or `"beta_nll"` saves (`.keras` and SavedModel) and
+    loads with default arguments in a new process as the same model, compiled with the same loss (the
+    loss of one batch before and after loading agree), and `clone_model` keeps the loss and branch."""
+    x = digits.x_train[:32]
+    np.save(tmp_path / "x.npy", x)
+    expected = {}
+    for head, loss, arch in LOSS_CASES:
+        tfk.utils.set_random_seed(0)
+        model = compile_model(build_model(head, IMAGE_SHAPE, arch=arch, loss=loss, beta=0.3 if loss == "beta_nll" else None,
+                                          dispersion_units=8, min_df=3.0 if "student" in head else None))
+        model.fit(x, x, batch_size=32, epochs=1, verbose=0)
+        copy = tfk.models.clone_model(model)
+        assert copy.get_config() == model.get_config() and copy.head.training_loss == loss
+        assert [w.shape for w in copy.weights] == [w.shape for w in model.weights]
+        key = f"{head}-{loss}-{arch}"
+        model.save(str(tmp_path / f"{key}.keras"))
+        model.save(str(tmp_path / key))
+        expected[key] = dict(log_prob=model.log_prob(x[:4]).numpy().tolist(),
+                             point=model.point_estimate(x[:4]).numpy().tolist(),
+                             loss=float(model.evaluate(x, x, batch_size=32, verbose=0)))
+    (tmp_path / "expected.json").write_text(json.dumps(expected))
+    stdout = _fresh_python(f"""
+        import json, numpy as np
+        import tfp_ae
+        import tf_keras
+        folder = {str(tmp_path)!r}
+        x = np.load(folder + "/x.npy")
+        results = {{}}
+        for key in json.load(open(folder + "/expected.json")):
+            for path in (f"{{folder}}/{{key}}.keras", f"{{folder}}/{{key}}"):
+                model = tf_keras.models.load_model(path)
+                results[path] = dict(key=key, loss_name=model.head.training_loss,
+                                     log_prob=model.log_prob(x[:4]).numpy().tolist(),
+                                     predict=model.predict(x[:4], verbose=0).tolist(),
+                                     loss=float(model.evaluate(x, x, batch_size=32, verbose=0)))
+        print(json.dumps(results))
+    """, tmp_path)
+    results = json.loads(stdout.strip().splitlines()[-1])
+    assert len(results) == 2 * len(LOSS_CASES)
+    for path, got in results.items():
+        want = expected[got["key"]]
+        assert got["loss_name"] == got["key"].split("-")[1], path
+        np.testing.assert_allclose(got["log_prob"], want["log_prob"], rtol=1e-6, atol=1e-6, err_msg=path)
+        np.testing.assert_allclose(got["predict"], want["point"], rtol=1e-6, atol=1e-6, err_msg=path)
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), path
+
+
 @pytest.mark.parametrize("kind", ["ae", "vae"])
 def test_hdf5_is_refused_with_the_supported_formats(kind, tmp_path):
     model = _build(kind, "normal_diag", 1)

@@ -368,6 +368,25 @@ def test_tflite_files_match_the_saved_model_or_are_refused_with_a_reason(tmp_pat
         assert not (tmp_path / "t" / "tflite" / f"{name}.tflite").exists()
 
 
+def test_a_faithful_beta_nll_run_exports_with_every_signature_and_tflite(tmp_path, digits):
+    """Issue 41: runs trained with `--loss faithful` (dequantised) and `--loss beta_nll` export as
+    SavedModels whose log_prob equals the run's model, and their TFLite functions convert."""
+    from tfp_ae.export import export_run
+    from tfp_ae.train import load_model
+    for loss, head in (("faithful", "normal_diag"), ("beta_nll", "logistic")):
+        out = tmp_path / loss
+        run(RunConfig(dataset="digits", head=head, loss=loss, dispersion_units=8, epochs=1, train_limit=200,
+                      eval_images=10, fid=False, extra_figures=False, verbose=0, dequantize=True, out=str(out / "run")))
+        names, report = export_run(out / "run", out / "export", tflite=True)
+        assert {"reconstruct", "log_prob", "interval", "variance"} <= set(names)
+        assert report == dict(reconstruct="converted", interval="converted", log_prob="converted"), report
+        model, _ = load_model(out / "run")
+        served = tf.saved_model.load(str(out / "export"))
+        x = digits.x_test[:5]
+        np.testing.assert_allclose(served.log_prob(tf.constant(x))["log_prob"].numpy(), model.log_prob(x).numpy(),
+                                   rtol=1e-5)
+
+
 def test_a_tflite_mismatch_names_the_output_the_largest_differences_and_where():
     from tfp_ae.export import TFLiteMismatch, check_tflite_output
     want = np.array([[1.0, -2000.0], [3.0, 4.0]])
