@@ -72,7 +72,10 @@ def _add_settings(p):
     p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                    help="Keras mixed precision policy of the layers (the head stays float32)")
     p.add_argument("--validation-split", type=float, default=d.validation_split,
-                   help="hold out this fraction of the training images; val_loss is logged per epoch")
+                   help="hold out the last fraction of the training images; val_loss is logged per epoch")
+    p.add_argument("--recalibrate", action="store_true", help="sigma-scaling (Laves et al. 2021): after training, "
+                   "fit one factor s of every scale on held-out images (--validation-split, or 0.1 when 0), by NLL; "
+                   "saved with the model")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/logs "
                    "(pip install 'tfp_ae[tensorboard]')")
     p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,

@@ -16,6 +16,7 @@ OBJECTIVES = ("elbo", "iwae")
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 UNCERTAINTIES = ("interval", "std", "variance")  # per-pixel uncertainty maps: 90 % interval width, std, variance
+RECALIBRATION_FRACTION = 0.1  # --recalibrate without --validation-split: the held-out fraction of the training split
 STEPS_PER_EXECUTION = 32  # training steps per call of Keras' compiled train function (docs/benchmarks/cpu_mlp_bounds.md)
 
 
@@ -44,7 +45,8 @@ class RunConfig:
     dequantize: bool = False           # train on uniformly dequantised pixels
     perturb_rate: float = 0.0          # background model (Ren et al. 2019): replace pixels at this rate by noise
     train_limit: Optional[int] = None  # use only the first N training images (quick runs)
-    validation_split: float = 0.0      # hold out this fraction of the training images (val_loss)
+    validation_split: float = 0.0      # hold out the last fraction of the training images (val_loss; recalibration)
+    recalibrate: bool = False          # sigma-scaling on the held-out images (validation_split, or 0.1 when 0)
     eval_images: int = 1000            # test images for l2_percent (the paper's 1000)
     data_dir: Optional[str] = None     # IDX folder of the named datasets; TFDS's data_dir for tfds: sources
     image_size: Optional[str] = None   # "H" or "HxW": resize every image (antialiased; tfp_ae.data.Geometry)
@@ -82,6 +84,12 @@ class RunConfig:
     def from_dict(cls, d):
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    @property
+    def held_out_fraction(self):
+        """The fraction of the training split held out of training (its last images, a fixed choice):
+        `validation_split`, or `RECALIBRATION_FRACTION` when `recalibrate` needs images and it is 0."""
+        return self.validation_split or (RECALIBRATION_FRACTION if self.recalibrate else 0.0)
 
     @property
     def loss_options(self):
@@ -142,6 +150,9 @@ class RunConfig:
             raise InputError(f"loss {self.loss!r} is for autoencoders: a vae trains on its bound (--objective elbo|iwae), "
                              "whose decoder term is the head's log-likelihood")
         head.check_loss(self.loss, self.beta if self.loss == "beta_nll" else None, self.components)
+        if self.recalibrate and (self.model != "ae" or not head.has_location):
+            raise InputError("--recalibrate (sigma-scaling) takes an autoencoder (--model ae) whose head has a location "
+                             f"and scales (normal, Student-t, low-rank, matrix, logistic); got {self.model} {self.head}")
         if self.model == "ae" and self.objective != "elbo":
             raise InputError(f"objective {self.objective!r} needs --model vae (model='vae'); autoencoders train on "
                              "the NLL")

@@ -100,6 +100,10 @@ class ProbabilisticModel(tfk.Model):
         """The loss `compile` gets: None for a model that trains on its own objective (the VAE)."""
         return None
 
+    def count_params(self):
+        """The trainable parameters (the paper's counts; not the head's non-trainable `sigma_scale`)."""
+        return int(sum(math.prod(w.shape) for w in self.trainable_weights))
+
     def predict_step(self, data):
         """`model.predict(x)` returns `point_estimate(x)` `[B, H, W, C]`."""
         x = data[0] if isinstance(data, (tuple, list)) else data

@@ -14,12 +14,13 @@ from tfp_ae._tf import tf, tfk
 from tfp_ae.callbacks import ImageSummaries
 from tfp_ae.config import RunConfig
 from tfp_ae.errors import InputError
-from tfp_ae.evaluate import CALIBRATION_IMAGES, evaluate, fid_extractors
+from tfp_ae.evaluate import (CALIBRATION_IMAGES, MIN_RECALIBRATION_IMAGES, calibration, evaluate, fid_extractors,
+                             fit_sigma_scale)
 from tfp_ae.models import build_model, compile_model
 from tfp_ae.rundir import (CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, METRICS_FILE, STATE_FILE, Progress,
-                           checkpoint_manager, load_state, restore, write_json)
+                           checkpoint_manager, load_state, restore, restore_checkpoint, write_json)
 from tfp_ae.runtime import check_memory, device_summary, make_strategy, precision_policy, probe_jit, worker
-from tfp_ae.data import SAMPLE_BYTES, Split, array_split, open_source
+from tfp_ae.data import SAMPLE_BYTES, Split, array_split, dequantize, open_source
 from tfp_ae.vae import build_vae
 
 
@@ -85,7 +86,7 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None, 
     shape = train.image_shape
     if config.model == "ae":
         check_memory(config, shape)
-    n_val = int(train.count * config.validation_split)
+    n_val = int(train.count * config.held_out_fraction)
     train, val_split = train.subset(0, train.count - n_val), train.subset(train.count - n_val)
     steps = math.ceil(train.count / config.batch_size)
     while True:
@@ -180,6 +181,11 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     source.print_skipped()
     train = source.splits["train"].subset(0, config.train_limit)
     config.validate(source.image_shape)  # the head's options against the image size, before the folder is made
+    n_held_out = int(train.count * config.held_out_fraction)
+    if config.recalibrate and n_held_out < MIN_RECALIBRATION_IMAGES:
+        raise InputError(f"--recalibrate needs at least {MIN_RECALIBRATION_IMAGES} held-out validation images; "
+                         f"{config.held_out_fraction:g} of {train.count} training images is {n_held_out} "
+                         "(raise --validation-split or train on more images)")
     # in memory: the first test images (L2 %, calibration, figures, FID) and a bounded part of the
     # training split (the FID classifier's data); the NLL streams over the whole test split
     with source.reading():
@@ -209,6 +215,13 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
         metrics["skipped_files"] = [p for p, _ in source.skipped[:100]]
     if source.class_names is not None and source.has_labels:
         metrics["class_names"] = list(source.class_names)
+    recalibration = None
+    if config.recalibrate:
+        with source.reading():
+            recalibration = recalibrate(model, train.subset(train.count - n_held_out), source.num_levels, config.seed,
+                                        data.x_test[:CALIBRATION_IMAGES])
+        if out:  # the checkpoint carries the fitted sigma_scale (load_model, export)
+            checkpoint_manager(model, out).save(checkpoint_number=len(history["loss"]))
     extractors, notes = fid_extractors(config, data)
     if config.verbose:
         print(f"evaluating on {source.splits['test'].count} test images (NLL, bits/dim, L2 %, calibration"
@@ -218,6 +231,9 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
                                 test=source.splits["test"]))
     if notes:
         metrics["fid_note"] = "; ".join(notes)
+    if recalibration:
+        metrics["calibration"]["before_recalibration"] = recalibration.pop("before")
+        metrics["recalibration"] = recalibration
     if model.kind == "vae":
         metrics.update(objective=config.objective, iw_samples=config.iw_samples if config.objective == "iwae" else 1)
     if out:
@@ -233,6 +249,24 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
             plots.save(figures.components_figure(model, data.x_test[:6]), out / "components.png")
         write_json(dict(metrics, config=config.to_dict()), out / METRICS_FILE)
     return model, metrics
+
+
+def recalibrate(model, held_out, num_levels, seed, test_images):
+    """sigma-scaling of a trained autoencoder (`tfp_ae.evaluate.fit_sigma_scale`) on the held-out
+    `Split` (its images dequantised with the stateless seeds (seed + 104729, i), both input and
+    target). Returns `{"sigma_scale", "validation_images", "validation_nll_nats_before",
+    "validation_nll_nats", "before"}`, where `before` is the calibration (`coverage`,
+    `calibration_error`) of `test_images` before the scale was applied."""
+    cal = calibration(model, test_images, num_levels=num_levels, seed=seed)
+    before = dict(coverage=cal["coverage"], calibration_error=cal["calibration_error"])
+    base = tf.constant(int(seed) + 104729, tf.int64)
+    pairs = (held_out.elements().map(lambda x, y: x).batch(model.eval_batch_size).enumerate()
+             .map(lambda i, b: dequantize(b, num_levels, tf.stack([base, i]))).map(lambda b: (b, b)).prefetch(2))
+    print(f"recalibrating: sigma-scaling on {held_out.count} held-out training images", flush=True)
+    s, nll_before, nll_after = fit_sigma_scale(model, pairs)
+    print(f"sigma_scale {s:.4f}: held-out NLL {nll_before:.2f} -> {nll_after:.2f} nats/image", flush=True)
+    return dict(sigma_scale=s, validation_images=held_out.count, validation_nll_nats_before=nll_before,
+                validation_nll_nats=nll_after, before=before)
 
 
 def _loss_units(config, head):
@@ -261,7 +295,7 @@ def load_model(run_dir):
     manager = checkpoint_manager(model, run_dir)
     if manager.latest_checkpoint is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint in {run_dir / CHECKPOINT_DIR}")
-    manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    restore_checkpoint(manager.checkpoint, manager.latest_checkpoint)
     return model, config
 
 

@@ -85,10 +85,10 @@ class VAE(ProbabilisticModel):
         return self._trackers
 
     def count_params(self):
-        """Weights of encoder, decoder and head (not the loss trackers' counters, nor the boolean
-        `initialized` flags of weight normalisation)."""
+        """Trainable weights of encoder, decoder and head (not the loss trackers' counters, the boolean
+        `initialized` flags of weight normalisation or the head's non-trainable `sigma_scale`)."""
         return int(sum(np.prod(w.shape) for w in self.encoder.weights + self.decoder.weights + self.head.weights
-                       if w.dtype != tf.bool))
+                       if w.trainable and w.dtype != tf.bool))
 
     def prior(self):
         """p(z) = N(0, I), event `[latent_dim]`."""

@@ -159,7 +159,8 @@ class Head(Readouts, tfpl.DistributionLambda):
     nll_note = None        # what the reported NLL means, where it is not simply -log p(x)
     options = {}           # settings beyond shape and K: name -> default (`rank`, `min_df`)
     takes_beta_nll = False  # log-density a sum over pixels of a family with a variance (beta_nll)
-    has_location = False    # the first D = H*W*C parameters are a location (the mean or mode): faithful
+    has_location = False    # the first D = H*W*C parameters are a location (the mean or mode): faithful,
+    #                         and every scale is multiplied by the non-trainable `sigma_scale` (`scaled`)
 
     def __init__(self, event_shape, num_components=1, loss="nll", beta=None, **kwargs):
         given = {k: kwargs.pop(k) for k in list(kwargs) if k in self.options}
@@ -182,6 +183,9 @@ class Head(Readouts, tfpl.DistributionLambda):
         kwargs.setdefault("name", f"{self.head_name}_head")
         kwargs.setdefault("dtype", "float32")  # the distribution and loss stay float32 under mixed precision
         super().__init__(self.new, convert_to_tensor_fn=self._tensor, **kwargs)
+        if self.has_location:  # sigma-scaling (`tfp_ae.evaluate.fit_sigma_scale`): 1 until recalibrated
+            self.sigma_scale = self.add_weight(name="sigma_scale", shape=[], initializer="ones", trainable=False,
+                                               dtype="float32")
 
     @classmethod
     def check_loss(cls, loss, beta=None, num_components=1):
@@ -211,6 +215,18 @@ class Head(Readouts, tfpl.DistributionLambda):
             raise InputError(f"head {cls.head_name!r} (K={num_components}) cannot take --loss faithful: {why}; heads that "
                              f"take it with K = 1: {', '.join(takes)}")
         return loss, None
+
+    def scaled(self, scale):
+        """`scale` times the head's `sigma_scale` s (a non-trainable weight, 1 unless recalibrated;
+        Laves et al., MELBA 2021, "Recalibration of aleatoric and epistemic regression uncertainty
+        in medical imaging": sigma-scaling). Every family passes each scale factor (a pixel's scale,
+        a diagonal or Cholesky factor, a low-rank factor, a matrix head's row scale) through it, so
+        the covariance of every component is multiplied by s^2 and each pixel's marginal is the
+        same family with its scale multiplied by s. Heads without a location (`mse` included) have
+        no `sigma_scale`: `scale` itself."""
+        if not self.has_location:
+            return scale
+        return scale * tf.cast(self.sigma_scale, scale.dtype)
 
     # ---- declaration, overridden by families -------------------------------------------------
     def _check_event_shape(self, event_shape):

@@ -111,8 +111,11 @@ class _FastFullScale:
         return self.log_prob(x), tangent_spaces.FullSpace()
 
     def _quadratic_log_det(self, x):
-        params, tril, d = self._packed
-        return _tril_quadratic_log_det(params, tril, d, x - self.loc)
+        """(q, log det) of the scale f L, where the operator is f L (f: the head's sigma-scaling) and
+        `_packed` = (params, L, raw diagonal, f): q(r) = ||L^{-1} r / f||^2, log det = log det L + n log f."""
+        params, tril, d, f = self._packed
+        q, log_det = _tril_quadratic_log_det(params, tril, d, (x - self.loc) / f)
+        return q, log_det + tf.cast(tf.shape(x)[-1], x.dtype) * tf.math.log(f)
 
 
 class MultivariateNormalFullScale(_FastFullScale, tfd.MultivariateNormalLinearOperator):
@@ -140,20 +143,21 @@ class MultivariateStudentTFullScale(_FastFullScale, tfd.MultivariateStudentTLine
                 - log_det - 0.5 * (df + n) * tf.math.log1p(q / df))
 
 
-def _scale_operator(kind, params, n):
+def _scale_operator(kind, params, n, scaled=lambda t: t):
     """An n x n scale operator from its flat parameters `[..., _scale_params_size(kind, n)]`.
 
-    identity: I (no parameters); diag: diag(1e-6 + softplus(p)); full: `_full_scale(p)`.
+    identity: I (no parameters); diag: diag(1e-6 + softplus(p)); full: `_full_scale(p)`; each
+    passed through `scaled` (the head's sigma-scaling, `Head.scaled`).
     """
     if kind == "identity":
         # LinearOperatorIdentity inside a Kronecker product fails to solve in graph mode
         # (TF 2.21: UnboundLocalError in the Kronecker solve), so identity is a diagonal of ones.
-        return tf.linalg.LinearOperatorDiag(tf.ones([n], params.dtype), is_non_singular=True,
+        return tf.linalg.LinearOperatorDiag(scaled(tf.ones([n], params.dtype)), is_non_singular=True,
                                             is_positive_definite=True)
     if kind == "diag":
-        return tf.linalg.LinearOperatorDiag(positive(params), is_non_singular=True,
+        return tf.linalg.LinearOperatorDiag(scaled(positive(params)), is_non_singular=True,
                                             is_positive_definite=True)
-    return tf.linalg.LinearOperatorLowerTriangular(_full_scale(params)[0], is_non_singular=True)
+    return tf.linalg.LinearOperatorLowerTriangular(scaled(_full_scale(params)[0]), is_non_singular=True)
 
 
 def _row_variance(op):

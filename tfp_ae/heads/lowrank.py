@@ -164,9 +164,10 @@ class NormalLowRank(_EllipticalHead):
         d = self.natural_event_shape[0]
         loc, s, v, df = _split(params, [d, d, d * self.rank, int(self.student_t)])
         factor = _unflatten(v, [d, self.rank])
+        sigma, factor = self.scaled(positive(s)), self.scaled(factor)
         if self.student_t:
-            return MultivariateStudentTDiagPlusLowRank(self.df_from(df), loc, positive(s), factor)
-        return MultivariateNormalDiagPlusLowRank(loc, tf.square(positive(s)), factor)
+            return MultivariateStudentTDiagPlusLowRank(self.df_from(df), loc, sigma, factor)
+        return MultivariateNormalDiagPlusLowRank(loc, tf.square(sigma), factor)
 
     def _squared_scale(self, comp):
         """Pixel i: sigma_i^2 + sum_j V_ij^2, `[..., D]`."""

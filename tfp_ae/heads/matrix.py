@@ -99,7 +99,8 @@ class MatrixHead(_EllipticalHead):
         nr, nc = _scale_params_size(self.scale, h), _scale_params_size(self.scale, w)
         loc, r, c, df = _split(params, [h * w, nr, nc, int(self.student_t)])
         loc = _unflatten(loc, [h, w])
-        rows, cols = _scale_operator(self.scale, r, h), _scale_operator(self.scale, c, w)
+        # sigma-scaling multiplies the row scale: V (x) (s U) is s times the Kronecker scale
+        rows, cols = _scale_operator(self.scale, r, h, self.scaled), _scale_operator(self.scale, c, w)
         if self.student_t:
             return MatrixT(self.df_from(df), loc, rows, cols)
         return MatrixNormal(loc, rows, cols)

@@ -34,7 +34,7 @@ class NormalIdentity(PixelHead):
     takes_beta_nll = has_location = True
 
     def pixel_distribution(self, loc):
-        return tfd.Normal(loc, tf.ones_like(loc))
+        return tfd.Normal(loc, self.scaled(tf.ones_like(loc)))
 
 
 class MSE(NormalIdentity):
@@ -74,7 +74,7 @@ class NormalDiag(PixelHead):
     takes_beta_nll = has_location = True
 
     def pixel_distribution(self, loc, s):
-        return tfd.Normal(loc, positive(s))
+        return tfd.Normal(loc, self.scaled(positive(s)))
 
 
 class Bernoulli(PixelHead):
@@ -111,4 +111,4 @@ class Logistic(PixelHead):
     takes_beta_nll = has_location = True
 
     def pixel_distribution(self, loc, s):
-        return tfd.Logistic(loc, positive(s))
+        return tfd.Logistic(loc, self.scaled(positive(s)))

@@ -28,14 +28,15 @@ class VectorHead(_EllipticalHead):
         loc, s, df = _split(params, [d, n_scale, int(self.student_t)])
         if self.scale == "full":  # log_prob differentiated on the packed parameters
             tril, diag = _full_scale(s)
-            scale = tf.linalg.LinearOperatorLowerTriangular(tril, is_non_singular=True)
-            scale._packed = (s, tril, diag)
+            f = self.scaled(tf.ones([], tril.dtype))  # sigma-scaling
+            scale = tf.linalg.LinearOperatorLowerTriangular(f * tril, is_non_singular=True)
+            scale._packed = (s, tril, diag, f)
             return (MultivariateStudentTFullScale(self.df_from(df), loc, scale) if self.student_t
                     else MultivariateNormalFullScale(loc, scale))
         if self.student_t:
             return tfd.MultivariateStudentTLinearOperator(
-                df=self.df_from(df), loc=loc, scale=_scale_operator(self.scale, s, d))
-        return tfd.MultivariateNormalLinearOperator(loc, _scale_operator(self.scale, s, d))
+                df=self.df_from(df), loc=loc, scale=_scale_operator(self.scale, s, d, self.scaled))
+        return tfd.MultivariateNormalLinearOperator(loc, _scale_operator(self.scale, s, d, self.scaled))
 
     def _squared_scale(self, comp):
         """Pixel i: sum_j L_ij^2, `[..., D]`."""
