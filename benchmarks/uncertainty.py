@@ -1,0 +1,106 @@
+"""Sharp means and calibrated intervals (docs/results/uncertainty): the paper's Table 1 K = 1 MLP heads on
+MNIST and Fashion-MNIST, trained with every loss each head takes (`nll`, the paper's; `beta_nll`,
+Seitzer et al. 2022; `faithful`, Stirn et al. 2023), all with `--dequantize` and `--recalibrate`
+(sigma-scaling on the last 10 % of the training split, which is then not trained on).
+
+Each cell is one `tfp-ae train` in its own process, its folder kept in RUNS (an interrupted benchmark
+resumes: finished cells are read, the unfinished one continues from its last epoch). Writes
+`results.csv` (one row per cell) and prints the Markdown table of docs/results/uncertainty/README.md.
+
+    python benchmarks/uncertainty.py --runs runs/uncertainty --out docs/results/uncertainty [--epochs 20]
+        [--datasets mnist fashion_mnist] [--heads normal_diag logistic ...]
+"""
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HEADS = {  # head -> (extra flags, the losses it takes here)
+    "mse": ([], ["nll"]),
+    "normal_diag": ([], ["nll", "beta_nll", "faithful"]),
+    "normal_full": ([], ["nll", "faithful"]),
+    "normal_lowrank": (["--rank", "4"], ["nll", "faithful"]),
+    "student_t_diag": (["--min-df", "3"], ["nll", "faithful"]),
+    "matrix_normal_full": ([], ["nll", "faithful"]),
+    "logistic": ([], ["nll", "beta_nll", "faithful"]),
+}
+COLUMNS = ["dataset", "head", "loss", "l2_percent", "bits_per_dim", "bits_per_dim_median", "bits_per_dim_finite",
+           "crps", "calibration_error_before", "calibration_error", "sigma_scale", "coverage_50", "coverage_90",
+           "seconds_per_epoch", "run_dir"]
+
+
+def cell(runs, dataset, head, loss, epochs):
+    """Train (or read) one cell; returns its metrics.json as a dict."""
+    flags, _ = HEADS[head]
+    out = Path(runs) / f"{dataset}_{head}_{loss}"
+    if not (out / "metrics.json").exists():
+        argv = [sys.executable, "-m", "tfp_ae", "train", "--dataset", dataset, "--head", head, "--loss", loss,
+                "--epochs", str(epochs), "--dequantize", "--no-fid", "--tsne-images", "0", "--out", str(out), *flags]
+        if head != "mse":
+            argv.append("--recalibrate")
+        print(" ".join(argv[2:]), flush=True)
+        subprocess.run(argv, check=True)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def row(dataset, head, loss, m):
+    cal = m.get("calibration") or {}
+    cover = dict(zip(cal.get("levels", []), cal.get("coverage", []), strict=True))
+    before = cal.get("before_recalibration") or {}
+    return dict(dataset=dataset, head=head, loss=loss, l2_percent=m["l2_percent"], bits_per_dim=m["bits_per_dim"],
+                bits_per_dim_median=m.get("bits_per_dim_median"), bits_per_dim_finite=m.get("bits_per_dim_finite"),
+                crps=m.get("crps"), calibration_error_before=before.get("calibration_error"),
+                calibration_error=cal.get("calibration_error"), sigma_scale=cal.get("sigma_scale"),
+                coverage_50=cover.get(0.5), coverage_90=cover.get(0.9),
+                seconds_per_epoch=statistics.median(m["seconds_per_epoch"]), run_dir=m.get("config", {}).get("out"))
+
+
+def fmt(v, digits=3):
+    return "-" if v in (None, "") else f"{float(v):.{digits}f}"
+
+
+def table(rows):
+    lines = ["| dataset | head | loss | L2 % | bits/dim | median | CRPS | cal. error before -> after σ-scaling | s "
+             "| cover 50 % / 90 % | s/epoch |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['head']} | {r['loss']} | {fmt(r['l2_percent'])} | {fmt(r['bits_per_dim'])} "
+                     f"| {fmt(r['bits_per_dim_median'])} | {fmt(r['crps'], 4)} "
+                     f"| {fmt(r['calibration_error_before'])} -> {fmt(r['calibration_error'])} | {fmt(r['sigma_scale'])} "
+                     f"| {fmt(r['coverage_50'])} / {fmt(r['coverage_90'])} | {fmt(r['seconds_per_epoch'], 2)} |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", default="runs/uncertainty")
+    p.add_argument("--out", default="docs/results/uncertainty")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"])
+    p.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
+    a = p.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.csv"
+    rows = {}
+    if path.exists():  # the cells of other --heads / --datasets stay in the table
+        with open(path, newline="") as f:
+            rows = {(r["dataset"], r["head"], r["loss"]): r for r in csv.DictReader(f)}
+    for dataset in a.datasets:
+        for head in a.heads:
+            for loss in HEADS[head][1]:
+                rows[(dataset, head, loss)] = row(dataset, head, loss, cell(a.runs, dataset, head, loss, a.epochs))
+                order = [(d, h, lo) for d in ("mnist", "fashion_mnist") for h in HEADS for lo in HEADS[h][1]]
+                ordered = sorted(rows.values(), key=lambda r: order.index((r["dataset"], r["head"], r["loss"]))
+                                 if (r["dataset"], r["head"], r["loss"]) in order else len(order))
+                with open(path, "w", newline="") as f:  # after every cell: a partial table survives
+                    w = csv.DictWriter(f, COLUMNS)
+                    w.writeheader()
+                    w.writerows(ordered)
+    print(table(ordered))
+
+
+if __name__ == "__main__":
+    main()
