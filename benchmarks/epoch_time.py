@@ -84,6 +84,7 @@ def machine(args):
 def one(args):
     """Child process: time one configuration through both paths, print one JSON line."""
     import numpy as np
+
     import tfp_ae  # noqa: F401  (Keras 2)
     from tfp_ae._tf import tf, tfk
     from tfp_ae.data import dataset_available, load_dataset, make_pipeline
@@ -148,6 +149,7 @@ def layer_counts(model):
     """(forward FLOPs, floats of the input and of every layer's output) per image, from the
     encoder's and decoder's Keras layers (Dense and Conv2D FLOPs; see the module docstring)."""
     import numpy as np
+
     from tfp_ae._tf import tfk
 
     flops, activations = 0, int(np.prod(model.image_shape))
@@ -274,7 +276,8 @@ def render(rows, hw, args):
             "FLOPs per image) / matmul rate (MLP: N x 3 x 2 x (784 x 32 + 32 x P)); memory bound = steps x "
             "(7 x 4 x params + 4 x 4 x B x A) bytes / bandwidth (Adam's reads and writes of every parameter; "
             "A = floats of the input and every layer's output per image, each written, read and its gradient "
-            "written and read; MLP: 784 + 32 + P); ratio = s/epoch / the larger bound (named). eval s = point estimates + variance maps of "
+            "written and read; MLP: 784 + 32 + P); ratio = s/epoch / the larger bound (named). "
+            "eval s = point estimates + variance maps of "
             "1000 test images; peak MB = the process's peak resident memory (GPU: peak device memory).", "",
             "| head | K | P | s/epoch tfp-ae | s/epoch arrays | FLOP bound s | memory bound s | ratio tfp-ae | "
             "ratio arrays | eval s | peak MB | params | jit |",

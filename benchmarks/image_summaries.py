@@ -6,7 +6,8 @@ prints for each head: the median epoch time (the callback's time subtracted), th
 in the first epoch (which traces its compiled function once per `fit`) and its median afterwards,
 and their ratios to the epoch.
 
-    python benchmarks/image_summaries.py --heads normal_diag normal_diag:10 student_t_diag maf --out docs/benchmarks/image_summaries.md
+    python benchmarks/image_summaries.py --heads normal_diag normal_diag:10 student_t_diag maf \
+        --out docs/benchmarks/image_summaries.md
 """
 import argparse
 import datetime
@@ -27,6 +28,7 @@ def main():
     args = p.parse_args()
 
     import numpy as np
+
     import tfp_ae  # noqa: F401  (Keras 2)
     from tfp_ae._tf import tfk
     from tfp_ae.callbacks import ImageSummaries
@@ -47,18 +49,22 @@ def main():
         epochs = []
 
         class Timer(tfk.callbacks.Callback):
+            def __init__(self, seconds):
+                super().__init__()
+                self.seconds = seconds
+
             def on_epoch_begin(self, epoch, logs=None):
                 self.t = time.perf_counter()
 
             def on_epoch_end(self, epoch, logs=None):
-                epochs.append(time.perf_counter() - self.t)
+                self.seconds.append(time.perf_counter() - self.t)
 
         with tempfile.TemporaryDirectory() as log_dir:
             summaries = ImageSummaries(log_dir, x_val)
             steps = -(-len(x) // 128)
             # the Timer's epoch_end runs after the summaries', so an epoch's time includes them
             model.fit(make_pipeline(x, 128, seed=0, repeat=True), epochs=args.epochs, steps_per_epoch=steps, verbose=0,
-                      callbacks=[summaries, Timer()])
+                      callbacks=[summaries, Timer(epochs)])
         train = statistics.median(e - s for e, s in zip(epochs[1:], summaries.seconds[1:]))
         first, later = summaries.seconds[0], statistics.median(summaries.seconds[1:])
         rows.append(f"| {head} | {k} | {train:.2f} | {first:.3f} | {later:.3f} | {100 * first / train:.1f} % | "

@@ -62,7 +62,6 @@ def main():
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--defect-images", type=int, default=600)
     args = p.parse_args()
-    import numpy as np
 
     from tfp_ae import plots
     from tfp_ae.data import load_dataset

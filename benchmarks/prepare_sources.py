@@ -19,13 +19,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/sources")
     args = p.parse_args()
-    import tfp_ae  # noqa: F401  (Keras 2)
     import tensorflow as tf
     import tensorflow_datasets as tfds
     from PIL import Image
     from sklearn.datasets import load_sample_images
     from tqdm import tqdm
 
+    import tfp_ae  # noqa: F401  (Keras 2)
     from tfp_ae.data import load_dataset
     out = Path(args.out)
     d = load_dataset("mnist")

@@ -82,7 +82,8 @@ def profile(head, k, x, steps, batch_size, arch="mlp", jit=False, top_n=4):
     for r in rows:
         parts[_part(r["operation"], head_layer)] += r["total_self_time"] / total
     top = sorted(rows, key=lambda r: -r["total_self_time"])[:top_n]
-    return 1000 * seconds / (len(xs) // batch_size), parts, [(r["operation"], r["type"], r["total_self_time"] / total) for r in top]
+    ops = [(r["operation"], r["type"], r["total_self_time"] / total) for r in top]
+    return 1000 * seconds / (len(xs) // batch_size), parts, ops
 
 
 def main(argv=None):

@@ -18,11 +18,12 @@ def compute(heads=None):
     """{f"{head}_k{K}": [NLL at initialisation, NLL after one epoch]} in nats per image (mean over
     100 digits test images); weights from `set_random_seed(0)`, one epoch of Adam on 512 training
     images in order (batch 128, no shuffling). `heads`: names to compute (default: every head)."""
+    import tf_keras as tfk
+
     from tfp_ae._tf import tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
     from tfp_ae.data import load_dataset
     from tfp_ae.heads import HEADS
     from tfp_ae.models import build_model, compile_model
-    import tf_keras as tfk
     d = load_dataset("digits")
     x_train, x_test = d.x_train[:512], d.x_test[:100]
     out = {}

@@ -4,9 +4,8 @@ import struct
 import numpy as np
 import pytest
 
-from tfp_ae.data import (DataNotFoundError, check_images, dequantize, find_idx_dir, load_dataset,
-                         make_pipeline, read_idx)
 from tests.conftest import require_dataset
+from tfp_ae.data import DataNotFoundError, check_images, dequantize, find_idx_dir, load_dataset, make_pipeline, read_idx
 
 
 def _write_idx(path, array, magic=None):
@@ -66,6 +65,7 @@ def test_offline_a_missing_dataset_fails_within_seconds(tmp_path, monkeypatch):
     that names TFP_AE_DATA_DIR. Where this machine has a network, the probe is pointed at a closed
     local port, which is what an unreachable server looks like."""
     import time
+
     from tfp_ae.data import named, network_reachable
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("TFP_AE_DATA_DIR", raising=False)

@@ -19,7 +19,6 @@ from tfp_ae.models import build_model
 from tfp_ae.vae import build_vae
 
 
-
 def fuzz(max_examples):
     """hypothesis settings: derandomised (the same cases every run), no example database, no deadline."""
     return settings(max_examples=max_examples, derandomize=True, database=None, deadline=None, print_blob=True,
@@ -189,8 +188,8 @@ def test_fuzz_image_folders_and_shards(tmp_path_factory, files, mixed_sizes, geo
     files, nesting, train/test subfolders) read with random geometry: a source whose splits stream
     (read, converted to TFRecord shards and read back, scored by a model: the evaluation stage), or
     an `InputError`."""
-    from tfp_ae.evaluate import split_log_probs
     from tfp_ae.data import convert, open_source
+    from tfp_ae.evaluate import split_log_probs
     image_size, crop = geometry
     rng = np.random.default_rng(seed)
     root = tmp_path_factory.mktemp("folder")

@@ -71,7 +71,8 @@ def test_faithful_model_trains_the_encoder_by_squared_error_alone(digits):
     faithful loss equals its gradient under half the squared error of the location."""
     tf.keras.utils.set_random_seed(0)
     model = build_model("normal_diag", digits.image_shape, loss="faithful", dispersion_units=16)
-    assert [l.name for l in model.decoder.layers if "dispersion" in l.name] == ["dispersion_hidden", "dispersion"]
+    assert [layer.name for layer in model.decoder.layers if "dispersion" in layer.name] == ["dispersion_hidden",
+                                                                                             "dispersion"]
     x = tf.constant(digits.x_train[:16])
     with tf.GradientTape(persistent=True) as tape:
         dist = model(x, training=True)
@@ -81,7 +82,7 @@ def test_faithful_model_trains_the_encoder_by_squared_error_alone(digits):
                     tape.gradient(se, model.encoder.trainable_variables)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
     linear = build_model("normal_diag", digits.image_shape, loss="faithful", dispersion_units=0)
-    assert not any("dispersion_hidden" in l.name for l in linear.decoder.layers)
+    assert not any("dispersion_hidden" in layer.name for layer in linear.decoder.layers)
 
 
 @pytest.mark.parametrize("name,loss", [("normal_diag", "beta_nll"), ("logistic", "beta_nll"), ("normal_diag", "faithful"),

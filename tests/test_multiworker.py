@@ -68,7 +68,7 @@ def one_process(tmp_path_factory):
 def test_two_workers_write_one_run_folder_with_the_one_process_loss_curve(tmp_path, one_process):
     out = tmp_path / "run"
     results = wait(start_workers(train_command(out, "multiworker")))
-    for rc, stdout, stderr in results:
+    for rc, _stdout, stderr in results:
         assert rc == 0, stderr[-3000:]
     assert "the chief evaluates and writes" in results[1][1]  # worker 1 is not the chief
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no second folder, no worker scratch

@@ -397,7 +397,8 @@ def test_a_tflite_mismatch_names_the_output_the_largest_differences_and_where():
     with pytest.raises(TFLiteMismatch) as e:
         check_tflite_output("log_prob", "log_prob", got, want)
     text = str(e.value)
-    assert text.startswith("log_prob/log_prob: TensorFlow Lite differs from TensorFlow by up to 0.5 absolute at index (0, 1)")
+    assert text.startswith("log_prob/log_prob: TensorFlow Lite differs from TensorFlow by up to 0.5 absolute "
+                           "at index (0, 1)")
     assert "(TensorFlow -2000, TensorFlow Lite -1999.5)" in text and "0.01 relative at (1, 0)" in text
     with pytest.raises(TFLiteMismatch, match=r"returns shape \(2,\), TensorFlow \(2, 2\)"):
         check_tflite_output("interval", "width", np.zeros(2), want)

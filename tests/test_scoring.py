@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_png
 from scipy import stats
 
-from conftest import write_png
 from tfp_ae._tf import tf
 from tfp_ae.cli import main
 from tfp_ae.config import RunConfig
@@ -181,8 +181,8 @@ def test_cli_score_with_masks(runs, tmp_path, digits, capsys):
 
 def test_mask_folders_match_test_images_by_name(runs, tmp_path, digits):
     """An MVTec-AD-like folder: test/good (no masks) and test/defect with ground_truth/defect/NNN_mask.png."""
-    from tfp_ae.scoring import localisation_metrics, synthetic_defects
     from tfp_ae.data import load_masks, open_source
+    from tfp_ae.scoring import localisation_metrics, synthetic_defects
     from tfp_ae.train import load_model
     data, gt = tmp_path / "parts", tmp_path / "ground_truth"
     bad, bad_masks = synthetic_defects(digits.x_test[:4], digits.x_train[:50], seed=1)

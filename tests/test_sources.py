@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_dataset, write_png
 from PIL import Image
 
-from conftest import require_dataset, write_png
+from tfp_ae import plots
 from tfp_ae._tf import tf
 from tfp_ae.config import RunConfig
-from tfp_ae import plots
 from tfp_ae.data import SHARDS_INFO, Geometry, convert, load_dataset, open_source
 from tfp_ae.errors import InputError
 from tfp_ae.train import run
@@ -159,7 +159,7 @@ def test_the_folder_split_is_fixed_and_disjoint(photo_folder):
 def test_bad_files_are_named_or_skipped_and_counted(png_folder, tmp_path):
     folder = tmp_path / "f"
     for split in ("train", "test"):
-        for i, p in enumerate(sorted((png_folder / split / "3").glob("*.png"))[:20]):
+        for p in sorted((png_folder / split / "3").glob("*.png"))[:20]:
             (folder / split / "3").mkdir(parents=True, exist_ok=True)
             (folder / split / "3" / p.name).write_bytes(p.read_bytes())
         (folder / split / "7").mkdir()

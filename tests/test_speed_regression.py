@@ -3,7 +3,6 @@ the value computed on the commit before it (tests/data/nll_reference.json, see n
 import json
 
 import numpy as np
-
 from nll_reference import REFERENCE, compute
 
 

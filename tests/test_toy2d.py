@@ -95,7 +95,8 @@ def test_setup_presets_and_overrides():
     assert t.hidden == (32,) * 6 and (t.vae_steps, t.iwae_steps) == (600, 300) and t.free_bits == 0.05
     assert t.num_train is None and t.scale == "tutorial"
     lr = t.learning_rate_schedule(1000)
-    assert [float(lr(s)) for s in (0, 600, 601, 701, 900, 901)] == pytest.approx([1e-4, 1e-4, 5e-5, 2.5e-5, 1.25e-5, 6.25e-6])
+    want = [1e-4, 1e-4, 5e-5, 2.5e-5, 1.25e-5, 6.25e-6]
+    assert [float(lr(s)) for s in (0, 600, 601, 701, 900, 901)] == pytest.approx(want)
     assert resolve_setup().hidden == (128, 128)
     with pytest.raises(ValueError, match="unknown toy2d setup 'paper'"):
         resolve_setup("paper")

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.conftest import require_dataset
 from tfp_ae.cli import main
 from tfp_ae.config import RunConfig
 from tfp_ae.heads import HEADS
 from tfp_ae.models import build_model, compile_model
 from tfp_ae.predict import nll_per_image
 from tfp_ae.train import DivergedError, fit
-from tests.conftest import require_dataset
 
 CASES = [(name, k) for name, cls in HEADS.items() for k in ([1, 3] if cls.mixable else [1])]
 
@@ -148,6 +148,7 @@ def test_pit_and_crps_against_scipy_references(digits):
     """PIT = the marginal CDF (scipy.stats.norm / t), and CRPS = the integral of (F(z) - 1{z >= y})^2
     (scipy.integrate.quad), for one-component normal and Student-t heads and a normal mixture."""
     from scipy import integrate, stats
+
     from tfp_ae.evaluate import pixel_crps
     x = tf.constant(digits.x_test[:3])
     for name, k in (("normal_diag", 1), ("student_t_diag", 1), ("normal_diag", 2)):

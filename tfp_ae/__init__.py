@@ -14,7 +14,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tfp_ae._tf  # noqa: E402,F401  (TensorFlow first, quietly: see tfp_ae._tf)
 from tfp_ae.config import RunConfig  # noqa: E402
-from tfp_ae.data import load_dataset, make_pipeline, dequantize  # noqa: E402
+from tfp_ae.data import dequantize, load_dataset, make_pipeline  # noqa: E402
 from tfp_ae.heads import HEADS, get_head, make_head  # noqa: E402
 from tfp_ae.models import Autoencoder, ProbabilisticModel, build_model, compile_model  # noqa: E402
 from tfp_ae.train import load_model, run  # noqa: E402

@@ -43,8 +43,8 @@ def native_stderr_silenced(enabled=True):
 
 with native_stderr_silenced(not SHOW_TF_LOGS):
     import tensorflow as tf  # noqa: E402
-    import tf_keras as tfk  # noqa: E402
     import tensorflow_probability as tfp  # noqa: E402
+    import tf_keras as tfk  # noqa: E402
 
 
 class _NoRetracingNotice:

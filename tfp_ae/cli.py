@@ -12,6 +12,7 @@ import numpy as np
 
 from tfp_ae._tf import SHOW_TF_LOGS
 from tfp_ae.config import ARCHS, MODELS, OBJECTIVES, PRECISIONS, STRATEGIES, UNCERTAINTIES, RunConfig
+from tfp_ae.data import CROPS, DATASETS, convert, open_source
 from tfp_ae.errors import InputError
 from tfp_ae.export import export_run
 from tfp_ae.figures import augment
@@ -19,10 +20,8 @@ from tfp_ae.grid import grid_cells, merge_results, run_grid
 from tfp_ae.heads import DEFAULT_RANK, HEADS, LOSSES, describe_heads
 from tfp_ae.runtime import device_summary, make_strategy
 from tfp_ae.scoring import score_run
-from tfp_ae.data import CROPS, DATASETS, convert, open_source
 from tfp_ae.toy2d import TOY_DATASETS, TOY_SETUPS, run_study
 from tfp_ae.train import DivergedError, load_model, run
-
 
 DATASET_HELP = (f"{', '.join(DATASETS)}; a .npz file (x_train, x_test [N, H, W, C]); tfds:NAME[/CONFIG]; a folder of "
                 "images (PNG, JPEG, BMP, GIF; train/ and test/ subfolders, class subfolders as labels); a folder "
@@ -348,7 +347,7 @@ def main(argv=None):
     try:
         args.func(args)
     except (InputError, FileNotFoundError, FileExistsError, DivergedError, MemoryError, ImportError) as e:
-        raise SystemExit(f"tfp-ae: error: {e}")
+        raise SystemExit(f"tfp-ae: error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -2,10 +2,9 @@
 and validated here (the CLI's flags and choices are generated from these declarations)."""
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
 
-from tfp_ae.errors import InputError
 from tfp_ae.data import CROPS, Geometry
+from tfp_ae.errors import InputError
 from tfp_ae.heads import DEFAULT_BETA, LOSSES, get_head
 
 ARCHS = ("mlp", "cnn", "cnn_dense")
@@ -28,8 +27,8 @@ class RunConfig:
     model: str = "ae"                  # MODELS: ae (the paper's autoencoders) | vae
     head: str = "normal_diag"
     components: int = 1
-    rank: Optional[int] = None         # low-rank heads: rank r of V (None: the head's default, 10)
-    min_df: Optional[float] = None     # Student-t heads: df = min_df + 1e-6 + softplus (None: 0, the paper's)
+    rank: int | None = None         # low-rank heads: rank r of V (None: the head's default, 10)
+    min_df: float | None = None     # Student-t heads: df = min_df + 1e-6 + softplus (None: 0, the paper's)
     arch: str = "mlp"                  # ARCHS (VAE_ARCHS for a vae)
     latent_dim: int = 32
     loss: str = "nll"                  # LOSSES; ae only: nll (the paper's) | beta_nll | faithful (tfp_ae.heads.Head)
@@ -44,18 +43,18 @@ class RunConfig:
     retries: int = 0                   # re-runs with seed+1, seed+2, ... after a NaN loss
     dequantize: bool = False           # train on uniformly dequantised pixels
     perturb_rate: float = 0.0          # background model (Ren et al. 2019): replace pixels at this rate by noise
-    train_limit: Optional[int] = None  # use only the first N training images (quick runs)
+    train_limit: int | None = None  # use only the first N training images (quick runs)
     validation_split: float = 0.0      # hold out the last fraction of the training images (val_loss; recalibration)
     recalibrate: bool = False          # sigma-scaling on the held-out images (validation_split, or 0.1 when 0)
     eval_images: int = 1000            # test images for l2_percent (the paper's 1000)
-    data_dir: Optional[str] = None     # IDX folder of the named datasets; TFDS's data_dir for tfds: sources
-    image_size: Optional[str] = None   # "H" or "HxW": resize every image (antialiased; tfp_ae.data.Geometry)
+    data_dir: str | None = None     # IDX folder of the named datasets; TFDS's data_dir for tfds: sources
+    image_size: str | None = None   # "H" or "HxW": resize every image (antialiased; tfp_ae.data.Geometry)
     crop: str = "none"                 # CROPS: "center" crops to --image-size's aspect ratio first
-    channels: Optional[int] = None     # 1 or 3: convert every image to grey or RGB (None: the source's)
+    channels: int | None = None     # 1 or 3: convert every image to grey or RGB (None: the source's)
     test_fraction: float = 0.1         # image folders without train/ and test/: fraction held out for test
     download: bool = False             # tfds: sources: download and prepare a dataset that is not prepared
     skip_bad_images: bool = False      # leave unreadable image files out (counted) instead of stopping
-    out: Optional[str] = None
+    out: str | None = None
     jit_compile: bool = False
     steps_per_execution: int = STEPS_PER_EXECUTION  # Keras compile argument: steps per compiled call (same results)
     precision: str = "float32"         # PRECISIONS: Keras mixed precision policy of the layers

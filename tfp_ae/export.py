@@ -123,7 +123,7 @@ class ServingModule(tf.Module):
                 draws = head.sample(dist(images), num_samples)  # [num_samples, B, H, W, C]
             return {"samples": tf.transpose(draws, [1, 0, *range(2, 2 + len(shape))])}
 
-        def interval(images, level=tf.constant(INTERVAL_LEVEL)):
+        def interval(images, level=tf.constant(INTERVAL_LEVEL)):  # noqa: B008 (serving clients may omit it)
             return interval_outputs(head, dist(images), level)
 
         self.reconstruct = signature(lambda images: {

@@ -23,10 +23,10 @@ from pathlib import Path
 from tfp_ae import figures, plots, train
 from tfp_ae._tf import tfk
 from tfp_ae.config import RunConfig
+from tfp_ae.data import open_source
 from tfp_ae.errors import InputError
 from tfp_ae.heads import HEADS
 from tfp_ae.rundir import METRICS_FILE, write_json, write_text
-from tfp_ae.data import open_source
 
 # `cnn_dense` is our variant of the paper's CNN (Table 2): its rows are compared with Table 2
 PAPER_TABLES = {"mlp": "table1_mlp.csv", "cnn": "table2_cnn.csv", "cnn_dense": "table2_cnn.csv"}
@@ -35,8 +35,9 @@ PENDING = "pending"  # status of a cell not run yet
 VAE_ROW = "vae"  # the paper's VAE row: model vae, head normal_diag, K = 1, mlp only
 COLUMNS = ["dataset", "arch", "model", "head", "components", "label", "status", "epochs", "l2_percent",
            "paper_l2_percent", "fid_lenet", "fid_lenet_vs_noise", "paper_fid_vs_noise", "psnr", "ssim",
-           "fid_lenet_real_vs_noise", "test_nll_nats", "bits_per_dim", "bits_per_dim_median", "calibration_error", "crps", "num_params", "paper_params", "seconds_per_epoch",
-           "paper_seconds_per_epoch", "cell_wall_seconds", "run_dir"]
+           "fid_lenet_real_vs_noise", "test_nll_nats", "bits_per_dim", "bits_per_dim_median", "calibration_error",
+           "crps", "num_params", "paper_params", "seconds_per_epoch", "paper_seconds_per_epoch", "cell_wall_seconds",
+           "run_dir"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +228,7 @@ def _cell_config(cell, base):
                                components=cell.components)
 
 
-def run_grid(out, cells, base=RunConfig(), on_cell=None, figures=True):
+def run_grid(out, cells, base=None, on_cell=None, figures=True):
     """Run (or resume) every cell; finished cells are read from their `metrics.json`, not re-run.
 
     Args:
@@ -238,6 +239,7 @@ def run_grid(out, cells, base=RunConfig(), on_cell=None, figures=True):
     Returns: the result rows (dicts with `COLUMNS`). A cell that fails (bad settings, memory,
       NaN in every retry) is recorded with its error and the grid goes on.
     """
+    base = base or RunConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "grid_state.json"
@@ -286,9 +288,10 @@ def _eta(state, left):
     return f", about {left * mean / 60:.0f} min left (mean {mean / 60:.1f} min per cell)"
 
 
-def write_head_figures(out, rows, base=RunConfig(), num_images=8):
+def write_head_figures(out, rows, base=None, num_images=8):
     """Figures 1 (K = 1) and 2 (K > 1) of each (dataset, arch) from the finished cells
     (`base`: data_dir and rescale of the grid)."""
+    base = base or RunConfig()
     for dataset, arch in dict.fromkeys((r["dataset"], r["arch"]) for r in rows):
         x = open_source(dataset, **base.source_options).splits["test"].take(num_images)[0]
         for number, many in ((1, False), (2, True)):

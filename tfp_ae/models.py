@@ -346,7 +346,7 @@ def compile_model(model, learning_rate=1e-3, jit_compile=False, steps_per_execut
     once per step: the same updates in the same order (the weights are bit-identical to 1 step
     per call), a small model's epoch is shorter (docs/benchmarks/cpu_mlp_bounds.md). Keras truncates the
     last call to the end of the epoch; callbacks' `on_train_batch_*` hooks run once per call."""
-    model.compile(optimizer=tfk.optimizers.Adam(learning_rate, amsgrad=amsgrad), loss=model.keras_loss, jit_compile=jit_compile,
-                  steps_per_execution=steps_per_execution)
+    model.compile(optimizer=tfk.optimizers.Adam(learning_rate, amsgrad=amsgrad), loss=model.keras_loss,
+                  jit_compile=jit_compile, steps_per_execution=steps_per_execution)
     return model
 

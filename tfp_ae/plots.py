@@ -6,7 +6,6 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-
 UNCERTAINTY_CMAP = "viridis"  # perceptually uniform, readable in grey and by colour-blind readers
 UNCERTAINTY_LABELS = {"interval": "90 % interval in [0, 1]", "std": "standard deviation", "variance": "variance"}
 

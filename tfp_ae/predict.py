@@ -10,7 +10,6 @@ from tfp_ae.data import check_images
 from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED
 
-
 QUANTITIES = {  # fn(model, images [B, H, W, C]) -> per-image result(s)
     "log_prob": lambda m, b: m.log_prob(b, seed=SAMPLE_SEED),
     "elbo": lambda m, b: m.elbo(b)[0],

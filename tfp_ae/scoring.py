@@ -28,11 +28,11 @@ from sklearn import metrics as skm
 
 from tfp_ae import plots
 from tfp_ae._tf import tf
-from tfp_ae.errors import InputError
-from tfp_ae.heads import SAMPLE_SEED, bits_per_dim
-from tfp_ae.evaluate import split_log_probs
-from tfp_ae.predict import sample_batch_size
 from tfp_ae.data import Split, array_split, load_masks, open_source
+from tfp_ae.errors import InputError
+from tfp_ae.evaluate import split_log_probs
+from tfp_ae.heads import SAMPLE_SEED, bits_per_dim
+from tfp_ae.predict import sample_batch_size
 from tfp_ae.train import load_model
 
 SCORES = ("nll", "bits_per_dim", "likelihood_ratio", "complexity", "typicality")

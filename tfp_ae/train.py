@@ -13,14 +13,31 @@ from tfp_ae import figures, plots
 from tfp_ae._tf import tf, tfk
 from tfp_ae.callbacks import ImageSummaries
 from tfp_ae.config import RunConfig
-from tfp_ae.errors import InputError
-from tfp_ae.evaluate import (CALIBRATION_IMAGES, MIN_RECALIBRATION_IMAGES, calibration, evaluate, fid_extractors,
-                             fit_sigma_scale)
-from tfp_ae.models import build_model, compile_model
-from tfp_ae.rundir import (CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, METRICS_FILE, STATE_FILE, Progress,
-                           checkpoint_manager, load_state, restore, restore_checkpoint, write_json)
-from tfp_ae.runtime import check_memory, device_summary, make_strategy, precision_policy, probe_jit, worker
 from tfp_ae.data import SAMPLE_BYTES, Split, array_split, dequantize, open_source
+from tfp_ae.errors import InputError
+from tfp_ae.evaluate import (
+    CALIBRATION_IMAGES,
+    MIN_RECALIBRATION_IMAGES,
+    calibration,
+    evaluate,
+    fid_extractors,
+    fit_sigma_scale,
+)
+from tfp_ae.models import build_model, compile_model
+from tfp_ae.rundir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LOG_DIR,
+    METRICS_FILE,
+    STATE_FILE,
+    Progress,
+    checkpoint_manager,
+    load_state,
+    restore,
+    restore_checkpoint,
+    write_json,
+)
+from tfp_ae.runtime import check_memory, device_summary, make_strategy, precision_policy, probe_jit, worker
 from tfp_ae.vae import build_vae
 
 
@@ -199,7 +216,8 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     with source.reading():
         model, history, attempts = fit(config, train, source.num_levels, callbacks, run_dir=out, strategy=strategy,
                                        resume=writer or not overwrite)
-    metrics = dict(dataset=config.dataset, model=config.model, head=config.head, components=config.components, arch=config.arch,
+    metrics = dict(dataset=config.dataset, model=config.model, head=config.head, components=config.components,
+                   arch=config.arch,
                    epochs=config.epochs, num_params=int(model.count_params()), seconds_per_epoch=history["seconds"],
                    train_loss=history["loss"], loss_units=_loss_units(config, model.head),
                    seed=attempts[-1]["seed"], attempts=attempts, dequantize=config.dequantize,

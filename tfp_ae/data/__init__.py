@@ -26,17 +26,23 @@ Moved in 0.2.0: `tfp_ae.sources` is now this package; `tfp_ae.sources` still imp
 these names.
 """
 from dataclasses import dataclass
-from typing import Optional
 
 from tfp_ae.data import folders, memory, shards, tfds_source
 from tfp_ae.data.arrays import Dataset, check_images, prepare_images
 from tfp_ae.data.folders import IMAGE_EXTENSIONS, scan_images
 from tfp_ae.data.geometry import CROPS, Geometry, decode_image
 from tfp_ae.data.masks import MASK_SUFFIX, load_masks
-from tfp_ae.data.named import (CLASS_NAMES, DATASETS, DataNotFoundError, dataset_available, find_idx_dir,
-                               load_dataset, network_reachable, read_idx)
-from tfp_ae.data.pipeline import (BATCH_SIZE, SHUFFLE_BUFFER, array_images, batch_stream, dequantize,
-                                  make_pipeline, perturb)
+from tfp_ae.data.named import (
+    CLASS_NAMES,
+    DATASETS,
+    DataNotFoundError,
+    dataset_available,
+    find_idx_dir,
+    load_dataset,
+    network_reachable,
+    read_idx,
+)
+from tfp_ae.data.pipeline import BATCH_SIZE, SHUFFLE_BUFFER, array_images, batch_stream, dequantize, make_pipeline, perturb
 from tfp_ae.data.shards import SHARD_SCHEMA, SHARDS_INFO, convert
 from tfp_ae.data.split import SAMPLE_BYTES, SPLITS, Source, Split, array_split
 
@@ -46,7 +52,7 @@ SOURCE_KINDS = (tfds_source, shards, folders, memory)  # the order in which a --
 @dataclass(frozen=True)
 class SourceOptions:
     """What a source kind may need besides the spec and the geometry (see `open_source`)."""
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     test_fraction: float = 0.1
     download: bool = False
     skip_bad_images: bool = False

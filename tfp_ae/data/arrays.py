@@ -1,7 +1,6 @@
 """Images held in memory: the `Dataset` record every in-memory loader returns, and the checks
 every array of images passes (`check_images`, `prepare_images`)."""
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -28,7 +27,7 @@ class Dataset:
     y_test: np.ndarray
     num_levels: int
     source: str
-    class_names: Optional[list] = None
+    class_names: list | None = None
 
     @property
     def image_shape(self):

@@ -2,7 +2,6 @@
 re-quantised to the source's levels) and how encoded image bytes are decoded (`decode_image`)."""
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 from tfp_ae._tf import tf
 from tfp_ae.errors import InputError
@@ -16,9 +15,9 @@ class Geometry:
     `crop` (`center`: crop to the target's aspect ratio before resizing), `size` `(H, W)` (None
     keeps the source's). Resizing is `tf.image.resize(..., antialias=True)` (bilinear), and the
     result is re-quantised to the source's `num_levels` (pixels `k / (L - 1)`)."""
-    size: Optional[tuple] = None
+    size: tuple | None = None
     crop: str = "none"
-    channels: Optional[int] = None
+    channels: int | None = None
 
     @classmethod
     def parse(cls, image_size=None, crop="none", channels=None):

@@ -56,7 +56,7 @@ def read_idx(path):
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:  # gzip raises these on a truncated/corrupt stream
-        raise InputError(f"{path}: cannot read IDX file ({e}); the file is corrupt or truncated")
+        raise InputError(f"{path}: cannot read IDX file ({e}); the file is corrupt or truncated") from None
     if len(raw) < 4:
         raise InputError(f"{path}: IDX file too short ({len(raw)} bytes) for a header")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
@@ -146,9 +146,9 @@ def _from_tfds(name):
 
 def _not_found(name, data_dir, error):
     looked = "\n  ".join(str(p) for p in _idx_candidates(name, data_dir) + [_keras_npz(name)])
-    get = ("  python -c \"import tensorflow_datasets as tfds; tfds.load('%s')\"   (downloads; needs internet)\n"
-           "  or point TFP_AE_DATA_DIR (or --data-dir) at a folder holding %s/ with the four IDX .gz files"
-           % (name, IDX_FOLDERS[name]))
+    get = (f"  python -c \"import tensorflow_datasets as tfds; tfds.load('{name}')\"   (downloads; needs internet)\n"
+           f"  or point TFP_AE_DATA_DIR (or --data-dir) at a folder holding {IDX_FOLDERS[name]}/ with the four IDX "
+           ".gz files")
     if name == "fashion_mnist":
         get += "\n  or: sudo apt-get install dataset-fashion-mnist   (Debian/Ubuntu, no download at run time)"
     return DataNotFoundError(f"dataset {name!r} not found. Looked in:\n  {looked}\nand tensorflow-datasets "

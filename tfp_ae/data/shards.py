@@ -62,7 +62,8 @@ def shard_source(spec, geometry, skip_bad_images=False):
     try:
         first = next(iter(tf.data.TFRecordDataset(by_split["train"][:1]).take(1)), None)
     except tf.errors.DataLossError as e:
-        raise InputError(f"shard file {by_split['train'][0]} is truncated or corrupt ({e.message.splitlines()[0]})") from None
+        raise InputError(f"shard file {by_split['train'][0]} is truncated or corrupt "
+                         f"({e.message.splitlines()[0]})") from None
     if first is None:
         raise InputError(f"shard file {by_split['train'][0]} holds no records")
     try:
@@ -131,7 +132,8 @@ def convert(source, out, shards=1, overwrite=False):
         old.unlink()
     L = source.num_levels
     info = dict(name=source.name, converted_from=source.description, image_shape=list(source.image_shape),
-                channels=int(source.image_shape[-1]), num_levels=L, has_labels=source.has_labels, class_names=source.class_names, counts={},
+                channels=int(source.image_shape[-1]), num_levels=L, has_labels=source.has_labels,
+                class_names=source.class_names, counts={},
                 schema="image: PNG bytes (pixel k / (num_levels - 1)); label: int64 (absent: none)")
     for split, s in source.splits.items():
         n = min(shards, s.count) if split == "train" else min(shards, max(1, math.ceil(s.count / 1000)))

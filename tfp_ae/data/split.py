@@ -2,8 +2,8 @@
 TFRecord records) and `Source` (a dataset's train and test splits with what they share): what
 every source kind returns, and what training, evaluation and scoring read."""
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -33,12 +33,12 @@ class Split:
     image_shape: tuple
     num_levels: int
     geometry: Geometry = Geometry()
-    x: Optional[np.ndarray] = None
-    y: Optional[np.ndarray] = None
-    paths: Optional[np.ndarray] = None
-    labels: Optional[np.ndarray] = None
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+    paths: np.ndarray | None = None
+    labels: np.ndarray | None = None
     files: tuple = ()
-    parse: Optional[Callable] = None
+    parse: Callable | None = None
     source_channels: int = 1
     start: int = 0
     records_total: int = 0   # records: how many records the files hold
@@ -148,8 +148,9 @@ class Split:
                  worker=(0, 1), perturb_rate=0.0):
         """`(images, images)` batches for `model.fit` (`tfp_ae.data.batch_stream`): `shuffled_images`
         when `shuffle`, else the fixed order. `worker` `(index, count)` of a multi-worker run: with
-        `shard_policy` FILE the worker reads only its files; `perturb_rate`: see `tfp_ae.data.perturb` (the files are split here, and
-        TensorFlow's auto-sharding is turned off: it cannot see through the pipeline's scan)."""
+        `shard_policy` FILE the worker reads only its files; `perturb_rate`: see `tfp_ae.data.perturb`
+        (the files are split here, and TensorFlow's auto-sharding is turned off: it cannot see through
+        the pipeline's scan)."""
         policy, why = self.shard_policy(worker[1])
         if why:
             print(f"multi-worker input: {why}", flush=True)
@@ -193,7 +194,7 @@ class Source:
     num_levels: int
     splits: dict
     skipped: list = field(default_factory=list)
-    class_names: Optional[list] = None
+    class_names: list | None = None
 
     @property
     def has_labels(self):

@@ -26,8 +26,9 @@ def tfds_source(spec, data_dir, geometry, download, skip_bad_images=False):
         raise InputError(f"tfds:{name}: {str(e).splitlines()[0]}") from None
     if not builder.is_prepared():
         if not download:
+            where = builder.data_dir_root if hasattr(builder, "data_dir_root") else data_dir
             raise InputError(
-                f"tfds:{name} is not prepared in {builder.data_dir_root if hasattr(builder, 'data_dir_root') else data_dir}. "
+                f"tfds:{name} is not prepared in {where}. "
                 f"Pass --download to download and prepare it (needs the internet), or prepare it elsewhere with "
                 f"`tfds build {name} --data_dir DIR` and pass --data-dir DIR")
         builder.download_and_prepare()

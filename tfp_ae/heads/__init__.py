@@ -11,12 +11,32 @@ and one line in `HEADS` below.
 import math
 
 from tfp_ae.errors import InputError
-from tfp_ae.heads.base import (DEFAULT_BETA, LOSSES, MAF_SAMPLES, POSITIVE_SHIFT, BetaNLL, Head, faithful_loss,
-                              negative_log_likelihood, positive, register, squared_error)
+from tfp_ae.heads.base import (
+    DEFAULT_BETA,
+    LOSSES,
+    MAF_SAMPLES,
+    POSITIVE_SHIFT,
+    BetaNLL,
+    Head,
+    faithful_loss,
+    negative_log_likelihood,
+    positive,
+    register,
+    squared_error,
+)
 from tfp_ae.heads.lowrank import DEFAULT_RANK, MultivariateStudentTDiagPlusLowRank, NormalLowRank, StudentTLowRank
 from tfp_ae.heads.maf import MAF
-from tfp_ae.heads.matrix import (MatrixHead, MatrixNormal, MatrixNormalDiag, MatrixNormalFull, MatrixNormalIdentity,
-                                 MatrixT, MatrixTDiag, MatrixTFull, MatrixTIdentity)
+from tfp_ae.heads.matrix import (
+    MatrixHead,
+    MatrixNormal,
+    MatrixNormalDiag,
+    MatrixNormalFull,
+    MatrixNormalIdentity,
+    MatrixT,
+    MatrixTDiag,
+    MatrixTFull,
+    MatrixTIdentity,
+)
 from tfp_ae.heads.pixel import MSE, Bernoulli, ContinuousBernoulli, Logistic, NormalDiag, NormalIdentity, PixelHead
 from tfp_ae.heads.readout import INTERVAL_LEVEL, INTERVAL_SAMPLES, PIT_SAMPLES, SAMPLE_SEED, Readouts, sample_interval
 from tfp_ae.heads.vector import NormalFull, StudentTDiag, StudentTFull, StudentTIdentity, VectorHead

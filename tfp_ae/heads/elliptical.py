@@ -6,7 +6,6 @@ the base of the vector (`tfp_ae.heads.vector`, `tfp_ae.heads.lowrank`) and matri
 import functools
 
 import numpy as np
-
 from tensorflow_probability.python.experimental import tangent_spaces
 
 from tfp_ae._tf import tf, tfd, tfp
@@ -24,7 +23,7 @@ def _scale_params_size(kind, n):
     return {"identity": 0, "diag": n, "full": _tril_size(n)}[kind]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _packed_diagonal(m):
     """`[n]` int: the positions in the packed vector (`m = n(n+1)/2` entries) that
     `fill_triangular` puts on the diagonal, in row order."""

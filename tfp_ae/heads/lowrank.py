@@ -16,7 +16,6 @@ its parameter count and how a flat tensor becomes the distribution, then one lin
 (`tfp_ae/heads/__init__.py`).
 """
 import numpy as np
-
 from tensorflow_probability.python.internal import dtype_util
 
 from tfp_ae._tf import tf, tfd, tfp

@@ -140,7 +140,8 @@ class Readouts:
             xn = tf.reshape(x, tf.concat([tf.shape(x)[:1], self.natural_event_shape], 0))
             if logits is None:
                 return self._to_image(marginal.log_prob(xn))
-            w = tf.reshape(tf.nn.log_softmax(logits), tf.concat([tf.shape(logits), tf.ones_like(self.natural_event_shape)], 0))
+            shape = tf.concat([tf.shape(logits), tf.ones_like(self.natural_event_shape)], 0)
+            w = tf.reshape(tf.nn.log_softmax(logits), shape)
             return self._to_image(tf.reduce_logsumexp(w + marginal.log_prob(xn[:, None]), axis=1))
         samples = self.sample(dist, num_samples, seed=seed)  # [S, B, H, W, C]
         std = tf.math.reduce_std(samples, axis=0)

@@ -4,9 +4,16 @@ import numpy as np
 
 from tfp_ae._tf import tf, tfd
 from tfp_ae.heads.base import _split
-from tfp_ae.heads.elliptical import (T_OPTIONS, MultivariateNormalFullScale, MultivariateStudentTFullScale,
-                                     _EllipticalHead, _full_scale, _row_variance, _scale_operator,
-                                     _scale_params_size)
+from tfp_ae.heads.elliptical import (
+    T_OPTIONS,
+    MultivariateNormalFullScale,
+    MultivariateStudentTFullScale,
+    _EllipticalHead,
+    _full_scale,
+    _row_variance,
+    _scale_operator,
+    _scale_params_size,
+)
 
 
 class VectorHead(_EllipticalHead):
