@@ -66,16 +66,18 @@ def _covariance(head, comp, b):
     return s @ s.T
 
 
-@pytest.mark.parametrize("name", ["normal_diag", "student_t_diag", "normal_full", "logistic"])
-def test_sigma_scaling_recovers_a_known_scale(name, digits):
-    """Targets drawn from the model with every scale multiplied by 2.5: the fit finds s = 2.5."""
+@pytest.mark.parametrize("name,criterion", [("normal_diag", "nll"), ("normal_diag", "crps"), ("student_t_diag", "nll"),
+                                            ("student_t_diag", "crps"), ("normal_full", "nll"), ("logistic", "crps")])
+def test_sigma_scaling_recovers_a_known_scale(name, criterion, digits):
+    """Targets drawn from the model with every scale multiplied by 2.5: either proper scoring rule
+    (NLL, CRPS) is minimised in expectation by the true s, and the fit finds s = 2.5."""
     tf.keras.utils.set_random_seed(0)
     model = build_model(name, digits.image_shape, min_df=4.0 if "student" in name else None)
     x = tf.constant(digits.x_test[:300])
     model.head.sigma_scale.assign(2.5)
     y = tf.cast(model.head.sample(model(x), 1, seed=(1, 2))[0], tf.float32)
     model.head.sigma_scale.assign(1.0)
-    s, before, after = fit_sigma_scale(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(100))
+    s, before, after = fit_sigma_scale(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(100), criterion)
     assert s == pytest.approx(2.5, rel=0.03) and after < before
     assert float(model.head.sigma_scale.numpy()) == pytest.approx(s)
 
@@ -85,7 +87,8 @@ def test_recalibrate_writes_the_scale_and_it_survives_load_model(tmp_path):
     _, m = run(RunConfig(dataset="digits", head="normal_diag", dequantize=True, recalibrate=True, epochs=3, fid=False,
                          extra_figures=False, eval_images=50, verbose=0, out=str(out)))
     rec, cal = m["recalibration"], m["calibration"]
-    assert rec["validation_images"] == 143 and rec["validation_nll_nats"] <= rec["validation_nll_nats_before"]
+    assert rec["validation_images"] == 143 and rec["validation_score"] <= rec["validation_score_before"]
+    assert rec["criterion"] == "crps"
     assert cal["sigma_scale"] == pytest.approx(rec["sigma_scale"]) and rec["sigma_scale"] != 1.0
     assert set(cal["before_recalibration"]) == {"coverage", "calibration_error"}
     assert json.loads((out / "metrics.json").read_text())["recalibration"]["sigma_scale"] == rec["sigma_scale"]

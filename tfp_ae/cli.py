@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tfp_ae._tf import SHOW_TF_LOGS
-from tfp_ae.config import ARCHS, MODELS, OBJECTIVES, PRECISIONS, STRATEGIES, UNCERTAINTIES, RunConfig
+from tfp_ae.config import ARCHS, MODELS, OBJECTIVES, PRECISIONS, RECALIBRATION_CRITERIA, STRATEGIES, UNCERTAINTIES, RunConfig
 from tfp_ae.data import CROPS, DATASETS, convert, open_source
 from tfp_ae.errors import InputError
 from tfp_ae.export import export_run
@@ -73,8 +73,11 @@ def _add_settings(p):
     p.add_argument("--validation-split", type=float, default=d.validation_split,
                    help="hold out the last fraction of the training images; val_loss is logged per epoch")
     p.add_argument("--recalibrate", action="store_true", help="sigma-scaling (Laves et al. 2021): after training, "
-                   "fit one factor s of every scale on held-out images (--validation-split, or 0.1 when 0), by NLL; "
+                   "fit one factor s of every scale on held-out images (--validation-split, or 0.1 when 0); "
                    "saved with the model")
+    p.add_argument("--recalibration-criterion", default=d.recalibration_criterion, choices=RECALIBRATION_CRITERIA,
+                   help="what sigma-scaling minimises on the held-out images: crps (minimum-CRPS estimation, "
+                   "Gneiting et al. 2005; robust to outlying pixels) or nll (Laves et al. 2021)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/logs "
                    "(pip install 'tfp_ae[tensorboard]')")
     p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,

@@ -237,7 +237,7 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     if config.recalibrate:
         with source.reading():
             recalibration = recalibrate(model, train.subset(train.count - n_held_out), source.num_levels, config.seed,
-                                        data.x_test[:CALIBRATION_IMAGES])
+                                        data.x_test[:CALIBRATION_IMAGES], config.recalibration_criterion)
         if out:  # the checkpoint carries the fitted sigma_scale (load_model, export)
             checkpoint_manager(model, out).save(checkpoint_number=len(history["loss"]))
     extractors, notes = fid_extractors(config, data)
@@ -269,22 +269,23 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     return model, metrics
 
 
-def recalibrate(model, held_out, num_levels, seed, test_images):
-    """sigma-scaling of a trained autoencoder (`tfp_ae.evaluate.fit_sigma_scale`) on the held-out
-    `Split` (its images dequantised with the stateless seeds (seed + 104729, i), both input and
-    target). Returns `{"sigma_scale", "validation_images", "validation_nll_nats_before",
-    "validation_nll_nats", "before"}`, where `before` is the calibration (`coverage`,
+def recalibrate(model, held_out, num_levels, seed, test_images, criterion="crps"):
+    """sigma-scaling of a trained autoencoder (`tfp_ae.evaluate.fit_sigma_scale`, minimising
+    `criterion`) on the held-out `Split` (its images dequantised with the stateless seeds
+    (seed + 104729, i), both input and target). Returns `{"sigma_scale", "criterion",
+    "validation_images", "validation_score_before", "validation_score"}` (the criterion's mean:
+    CRPS in pixels, NLL in nats per image) and `"before"`: the calibration (`coverage`,
     `calibration_error`) of `test_images` before the scale was applied."""
     cal = calibration(model, test_images, num_levels=num_levels, seed=seed)
     before = dict(coverage=cal["coverage"], calibration_error=cal["calibration_error"])
     base = tf.constant(int(seed) + 104729, tf.int64)
     pairs = (held_out.elements().map(lambda x, y: x).batch(model.eval_batch_size).enumerate()
              .map(lambda i, b: dequantize(b, num_levels, tf.stack([base, i]))).map(lambda b: (b, b)).prefetch(2))
-    print(f"recalibrating: sigma-scaling on {held_out.count} held-out training images", flush=True)
-    s, nll_before, nll_after = fit_sigma_scale(model, pairs)
-    print(f"sigma_scale {s:.4f}: held-out NLL {nll_before:.2f} -> {nll_after:.2f} nats/image", flush=True)
-    return dict(sigma_scale=s, validation_images=held_out.count, validation_nll_nats_before=nll_before,
-                validation_nll_nats=nll_after, before=before)
+    print(f"recalibrating: sigma-scaling by {criterion} on {held_out.count} held-out training images", flush=True)
+    s, score_before, score_after = fit_sigma_scale(model, pairs, criterion)
+    print(f"sigma_scale {s:.4f}: held-out {criterion} {score_before:.5g} -> {score_after:.5g}", flush=True)
+    return dict(sigma_scale=s, criterion=criterion, validation_images=held_out.count,
+                validation_score_before=score_before, validation_score=score_after, before=before)
 
 
 def _loss_units(config, head):
