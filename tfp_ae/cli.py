@@ -134,6 +134,7 @@ def _config(args):
 
 
 def cmd_train(args):
+    """`tfp-ae train`: train (or resume) and evaluate one model, print its headline metrics."""
     cfg = _config(args)
     strategy = make_strategy(cfg.strategy)
     print(f"training on {device_summary(strategy)}")
@@ -152,6 +153,7 @@ def cmd_train(args):
 
 
 def cmd_export(args):
+    """`tfp-ae export`: a run as a SavedModel (and TensorFlow Lite files with `--tflite`)."""
     names, report = export_run(args.run_dir, args.out, overwrite=args.overwrite, tflite=args.tflite)
     print(f"wrote SavedModel {args.out} with signatures: {', '.join(names)}")
     for name, result in (report or {}).items():
@@ -159,6 +161,7 @@ def cmd_export(args):
 
 
 def cmd_toy2d(args):
+    """`tfp-ae toy2d`: the VAE tutorial's 2D study; prints its table."""
     rows = run_study(args.out, setup=args.setup, steps=args.steps, growth=args.growth, datasets=args.datasets,
                      seed=args.seed)
     print((Path(args.out) / "table.md").read_text())
@@ -166,6 +169,7 @@ def cmd_toy2d(args):
 
 
 def cmd_grid(args):
+    """`tfp-ae grid`: the paper's grid of heads x K x datasets (resumable); prints the table."""
     # every training flag except the per-cell fields (dataset, arch, model, head, components, out)
     grid_only = ("dataset", "arch", "heads", "components", "out", "no_figures", "command", "func", "verbose")
     base = RunConfig.from_dict({k: v for k, v in vars(args).items() if k not in grid_only})
@@ -185,12 +189,14 @@ def cmd_grid(args):
 
 
 def cmd_table(args):
+    """`tfp-ae table`: merge grid `results.csv` files into one table."""
     rows = merge_results(args.results, args.out, args.epochs)
     print((Path(args.out) / "table.md").read_text())
     print(f"wrote {args.out}/results.csv and table.md ({len(rows)} cells from {len(args.results)} file(s))")
 
 
 def cmd_augment(args):
+    """`tfp-ae augment`: a mixture's component images above a log-density threshold as an `.npz` dataset."""
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -217,6 +223,7 @@ def cmd_augment(args):
 
 
 def cmd_convert(args):
+    """`tfp-ae convert`: any source as TFRecord shards (after its geometry)."""
     source = open_source(args.source, args.data_dir, args.image_size, args.crop, args.channels, args.test_fraction,
                          args.download, args.skip_bad_images, args.rescale)
     source.print_skipped()
@@ -228,6 +235,7 @@ def cmd_convert(args):
 
 
 def cmd_score(args):
+    """`tfp-ae score`: OOD scores and anomaly maps of a run; prints AUROC / AUPRC / FPR and localisation."""
     _, m = score_run(args.run_dir, args.data, args.ood, args.background, args.out, args.masks, args.limit, args.seed)
     for name, v in m.get("scores", {}).items():
         print(f"{name:18s} AUROC {v['auroc']:.3f}  AUPRC {v['auprc']:.3f}  FPR@95%TPR {v['fpr_at_95_tpr']:.3f}")
@@ -250,6 +258,7 @@ def _heads_with(option):
 
 
 def cmd_heads(args):
+    """`tfp-ae heads`: every head with its parameter count for an image shape."""
     shape = tuple(args.shape)
     print(f"{'head':24s} {'paper label':18s} {'params K=1':>12s} {'params K=10':>12s}   (decoder outputs for {shape}"
           f"; low-rank heads at rank {args.rank})")
@@ -259,6 +268,8 @@ def cmd_heads(args):
 
 
 def main(argv=None):
+    """The `tfp-ae` command line (`argv`: the arguments, default `sys.argv[1:]`); bad input exits with
+    one `tfp-ae: error: ...` line."""
     parser = argparse.ArgumentParser(prog="tfp-ae", description="Probabilistic autoencoders (TFP + Keras).",
                                      formatter_class=HELP_FORMAT)
     parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's own C++ log lines "

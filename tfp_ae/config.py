@@ -79,6 +79,7 @@ class RunConfig:
                     rescale=self.rescale)
 
     def to_dict(self):
+        """Every setting as a plain dict (`config.json`, `metrics.json`)."""
         return dataclasses.asdict(self)
 
     @classmethod

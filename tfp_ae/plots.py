@@ -11,6 +11,7 @@ UNCERTAINTY_LABELS = {"interval": "90 % interval in [0, 1]", "std": "standard de
 
 
 def subplots(rows, cols, figsize):
+    """A matplotlib `Figure` (constrained layout, no pyplot state) and its `[rows, cols]` axes."""
     fig = Figure(figsize=figsize, layout="constrained")  # leaves room for titles and colour bars
     return fig, fig.subplots(rows, cols, squeeze=False)
 
@@ -29,11 +30,13 @@ def reconstruction_figure(images, point, uncertainty=None, title="", note=None, 
     """Rows: inputs, point estimates and (if given) per-pixel uncertainty maps with a colour bar.
 
     Args:
-      images, point: `[N, H, W, C]` in [0, 1] (grey for C = 1, colour for C = 3).
+      images: `[N, H, W, C]` in [0, 1] (grey for C = 1, colour for C = 3).
+      point: their point estimates, the same shape.
       uncertainty: `[N, H, W, C]` (pixel units, e.g. `tfp_ae.predict.uncertainty_maps`) or None;
         drawn in `UNCERTAINTY_CMAP` (mean over channels for colour images); NaN pixels are blank.
-      note: caveat printed under the uncertainty row; label: its name; scale: its colour range
-        (vmin, vmax), default `map_scale(uncertainty)`.
+      note: caveat printed under the uncertainty row.
+      label: the uncertainty row's name.
+      scale: its colour range (vmin, vmax), default `map_scale(uncertainty)`.
     """
     rows = [("input", images, None), ("point estimate", point, None)]
     if uncertainty is not None:

@@ -77,6 +77,7 @@ class ToySetup:
     num_train: int = 100_000
 
     def steps(self, objective):
+        """Adam steps of the VAE (`elbo`) or the IWAE (`iwae`) in this set-up."""
         return self.vae_steps if objective == "elbo" else self.iwae_steps
 
     def learning_rate_schedule(self, steps):

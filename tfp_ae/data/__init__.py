@@ -67,7 +67,9 @@ def open_source(dataset, data_dir=None, image_size=None, crop="none", channels=N
       dataset: `mnist`, `fashion_mnist`, `digits`, a `.npz` path, `tfds:NAME[/CONFIG]`, a folder of
         images or of `*.tfrecord` shards, or a glob of shard files.
       data_dir: IDX folder for the named datasets; TFDS's data_dir for `tfds:`.
-      image_size, crop, channels: the `Geometry` (`Geometry.parse`).
+      image_size: `H` or `HxW`: resize (`Geometry.parse`).
+      crop: `none` or `center` (`Geometry.parse`).
+      channels: 1, 3 or None (`Geometry.parse`).
       test_fraction: a folder without `train/` and `test/`: the fraction of its files held out.
       download: `tfds:` only: download and prepare the dataset when it is not prepared.
       skip_bad_images: leave unreadable image files out (listed in `Source.skipped`) instead of raising.

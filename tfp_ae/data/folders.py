@@ -74,6 +74,13 @@ def _folder_labels(root, paths):
 
 
 def folder_source(folder, geometry, test_fraction, skip_bad_images):
+    """The `Source` of an image folder (module docstring): checks every file (`scan_images`), splits,
+    labels from class subfolders.
+
+    Raises:
+      InputError: an empty folder or split, unreadable files (unless `skip_bad_images`), mixed sizes
+        or channels without a geometry that fixes them, a bad `test_fraction`.
+    """
     folder = Path(folder)
     roots = {s: folder / s for s in SPLITS} if all((folder / s).is_dir() for s in SPLITS) else None
     paths = {s: image_files(r) for s, r in roots.items()} if roots else {"all": image_files(folder)}

@@ -56,6 +56,13 @@ def _shard_files(spec):
 
 
 def shard_source(spec, geometry, skip_bad_images=False):
+    """The `Source` of TFRecord shards (`SHARD_SCHEMA`) in a folder or matching a glob, with the counts,
+    shape, levels and class names of their `SHARDS_INFO` when present.
+
+    Raises:
+      InputError: no files, a split without files, truncated or corrupt records, records without an
+        `image` feature or whose first image cannot be decoded.
+    """
     by_split = _shard_files(spec)
     folder = Path(by_split["train"][0]).parent
     info = json.loads((folder / SHARDS_INFO).read_text()) if (folder / SHARDS_INFO).exists() else {}

@@ -9,6 +9,7 @@ PREFIX = "tfds:"
 
 
 def claims(spec):
+    """`tfds:NAME[/CONFIG]`."""
     return spec.startswith(PREFIX)
 
 
@@ -18,6 +19,12 @@ def open_source(spec, geometry, options):
 
 
 def tfds_source(spec, data_dir, geometry, download, skip_bad_images=False):
+    """The `Source` of a TFDS dataset prepared in `data_dir` (`download`: prepare it first).
+
+    Raises:
+      InputError: an unknown or unprepared dataset (without `download`), no image feature, images of
+        varying size without `--image-size`, no train and test (or validation) split.
+    """
     import tensorflow_datasets as tfds  # heavy (about 2 s): imported only for a tfds: source
     name = spec[len(PREFIX):]
     try:

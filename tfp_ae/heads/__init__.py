@@ -85,6 +85,7 @@ HEADS = {cls.head_name: register(cls) for cls in [
 
 
 def mixable_heads():
+    """The names of the heads that take K > 1 (`Head.mixable`)."""
     return [n for n, c in HEADS.items() if c.mixable]
 
 

@@ -16,6 +16,7 @@ class PixelHead(Head):
         return cls.n_pixel_params * int(np.prod(event_shape))
 
     def pixel_distribution(self, *params):
+        """The univariate distribution of every pixel from its parameters, each `[..., H, W, C]`."""
         raise NotImplementedError
 
     def component(self, params):

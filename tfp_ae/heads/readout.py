@@ -51,12 +51,15 @@ class Readouts:
         return tf.reshape(t, tf.concat([tf.shape(t)[:tf.rank(t) - nd], self._image_shape], 0))
 
     def component_mean(self, comp):
+        """Mean of each component, `[..., *natural_event_shape]`."""
         return comp.mean()
 
     def component_variance(self, comp):
+        """Per-pixel variance of each component, `[..., *natural_event_shape]` (NaN where it does not exist)."""
         return comp.variance()
 
     def component_mode(self, comp):
+        """Mode of each component, `[..., *natural_event_shape]`."""
         return comp.mode()
 
     def _mixture_moments(self, dist, seed=SAMPLE_SEED):
