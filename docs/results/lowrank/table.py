@@ -14,7 +14,7 @@ from tfp_ae.heads import DEFAULT_RANK, HEADS
 HERE = Path(__file__).parent
 BASELINES = [("normal_diag", 1), ("normal_diag", 10), ("normal_full", 1), ("matrix_normal_full", 1)]
 COLUMNS = ["dataset", "head", "components", "rank", "min_df", "dequantize", "bits_per_dim", "l2_percent",
-           "coverage_95", "seconds_per_epoch", "num_params", "source"]
+           "calibration_error", "seconds_per_epoch", "num_params", "source"]
 
 
 def run_row(dataset, run_dir):
@@ -24,7 +24,7 @@ def run_row(dataset, run_dir):
     return dict(dataset=dataset, head=m["head"], components=m["components"], rank=rank,
                 min_df=c.get("min_df") if c.get("min_df") is not None else "", dequantize=c["dequantize"],
                 bits_per_dim=m["bits_per_dim"], l2_percent=m["l2_percent"],
-                coverage_95=(m.get("calibration") or {}).get("coverage_95", ""),
+                calibration_error=(m.get("calibration") or {}).get("calibration_error", ""),
                 seconds_per_epoch=sum(m["seconds_per_epoch"]) / len(m["seconds_per_epoch"]),
                 num_params=m["num_params"], source=f"this study: {run_dir.name}")
 
@@ -38,7 +38,7 @@ def table1_rows():
         if (r["head"], int(r["components"])) in BASELINES or int(r["components"]) == 1:
             out.append(dict(dataset=r["dataset"], head=r["head"], components=int(r["components"]), rank="",
                             min_df="", dequantize=False, bits_per_dim=float(r["bits_per_dim"] or "nan"),
-                            l2_percent=float(r["l2_percent"]), coverage_95=r["coverage_95"],
+                            l2_percent=float(r["l2_percent"]), calibration_error=r.get("calibration_error", ""),
                             seconds_per_epoch=float(r["seconds_per_epoch"]), num_params=int(r["num_params"]),
                             source="Table 1 (../table1_mlp)"))
     return out
@@ -56,12 +56,12 @@ def fmt(v, digits=3):
 
 
 def markdown(rows):
-    head = "| head | K | rank | min df | dequantised training | bits/dim | L2 % | coverage_95 | s/epoch | parameters |\n"
+    head = "| head | K | rank | min df | dequantised training | bits/dim | L2 % | calibration error | s/epoch | parameters |\n"
     head += "|---|---|---|---|---|---|---|---|---|---|\n"
     return head + "".join(
         f"| {r['head']} | {r['components']} | {r['rank'] or '-'} | {fmt(r['min_df'], 0)} | "
         f"{'yes' if str(r['dequantize']) == 'True' else 'no'} | {fmt(r['bits_per_dim'])} | {fmt(r['l2_percent'])} | "
-        f"{fmt(r['coverage_95'])} | {fmt(r['seconds_per_epoch'], 2)} | {r['num_params']} |\n" for r in rows)
+        f"{fmt(r['calibration_error'])} | {fmt(r['seconds_per_epoch'], 2)} | {r['num_params']} |\n" for r in rows)
 
 
 def main(root):
