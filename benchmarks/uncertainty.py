@@ -27,9 +27,9 @@ HEADS = {  # head -> (extra flags, the losses it takes here)
     "matrix_normal_full": ([], ["nll", "faithful"]),
     "logistic": ([], ["nll", "beta_nll", "faithful"]),
 }
-COLUMNS = ["dataset", "head", "loss", "l2_percent", "bits_per_dim", "bits_per_dim_median", "bits_per_dim_finite",
-           "crps", "calibration_error_before", "calibration_error", "sigma_scale", "coverage_50", "coverage_90",
-           "seconds_per_epoch", "run_dir"]
+COLUMNS = ["dataset", "head", "loss", "l2_percent", "bits_per_dim_before", "bits_per_dim_median_before", "bits_per_dim",
+           "bits_per_dim_median", "bits_per_dim_finite", "crps", "calibration_error_before", "calibration_error",
+           "sigma_scale", "coverage_50", "coverage_90", "seconds_per_epoch", "run_dir"]
 
 
 def cell(runs, dataset, head, loss, epochs):
@@ -46,11 +46,33 @@ def cell(runs, dataset, head, loss, epochs):
     return json.loads((out / "metrics.json").read_text())
 
 
+def before_scaling(run_dir):
+    """Bits/dim (mean, median) of a run's test split with its sigma_scale set back to 1, for runs whose
+    `recalibration` does not record them (written before it did)."""
+    import numpy as np
+
+    from tfp_ae.data import open_source
+    from tfp_ae.evaluate import bits_per_dim_summary, split_log_probs
+    from tfp_ae.train import load_model
+    model, cfg = load_model(run_dir)
+    model.head.sigma_scale.assign(1.0)
+    source = open_source(cfg.dataset, **cfg.source_options)
+    scores = split_log_probs(model, source.splits["test"], source.num_levels, cfg.seed, elbo=False)
+    s = bits_per_dim_summary(scores["log_prob_dequantized"], int(np.prod(source.image_shape)), source.num_levels)
+    return dict(bits_per_dim_before=s["bits_per_dim"], bits_per_dim_median_before=s["bits_per_dim_median"])
+
+
 def row(dataset, head, loss, m):
     cal = m.get("calibration") or {}
+    rec = m.get("recalibration") or {}
+    if rec and "bits_per_dim_before" not in rec:
+        rec = dict(rec, **before_scaling(m["config"]["out"]))
     cover = dict(zip(cal.get("levels", []), cal.get("coverage", []), strict=True))
     before = cal.get("before_recalibration") or {}
-    return dict(dataset=dataset, head=head, loss=loss, l2_percent=m["l2_percent"], bits_per_dim=m["bits_per_dim"],
+    return dict(dataset=dataset, head=head, loss=loss, l2_percent=m["l2_percent"],
+                bits_per_dim_before=rec.get("bits_per_dim_before", m["bits_per_dim"]),
+                bits_per_dim_median_before=rec.get("bits_per_dim_median_before", m.get("bits_per_dim_median")),
+                bits_per_dim=m["bits_per_dim"],
                 bits_per_dim_median=m.get("bits_per_dim_median"), bits_per_dim_finite=m.get("bits_per_dim_finite"),
                 crps=m.get("crps"), calibration_error_before=before.get("calibration_error"),
                 calibration_error=cal.get("calibration_error"), sigma_scale=cal.get("sigma_scale"),
@@ -63,11 +85,13 @@ def fmt(v, digits=3):
 
 
 def table(rows):
-    lines = ["| dataset | head | loss | L2 % | bits/dim | median | CRPS | cal. error before -> after σ-scaling | s "
-             "| cover 50 % / 90 % | s/epoch |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | head | loss | L2 % | bits/dim (median) before σ-scaling | after | CRPS "
+             "| cal. error before -> after σ-scaling | s | cover 50 % / 90 % | s/epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['head']} | {r['loss']} | {fmt(r['l2_percent'])} | {fmt(r['bits_per_dim'])} "
-                     f"| {fmt(r['bits_per_dim_median'])} | {fmt(r['crps'], 4)} "
+        lines.append(f"| {r['dataset']} | {r['head']} | {r['loss']} | {fmt(r['l2_percent'])} "
+                     f"| {fmt(r['bits_per_dim_before'])} ({fmt(r['bits_per_dim_median_before'])}) "
+                     f"| {fmt(r['bits_per_dim'])} ({fmt(r['bits_per_dim_median'])}) | {fmt(r['crps'], 4)} "
                      f"| {fmt(r['calibration_error_before'])} -> {fmt(r['calibration_error'])} | {fmt(r['sigma_scale'])} "
                      f"| {fmt(r['coverage_50'])} / {fmt(r['coverage_90'])} | {fmt(r['seconds_per_epoch'], 2)} |")
     return "\n".join(lines)

@@ -88,7 +88,8 @@ def test_recalibrate_writes_the_scale_and_it_survives_load_model(tmp_path):
                          extra_figures=False, eval_images=50, verbose=0, out=str(out)))
     rec, cal = m["recalibration"], m["calibration"]
     assert rec["validation_images"] == 143 and rec["validation_score"] <= rec["validation_score_before"]
-    assert rec["criterion"] == "crps"
+    assert rec["criterion"] == "crps" and np.isfinite(rec["bits_per_dim_before"])
+    assert rec["bits_per_dim_median_before"] != m["bits_per_dim_median"]  # s changes the density
     assert cal["sigma_scale"] == pytest.approx(rec["sigma_scale"]) and rec["sigma_scale"] != 1.0
     assert set(cal["before_recalibration"]) == {"coverage", "calibration_error"}
     assert json.loads((out / "metrics.json").read_text())["recalibration"]["sigma_scale"] == rec["sigma_scale"]

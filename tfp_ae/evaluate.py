@@ -227,6 +227,19 @@ def split_log_probs(model, test, num_levels, seed=0, batch_size=None, elbo=None)
     return out
 
 
+def bits_per_dim_summary(log_prob_dequantized, num_dims, num_levels, is_density=True):
+    """`{"bits_per_dim", "bits_per_dim_median", "bits_per_dim_finite"}` of per-image log-densities of
+    dequantised images `[N]` (nats; `tfp_ae.heads.bits_per_dim`): the mean (of the NLL, as the
+    field reports it), the median over images (the likelihood is heavy-tailed: a few images can move
+    the mean by orders of magnitude) and whether every image's value is finite. None for heads that
+    are not densities (`is_density` False)."""
+    per_image = bits_per_dim(-np.asarray(log_prob_dequantized, np.float64), num_dims, num_levels)
+    return dict(bits_per_dim=bits_per_dim(float(-np.mean(log_prob_dequantized)), num_dims, num_levels)
+                if is_density else None,
+                bits_per_dim_median=float(np.median(per_image)) if is_density else None,
+                bits_per_dim_finite=bool(np.all(np.isfinite(per_image))))
+
+
 def evaluate(model, data, eval_images=1000, seed=0, extractors=(), test=None):
     """Test metrics of a trained model.
 
@@ -268,12 +281,9 @@ def evaluate(model, data, eval_images=1000, seed=0, extractors=(), test=None):
         metrics["calibration"] = calibration(model, xc, point[:len(xc)] if len(point) >= len(xc) else None,
                                              data.num_levels, seed)
         metrics["crps"] = metrics["calibration"]["crps"]
-    per_image = bits_per_dim(-scores["log_prob_dequantized"], d, data.num_levels)
     metrics.update(test_nll_nats=nll, test_nll_dequantized_nats=nll_deq, l2_percent=l2_percent(xe, point),
                    test_images=len(scores["log_prob"]),
-                   bits_per_dim=bits_per_dim(nll_deq, d, data.num_levels) if head.is_density else None,
-                   bits_per_dim_median=float(np.median(per_image)) if head.is_density else None,
-                   bits_per_dim_finite=bool(np.all(np.isfinite(per_image))))
+                   **bits_per_dim_summary(scores["log_prob_dequantized"], d, data.num_levels, head.is_density))
     note = model.log_prob_note or head.nll_note
     if note:
         metrics["nll_note"] = note

@@ -18,10 +18,12 @@ from tfp_ae.errors import InputError
 from tfp_ae.evaluate import (
     CALIBRATION_IMAGES,
     MIN_RECALIBRATION_IMAGES,
+    bits_per_dim_summary,
     calibration,
     evaluate,
     fid_extractors,
     fit_sigma_scale,
+    split_log_probs,
 )
 from tfp_ae.models import build_model, compile_model
 from tfp_ae.rundir import (
@@ -237,7 +239,8 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     if config.recalibrate:
         with source.reading():
             recalibration = recalibrate(model, train.subset(train.count - n_held_out), source.num_levels, config.seed,
-                                        data.x_test[:CALIBRATION_IMAGES], config.recalibration_criterion)
+                                        data.x_test[:CALIBRATION_IMAGES], source.splits["test"],
+                                        config.recalibration_criterion)
         if out:  # the checkpoint carries the fitted sigma_scale (load_model, export)
             checkpoint_manager(model, out).save(checkpoint_number=len(history["loss"]))
     extractors, notes = fid_extractors(config, data)
@@ -269,15 +272,18 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     return model, metrics
 
 
-def recalibrate(model, held_out, num_levels, seed, test_images, criterion="crps"):
+def recalibrate(model, held_out, num_levels, seed, test_images, test, criterion="crps"):
     """sigma-scaling of a trained autoencoder (`tfp_ae.evaluate.fit_sigma_scale`, minimising
     `criterion`) on the held-out `Split` (its images dequantised with the stateless seeds
     (seed + 104729, i), both input and target). Returns `{"sigma_scale", "criterion",
     "validation_images", "validation_score_before", "validation_score"}` (the criterion's mean:
-    CRPS in pixels, NLL in nats per image) and `"before"`: the calibration (`coverage`,
-    `calibration_error`) of `test_images` before the scale was applied."""
+    CRPS in pixels, NLL in nats per image), the test split's `bits_per_dim_before` and
+    `bits_per_dim_median_before` (s = 1; `evaluate` reports them after), and `"before"`: the
+    calibration (`coverage`, `calibration_error`) of `test_images` before the scale was applied."""
     cal = calibration(model, test_images, num_levels=num_levels, seed=seed)
     before = dict(coverage=cal["coverage"], calibration_error=cal["calibration_error"])
+    scores = split_log_probs(model, test, num_levels, seed, elbo=False)["log_prob_dequantized"]
+    bpd = bits_per_dim_summary(scores, int(np.prod(test.image_shape)), num_levels, model.head.is_density)
     base = tf.constant(int(seed) + 104729, tf.int64)
     pairs = (held_out.elements().map(lambda x, y: x).batch(model.eval_batch_size).enumerate()
              .map(lambda i, b: dequantize(b, num_levels, tf.stack([base, i]))).map(lambda b: (b, b)).prefetch(2))
@@ -285,7 +291,9 @@ def recalibrate(model, held_out, num_levels, seed, test_images, criterion="crps"
     s, score_before, score_after = fit_sigma_scale(model, pairs, criterion)
     print(f"sigma_scale {s:.4f}: held-out {criterion} {score_before:.5g} -> {score_after:.5g}", flush=True)
     return dict(sigma_scale=s, criterion=criterion, validation_images=held_out.count,
-                validation_score_before=score_before, validation_score=score_after, before=before)
+                validation_score_before=score_before, validation_score=score_after,
+                bits_per_dim_before=bpd["bits_per_dim"], bits_per_dim_median_before=bpd["bits_per_dim_median"],
+                before=before)
 
 
 def _loss_units(config, head):
