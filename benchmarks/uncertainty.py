@@ -8,7 +8,7 @@ resumes: finished cells are read, the unfinished one continues from its last epo
 `results.csv` (one row per cell) and prints the Markdown table of docs/results/uncertainty/README.md.
 
     python benchmarks/uncertainty.py --runs runs/uncertainty --out docs/results/uncertainty [--epochs 20]
-        [--datasets mnist fashion_mnist] [--heads normal_diag logistic ...]
+        [--datasets mnist fashion_mnist] [--heads normal_diag logistic ...] [--localisation normal_diag]
 """
 import argparse
 import csv
@@ -97,6 +97,28 @@ def table(rows):
     return "\n".join(lines)
 
 
+def localisation(runs, heads, defect_images=600):
+    """Pixel AUROC and PRO of every anomaly map (`tfp_ae.scoring.pixel_maps`) of the Fashion-MNIST runs
+    of `heads` with each loss, on the synthetic defects of docs/results/ood (Fashion-MNIST test
+    images with patches of MNIST digits, seed 0). Rows: head, loss, map, pixel_auroc, pro."""
+    from tfp_ae.data import load_dataset
+    from tfp_ae.scoring import localisation_metrics, pixel_maps, synthetic_defects
+    from tfp_ae.train import load_model
+    fashion, mnist = load_dataset("fashion_mnist"), load_dataset("mnist")
+    x, masks = synthetic_defects(fashion.x_test[:defect_images], mnist.x_test[:1000], seed=0)
+    rows = []
+    for head in heads:
+        for loss in HEADS[head][1]:
+            run_dir = Path(runs) / f"fashion_mnist_{head}_{loss}"
+            if not (run_dir / "metrics.json").exists():
+                continue
+            model, _ = load_model(run_dir)
+            for name, v in localisation_metrics(pixel_maps(model, x), masks).items():
+                rows.append(dict(head=head, loss=loss, map=name, pixel_auroc=round(v["pixel_auroc"], 4),
+                                 pro=round(v["pro"], 4)))
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs/uncertainty")
@@ -104,6 +126,9 @@ def main():
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"])
     p.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
+    p.add_argument("--localisation", nargs="*", default=[], choices=list(HEADS),
+                   help="also the anomaly maps' pixel AUROC and PRO on synthetic defects for these heads' "
+                   "Fashion-MNIST runs, with each loss (localisation.csv)")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +149,15 @@ def main():
                     w.writeheader()
                     w.writerows(ordered)
     print(table(ordered))
+    if a.localisation:
+        loc = localisation(a.runs, a.localisation)
+        with open(out / "localisation.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, ["head", "loss", "map", "pixel_auroc", "pro"])
+            w.writeheader()
+            w.writerows(loc)
+        print("\n| head | loss | map | pixel AUROC | PRO |\n|---|---|---|---|---|")
+        for r in loc:
+            print(f"| {r['head']} | {r['loss']} | {r['map']} | {r['pixel_auroc']:.3f} | {r['pro']:.3f} |")
 
 
 if __name__ == "__main__":
