@@ -23,11 +23,12 @@ FULL_COVARIANCE_MAX = 512  # latent sizes up to this get a full-covariance Gauss
 
 
 def model_label(model):
-    """`HEAD K=k [options] (arch)`: how figures name a model."""
+    """`HEAD K=k [options] [loss] (arch)`: how figures name a model (the loss where it is not `nll`)."""
     head = model.head
     kind = "VAE" if model.kind == "vae" else model.build_args["arch"]
     options = "".join(f" {k}={v:g}" for k, v in head.option_values.items() if v != head.options[k])  # not defaults
-    return f"{head.head_name} K={head.num_components}{options} ({kind})"
+    loss = "" if head.training_loss == "nll" else f" {head.training_loss}"
+    return f"{head.head_name} K={head.num_components}{options}{loss} ({kind})"
 
 
 def _uncertainty_note(head, kind):
