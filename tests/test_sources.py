@@ -156,7 +156,7 @@ def test_the_folder_split_is_fixed_and_disjoint(photo_folder):
     assert not set(a.splits["test"].paths) & set(a.splits["train"].paths)
 
 
-def test_bad_files_are_named_or_skipped_and_counted(png_folder, tmp_path):
+def test_bad_files_are_named_or_skipped_and_counted(png_folder, tmp_path, capsys):
     folder = tmp_path / "f"
     for split in ("train", "test"):
         for p in sorted((png_folder / split / "3").glob("*.png"))[:20]:
@@ -172,6 +172,8 @@ def test_bad_files_are_named_or_skipped_and_counted(png_folder, tmp_path):
     src = open_source(folder, skip_bad_images=True)
     assert [Path(p).name for p, _ in src.skipped] == ["broken.png"]
     assert src.splits["train"].count == 40
+    src.print_skipped()  # what `tfp-ae train` and `convert` print (issue 40: they said "counted" and printed nothing)
+    assert f"skipped unreadable image {broken}: " in capsys.readouterr().out
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match="holds no image files.*empty"):
