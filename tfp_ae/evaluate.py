@@ -25,7 +25,7 @@ def pixel_crps(head, dist, x, seed=SAMPLE_SEED, num_samples=PIT_SAMPLES):
     lower is better; numpy `[B, H, W, C]`), by the `scoringrules` package: closed forms for one
     normal, logistic or Student-t marginal (`crps_normal`, `crps_logistic`, `crps_t`) and for a
     mixture of normal marginals (`crps_mixnorm`); otherwise the unbiased ("fair") ensemble
-    estimator over `num_samples` draws (`crps_ensemble`; Gneiting & Raftery 2007, Eq. 21). inf
+    estimator over `num_samples` draws (`crps_ensemble`; Ferro, QJRMS 2014, "Fair scores for ensemble forecasts"). inf
     where a t marginal has df <= 1 (no finite mean: the CRPS is infinite)."""
     _, logits, comp = head._parts(dist)
     marginal = head.marginal(comp) if head.is_density else None
