@@ -272,3 +272,24 @@ def test_synthetic_defects_are_fixed_and_masked(digits):
     changed = (np.abs(a - x) > 1.5 / 255).any(-1)
     np.testing.assert_array_equal(changed, ma)
     np.testing.assert_allclose(a * 255, np.round(a * 255), atol=1e-3)
+
+
+def test_a_flat_ood_folder_is_scored_whole_and_takes_the_geometry_options(runs, tmp_path, digits, capsys):
+    """Issue 42: a folder of OOD images without train/ and test/ is scored whole by default (it was cut
+    to its 10 % test fraction, silently), --test-fraction splits it, the counts are printed, and an
+    OOD set of another size is resized by score's own --image-size (the error named flags score lacked)."""
+    for i, img in enumerate(np.asarray(digits.x_train[:30])):
+        big = np.kron(img[..., 0], np.ones((2, 2)))  # 16 x 16: another size than the run's 8 x 8
+        write_png(tmp_path / "ood" / f"{i:03d}.png", 1 - big)
+    base = ["score", str(runs / "model"), "--data", "digits", "--limit", "40", "--ood", str(tmp_path / "ood")]
+    with pytest.raises(SystemExit, match=r"images \(16, 16, 1\) do not match the run's \(8, 8, 1\); pass --image-size"):
+        main(base + ["--out", str(tmp_path / "a")])
+    main(base + ["--image-size", "8", "--out", str(tmp_path / "b")])
+    assert "scored 40 in-distribution, 30 OOD test images" in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["counts"] == {"in": 40, "ood": 30}
+    main(base + ["--image-size", "8", "--test-fraction", "0.2", "--out", str(tmp_path / "c")])
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["counts"] == {"in": 40, "ood": 6}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="holds no image files"):
+        main(base[:-1] + [str(empty), "--out", str(tmp_path / "d")])

@@ -236,7 +236,10 @@ def cmd_convert(args):
 
 def cmd_score(args):
     """`tfp-ae score`: OOD scores and anomaly maps of a run; prints AUROC / AUPRC / FPR and localisation."""
-    _, m = score_run(args.run_dir, args.data, args.ood, args.background, args.out, args.masks, args.limit, args.seed)
+    _, m = score_run(args.run_dir, args.data, args.ood, args.background, args.out, args.masks, args.limit, args.seed,
+                     args.image_size, args.crop, args.channels, args.test_fraction)
+    print("scored " + ", ".join(f"{n} {'in-distribution' if s == 'in' else 'OOD'}" for s, n in m["counts"].items())
+          + " test images")
     for name, v in m.get("scores", {}).items():
         print(f"{name:18s} AUROC {v['auroc']:.3f}  AUPRC {v['auprc']:.3f}  FPR@95%TPR {v['fpr_at_95_tpr']:.3f}")
     for name, v in m.get("localisation", {}).items():
@@ -338,7 +341,8 @@ def main(argv=None):
                        "metrics.json (AUROC, AUPRC, FPR at 95%% TPR), ROC and histograms")
     p.add_argument("run_dir", help="a run folder written by `tfp-ae train`")
     p.add_argument("--data", required=True, help="in-distribution dataset (its test split is scored)")
-    p.add_argument("--ood", default=None, help="out-of-distribution dataset (its test split)")
+    p.add_argument("--ood", default=None, help="out-of-distribution dataset: its test split, or every image of a "
+                   "folder without train/ and test/ subfolders")
     p.add_argument("--background", default=None, help="run folder of a background model (tfp-ae train "
                    "--perturb-rate) for the likelihood ratio")
     p.add_argument("--masks", default=None, help="defect masks of --data's test images (pixel AUROC and PRO of "
@@ -346,6 +350,14 @@ def main(argv=None):
                    "images (non-zero = defect), matched by name to an image folder's test images "
                    "(crack/000_mask.png -> test/crack/000.png; MVTec AD's layout), else in sorted order")
     p.add_argument("--limit", type=int, default=None, help="score only the first N test images of each set")
+    p.add_argument("--image-size", default=None, metavar="H|HxW", help="resize the images of --data and --ood "
+                   "(None: the run's geometry)")
+    p.add_argument("--crop", default=None, choices=CROPS, help="center: crop to --image-size's aspect ratio first "
+                   "(None: the run's)")
+    p.add_argument("--channels", type=int, default=None, choices=[1, 3], help="convert the images to grey (1) or "
+                   "RGB (3) (None: the run's)")
+    p.add_argument("--test-fraction", type=float, default=None, help="a flat --ood folder (no train/ and test/): "
+                   "score only this held-out fraction of it (None: all its images)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dequantisation noise")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_score)

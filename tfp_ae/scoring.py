@@ -28,7 +28,7 @@ from sklearn import metrics as skm
 
 from tfp_ae import plots
 from tfp_ae._tf import tf
-from tfp_ae.data import Split, array_split, load_masks, open_source
+from tfp_ae.data import Split, array_split, folders, load_masks, open_source, shards
 from tfp_ae.errors import InputError
 from tfp_ae.evaluate import split_log_probs
 from tfp_ae.heads import SAMPLE_SEED, bits_per_dim
@@ -199,27 +199,34 @@ def localisation_metrics(maps, masks):
     return out
 
 
-def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, limit=None, seed=0):
+def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, limit=None, seed=0, image_size=None,
+              crop=None, channels=None, ood_test_fraction=None):
     """`tfp-ae score`: every score of a trained run on a dataset and (optionally) an OOD dataset.
 
     Args:
       run_dir: a run folder (`tfp-ae train`).
       data: the in-distribution dataset string (its test split is scored).
-      ood: the OOD dataset string (its test split), or None.
+      ood: the OOD dataset string (its test split; a folder of images without `train/` and `test/`
+        subfolders: all its images, unless `ood_test_fraction` is given), or None.
       background: a run folder of a background model (likelihood ratio), or None.
       out: folder for `scores.csv`, `metrics.json`, `roc.png`, `histograms.png`.
       masks: defect masks `[N, H, W(, C)]` of `data`'s first N test images (pixel AUROC, PRO), the
         path of an `.npz` or a folder of mask images (`tfp_ae.data.load_masks`), or None.
       limit: score only the first `limit` test images of each set.
+      image_size, crop, channels: the geometry of both sets (`tfp_ae.data.Geometry`); None keeps the
+        run's (an OOD set of another size or colour needs them).
+      ood_test_fraction: split a flat OOD folder like a training folder and score its test part.
     Returns:
       (rows, metrics): rows of `scores.csv` (dicts), and the metrics dict.
     Raises:
       InputError: a dataset or background run whose image shape differs from the run's, an empty OOD
-        set, masks of the wrong shape.
+        set, masks of the wrong shape, a geometry that cannot apply.
     """
     model, config = load_model(run_dir)
     bg = load_model(background)[0] if background else None
-    source = open_source(data, **dict(config.source_options, data_dir=config.data_dir))
+    options = dict(config.source_options, data_dir=config.data_dir)
+    options.update({k: v for k, v in dict(image_size=image_size, crop=crop, channels=channels).items() if v is not None})
+    source = open_source(data, **options)
     train_split = source.splits["train"].subset(0, TRAIN_IMAGES)
     if tuple(source.image_shape) != tuple(model.image_shape):
         raise InputError(f"--data {data}: images {source.image_shape} do not match the run's {tuple(model.image_shape)}")
@@ -228,12 +235,15 @@ def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, li
         sets = [("in", image_scores(model, source.splits["test"].subset(0, limit), source.num_levels, bg, train_bits,
                                     seed))]
     if ood:
-        ood_source = open_source(ood, **dict(config.source_options, data_dir=config.data_dir))
+        flat = ood_test_fraction is None and folders.claims(str(ood)) and not shards.claims(str(ood)) \
+            and not folders.has_split_folders(ood)
+        ood_source = open_source(ood, **dict(options, test_fraction=ood_test_fraction or options["test_fraction"]))
         if tuple(ood_source.image_shape) != tuple(model.image_shape):
             raise InputError(f"--ood {ood}: images {ood_source.image_shape} do not match the run's "
                              f"{tuple(model.image_shape)}; pass --image-size / --channels")
+        ood_split = ood_source.all_images() if flat else ood_source.splits["test"]
         with ood_source.reading():
-            sets.append(("ood", image_scores(model, ood_source.splits["test"].subset(0, limit), ood_source.num_levels,
+            sets.append(("ood", image_scores(model, ood_split.subset(0, limit), ood_source.num_levels,
                                              bg, train_bits, seed)))
     columns = [c for c in SCORES if c in sets[0][1]]
     rows = [dict(set=name, index=i, **{c: float(s[c][i]) for c in columns})

@@ -91,7 +91,7 @@ def open_source(dataset, data_dir=None, image_size=None, crop="none", channels=N
 
 __all__ = ["BATCH_SIZE", "CLASS_NAMES", "CROPS", "DATASETS", "DataNotFoundError", "Dataset", "Geometry",
            "IMAGE_EXTENSIONS", "MASK_SUFFIX", "SAMPLE_BYTES", "SHARDS_INFO", "SHARD_SCHEMA", "SHUFFLE_BUFFER",
-           "SOURCE_KINDS", "SPLITS", "Source", "SourceOptions", "Split", "array_images", "array_split",
+           "SOURCE_KINDS", "SPLITS", "Source", "SourceOptions", "Split", "array_images", "array_split", "folders", "shards",
            "batch_stream", "check_images", "convert", "dataset_available", "decode_image", "dequantize",
            "find_idx_dir", "load_dataset", "load_masks", "make_pipeline", "network_reachable", "open_source",
            "perturb", "prepare_images", "read_idx", "scan_images"]

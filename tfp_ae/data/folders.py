@@ -23,6 +23,11 @@ def claims(spec):
     return Path(spec).is_dir()
 
 
+def has_split_folders(folder):
+    """True when `folder` has both `train/` and `test/` subfolders (they are then its splits)."""
+    return all((Path(folder) / s).is_dir() for s in SPLITS)
+
+
 def open_source(spec, geometry, options):
     """The `Source` of the image folder `spec` (see the module docstring)."""
     return folder_source(Path(spec), geometry, options.test_fraction, options.skip_bad_images)
@@ -82,7 +87,7 @@ def folder_source(folder, geometry, test_fraction, skip_bad_images):
         or channels without a geometry that fixes them, a bad `test_fraction`.
     """
     folder = Path(folder)
-    roots = {s: folder / s for s in SPLITS} if all((folder / s).is_dir() for s in SPLITS) else None
+    roots = {s: folder / s for s in SPLITS} if has_split_folders(folder) else None
     paths = {s: image_files(r) for s, r in roots.items()} if roots else {"all": image_files(folder)}
     for key, found in paths.items():
         if not found:

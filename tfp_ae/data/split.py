@@ -200,6 +200,19 @@ class Source:
     def has_labels(self):
         return all(s.has_labels for s in self.splits.values())
 
+    def all_images(self):
+        """One `Split` of every image of an image-file source, train and test together, sorted by path
+        (e.g. a flat folder of OOD images, scored whole).
+
+        Raises:
+          InputError: the source is not a folder of image files.
+        """
+        train, test = self.splits["train"], self.splits["test"]
+        if train.kind != "files":
+            raise InputError(f"{self.description}: only a folder of image files can be taken whole")
+        paths = np.sort(np.concatenate([train.paths, test.paths]))
+        return replace(train, count=len(paths), paths=paths, labels=None)
+
     def print_skipped(self):
         """Print one line per image file left out by `skip_bad_images` (path and reason)."""
         for path, reason in self.skipped:
