@@ -213,8 +213,10 @@ def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, li
       masks: defect masks `[N, H, W(, C)]` of `data`'s first N test images (pixel AUROC, PRO), the
         path of an `.npz` or a folder of mask images (`tfp_ae.data.load_masks`), or None.
       limit: score only the first `limit` test images of each set.
-      image_size, crop, channels: the geometry of both sets (`tfp_ae.data.Geometry`); None keeps the
-        run's (an OOD set of another size or colour needs them).
+      image_size: `H` or `HxW`: resize both sets (`tfp_ae.data.Geometry`); None keeps the run's (an
+        OOD set of another size needs it).
+      crop: `none` or `center`; None keeps the run's.
+      channels: 1 or 3 (an OOD set of another colour needs it); None keeps the run's.
       ood_test_fraction: split a flat OOD folder like a training folder and score its test part.
     Returns:
       (rows, metrics): rows of `scores.csv` (dicts), and the metrics dict.
