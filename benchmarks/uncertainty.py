@@ -57,7 +57,7 @@ def before_scaling(run_dir):
     model, cfg = load_model(run_dir)
     model.head.sigma_scale.assign(1.0)
     source = open_source(cfg.dataset, **cfg.source_options)
-    scores = split_log_probs(model, source.splits["test"], source.num_levels, cfg.seed, elbo=False)
+    scores = split_log_probs(model, source.splits["test"], source.num_levels, cfg.seed, elbo=False, raw=False)
     s = bits_per_dim_summary(scores["log_prob_dequantized"], int(np.prod(source.image_shape)), source.num_levels)
     return dict(bits_per_dim_before=s["bits_per_dim"], bits_per_dim_median_before=s["bits_per_dim_median"])
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from tfp_ae.data import CROPS, Geometry
 from tfp_ae.errors import InputError
-from tfp_ae.heads import DEFAULT_BETA, LOSSES, get_head
+from tfp_ae.heads import DEFAULT_BETA, LOSSES, check_beta, get_head
 
 ARCHS = ("mlp", "cnn", "cnn_dense")
 VAE_ARCHS = ("mlp", "cnn_dense", "dense_block")   # the paper's `cnn` decoder has no latent bottleneck;
@@ -119,7 +119,7 @@ class RunConfig:
         """
         choices = dict(model=MODELS, arch=VAE_ARCHS if self.model == "vae" else ARCHS, objective=OBJECTIVES,
                        strategy=STRATEGIES, precision=PRECISIONS, uncertainty=UNCERTAINTIES, crop=CROPS,
-                       recalibration_criterion=RECALIBRATION_CRITERIA)
+                       recalibration_criterion=RECALIBRATION_CRITERIA, loss=LOSSES)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
@@ -145,10 +145,7 @@ class RunConfig:
             raise InputError(f"perturb_rate must be in [0, 1); got {self.perturb_rate!r}")
         if not (isinstance(self.validation_split, (int, float)) and 0 <= self.validation_split < 1):
             raise InputError(f"validation_split must be in [0, 1); got {self.validation_split!r}")
-        if self.loss not in LOSSES:
-            raise InputError(f"loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
-        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 <= self.beta <= 1:
-            raise InputError(f"beta must be a number in [0, 1]; got {self.beta!r}")
+        check_beta(self.beta)  # whatever the loss: a bad --beta is refused, not ignored
         if self.model == "vae" and self.loss != "nll":
             raise InputError(f"loss {self.loss!r} is for autoencoders: a vae trains on its bound (--objective elbo|iwae), "
                              "whose decoder term is the head's log-likelihood")

@@ -203,23 +203,33 @@ def fid_extractors(config, data):
     return extractors, notes
 
 
-def split_log_probs(model, test, num_levels, seed=0, batch_size=None, elbo=None):
+def dequantized_batches(split, num_levels, seed, batch_size):
+    """The images of a `tfp_ae.data.Split` in its fixed order as a `tf.data.Dataset` of batches
+    `[B, H, W, C]`, batch i dequantised with the stateless seed `(seed, i)` (`tfp_ae.data.dequantize`)."""
+    seed = tf.constant(int(seed), tf.int64)
+    return (split.elements().map(lambda x, y: x).batch(batch_size).enumerate()
+            .map(lambda i, b: dequantize(b, num_levels, tf.stack([seed, i]))))
+
+
+def split_log_probs(model, test, num_levels, seed=0, batch_size=None, elbo=None, raw=True):
     """Per-image scores of a whole split, streamed in its fixed order (never held whole).
 
     Args:
       test: a `tfp_ae.data.Split`.
       num_levels: L of the pixels, for the dequantised pass.
-      seed: batch i is dequantised with the stateless seed `(seed, i)` (`tfp_ae.data.dequantize`).
+      seed: batch i is dequantised with the stateless seed `(seed, i)` (`dequantized_batches`).
+      raw: also score the pixels as they are (False: only the dequantised pass).
     Returns:
-      dict of `[N]` arrays, nats: `log_prob` (`model.log_prob` of the pixels in [0, 1]),
+      dict of `[N]` arrays, nats: `log_prob` (`model.log_prob` of the pixels in [0, 1]; with `raw`),
       `log_prob_dequantized` (of the uniformly dequantised pixels) and, for a VAE (unless `elbo` is
       False), `elbo`.
     """
-    batches = test.elements().map(lambda x, y: x).batch(batch_size or model.eval_batch_size)
-    seed = tf.constant(int(seed), tf.int64)
-    deq = batches.enumerate().map(lambda i, b: dequantize(b, num_levels, tf.stack([seed, i])))
-    out = dict(log_prob=map_dataset(model, batches.prefetch(2), "log_prob"),
-               log_prob_dequantized=map_dataset(model, deq.prefetch(2), "log_prob"))
+    batch_size = batch_size or model.eval_batch_size
+    batches = test.elements().map(lambda x, y: x).batch(batch_size)
+    deq = dequantized_batches(test, num_levels, seed, batch_size)
+    out = dict(log_prob_dequantized=map_dataset(model, deq.prefetch(2), "log_prob"))
+    if raw:
+        out["log_prob"] = map_dataset(model, batches.prefetch(2), "log_prob")
     if elbo is None:
         elbo = model.kind == "vae"
     if elbo:

@@ -28,7 +28,7 @@ from sklearn import metrics as skm
 
 from tfp_ae import plots
 from tfp_ae._tf import tf
-from tfp_ae.data import Split, array_split, folders, load_masks, open_source, shards
+from tfp_ae.data import Split, array_split, folders, load_masks, open_source
 from tfp_ae.errors import InputError
 from tfp_ae.evaluate import split_log_probs
 from tfp_ae.heads import SAMPLE_SEED, bits_per_dim
@@ -237,9 +237,10 @@ def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, li
         sets = [("in", image_scores(model, source.splits["test"].subset(0, limit), source.num_levels, bg, train_bits,
                                     seed))]
     if ood:
-        flat = ood_test_fraction is None and folders.claims(str(ood)) and not shards.claims(str(ood)) \
-            and not folders.has_split_folders(ood)
         ood_source = open_source(ood, **dict(options, test_fraction=ood_test_fraction or options["test_fraction"]))
+        # a folder of image files without train/ and test/: its split into them is ours, so score all of it
+        flat = ood_test_fraction is None and ood_source.splits["test"].kind == "files" \
+            and not folders.has_split_folders(ood)
         if tuple(ood_source.image_shape) != tuple(model.image_shape):
             raise InputError(f"--ood {ood}: images {ood_source.image_shape} do not match the run's "
                              f"{tuple(model.image_shape)}; pass --image-size / --channels")

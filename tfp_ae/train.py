@@ -13,13 +13,14 @@ from tfp_ae import figures, plots
 from tfp_ae._tf import tf, tfk
 from tfp_ae.callbacks import ImageSummaries
 from tfp_ae.config import RunConfig
-from tfp_ae.data import SAMPLE_BYTES, Split, array_split, dequantize, open_source
+from tfp_ae.data import SAMPLE_BYTES, Split, array_split, open_source
 from tfp_ae.errors import InputError
 from tfp_ae.evaluate import (
     CALIBRATION_IMAGES,
     MIN_RECALIBRATION_IMAGES,
     bits_per_dim_summary,
     calibration,
+    dequantized_batches,
     evaluate,
     fid_extractors,
     fit_sigma_scale,
@@ -68,6 +69,13 @@ def build_and_compile(config, image_shape):
     return model
 
 
+def hold_out(split, config):
+    """(the images trained on, the held-out images) of a training `Split`: its last
+    `config.held_out_fraction` images are held out (validation loss, sigma-scaling), a fixed choice."""
+    n = int(split.count * config.held_out_fraction)
+    return split.subset(0, split.count - n), split.subset(split.count - n)
+
+
 def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None, resume=True):
     """Build and train a model: resumable, retried with seed+1, seed+2... when the loss becomes NaN.
 
@@ -105,8 +113,8 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None, 
     shape = train.image_shape
     if config.model == "ae":
         check_memory(config, shape)
-    n_val = int(train.count * config.held_out_fraction)
-    train, val_split = train.subset(0, train.count - n_val), train.subset(train.count - n_val)
+    train, val_split = hold_out(train, config)
+    n_val = val_split.count
     steps = math.ceil(train.count / config.batch_size)
     while True:
         seed = state["seed"]
@@ -200,10 +208,10 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     source.print_skipped()
     train = source.splits["train"].subset(0, config.train_limit)
     config.validate(source.image_shape)  # the head's options against the image size, before the folder is made
-    n_held_out = int(train.count * config.held_out_fraction)
-    if config.recalibrate and n_held_out < MIN_RECALIBRATION_IMAGES:
+    held_out = hold_out(train, config)[1]
+    if config.recalibrate and held_out.count < MIN_RECALIBRATION_IMAGES:
         raise InputError(f"--recalibrate needs at least {MIN_RECALIBRATION_IMAGES} held-out validation images; "
-                         f"{config.held_out_fraction:g} of {train.count} training images is {n_held_out} "
+                         f"{config.held_out_fraction:g} of {train.count} training images is {held_out.count} "
                          "(raise --validation-split or train on more images)")
     # in memory: the first test images (L2 %, calibration, figures, FID) and a bounded part of the
     # training split (the FID classifier's data); the NLL streams over the whole test split
@@ -238,7 +246,7 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     recalibration = None
     if config.recalibrate:
         with source.reading():
-            recalibration = recalibrate(model, train.subset(train.count - n_held_out), source.num_levels, config.seed,
+            recalibration = recalibrate(model, held_out, source.num_levels, config.seed,
                                         data.x_test[:CALIBRATION_IMAGES], source.splits["test"],
                                         config.recalibration_criterion)
         if out:  # the checkpoint carries the fitted sigma_scale (load_model, export)
@@ -282,11 +290,10 @@ def recalibrate(model, held_out, num_levels, seed, test_images, test, criterion=
     calibration (`coverage`, `calibration_error`) of `test_images` before the scale was applied."""
     cal = calibration(model, test_images, num_levels=num_levels, seed=seed)
     before = dict(coverage=cal["coverage"], calibration_error=cal["calibration_error"])
-    scores = split_log_probs(model, test, num_levels, seed, elbo=False)["log_prob_dequantized"]
+    scores = split_log_probs(model, test, num_levels, seed, elbo=False, raw=False)["log_prob_dequantized"]
     bpd = bits_per_dim_summary(scores, int(np.prod(test.image_shape)), num_levels, model.head.is_density)
-    base = tf.constant(int(seed) + 104729, tf.int64)
-    pairs = (held_out.elements().map(lambda x, y: x).batch(model.eval_batch_size).enumerate()
-             .map(lambda i, b: dequantize(b, num_levels, tf.stack([base, i]))).map(lambda b: (b, b)).prefetch(2))
+    pairs = dequantized_batches(held_out, num_levels, seed + 104729, model.eval_batch_size).map(lambda b: (b, b))
+    pairs = pairs.prefetch(2)
     print(f"recalibrating: sigma-scaling by {criterion} on {held_out.count} held-out training images", flush=True)
     s, score_before, score_after = fit_sigma_scale(model, pairs, criterion)
     print(f"sigma_scale {s:.4f}: held-out {criterion} {score_before:.5g} -> {score_after:.5g}", flush=True)

@@ -62,6 +62,17 @@ LOSSES = ("nll", "beta_nll", "faithful")  # how a head's parameters are trained 
 DEFAULT_BETA = 0.5
 
 
+def check_beta(beta):
+    """`beta` as a float, checked: `beta_nll`'s exponent must be a number in [0, 1].
+
+    Raises:
+      InputError: a bool, a non-number, NaN or a value outside [0, 1].
+    """
+    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.integer, np.floating)) or not 0 <= beta <= 1:
+        raise InputError(f"beta must be a number in [0, 1]; got {beta!r}")
+    return float(beta)
+
+
 def _unwrapped(y_pred):
     """The distribution a head built (`Head.new`) behind the Keras layer's tensor-coercible wrapper."""
     return getattr(y_pred, "tensor_distribution", y_pred)
@@ -127,6 +138,12 @@ def _split(params, sizes):
 def _subclasses(cls):
     """`cls` and every class derived from it."""
     return [cls] + [d for c in cls.__subclasses__() for d in _subclasses(c)]
+
+
+def _head_names(wanted):
+    """The sorted names of every defined head class for which `wanted(cls)` holds (read from the class
+    tree: the registry in `tfp_ae.heads` imports this module), for error messages."""
+    return ", ".join(sorted({c.head_name for c in _subclasses(Head) if c.head_name and wanted(c)}))
 
 
 class Head(Readouts, tfpl.DistributionLambda):
@@ -195,25 +212,21 @@ class Head(Readouts, tfpl.DistributionLambda):
           InputError: an unknown loss, one this head (or K > 1) cannot take, naming the heads that
             take it, or a beta that is not a number in [0, 1].
         """
-        heads = {c.head_name: c for c in _subclasses(Head)}  # every defined head (the registry imports this module)
         if loss not in LOSSES:
             raise InputError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
         if loss == "beta_nll":
             if not cls.takes_beta_nll:
-                takes = sorted(n for n, c in heads.items() if n and c.takes_beta_nll)
+                takes = _head_names(lambda c: c.takes_beta_nll)
                 raise InputError(f"head {cls.head_name!r} cannot take --loss beta_nll: it needs a log-density that is a "
-                                 f"sum over pixels of a family with a variance; heads that take it: {', '.join(takes)} "
+                                 f"sum over pixels of a family with a variance; heads that take it: {takes} "
                                  "(a multivariate t with a diagonal scale does not factor over pixels)")
-            beta = DEFAULT_BETA if beta is None else beta
-            if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating)) or not 0 <= beta <= 1:
-                raise InputError(f"beta must be a number in [0, 1]; got {beta!r}")
-            return loss, float(beta)
+            return loss, check_beta(DEFAULT_BETA if beta is None else beta)
         if loss == "faithful" and (not cls.has_location or num_components > 1):
-            takes = sorted(n for n, c in heads.items() if n and c.has_location)
+            takes = _head_names(lambda c: c.has_location)
             why = ("mixtures have no single location to fit by squared error" if num_components > 1 else
                    f"{cls.head_name} has no location parameter to fit by squared error")
             raise InputError(f"head {cls.head_name!r} (K={num_components}) cannot take --loss faithful: {why}; heads that "
-                             f"take it with K = 1: {', '.join(takes)}")
+                             f"take it with K = 1: {takes}")
         return loss, None
 
     def scaled(self, scale):

@@ -50,6 +50,11 @@ class Readouts:
         nd = len(self.natural_event_shape)
         return tf.reshape(t, tf.concat([tf.shape(t)[:tf.rank(t) - nd], self._image_shape], 0))
 
+    def _per_pixel(self, weights):
+        """Per-component weights `[B, K]` reshaped `[B, K, 1, ...]` to broadcast over each component's
+        pixels in the natural event shape."""
+        return tf.reshape(weights, tf.concat([tf.shape(weights), tf.ones_like(self.natural_event_shape)], 0))
+
     def component_mean(self, comp):
         """Mean of each component, `[..., *natural_event_shape]`."""
         return comp.mean()
@@ -143,8 +148,7 @@ class Readouts:
             xn = tf.reshape(x, tf.concat([tf.shape(x)[:1], self.natural_event_shape], 0))
             if logits is None:
                 return self._to_image(marginal.log_prob(xn))
-            shape = tf.concat([tf.shape(logits), tf.ones_like(self.natural_event_shape)], 0)
-            w = tf.reshape(tf.nn.log_softmax(logits), shape)
+            w = self._per_pixel(tf.nn.log_softmax(logits))
             return self._to_image(tf.reduce_logsumexp(w + marginal.log_prob(xn[:, None]), axis=1))
         samples = self.sample(dist, num_samples, seed=seed)  # [S, B, H, W, C]
         std = tf.math.reduce_std(samples, axis=0)
@@ -173,7 +177,7 @@ class Readouts:
             xn = tf.reshape(x, tf.concat([tf.shape(x)[:1], self.natural_event_shape], 0))
             if logits is None:
                 return self._to_image(marginal.cdf(xn))
-            w = tf.reshape(tf.nn.softmax(logits), tf.concat([tf.shape(logits), tf.ones_like(self.natural_event_shape)], 0))
+            w = self._per_pixel(tf.nn.softmax(logits))
             return self._to_image(tf.reduce_sum(w * marginal.cdf(xn[:, None]), axis=1))
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), 2)
         samples = self.sample(dist, num_samples, seed=seeds[0])  # [S, B, H, W, C]
