@@ -14,7 +14,8 @@ from tfp_ae.config import RunConfig
 from tfp_ae.data import perturb
 from tfp_ae.errors import InputError
 from tfp_ae.models import build_model
-from tfp_ae.scoring import image_scores, ood_metrics, pixel_maps, png_bits_per_dim, pro_score, score_run
+from tfp_ae.anomaly import MAPS, localisation_metrics, pixel_maps, pro_score, synthetic_defects
+from tfp_ae.scoring import image_scores, ood_metrics, png_bits_per_dim, score_run
 from tfp_ae.train import run
 
 FAST = dict(epochs=3, fid=False, tsne_images=0, eval_images=50, extra_figures=False, verbose=0)
@@ -42,9 +43,9 @@ def test_a_model_scores_noise_as_more_anomalous_than_its_test_images(runs, tmp_p
     with open(tmp_path / "s" / "scores.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == 420 and set(table[0]) == {"set", "index", "nll", "bits_per_dim", "likelihood_ratio",
-                                                   "complexity", "typicality"}
+                                                   "complexity", "typicality", "fisher"}
     labels = [r["set"] == "ood" for r in table]
-    for name in ("nll", "likelihood_ratio", "complexity"):
+    for name in ("nll", "likelihood_ratio", "complexity", "fisher"):
         assert m["scores"][name]["auroc"] == pytest.approx(roc_auc_score(labels, [float(r[name]) for r in table]))
     assert json.loads((tmp_path / "s" / "metrics.json").read_text())["scores"] == m["scores"]
     assert (tmp_path / "s" / "roc.png").exists() and (tmp_path / "s" / "histograms.png").exists()
@@ -54,10 +55,15 @@ def test_scores_are_their_definitions(runs, digits):
     from tfp_ae.train import load_model
     model, bg = load_model(runs / "model")[0], load_model(runs / "background")[0]
     x = digits.x_test[:40]
-    s = image_scores(model, x, 17, background=bg, train_bits=5.0)
+    reference = image_scores(model, digits.x_train[:50], 17)
+    s = image_scores(model, x, 17, background=bg, reference=reference)
     s_model, s_bg = image_scores(model, x, 17), image_scores(bg, x, 17)
     np.testing.assert_allclose(s["likelihood_ratio"], s_model["bits_per_dim"] - s_bg["bits_per_dim"], rtol=1e-6)
-    np.testing.assert_allclose(s["typicality"], np.abs(s["bits_per_dim"] - 5.0))
+    np.testing.assert_allclose(s["typicality"], np.abs(s["bits_per_dim"] - reference["bits_per_dim"].mean()))
+    # fisher: -2 (log p_nll + log p_complexity), p = (1 + #{training scores >= score}) / (M + 1)
+    p = {c: np.array([(1 + np.sum(reference[c] >= v)) / 51 for v in s[c]]) for c in ("nll", "complexity")}
+    np.testing.assert_allclose(s["fisher"], -2 * (np.log(p["nll"]) + np.log(p["complexity"])), rtol=1e-12)
+    assert s["fisher"].max() <= 4 * np.log(51) + 1e-9
     np.testing.assert_allclose(s["complexity"], s["bits_per_dim"] - png_bits_per_dim(x, 17))
     np.testing.assert_allclose(s["nll"], -model.log_prob(x).numpy(), rtol=1e-5)
 
@@ -105,28 +111,28 @@ def test_every_map_exists_and_is_finite(head, k, digits):
     maps = pixel_maps(model, digits.x_test[:5])
     for name, m in maps.items():
         assert m.shape == (5, 8, 8, 1) and np.isfinite(m).all(), name
-        assert (m >= 0).all() or name == "neg_log_marginal"
+        assert (m >= 0).all() or name.startswith("neg_log_marginal")
+    assert set(maps) == set(MAPS)
 
 
 def test_pixel_maps_bound_their_batches_by_the_draws_they_hold(digits, monkeypatch):
     """Large images get fewer images per batch (`SAMPLE_FLOATS` / `MAP_SAMPLES` draws); maps with
     exact marginals do not depend on the batching."""
-    from tfp_ae import predict, scoring
+    from tfp_ae import anomaly, predict
     model = build_model("normal_diag", (8, 8, 1), 1)
     x = digits.x_test[:10]
     whole = pixel_maps(model, x)
     sizes = []
-    step = scoring._score_step(model, "maps")
-    monkeypatch.setattr(predict, "SAMPLE_FLOATS", 3 * scoring.MAP_SAMPLES * 64)  # 3 images of 8x8
-    monkeypatch.setattr(scoring, "_score_step", lambda m, q: lambda b: sizes.append(len(b)) or step(b))
+    step = anomaly._score_step(model)
+    monkeypatch.setattr(predict, "SAMPLE_FLOATS", 3 * anomaly.MAP_SAMPLES * 64)  # 3 images of 8x8
+    monkeypatch.setattr(anomaly, "_score_step", lambda m: lambda b: sizes.append(len(b)) or step(b))
     batched = pixel_maps(model, x)
     assert sizes == [3, 3, 3, 1]
-    for name in ("neg_log_marginal", "standardized_error", "outside_interval", "abs_error"):
+    for name in MAPS:
         np.testing.assert_allclose(batched[name], whole[name], rtol=1e-6, atol=1e-6, err_msg=name)
 
 
 def test_pro_and_pixel_auroc_on_constructed_maps():
-    from tfp_ae.scoring import localisation_metrics
     masks = np.zeros((2, 10, 10), bool)
     masks[0, 2:4, 2:4] = masks[1, 5:9, 1:3] = True
     perfect = masks.astype(float)[..., None] + 0.01 * np.random.default_rng(0).uniform(size=(2, 10, 10, 1))
@@ -175,14 +181,15 @@ def test_cli_score_with_masks(runs, tmp_path, digits, capsys):
     out = capsys.readouterr().out
     assert "nll" in out and "AUROC" in out and "pixel AUROC" in out
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
-    assert m["counts"] == {"in": 50, "ood": 50} and set(m["localisation"]) == {
-        "neg_log_marginal", "standardized_error", "outside_interval", "abs_error"}
+    assert m["counts"] == {"in": 50, "ood": 50} and set(m["localisation"]) == set(MAPS)
+    # every masked image is defective: no good images to detect them against, said and printed
+    assert "detection" not in m and "1 good" not in m["detection_skipped"] and "0 good" in m["detection_skipped"]
+    assert "no detection metrics: detection needs good and defective test images" in out
 
 
 def test_mask_folders_match_test_images_by_name(runs, tmp_path, digits):
     """An MVTec-AD-like folder: test/good (no masks) and test/defect with ground_truth/defect/NNN_mask.png."""
     from tfp_ae.data import load_masks, open_source
-    from tfp_ae.scoring import localisation_metrics, synthetic_defects
     from tfp_ae.train import load_model
     data, gt = tmp_path / "parts", tmp_path / "ground_truth"
     bad, bad_masks = synthetic_defects(digits.x_test[:4], digits.x_train[:50], seed=1)
@@ -262,7 +269,6 @@ def test_exported_score_signature_equals_the_python_maps(runs, tmp_path, digits)
 
 
 def test_synthetic_defects_are_fixed_and_masked(digits):
-    from tfp_ae.scoring import synthetic_defects
     x = digits.x_test[:30]
     a, ma = synthetic_defects(x, digits.x_train[:50], seed=3)
     b, mb = synthetic_defects(x, digits.x_train[:50], seed=3)
@@ -293,3 +299,97 @@ def test_a_flat_ood_folder_is_scored_whole_and_takes_the_geometry_options(runs, 
     empty.mkdir()
     with pytest.raises(SystemExit, match="holds no image files"):
         main(base[:-1] + [str(empty), "--out", str(tmp_path / "d")])
+
+
+@pytest.fixture(scope="module")
+def defect_folder(tmp_path_factory, digits):
+    """An MVTec-AD-like folder from digits: train/good, test/good, test/line and test/blob with their masks."""
+    from tfp_ae.anomaly import write_defect_folder
+    root = tmp_path_factory.mktemp("defects") / "parts"
+    defects = {k: synthetic_defects(digits.x_test[40 + 20 * i:60 + 20 * i], digits.x_train[:50], seed=i, kinds=(k,))
+               for i, k in enumerate(("line", "blob"))}
+    return write_defect_folder(root, digits.x_train[:300], digits.x_test[:40], defects), defects
+
+
+def test_defect_folders_round_trip_to_labels_and_masks(defect_folder):
+    from tfp_ae.anomaly import defect_labels, write_defect_folder
+    from tfp_ae.data import load_masks, open_source
+    folder, defects = defect_folder
+    test = open_source(str(folder)).splits["test"]  # sorted: blob, good, line
+    labels = defect_labels(test)
+    assert list(labels) == ["blob"] * 20 + ["good"] * 40 + ["line"] * 20
+    masks = load_masks(str(folder / "ground_truth"), test)
+    np.testing.assert_array_equal(masks[:20], defects["blob"][1])
+    np.testing.assert_array_equal(masks[60:], defects["line"][1])
+    assert not masks[20:60].any()
+    # without a test/good folder the labels come from masks; without either there are none
+    assert list(defect_labels(open_source("digits").splits["test"], masks[18:22])) == ["defect", "defect", "good", "good"]
+    assert defect_labels(open_source("digits").splits["test"]) is None
+    with pytest.raises(InputError, match="cannot be named 'good'"):
+        write_defect_folder(folder.parent / "x", [], [], {"good": defects["line"]})
+    with pytest.raises(InputError, match="masks .* do not match"):
+        write_defect_folder(folder.parent / "y", [], [], {"line": (defects["line"][0], defects["line"][1][:, :4])})
+
+
+def test_detection_metrics_are_scikit_learn_on_scores_csv(runs, defect_folder, tmp_path, capsys):
+    """Issue 42: good against defective test images, overall and per defect type, for every score and
+    every map reduction; the OOD metrics count only good test images as in-distribution."""
+    from sklearn.metrics import roc_auc_score
+    folder, _ = defect_folder
+    main(["score", str(runs / "model"), "--data", str(folder), "--masks", str(folder / "ground_truth"),
+          "--ood", str(runs / "noise.npz"), "--out", str(tmp_path / "s")])
+    printed = capsys.readouterr().out
+    assert "detection, 40 good against 40 defective test images" in printed and "(recommended)" in printed
+    m = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    d = m["detection"]
+    assert d["good"] == 40 and d["defective"] == 40 and set(d["per_defect"]) == {"line", "blob"}
+    with open(tmp_path / "s" / "scores.csv") as f:
+        table = list(csv.DictReader(f))
+    test = [r for r in table if r["set"] == "in"]
+    for name in ("nll", "fisher", "abs_error_max", "neg_log_marginal_smooth_top1"):
+        assert d["overall"][name]["auroc"] == pytest.approx(
+            roc_auc_score([r["defect"] != "good" for r in test], [float(r[name]) for r in test])), name
+        line = [r for r in test if r["defect"] in ("good", "line")]
+        assert d["per_defect"]["line"][name]["auroc"] == pytest.approx(
+            roc_auc_score([r["defect"] == "line" for r in line], [float(r[name]) for r in line])), name
+    kept = [r for r in table if r["set"] == "ood" or r["defect"] == "good"]
+    assert m["scores"]["nll"]["auroc"] == pytest.approx(
+        roc_auc_score([r["set"] == "ood" for r in kept], [float(r["nll"]) for r in kept]))
+    assert m["recommended"] == "fisher" and m["recommended_map"] in m["localisation"]
+    for name in ("anomaly_maps.png", "histograms.png", "roc.png"):
+        assert (tmp_path / "s" / name).stat().st_size > 10_000, name
+
+
+def test_image_reductions_and_smoothing_on_constructed_maps():
+    from tfp_ae.anomaly import image_reductions, smooth, smoothing_sigma
+    m = np.zeros((2, 10, 10, 1))
+    m[0, 3, 4] = 5.0
+    m[1] = np.arange(100).reshape(10, 10, 1)
+    r = image_reductions({"m": m})
+    np.testing.assert_allclose(r["m_max"], [5, 99])
+    np.testing.assert_allclose(r["m_top1"], [5, 99])  # 1 % of 100 pixels: the largest one
+    r = image_reductions({"m": np.repeat(m, 4, axis=1)})  # 400 pixels: the mean of the top 4
+    np.testing.assert_allclose(r["m_top1"], [5, 99])
+    s = smooth(m, 1.0)
+    assert s[0].sum() == pytest.approx(5.0, rel=1e-5) and s[0, 3, 4, 0] == s[0].max() < 5
+    assert np.isfinite(smooth(np.where(m > 98, np.inf, m), 1.0)).all()
+    assert smoothing_sigma((28, 28, 1)) == 1.0 and smoothing_sigma((56, 84, 3)) == 2.0 and smoothing_sigma((8, 8)) == 1
+
+
+def test_synthetic_defects_scale_with_the_image_and_take_kinds(digits):
+    big = np.kron(digits.x_test[:6, ..., 0], np.ones((7, 7)))[..., None]  # 56 x 56: sizes twice 28 x 28's
+    x, masks = synthetic_defects(big, big, seed=0, kinds=("patch",))
+    rows, cols = np.nonzero(masks[0])
+    assert rows.max() - rows.min() < 16 and cols.max() - cols.min() < 16 and masks.any(axis=(1, 2)).all()
+    with pytest.raises(InputError, match="unknown defect kinds"):
+        synthetic_defects(big, big, kinds=("scratch",))
+
+
+def test_histograms_clip_extremes_and_say_how_many():
+    from tfp_ae import plots
+    a = np.r_[np.linspace(1, 2, 200), 1e12, np.inf]
+    fig = plots.score_histograms({"nll": (a, np.linspace(1.5, 3, 100))})
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert any("in 4, OOD 1" in t for t in texts), texts  # the 1 % quantiles: 2 + 1e12 + inf, and 1
+    fig = plots.score_histograms({"bits": (np.geomspace(1, 1e6, 300), np.geomspace(10, 1e7, 300))})
+    assert fig.axes[0].get_xscale() == "log"

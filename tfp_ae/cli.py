@@ -235,16 +235,30 @@ def cmd_convert(args):
 
 
 def cmd_score(args):
-    """`tfp-ae score`: OOD scores and anomaly maps of a run; prints AUROC / AUPRC / FPR and localisation."""
+    """`tfp-ae score`: OOD scores, defect detection and anomaly maps of a run; prints AUROC / AUPRC / FPR,
+    detection AUROC and localisation."""
     _, m = score_run(args.run_dir, args.data, args.ood, args.background, args.out, args.masks, args.limit, args.seed,
                      args.image_size, args.crop, args.channels, args.test_fraction)
     print("scored " + ", ".join(f"{n} {'in-distribution' if s == 'in' else 'OOD'}" for s, n in m["counts"].items())
           + " test images")
     for name, v in m.get("scores", {}).items():
-        print(f"{name:18s} AUROC {v['auroc']:.3f}  AUPRC {v['auprc']:.3f}  FPR@95%TPR {v['fpr_at_95_tpr']:.3f}")
+        mark = "  (recommended)" if name == m["recommended"] else ""
+        print(f"{name:18s} AUROC {v['auroc']:.3f}  AUPRC {v['auprc']:.3f}  FPR@95%TPR {v['fpr_at_95_tpr']:.3f}{mark}")
+    if "detection" in m:
+        d = m["detection"]
+        print(f"detection, {d['good']} good against {d['defective']} defective test images (AUROC overall; "
+              f"per defect: {', '.join(d['per_defect'])}):")
+        for name, v in d["overall"].items():
+            per = "  ".join(f"{v2[name]['auroc']:.3f}" for v2 in d["per_defect"].values())
+            print(f"  {name:32s} {v['auroc']:.3f}   {per}")
+    elif "detection_skipped" in m:
+        print(f"no detection metrics: {m['detection_skipped']}")
     for name, v in m.get("localisation", {}).items():
-        print(f"map {name:18s} pixel AUROC {v['pixel_auroc']:.3f}  PRO {v['pro']:.3f}")
-    print(f"wrote {args.out}/scores.csv and metrics.json" + (", roc.png, histograms.png" if args.ood else ""))
+        mark = "  (recommended)" if name == m.get("recommended_map") else ""
+        print(f"map {name:24s} pixel AUROC {v['pixel_auroc']:.3f}  PRO {v['pro']:.3f}{mark}")
+    figures = (["roc.png", "histograms.png"] if args.ood else []) + (["anomaly_maps.png"] if "recommended_map" in m
+                                                                      else [])
+    print(f"wrote {args.out}/scores.csv, metrics.json" + "".join(f", {f}" for f in figures))
 
 
 HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter  # every --help shows the defaults
@@ -337,10 +351,12 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace the shards in OUT")
     _add_source_args(p)
     p.set_defaults(func=cmd_convert)
-    p = sub.add_parser("score", help="OOD scores of a run's test images (and an OOD set's): scores.csv, "
-                       "metrics.json (AUROC, AUPRC, FPR at 95%% TPR), ROC and histograms")
+    p = sub.add_parser("score", help="OOD scores of a run's test images (and an OOD set's), detection of defective "
+                       "test images and their anomaly maps: scores.csv, metrics.json (AUROC, AUPRC, FPR at 95%% TPR), "
+                       "ROC, histograms, anomaly_maps.png")
     p.add_argument("run_dir", help="a run folder written by `tfp-ae train`")
-    p.add_argument("--data", required=True, help="in-distribution dataset (its test split is scored)")
+    p.add_argument("--data", required=True, help="in-distribution dataset (its test split is scored; a folder in "
+                   "MVTec AD's layout, test/good/ beside test/<defect>/, also gets detection metrics per defect type)")
     p.add_argument("--ood", default=None, help="out-of-distribution dataset: its test split, or every image of a "
                    "folder without train/ and test/ subfolders")
     p.add_argument("--background", default=None, help="run folder of a background model (tfp-ae train "

@@ -202,15 +202,58 @@ def roc_figure(scores):
     return fig
 
 
+HISTOGRAM_QUANTILES = (0.01, 0.99)  # score_histograms: the axis spans these quantiles of each set
+
+
 def score_histograms(scores, bins=50):
-    """One panel per score: histograms of the in-distribution and OOD scores (higher = more anomalous)."""
+    """One panel per score: histograms of the in-distribution and OOD scores (higher = more anomalous),
+    `scores` {name: (in `[N]`, OOD `[M]`)}.
+
+    The axis spans the lowest `HISTOGRAM_QUANTILES[0]` and the highest `[1]` quantile of the two sets,
+    so that a few extreme images (likelihoods of 1e10+ bits/dim) do not squash the rest; images outside
+    are counted in the end bins and their number is written on the panel. A positive range wider than
+    three decades is drawn on a log axis.
+    """
     fig, axes = subplots(1, len(scores), (3.2 * len(scores), 3))
     for ax, (name, (a, b)) in zip(axes[0], scores.items()):
-        both = np.r_[a, b]
-        both = both[np.isfinite(both)]
-        edges = np.linspace(*np.percentile(both, [0.5, 99.5]), bins) if both.size else bins
-        ax.hist(a, edges, alpha=0.6, density=True, label="in")
-        ax.hist(b, edges, alpha=0.6, density=True, label="OOD")
+        sets = [np.asarray(v, np.float64) for v in (a, b)]
+        finite = [v[np.isfinite(v)] for v in sets]
+        if not any(f.size for f in finite):
+            ax.set_title(f"{name} (no finite score)", fontsize=9)
+            continue
+        lo = min(np.quantile(f, HISTOGRAM_QUANTILES[0]) for f in finite if f.size)
+        hi = max(np.quantile(f, HISTOGRAM_QUANTILES[1]) for f in finite if f.size)
+        hi = hi if hi > lo else lo + 1
+        log = lo > 0 and hi / lo > 1e3
+        edges = np.geomspace(lo, hi, bins) if log else np.linspace(lo, hi, bins)
+        clipped = []
+        for v, label in zip(sets, ("in", "OOD")):
+            v = np.nan_to_num(v, nan=np.inf)
+            clipped.append(int(((v < lo) | (v > hi)).sum()))
+            ax.hist(np.clip(v, lo, hi), edges, alpha=0.6, density=True, label=label)
+        if log:
+            ax.set_xscale("log")
         ax.set_title(name, fontsize=9)
         ax.legend(fontsize=7)
+        ax.text(0.02, 0.97, f"outside the axis (in end bins):\nin {clipped[0]}, OOD {clipped[1]}", fontsize=6,
+                va="top", transform=ax.transAxes)
+    return fig
+
+
+def anomaly_figure(images, point, amap, masks, names, map_name, top):
+    """`anomaly_maps.png` of `tfp-ae score`: columns are test images; rows their input, point estimate,
+    anomaly map (`UNCERTAINTY_CMAP`, one colour scale, `map_scale`) and, when known, defect mask.
+
+    Args:
+      images, point: `[N, H, W, C]` in [0, 1]; amap: `[N, H, W, C]`; masks: `[N, H, W, 1]` or None.
+      names: a title per column; map_name: the map's name; top: how many leading columns are the
+        highest-scored images (the rest are random).
+    """
+    rows = [("input", images, None), ("point estimate", point, None),
+            ("anomaly map", amap, f"first {top}: the highest {map_name}_max; then random test images", map_scale(amap))]
+    if masks is not None:
+        rows.append(("defect mask", masks, None))
+    fig = image_rows(rows, f"anomaly maps ({map_name})")
+    for ax, name in zip(fig.axes, names):
+        ax.set_title(name, fontsize=7)
     return fig
