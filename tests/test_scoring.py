@@ -9,12 +9,12 @@ from conftest import write_png
 from scipy import stats
 
 from tfp_ae._tf import tf
+from tfp_ae.anomaly import MAPS, localisation_metrics, pixel_maps, pro_score, synthetic_defects
 from tfp_ae.cli import main
 from tfp_ae.config import RunConfig
 from tfp_ae.data import perturb
 from tfp_ae.errors import InputError
 from tfp_ae.models import build_model
-from tfp_ae.anomaly import MAPS, localisation_metrics, pixel_maps, pro_score, synthetic_defects
 from tfp_ae.scoring import image_scores, ood_metrics, png_bits_per_dim, score_run
 from tfp_ae.train import run
 
