@@ -98,11 +98,11 @@ def table(rows):
 
 
 def localisation(runs, heads, defect_images=600):
-    """Pixel AUROC and PRO of every anomaly map (`tfp_ae.scoring.pixel_maps`) of the Fashion-MNIST runs
+    """Pixel AUROC and PRO of every anomaly map (`tfp_ae.anomaly.pixel_maps`) of the Fashion-MNIST runs
     of `heads` with each loss, on the synthetic defects of docs/results/ood (Fashion-MNIST test
     images with patches of MNIST digits, seed 0). Rows: head, loss, map, pixel_auroc, pro."""
+    from tfp_ae.anomaly import localisation_metrics, pixel_maps, synthetic_defects
     from tfp_ae.data import load_dataset
-    from tfp_ae.scoring import localisation_metrics, pixel_maps, synthetic_defects
     from tfp_ae.train import load_model
     fashion, mnist = load_dataset("fashion_mnist"), load_dataset("mnist")
     x, masks = synthetic_defects(fashion.x_test[:defect_images], mnist.x_test[:1000], seed=0)

@@ -272,3 +272,43 @@ def write_defect_folder(out, train, test_good, defects):
             _write_png(out / "test" / name / f"{i:03d}.png", img)
             _write_png(out / "ground_truth" / name / f"{i:03d}_mask.png", np.asarray(m, np.float32))
     return out
+
+
+def texture_defect_folder(out, texture, donor, size=64, train=2000, good=50, per_defect=50, seed=0):
+    """An MVTec-AD-like folder (`write_defect_folder`) cut from one texture photograph: training
+    crops from its top three quarters, test crops from its bottom quarter (no overlap), and
+    `per_defect` test crops with each synthetic defect (`synthetic_defects`; patches from `donor`, a
+    photograph of another texture), named by kind.
+
+    Args:
+      out: the folder (created).
+      texture, donor: grey images `[H, W]` in [0, 1] (e.g. `skimage.data.brick() / 255`), H / 4 >= size.
+      size: the crops' height and width, pixels; crops are flipped left-right at random.
+      train, good, per_defect: how many training, defect-free test and defective test crops of each kind.
+      seed: crops and defects (`numpy.random.default_rng`).
+    Returns:
+      the folder, a `Path`.
+    Raises:
+      InputError: a texture too small for `size`.
+    """
+    texture, donor = np.asarray(texture, np.float32), np.asarray(donor, np.float32)
+    h, w = texture.shape[:2]
+    cut = h * 3 // 4
+    if h - cut < size or w < size or min(donor.shape[:2]) < size:
+        raise InputError(f"a texture of {h}x{w} (donor {donor.shape[0]}x{donor.shape[1]}) is too small for "
+                         f"{size}x{size} crops from its bottom quarter")
+    rng = np.random.default_rng(seed)
+
+    def crops(img, n, top, bottom):
+        out = []
+        for _ in range(n):
+            r, q = rng.integers(top, bottom - size + 1), rng.integers(0, img.shape[1] - size + 1)
+            c = img[r:r + size, q:q + size]
+            out.append(c[:, ::-1] if rng.random() < 0.5 else c)
+        return np.stack(out)[..., None]
+
+    train_x, test_x = crops(texture, train, 0, cut), crops(texture, good + per_defect * len(DEFECT_KINDS), cut, h)
+    donors = crops(donor, 200, 0, donor.shape[0])
+    defects = {kind: synthetic_defects(test_x[good + i * per_defect:good + (i + 1) * per_defect], donors,
+                                       seed=seed + i, kinds=(kind,)) for i, kind in enumerate(DEFECT_KINDS)}
+    return write_defect_folder(out, train_x, test_x[:good], defects)

@@ -247,10 +247,11 @@ def anomaly_figure(images, point, amap, masks, names, map_name, top):
     Args:
       images, point: `[N, H, W, C]` in [0, 1]; amap: `[N, H, W, C]`; masks: `[N, H, W, 1]` or None.
       names: a title per column; map_name: the map's name; top: how many leading columns are the
-        highest-scored images (the rest are random).
+        highest-scored images (the rest are random; 0: no such note).
     """
     rows = [("input", images, None), ("point estimate", point, None),
-            ("anomaly map", amap, f"first {top}: the highest {map_name}_max; then random test images", map_scale(amap))]
+            ("anomaly map", amap, f"first {top}: the highest {map_name}_max; then random test images" if top else None,
+             map_scale(amap))]
     if masks is not None:
         rows.append(("defect mask", masks, None))
     fig = image_rows(rows, f"anomaly maps ({map_name})")
