@@ -393,3 +393,22 @@ def test_histograms_clip_extremes_and_say_how_many():
     assert any("in 4, OOD 1" in t for t in texts), texts  # the 1 % quantiles: 2 + 1e12 + inf, and 1
     fig = plots.score_histograms({"bits": (np.geomspace(1, 1e6, 300), np.geomspace(10, 1e7, 300))})
     assert fig.axes[0].get_xscale() == "log"
+
+
+def test_a_texture_folder_has_mvtec_ad_layout_and_disjoint_crops(tmp_path):
+    from tfp_ae.anomaly import texture_defect_folder
+    from tfp_ae.data import load_masks, open_source
+    rng = np.random.default_rng(0)
+    texture = np.round(rng.uniform(size=(40, 40)) * 255) / 255
+    texture[:30] = np.round(texture[:30] * 127) / 255  # top three quarters (training crops) darker than the test rows
+    folder = texture_defect_folder(tmp_path / "t", texture, rng.uniform(size=(40, 40)), size=8, train=20, good=4,
+                                   per_defect=3)
+    source = open_source(str(folder))
+    assert source.splits["train"].count == 20 and source.splits["test"].count == 13
+    assert sorted(p.name for p in (folder / "test").iterdir()) == ["blob", "good", "line", "patch"]
+    train, test = source.splits["train"].take()[0], source.splits["test"].take()[0]
+    assert train.max() <= 0.5 and test.max() > 0.5  # the crops come from their own rows
+    masks = load_masks(str(folder / "ground_truth"), source.splits["test"])
+    assert masks.shape == (13, 8, 8) and masks[:3].any(axis=(1, 2)).all() and not masks[3:7].any()
+    with pytest.raises(InputError, match="too small"):
+        texture_defect_folder(tmp_path / "u", texture[:20], texture, size=8)
