@@ -2,7 +2,7 @@
 
 1. Fashion-MNIST in / MNIST out and MNIST in / Fashion-MNIST out, for six models, with a background
    model per model for the likelihood ratio: the AUROC and FPR at 95 % TPR of every score
-   (`tfp_ae.scoring.SCORES`, `fisher` the recommended one) -> results.csv.
+   (`tfp_ae.scoring.SCORES`, `min_p` the recommended one) -> results.csv.
 2. Synthetic defects in Fashion-MNIST test images (`tfp_ae.anomaly.synthetic_defects`, seed 0, MNIST
    digits as patch donors), scored by every anomaly map -> localisation.csv (data fashion_mnist).
 3. MVTec-AD-like folders cut from three texture photographs of scikit-image (`skimage.data.brick`,
@@ -31,11 +31,11 @@ MODELS = {  # name -> RunConfig fields
     "maf": dict(head="maf"),
 }
 PAIRS = [("fashion_mnist", "mnist"), ("mnist", "fashion_mnist")]
-SCORE_COLUMNS = ("nll", "likelihood_ratio", "complexity", "typicality", "fisher")
+SCORE_COLUMNS = ("nll", "likelihood_ratio", "complexity", "typicality", "min_p", "fisher")
 TEXTURES = ("brick", "grass", "gravel")  # skimage.data photographs; each one's patch donor is the next one
 TEXTURE_EPOCHS = 100
 PARTS = ("ood", "localisation", "textures")
-DETECTION_COLUMNS = ("nll", "complexity", "fisher", "abs_error_max", "abs_error_top1", "neg_log_marginal_top1",
+DETECTION_COLUMNS = ("nll", "complexity", "min_p", "abs_error_max", "abs_error_top1", "neg_log_marginal_top1",
                      "neg_log_marginal_smooth_max", "neg_log_marginal_smooth_top1")
 
 

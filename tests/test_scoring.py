@@ -43,9 +43,9 @@ def test_a_model_scores_noise_as_more_anomalous_than_its_test_images(runs, tmp_p
     with open(tmp_path / "s" / "scores.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == 420 and set(table[0]) == {"set", "index", "nll", "bits_per_dim", "likelihood_ratio",
-                                                   "complexity", "typicality", "fisher"}
+                                                   "complexity", "typicality", "min_p", "fisher"}
     labels = [r["set"] == "ood" for r in table]
-    for name in ("nll", "likelihood_ratio", "complexity", "fisher"):
+    for name in ("nll", "likelihood_ratio", "complexity", "min_p", "fisher"):
         assert m["scores"][name]["auroc"] == pytest.approx(roc_auc_score(labels, [float(r[name]) for r in table]))
     assert json.loads((tmp_path / "s" / "metrics.json").read_text())["scores"] == m["scores"]
     assert (tmp_path / "s" / "roc.png").exists() and (tmp_path / "s" / "histograms.png").exists()
@@ -64,6 +64,10 @@ def test_scores_are_their_definitions(runs, digits):
     p = {c: np.array([(1 + np.sum(reference[c] >= v)) / 51 for v in s[c]]) for c in ("nll", "complexity")}
     np.testing.assert_allclose(s["fisher"], -2 * (np.log(p["nll"]) + np.log(p["complexity"])), rtol=1e-12)
     assert s["fisher"].max() <= 4 * np.log(51) + 1e-9
+    # min_p: -log of the Bonferroni-adjusted smaller p-value
+    np.testing.assert_allclose(s["min_p"], -np.log(np.minimum(1, 2 * np.minimum(p["nll"], p["complexity"]))),
+                               rtol=1e-12)
+    assert s["min_p"].min() >= 0 and s["min_p"].max() <= np.log(51 / 2) + 1e-9
     np.testing.assert_allclose(s["complexity"], s["bits_per_dim"] - png_bits_per_dim(x, 17))
     np.testing.assert_allclose(s["nll"], -model.log_prob(x).numpy(), rtol=1e-5)
 
@@ -346,7 +350,7 @@ def test_detection_metrics_are_scikit_learn_on_scores_csv(runs, defect_folder, t
     with open(tmp_path / "s" / "scores.csv") as f:
         table = list(csv.DictReader(f))
     test = [r for r in table if r["set"] == "in"]
-    for name in ("nll", "fisher", "abs_error_max", "neg_log_marginal_smooth_top1"):
+    for name in ("nll", "min_p", "abs_error_max", "neg_log_marginal_smooth_top1"):
         assert d["overall"][name]["auroc"] == pytest.approx(
             roc_auc_score([r["defect"] != "good" for r in test], [float(r[name]) for r in test])), name
         line = [r for r in test if r["defect"] in ("good", "line")]
@@ -355,7 +359,7 @@ def test_detection_metrics_are_scikit_learn_on_scores_csv(runs, defect_folder, t
     kept = [r for r in table if r["set"] == "ood" or r["defect"] == "good"]
     assert m["scores"]["nll"]["auroc"] == pytest.approx(
         roc_auc_score([r["set"] == "ood" for r in kept], [float(r["nll"]) for r in kept]))
-    assert m["recommended"] == "fisher" and m["recommended_map"] in m["localisation"]
+    assert m["recommended"] == "min_p" and m["recommended_map"] in m["localisation"]
     for name in ("anomaly_maps.png", "histograms.png", "roc.png"):
         assert (tmp_path / "s" / name).stat().st_size > 10_000, name
 
