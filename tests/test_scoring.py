@@ -416,3 +416,20 @@ def test_a_texture_folder_has_mvtec_ad_layout_and_disjoint_crops(tmp_path):
     assert masks.shape == (13, 8, 8) and masks[:3].any(axis=(1, 2)).all() and not masks[3:7].any()
     with pytest.raises(InputError, match="too small"):
         texture_defect_folder(tmp_path / "u", texture[:20], texture, size=8)
+
+
+def test_a_defect_folder_without_masks_gets_detection_only(runs, defect_folder, tmp_path, capsys):
+    """Issue 42's bad input: a defect folder without masks is allowed (detection, maps without a mask
+    row); a geometry that cannot apply and masks that match no image are `tfp-ae: error:`."""
+    folder, _ = defect_folder
+    main(["score", str(runs / "model"), "--data", str(folder), "--out", str(tmp_path / "s")])
+    m = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert set(m["detection"]["per_defect"]) == {"line", "blob"} and "localisation" not in m
+    assert (tmp_path / "s" / "anomaly_maps.png").exists() and "anomaly_maps.png" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="image_size must be H or HxW"):
+        main(["score", str(runs / "model"), "--data", str(folder), "--image-size", "0x5", "--out", str(tmp_path / "t")])
+    stray = tmp_path / "stray" / "scratch"
+    write_png(stray / "000_mask.png", np.ones((8, 8)))
+    with pytest.raises(SystemExit, match="matches no test image"):
+        main(["score", str(runs / "model"), "--data", str(folder), "--masks", str(tmp_path / "stray"),
+              "--out", str(tmp_path / "u")])
