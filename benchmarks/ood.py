@@ -80,7 +80,11 @@ def main():
     p.add_argument("--background-models", nargs="*", default=list(MODELS), choices=list(MODELS),
                    help="the models that get a background model (the likelihood_ratio column; the others: none)")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS), help="which tables to remake")
+    p.add_argument("--print-tables", action="store_true", help="only print the README's tables from OUT's CSVs")
     args = p.parse_args()
+    if args.print_tables:
+        print_tables(Path(args.out))
+        return
 
     from tfp_ae import plots
     from tfp_ae.anomaly import RECOMMENDED_MAP, localisation_metrics, pixel_maps, synthetic_defects
@@ -139,6 +143,43 @@ def main():
     if det_rows:
         write_rows(out / "detection.csv", [dict(model="normal_diag", **r) for r in det_rows], ["normal_diag"])
     print(f"wrote {out}/results.csv, localisation.csv, detection.csv")
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _fmt(v):
+    return f"{float(v):.3f}" if v not in ("", None) else "-"
+
+
+def print_tables(out):
+    """The README's Markdown tables from results.csv, localisation.csv and detection.csv in `out`."""
+    results = _read(out / "results.csv")
+    for data, ood in PAIRS:
+        print(f"\n{data} in, {ood} out (AUROC; FPR at 95 % TPR of min_p)\n")
+        print("| model | test bits/dim | " + " | ".join(SCORE_COLUMNS) + " | FPR95 min_p |")
+        print("|---" * (len(SCORE_COLUMNS) + 3) + "|")
+        for r in results:
+            if r["in_dist"] == data:
+                print(f"| {r['model']} | {_fmt(r['test_bits_per_dim'])} | "
+                      + " | ".join(_fmt(r[f"auroc_{c}"]) for c in SCORE_COLUMNS) + f" | {_fmt(r['fpr95_min_p'])} |")
+    loc = _read(out / "localisation.csv")
+    print("\nlocalisation (pixel AUROC / PRO)\n")
+    maps = list(dict.fromkeys(r["map"] for r in loc))
+    print("| data | model | " + " | ".join(maps) + " |")
+    print("|---" * (len(maps) + 2) + "|")
+    for key in dict.fromkeys((r["data"], r["model"]) for r in loc):
+        cells = {r["map"]: f"{_fmt(r['pixel_auroc'])} / {_fmt(r['pro'])}" for r in loc if (r["data"], r["model"]) == key}
+        print(f"| {key[0]} | {key[1]} | " + " | ".join(cells.get(m, "-") for m in maps) + " |")
+    det = _read(out / "detection.csv")
+    kinds = [k for k in det[0] if k not in ("model", "data", "score", "overall")]
+    print("\ndetection (image AUROC, good against defective)\n")
+    print("| texture | score | overall | " + " | ".join(kinds) + " |")
+    print("|---" * (len(kinds) + 3) + "|")
+    for r in det:
+        print(f"| {r['data']} | {r['score']} | {_fmt(r['overall'])} | " + " | ".join(_fmt(r[k]) for k in kinds) + " |")
 
 
 def texture_runs(runs):

@@ -365,7 +365,7 @@ def test_detection_metrics_are_scikit_learn_on_scores_csv(runs, defect_folder, t
 
 
 def test_image_reductions_and_smoothing_on_constructed_maps():
-    from tfp_ae.anomaly import image_reductions, smooth, smoothing_sigma
+    from tfp_ae.anomaly import image_reductions, multiscale, smooth, smoothing_sigma
     m = np.zeros((2, 10, 10, 1))
     m[0, 3, 4] = 5.0
     m[1] = np.arange(100).reshape(10, 10, 1)
@@ -377,6 +377,7 @@ def test_image_reductions_and_smoothing_on_constructed_maps():
     s = smooth(m, 1.0)
     assert s[0].sum() == pytest.approx(5.0, rel=1e-5) and s[0, 3, 4, 0] == s[0].max() < 5
     assert np.isfinite(smooth(np.where(m > 98, np.inf, m), 1.0)).all()
+    np.testing.assert_allclose(multiscale(m, 1.5), (smooth(m, 1.5) + smooth(m, 3.0)) / 2, rtol=1e-6)
     assert smoothing_sigma((28, 28, 1)) == 1.0 and smoothing_sigma((56, 84, 3)) == 2.0 and smoothing_sigma((8, 8)) == 1
 
 

@@ -174,7 +174,7 @@ def detection_metrics(scores, labels):
     return dict(good=int((~bad).sum()), defective=int(bad.sum()),
                 overall={k: ood_metrics(v[~bad], v[bad]) for k, v in scores.items()},
                 per_defect={d: {k: ood_metrics(v[~bad], v[labels == d]) for k, v in scores.items()}
-                            for d in sorted(set(labels[bad]))})
+                            for d in sorted({str(v) for v in labels[bad]})})
 
 
 def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, limit=None, seed=0, image_size=None,
