@@ -203,16 +203,22 @@ def roc_figure(scores):
 
 
 HISTOGRAM_QUANTILES = (0.01, 0.99)  # score_histograms: the axis spans these quantiles of each set
+LOG_SPAN = 1e3  # score_histograms: a signed log axis when the axis spans this many interquartile ranges
+
+
+def _signed_log(v):
+    return np.sign(v) * np.log10(1 + np.abs(v))
 
 
 def score_histograms(scores, bins=50):
     """One panel per score: histograms of the in-distribution and OOD scores (higher = more anomalous),
-    `scores` {name: (in `[N]`, OOD `[M]`)}.
+    `scores` {name: (in `[N]`, OOD `[M]`)}; bar heights are fractions of each set.
 
     The axis spans the lowest `HISTOGRAM_QUANTILES[0]` and the highest `[1]` quantile of the two sets,
     so that a few extreme images (likelihoods of 1e10+ bits/dim) do not squash the rest; images outside
-    are counted in the end bins and their number is written on the panel. A positive range wider than
-    three decades is drawn on a log axis.
+    (and NaN) are counted in the end bins and their number is written on the panel. When that range is
+    wider than `LOG_SPAN` interquartile ranges of the in-distribution scores, the panel shows
+    sign(s) log10(1 + |s|) (heavy tails of either sign stay readable).
     """
     fig, axes = subplots(1, len(scores), (3.2 * len(scores), 3))
     for ax, (name, (a, b)) in zip(axes[0], scores.items()):
@@ -224,15 +230,19 @@ def score_histograms(scores, bins=50):
         lo = min(np.quantile(f, HISTOGRAM_QUANTILES[0]) for f in finite if f.size)
         hi = max(np.quantile(f, HISTOGRAM_QUANTILES[1]) for f in finite if f.size)
         hi = hi if hi > lo else lo + 1
-        log = lo > 0 and hi / lo > 1e3
-        edges = np.geomspace(lo, hi, bins) if log else np.linspace(lo, hi, bins)
+        ref = finite[0] if finite[0].size else finite[1]
+        iqr = np.subtract(*np.quantile(ref, [0.75, 0.25]))
+        log = hi - lo > LOG_SPAN * max(iqr, 1e-12)
+        shown = _signed_log if log else (lambda v: v)
+        edges = np.linspace(shown(lo), shown(hi), bins)
         clipped = []
         for v, label in zip(sets, ("in", "OOD")):
             v = np.nan_to_num(v, nan=np.inf)
             clipped.append(int(((v < lo) | (v > hi)).sum()))
-            ax.hist(np.clip(v, lo, hi), edges, alpha=0.6, density=True, label=label)
-        if log:
-            ax.set_xscale("log")
+            ax.hist(shown(np.clip(v, lo, hi)), edges, weights=np.full(len(v), 1 / max(len(v), 1)), alpha=0.6,
+                    label=label)
+        ax.set_xlabel("sign(s) log10(1 + |s|)" if log else "score s", fontsize=7)
+        ax.set_ylabel("fraction of the set", fontsize=7)
         ax.set_title(name, fontsize=9)
         ax.legend(fontsize=7)
         ax.text(0.02, 0.97, f"outside the axis (in end bins):\nin {clipped[0]}, OOD {clipped[1]}", fontsize=6,
