@@ -216,6 +216,15 @@ def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, li
     if tuple(source.image_shape) != tuple(model.image_shape):
         raise InputError(f"--data {data}: images {source.image_shape} do not match the run's {tuple(model.image_shape)}")
     test = source.splits["test"].subset(0, limit)
+    if masks is not None:  # checked before anything is scored
+        masks = load_masks(masks, source.splits["test"]) if isinstance(masks, (str, Path)) else np.asarray(masks) != 0
+        masks = (masks.any(-1) if masks.ndim == 4 else masks)[:test.count]
+        if masks.shape[1:] != tuple(test.image_shape[:2]):
+            raise InputError(f"masks {masks.shape} do not match the images {tuple(test.image_shape[:2])} ([N, H, W])")
+    labels = defect_labels(test, masks)
+    n = max(len(labels) if labels is not None else 0, len(masks) if masks is not None else 0)
+    if n > test.count:
+        raise InputError(f"{n} masks for {test.count} test images")
     with source.reading():
         reference = image_scores(model, source.splits["train"].subset(0, TRAIN_IMAGES), source.num_levels, seed=seed + 1)
         sets = [("in", image_scores(model, test, source.num_levels, bg, reference, seed))]
@@ -231,13 +240,6 @@ def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, li
         with ood_source.reading():
             sets.append(("ood", image_scores(model, ood_split.subset(0, limit), ood_source.num_levels,
                                              bg, reference, seed)))
-    if masks is not None:
-        masks = load_masks(masks, source.splits["test"]) if isinstance(masks, (str, Path)) else np.asarray(masks) != 0
-        masks = (masks.any(-1) if masks.ndim == 4 else masks)[:test.count]
-    labels = defect_labels(test, masks)
-    n = max(len(labels) if labels is not None else 0, len(masks) if masks is not None else 0)
-    if n > test.count:
-        raise InputError(f"{n} masks for {test.count} test images")
     columns = [c for c in SCORES if c in sets[0][1]]
     result = dict(run=str(run_dir), data=data, ood=ood, background=background,
                   train_bits_per_dim=float(np.mean(reference["bits_per_dim"])),
