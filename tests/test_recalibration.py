@@ -98,6 +98,26 @@ def test_recalibrate_writes_the_scale_and_it_survives_load_model(tmp_path):
     assert float(model.head.sigma_scale.numpy()) == pytest.approx(rec["sigma_scale"])
 
 
+def test_recalibration_by_crps_bounds_its_batches_like_pit_values(digits, monkeypatch):
+    """A full covariance ran out of memory in sigma-scaling's batches of 500 images (1.2 GB a tensor at
+    28 x 28): the CRPS batches are `pit_batch_size`'s, bounded by `SAMPLE_FLOATS`."""
+    from tfp_ae import predict, train
+    from tfp_ae.data import array_split
+    from tfp_ae.evaluate import pit_batch_size
+    model = build_model("normal_full", (8, 8, 1))
+    monkeypatch.setattr(predict, "SAMPLE_FLOATS", 3 * 100 * 64)  # 3 images of 8 x 8 with 100 draws each
+    assert pit_batch_size(model) == 3
+    sizes = []
+
+    def fit(model, pairs, criterion):
+        sizes.extend(len(x) for x, _ in pairs)
+        return 1.0, 0.0, 0.0
+    monkeypatch.setattr(train, "fit_sigma_scale", fit)
+    split = array_split(digits.x_train[:10], 17)
+    train.recalibrate(model, split, 17, 0, digits.x_test[:4], array_split(digits.x_test[:4], 17))
+    assert sizes == [3, 3, 3, 1]
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--recalibrate", "--train-limit", "500"], r"needs at least 100 held-out validation images; 0.1 of 500 .* is 50"),
     (["--recalibrate", "--head", "maf"], r"--recalibrate \(sigma-scaling\) takes an autoencoder"),

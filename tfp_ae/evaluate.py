@@ -52,11 +52,18 @@ def pixel_crps(head, dist, x, seed=SAMPLE_SEED, num_samples=PIT_SAMPLES):
     return np.reshape(crps, np.shape(x))
 
 
+def pit_batch_size(model):
+    """Images per batch of PIT values and CRPS (`pit_values`, `fit_sigma_scale` by CRPS): at most 50, and
+    at most `SAMPLE_FLOATS` values for `PIT_SAMPLES` draws per image (`sample_batch_size`); the
+    marginals of a full covariance (a D x D factor per image) fit the same bound."""
+    return sample_batch_size(model, PIT_SAMPLES, 50)
+
+
 def pit_values(model, x, seed=0, batch_size=None):
     """PIT values u = F(x) `[N, H, W, C]` and per-pixel CRPS `[N, H, W, C]` of images `x` (pixels in
     [0, 1], e.g. dequantised) under `model(x)` (`Head.pit`, `pixel_crps`), batch by batch (at most
     `sample_batch_size` images, so that the sample-based heads stay within memory)."""
-    batch_size = batch_size or sample_batch_size(model, PIT_SAMPLES, 50)
+    batch_size = batch_size or pit_batch_size(model)
     us, crps = [], []
     for i, start in enumerate(range(0, len(x), batch_size)):
         b = tf.constant(x[start:start + batch_size])

@@ -24,6 +24,7 @@ from tfp_ae.evaluate import (
     evaluate,
     fid_extractors,
     fit_sigma_scale,
+    pit_batch_size,
     split_log_probs,
 )
 from tfp_ae.models import build_model, compile_model
@@ -292,7 +293,10 @@ def recalibrate(model, held_out, num_levels, seed, test_images, test, criterion=
     before = dict(coverage=cal["coverage"], calibration_error=cal["calibration_error"])
     scores = split_log_probs(model, test, num_levels, seed, elbo=False, raw=False)["log_prob_dequantized"]
     bpd = bits_per_dim_summary(scores, int(np.prod(test.image_shape)), num_levels, model.head.is_density)
-    pairs = dequantized_batches(held_out, num_levels, seed + 104729, model.eval_batch_size).map(lambda b: (b, b))
+    # the CRPS holds each image's marginals or draws: batches bounded like `pit_values`' (a full covariance
+    # ran out of memory in batches of 500: 1.2 GB a tensor)
+    batch_size = pit_batch_size(model) if criterion == "crps" else model.eval_batch_size
+    pairs = dequantized_batches(held_out, num_levels, seed + 104729, batch_size).map(lambda b: (b, b))
     pairs = pairs.prefetch(2)
     print(f"recalibrating: sigma-scaling by {criterion} on {held_out.count} held-out training images", flush=True)
     s, score_before, score_after = fit_sigma_scale(model, pairs, criterion)
