@@ -118,6 +118,22 @@ def test_recalibration_by_crps_bounds_its_batches_like_pit_values(digits, monkey
     assert sizes == [3, 3, 3, 1]
 
 
+def test_sigma_scaling_builds_no_distribution_eagerly(digits, monkeypatch):
+    """The search evaluates the criterion some 20 times over the held-out images: each distribution built
+    eagerly stays alive until Python's cycle collector runs, and a full covariance's piled up to 24 GB
+    (MNIST `normal_full`). Every evaluation runs in a compiled graph: the model is called eagerly only
+    while tracing, a few times, not once per batch and evaluation."""
+    model = build_model("normal_full", digits.image_shape)
+    x = tf.constant(digits.x_test[:120])
+    calls = []
+    call = model.call
+    monkeypatch.setattr(model, "call", lambda *a, **k: calls.append(tf.executing_eagerly()) or call(*a, **k))
+    for criterion in ("crps", "nll"):
+        calls.clear()
+        s, before, after = fit_sigma_scale(model, tf.data.Dataset.from_tensor_slices((x, x)).batch(50), criterion)
+        assert after <= before and not any(calls) and 0 < len(calls) <= 4, (criterion, len(calls))
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--recalibrate", "--train-limit", "500"], r"needs at least 100 held-out validation images; 0.1 of 500 .* is 50"),
     (["--recalibrate", "--head", "maf"], r"--recalibrate \(sigma-scaling\) takes an autoencoder"),

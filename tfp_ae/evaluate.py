@@ -20,36 +20,58 @@ LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)  # central intervals whose coverage `calibr
 PIT_BINS = 20
 
 
-def pixel_crps(head, dist, x, seed=SAMPLE_SEED, num_samples=PIT_SAMPLES):
-    """Continuous ranked probability score of each pixel's marginal at `x` `[B, H, W, C]` (pixels,
-    lower is better; numpy `[B, H, W, C]`), by the `scoringrules` package: closed forms for one
-    normal, logistic or Student-t marginal (`crps_normal`, `crps_logistic`, `crps_t`) and for a
-    mixture of normal marginals (`crps_mixnorm`); otherwise the unbiased ("fair") ensemble
-    estimator over `num_samples` draws (`crps_ensemble`; Ferro, QJRMS 2014, "Fair scores for ensemble forecasts"). inf
-    where a t marginal has df <= 1 (no finite mean: the CRPS is infinite)."""
+def crps_inputs(head, dist, seed=SAMPLE_SEED, num_samples=PIT_SAMPLES):
+    """What `pixel_crps` needs of `dist`, as tensors (so that it can run inside a `tf.function`):
+    `(kind, params)` with `kind` one of
+
+    - `normal`, `logistic`, `t`: one closed-form marginal per pixel, `params` `loc`, `scale` (and
+      `df`) `[B, *natural_event_shape]`;
+    - `mixnorm`: a mixture of normal marginals, `loc`, `scale`, `weights` `[B, *natural_event_shape, K]`;
+    - `ensemble`: no closed form, `samples` `[S, B, H, W, C]` (`num_samples` draws, stateless `seed`).
+
+    Scales are the head's, at its current `sigma_scale`."""
     _, logits, comp = head._parts(dist)
     marginal = head.marginal(comp) if head.is_density else None
-    shape = (-1, *head.natural_event_shape)
-    obs = np.reshape(np.asarray(x, np.float64), shape)
     if logits is None and isinstance(marginal, (tfd.Normal, tfd.Logistic, tfd.StudentT)):
-        loc, scale = np.asarray(marginal.loc, np.float64), np.asarray(marginal.scale, np.float64)
+        params = dict(loc=marginal.loc, scale=tf.broadcast_to(marginal.scale, tf.shape(marginal.loc)))
         if isinstance(marginal, tfd.StudentT):
-            df = np.broadcast_to(np.asarray(marginal.df, np.float64), loc.shape)
-            crps = np.where(df > 1, scoringrules.crps_t(obs, np.maximum(df, 1.5), loc, scale), np.inf)
-        elif isinstance(marginal, tfd.Logistic):
-            crps = scoringrules.crps_logistic(obs, loc, scale)
-        else:
-            crps = scoringrules.crps_normal(obs, loc, scale)
-    elif logits is not None and isinstance(marginal, tfd.Normal):
-        w = np.asarray(tf.nn.softmax(logits), np.float64).reshape(*logits.shape, *[1] * len(head.natural_event_shape))
-        loc, scale = np.asarray(marginal.loc, np.float64), np.asarray(marginal.scale, np.float64)
-        w = np.broadcast_to(w, loc.shape)
-        crps = scoringrules.crps_mixnorm(obs, np.moveaxis(loc, 1, -1), np.moveaxis(scale, 1, -1),
-                                         np.moveaxis(w, 1, -1), m_axis=-1)
+            return "t", dict(params, df=tf.broadcast_to(marginal.df, tf.shape(marginal.loc)))
+        return ("logistic" if isinstance(marginal, tfd.Logistic) else "normal"), params
+    if logits is not None and isinstance(marginal, tfd.Normal):
+        n = len(head.natural_event_shape)
+        w = tf.reshape(tf.nn.softmax(logits), tf.concat([tf.shape(logits), tf.ones([n], tf.int32)], 0))
+        move = lambda t: tf.experimental.numpy.moveaxis(tf.broadcast_to(t, tf.shape(marginal.loc)), 1, -1)  # noqa: E731
+        return "mixnorm", dict(loc=move(marginal.loc), scale=move(marginal.scale), weights=move(w))
+    return "ensemble", dict(samples=head.sample(dist, num_samples, seed=seed))
+
+
+def crps_from(kind, params, x):
+    """The per-pixel CRPS (pixels, numpy `[B, H, W, C]`) of images `x` `[B, H, W, C]` from
+    `crps_inputs`' `(kind, params)` (numpy or tensors), by the `scoringrules` package: closed forms for
+    one normal, logistic or Student-t marginal (`crps_normal`, `crps_logistic`, `crps_t`) and for a
+    mixture of normal marginals (`crps_mixnorm`); otherwise the unbiased ("fair") ensemble estimator
+    over the draws (`crps_ensemble`; Ferro, QJRMS 2014, "Fair scores for ensemble forecasts"). inf
+    where a t marginal has df <= 1 (no finite mean: the CRPS is infinite)."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    obs = np.asarray(x, np.float64)
+    if kind == "ensemble":
+        return np.reshape(scoringrules.crps_ensemble(obs, p["samples"], m_axis=0, estimator="fair"), np.shape(x))
+    obs = np.reshape(obs, p["loc"].shape[:-1] if kind == "mixnorm" else p["loc"].shape)
+    if kind == "t":
+        crps = np.where(p["df"] > 1, scoringrules.crps_t(obs, np.maximum(p["df"], 1.5), p["loc"], p["scale"]), np.inf)
+    elif kind == "logistic":
+        crps = scoringrules.crps_logistic(obs, p["loc"], p["scale"])
+    elif kind == "normal":
+        crps = scoringrules.crps_normal(obs, p["loc"], p["scale"])
     else:
-        samples = np.asarray(head.sample(dist, num_samples, seed=seed), np.float64)  # [S, B, H, W, C]
-        crps = scoringrules.crps_ensemble(np.asarray(x, np.float64), samples, m_axis=0, estimator="fair")
+        crps = scoringrules.crps_mixnorm(obs, p["loc"], p["scale"], p["weights"], m_axis=-1)
     return np.reshape(crps, np.shape(x))
+
+
+def pixel_crps(head, dist, x, seed=SAMPLE_SEED, num_samples=PIT_SAMPLES):
+    """Continuous ranked probability score of each pixel's marginal at `x` `[B, H, W, C]` (pixels,
+    lower is better; numpy `[B, H, W, C]`): `crps_from(*crps_inputs(head, dist, seed, num_samples), x)`."""
+    return crps_from(*crps_inputs(head, dist, seed, num_samples), x)
 
 
 def pit_batch_size(model):
@@ -156,12 +178,22 @@ def fit_sigma_scale(model, pairs, criterion="crps", bounds=SIGMA_SCALE_BOUNDS):
                          "a location and scales: normal, Student-t, low-rank, matrix and logistic)")
     if criterion not in RECALIBRATION_CRITERIA:
         raise InputError(f"recalibration criterion must be one of {', '.join(RECALIBRATION_CRITERIA)}; got {criterion!r}")
+    # compiled: distributions built eagerly are freed only by Python's cycle collector, and a full
+    # covariance's ([B, D, D] a batch) piled up to 24 GB over the search's evaluations
     nll = tf.function(lambda x, y: -model(x, training=False).log_prob(y), reduce_retracing=True)
+    kinds = []
+
+    def crps_step(x):
+        kind, params = crps_inputs(head, model(x, training=False))
+        kinds.append(kind)  # at tracing: the kind is static
+        return params
+    crps_step = tf.function(crps_step, reduce_retracing=True)
 
     def score(x, y):
         if criterion == "nll":
             return nll(x, y).numpy().astype(np.float64)
-        return pixel_crps(head, model(x, training=False), y.numpy()).reshape(len(y), -1).mean(axis=1)
+        params = crps_step(x)
+        return crps_from(kinds[-1], params, y.numpy()).reshape(len(y), -1).mean(axis=1)
 
     def mean_score(log_s):
         head.sigma_scale.assign(math.exp(log_s))
