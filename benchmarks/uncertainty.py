@@ -18,15 +18,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+FAITHFUL = ["faithful", "faithful_sigmoid"]
 HEADS = {  # head -> (extra flags, the losses it takes here)
     "mse": ([], ["nll"]),
-    "normal_diag": ([], ["nll", "beta_nll", "faithful"]),
-    "normal_full": ([], ["nll", "faithful"]),
-    "normal_lowrank": (["--rank", "4"], ["nll", "faithful"]),
-    "student_t_diag": (["--min-df", "3"], ["nll", "faithful"]),
-    "matrix_normal_full": ([], ["nll", "faithful"]),
-    "logistic": ([], ["nll", "beta_nll", "faithful"]),
+    "normal_diag": ([], ["nll", "beta_nll", *FAITHFUL]),
+    "normal_full": ([], ["nll", *FAITHFUL]),
+    "normal_lowrank": (["--rank", "4"], ["nll", *FAITHFUL]),
+    "student_t_diag": (["--min-df", "3"], ["nll", *FAITHFUL]),
+    "matrix_normal_full": ([], ["nll", *FAITHFUL]),
+    "logistic": ([], ["nll", "beta_nll", *FAITHFUL]),
 }
+LOSS_FLAGS = {"faithful_sigmoid": ["--loss", "faithful", "--location-activation", "sigmoid"]}  # else --loss LOSS
 COLUMNS = ["dataset", "head", "loss", "l2_percent", "bits_per_dim_before", "bits_per_dim_median_before", "bits_per_dim",
            "bits_per_dim_median", "bits_per_dim_finite", "crps", "calibration_error_before", "calibration_error",
            "sigma_scale", "coverage_50", "coverage_90", "seconds_per_epoch", "run_dir"]
@@ -37,8 +39,9 @@ def cell(runs, dataset, head, loss, epochs):
     flags, _ = HEADS[head]
     out = Path(runs) / f"{dataset}_{head}_{loss}"
     if not (out / "metrics.json").exists():
-        argv = [sys.executable, "-m", "tfp_ae", "train", "--dataset", dataset, "--head", head, "--loss", loss,
-                "--epochs", str(epochs), "--dequantize", "--no-fid", "--tsne-images", "0", "--out", str(out), *flags]
+        argv = [sys.executable, "-m", "tfp_ae", "train", "--dataset", dataset, "--head", head,
+                *LOSS_FLAGS.get(loss, ["--loss", loss]), "--epochs", str(epochs), "--dequantize",
+                "--no-fid", "--tsne-images", "0", "--out", str(out), *flags]
         if head != "mse":
             argv.append("--recalibrate")
         print(" ".join(argv[2:]), flush=True)
@@ -126,6 +129,7 @@ def main():
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"])
     p.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
+    p.add_argument("--losses", nargs="+", default=None, help="only these of each head's losses (default: all)")
     p.add_argument("--localisation", nargs="*", default=[], choices=list(HEADS),
                    help="also the anomaly maps' pixel AUROC and PRO on synthetic defects for these heads' "
                    "Fashion-MNIST runs, with each loss (localisation.csv)")
@@ -139,7 +143,7 @@ def main():
             rows = {(r["dataset"], r["head"], r["loss"]): r for r in csv.DictReader(f)}
     for dataset in a.datasets:
         for head in a.heads:
-            for loss in HEADS[head][1]:
+            for loss in [lo for lo in HEADS[head][1] if a.losses is None or lo in a.losses]:
                 rows[(dataset, head, loss)] = row(dataset, head, loss, cell(a.runs, dataset, head, loss, a.epochs))
                 order = [(d, h, lo) for d in ("mnist", "fashion_mnist") for h in HEADS for lo in HEADS[h][1]]
                 ordered = sorted(rows.values(), key=lambda r: order.index((r["dataset"], r["head"], r["loss"]))

@@ -119,7 +119,8 @@ def test_models_trained_with_beta_nll_and_faithful_save_load_and_clone_in_a_fres
     for head, loss, arch in LOSS_CASES:
         tfk.utils.set_random_seed(0)
         model = compile_model(build_model(head, IMAGE_SHAPE, arch=arch, loss=loss, beta=0.3 if loss == "beta_nll" else None,
-                                          dispersion_units=8, min_df=3.0 if "student" in head else None))
+                                          dispersion_units=8, min_df=3.0 if "student" in head else None,
+                                          location_activation="sigmoid" if arch == "cnn_dense" else "linear"))
         model.fit(x, x, batch_size=32, epochs=1, verbose=0)
         copy = tfk.models.clone_model(model)
         assert copy.get_config() == model.get_config() and copy.head.training_loss == loss

@@ -66,11 +66,14 @@ def test_faithful_location_gradient_is_the_squared_errors_and_dispersion_gradien
     np.testing.assert_allclose(grad[:, d:], nll_grad[:, d:], rtol=1e-4, atol=1e-5)
 
 
-def test_faithful_model_trains_the_encoder_by_squared_error_alone(digits):
+@pytest.mark.parametrize("location_activation", ["linear", "sigmoid"])
+def test_faithful_model_trains_the_encoder_by_squared_error_alone(location_activation, digits):
     """The dispersion branch reads the code under stop_gradient: the encoder's gradient under the
-    faithful loss equals its gradient under half the squared error of the location."""
+    faithful loss equals its gradient under half the squared error of the location (with either
+    location activation)."""
     tf.keras.utils.set_random_seed(0)
-    model = build_model("normal_diag", digits.image_shape, loss="faithful", dispersion_units=16)
+    model = build_model("normal_diag", digits.image_shape, loss="faithful", dispersion_units=16,
+                        location_activation=location_activation)
     assert [layer.name for layer in model.decoder.layers if "dispersion" in layer.name] == ["dispersion_hidden",
                                                                                              "dispersion"]
     x = tf.constant(digits.x_train[:16])
@@ -85,11 +88,29 @@ def test_faithful_model_trains_the_encoder_by_squared_error_alone(digits):
     assert not any("dispersion_hidden" in layer.name for layer in linear.decoder.layers)
 
 
+def test_a_sigmoid_location_lies_in_the_unit_interval_and_the_default_is_linear(digits):
+    """`location_activation="sigmoid"`: the location is sigmoid(the linear decoder's output), inside
+    (0, 1) even for inputs far outside the pixels' range; the default keeps tfp_ae 0.3's linear location."""
+    x = tf.constant(np.concatenate([digits.x_test[:4], 50 * digits.x_test[4:8] - 25]))
+    models = {}
+    for activation in ("linear", "sigmoid"):
+        tf.keras.utils.set_random_seed(0)
+        models[activation] = build_model("normal_diag", digits.image_shape, loss="faithful", dispersion_units=8,
+                                         location_activation=activation)
+    assert build_model("normal_diag", digits.image_shape, loss="faithful").get_config()["location_activation"] == "linear"
+    linear, sigmoid = (models[a](x).tensor_distribution.faithful_location.numpy() for a in ("linear", "sigmoid"))
+    np.testing.assert_allclose(sigmoid, 1 / (1 + np.exp(-linear)), rtol=1e-5, atol=1e-6)
+    assert linear.min() < 0 and linear.max() > 1 and 0 <= sigmoid.min() and sigmoid.max() <= 1
+    with pytest.raises(ValueError, match=r"location_activation must be one of linear, sigmoid; got 'tanh'"):
+        build_model("normal_diag", digits.image_shape, loss="faithful", location_activation="tanh")
+
+
 @pytest.mark.parametrize("name,loss", [("normal_diag", "beta_nll"), ("logistic", "beta_nll"), ("normal_diag", "faithful"),
                                        ("student_t_diag", "faithful"), ("matrix_normal_diag", "faithful")])
 def test_a_short_fit_lowers_the_loss(name, loss, digits):
     tf.keras.utils.set_random_seed(0)
-    model = compile_model(build_model(name, digits.image_shape, loss=loss, min_df=3.0 if "student" in name else None))
+    model = compile_model(build_model(name, digits.image_shape, loss=loss, min_df=3.0 if "student" in name else None,
+                                      location_activation="sigmoid" if name == "student_t_diag" else "linear"))
     history = model.fit(digits.x_train, digits.x_train, batch_size=64, epochs=5, verbose=0).history["loss"]
     assert np.all(np.isfinite(history)) and history[-1] < history[0]
 
@@ -106,4 +127,12 @@ def test_a_short_fit_lowers_the_loss(name, loss, digits):
 def test_bad_loss_settings_are_refused_before_anything_is_written(argv, match, tmp_path):
     with pytest.raises(SystemExit, match=match):
         main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x")] + argv)
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_unknown_location_activation_is_refused_by_the_command_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x"), "--loss", "faithful",
+              "--location-activation", "tanh"])
+    assert "--location-activation: invalid choice: 'tanh'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -227,6 +227,19 @@ def test_finished_run_is_not_retrained_and_changed_config_is_refused(tmp_path):
     assert m["head"] == "logistic"
 
 
+def test_a_run_started_before_a_setting_existed_resumes_under_its_default(tmp_path):
+    """A state written before `location_activation` existed resumes under that setting's default (the
+    behaviour it was trained with) and is refused under another value."""
+    from tfp_ae.rundir import load_state
+    cfg = RunConfig(dataset="digits", loss="faithful")
+    state = dict(config={k: v for k, v in cfg.to_dict().items() if k != "location_activation"}, seed=0, attempts=[],
+                 epochs=[dict(loss=1.0)])
+    (tmp_path / STATE_FILE).write_text(json.dumps(state))
+    assert load_state(tmp_path, cfg)["epochs"] == [dict(loss=1.0)]
+    with pytest.raises(ValueError, match="location_activation: 'linear' -> 'sigmoid'"):
+        load_state(tmp_path, RunConfig(dataset="digits", loss="faithful", location_activation="sigmoid"))
+
+
 # ---- distributed ----------------------------------------------------------------------------
 def test_mirrored_on_two_logical_cpus_matches_one_device():
     out = python("""

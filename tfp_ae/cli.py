@@ -11,7 +11,17 @@ from pathlib import Path
 import numpy as np
 
 from tfp_ae._tf import SHOW_TF_LOGS
-from tfp_ae.config import ARCHS, MODELS, OBJECTIVES, PRECISIONS, RECALIBRATION_CRITERIA, STRATEGIES, UNCERTAINTIES, RunConfig
+from tfp_ae.config import (
+    ARCHS,
+    LOCATION_ACTIVATIONS,
+    MODELS,
+    OBJECTIVES,
+    PRECISIONS,
+    RECALIBRATION_CRITERIA,
+    STRATEGIES,
+    UNCERTAINTIES,
+    RunConfig,
+)
 from tfp_ae.data import CROPS, DATASETS, convert, open_source
 from tfp_ae.errors import InputError
 from tfp_ae.export import export_run
@@ -116,6 +126,9 @@ def _add_train_args(p):
     p.add_argument("--beta", type=float, default=d.beta, help="--loss beta_nll: the exponent, in [0, 1] (0 = nll)")
     p.add_argument("--dispersion-units", type=int, default=d.dispersion_units, help="--loss faithful: hidden "
                    "units of the dispersion branch (0: a linear readout of the code, as the paper's decoder)")
+    p.add_argument("--location-activation", default=d.location_activation, choices=LOCATION_ACTIVATIONS,
+                   help="--loss faithful: the location's output; sigmoid keeps it in (0, 1): near-NLL bits/dim and "
+                   "sharper means, a larger calibration error (docs/results/uncertainty)")
     _add_settings(p)
     p.add_argument("--out", default=None, help="run folder (default runs/DATASET_ARCH_HEAD_kK); an unfinished "
                    "run there is resumed from its last finished epoch")

@@ -15,6 +15,7 @@ OBJECTIVES = ("elbo", "iwae")
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 UNCERTAINTIES = ("interval", "std", "variance")  # per-pixel uncertainty maps: 90 % interval width, std, variance
+LOCATION_ACTIVATIONS = ("linear", "sigmoid")  # faithful: of the location output (tfp_ae.models.faithful_decoder)
 RECALIBRATION_CRITERIA = ("crps", "nll")  # tfp_ae.evaluate.fit_sigma_scale
 RECALIBRATION_FRACTION = 0.1  # --recalibrate without --validation-split: the held-out fraction of the training split
 STEPS_PER_EXECUTION = 32  # training steps per call of Keras' compiled train function (docs/benchmarks/cpu_mlp_bounds.md)
@@ -35,6 +36,7 @@ class RunConfig:
     loss: str = "nll"                  # LOSSES; ae only: nll (the paper's) | beta_nll | faithful (tfp_ae.heads.Head)
     beta: float = DEFAULT_BETA         # beta_nll: pixel weights stop_gradient(variance)^beta, in [0, 1]
     dispersion_units: int = 256        # faithful: hidden units of the dispersion branch (0: linear readout)
+    location_activation: str = "linear"  # LOCATION_ACTIVATIONS; faithful: sigmoid puts the location in (0, 1)
     objective: str = "elbo"            # OBJECTIVES; vae only: elbo | iwae
     iw_samples: int = 10               # vae with objective iwae: k importance samples
     epochs: int = 20
@@ -95,12 +97,13 @@ class RunConfig:
 
     @property
     def loss_options(self):
-        """The training-loss arguments of `build_model` (`loss`, and `beta` / `dispersion_units` where used)."""
+        """The training-loss arguments of `build_model` (`loss`, and `beta` / `dispersion_units` /
+        `location_activation` where used)."""
         opts = dict(loss=self.loss)
         if self.loss == "beta_nll":
             opts["beta"] = self.beta
         if self.loss == "faithful":
-            opts["dispersion_units"] = self.dispersion_units
+            opts.update(dispersion_units=self.dispersion_units, location_activation=self.location_activation)
         return opts
 
     @property
@@ -119,7 +122,8 @@ class RunConfig:
         """
         choices = dict(model=MODELS, arch=VAE_ARCHS if self.model == "vae" else ARCHS, objective=OBJECTIVES,
                        strategy=STRATEGIES, precision=PRECISIONS, uncertainty=UNCERTAINTIES, crop=CROPS,
-                       recalibration_criterion=RECALIBRATION_CRITERIA, loss=LOSSES)
+                       recalibration_criterion=RECALIBRATION_CRITERIA, loss=LOSSES,
+                       location_activation=LOCATION_ACTIVATIONS)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"

@@ -15,7 +15,7 @@ over images (its head's), registered with Keras, so after `import tfp_ae`:
 import math
 
 from tfp_ae._tf import tf, tfd, tfk
-from tfp_ae.config import ARCHS, STEPS_PER_EXECUTION
+from tfp_ae.config import ARCHS, LOCATION_ACTIVATIONS, STEPS_PER_EXECUTION
 from tfp_ae.errors import InputError
 from tfp_ae.heads import INTERVAL_LEVEL, SAMPLE_SEED, make_head, register
 
@@ -176,15 +176,32 @@ class StopGradient(L.Layer):
         return tf.stop_gradient(x)
 
 
-def faithful_decoder(location_decoder, code_shape, dispersion_size, dispersion_units):
+def faithful_decoder(location_decoder, code_shape, dispersion_size, dispersion_units, location_activation="linear"):
     """The decoder of `loss="faithful"` (Stirn et al., AISTATS 2023, Section 3 and their Figure 2):
     the arch's own decoder outputs only the location (the first D head parameters); a separate
     dispersion branch reads the code under stop_gradient (so the NLL cannot move the encoder or
     the location) through Dense(`dispersion_units`, ReLU) (none when 0: a linear readout, like
     the paper's decoder) and a Dense layer to the `dispersion_size` remaining head parameters
-    (scales, df, covariance factors). Code `[B, *code_shape]` -> `[B, D + dispersion_size]`."""
+    (scales, df, covariance factors). Code `[B, *code_shape]` -> `[B, D + dispersion_size]`.
+
+    `location_activation`: `linear` (the default) or `sigmoid`, which puts the location in (0, 1),
+    where the pixels' mean lies. Trained by squared error alone, a linear location misses pixels
+    that are 0 in every image (half of Fashion-MNIST's) by about 0.006, several times the spread of a
+    dequantised constant pixel (1 / (256 sqrt(12)) = 0.0011), so the precise variances the
+    likelihood rewards there cannot be used; a saturating sigmoid gets within a fraction of a level.
+    Measured (docs/results/uncertainty, `normal_diag`, 20 epochs): bits/dim 6.25 -> 5.25 on
+    Fashion-MNIST, L2 1.53 % -> 1.27 %; but a normal cannot match a dequantised constant pixel's
+    uniform spread, and the calibration error grows from about 0.01 to 0.02-0.03.
+    Raises:
+      InputError: an unknown `location_activation`.
+    """
+    if location_activation not in LOCATION_ACTIVATIONS:
+        raise InputError(f"location_activation must be one of {', '.join(LOCATION_ACTIVATIONS)}; "
+                         f"got {location_activation!r}")
     code = L.Input(code_shape)
     location = location_decoder(code)
+    if location_activation != "linear":
+        location = L.Activation(location_activation, name="location")(location)
     if not dispersion_size:  # e.g. normal_identity: nothing to disperse (faithful = squared error)
         return tfk.Model(code, location, name="decoder")
     h = L.Flatten()(StopGradient()(code))
@@ -284,7 +301,7 @@ DISPERSION_UNITS = 256  # hidden units of the faithful dispersion branch (0: a l
 
 
 def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, name=None, loss="nll", beta=None,
-                dispersion_units=DISPERSION_UNITS, **head_options):
+                dispersion_units=DISPERSION_UNITS, location_activation="linear", **head_options):
     """Build a probabilistic autoencoder (built: its weights exist).
 
     Args:
@@ -298,13 +315,16 @@ def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, 
         `faithful` (Stirn et al. 2023: the location by squared error, the dispersion by the NLL
         through its own branch, `faithful_decoder`); see `tfp_ae.heads.Head`.
       dispersion_units: `faithful` only: hidden units of the dispersion branch (0: linear readout).
+      location_activation: `faithful` only: the activation of the location output, `linear` (the
+        default) or `sigmoid` (`faithful_decoder`: better bits/dim and L2, worse calibration).
       **head_options: the head's options (`Head.options`): `rank` (low-rank heads, default 10),
         `min_df` (Student-t heads, default 0); None means the default.
     Returns:
       an uncompiled `Autoencoder`; `model.head` is the head.
     Raises:
       ValueError: unknown head or architecture, invalid K, an option the head does not take, a
-        loss the head cannot take, a bad beta or a negative `dispersion_units`.
+        loss the head cannot take, a bad beta, a negative `dispersion_units` or an unknown
+        `location_activation`.
     """
     image_shape = tuple(int(d) for d in image_shape)
     if arch not in ARCHS:
@@ -322,13 +342,14 @@ def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, 
     else:
         encoder, decoder = _cnn_dense(image_shape, size, latent_dim)
     if faithful:
-        decoder = faithful_decoder(decoder, encoder.output_shape[1:], head_obj.size - size, dispersion_units)
+        decoder = faithful_decoder(decoder, encoder.output_shape[1:], head_obj.size - size, dispersion_units,
+                                   location_activation)
     args = dict(head=head_obj.head_name, image_shape=list(image_shape), num_components=head_obj.num_components,
                 arch=arch, latent_dim=int(latent_dim), **head_obj.option_values)
     if head_obj.training_loss != "nll":  # only then, so the configs of nll models stay as they were
         args.update(loss=head_obj.training_loss, beta=head_obj.beta)
     if faithful:
-        args["dispersion_units"] = int(dispersion_units)
+        args.update(dispersion_units=int(dispersion_units), location_activation=location_activation)
     model = Autoencoder(encoder, decoder, head_obj, args,
                         name=name or f"{arch}_{head_obj.head_name}_k{head_obj.num_components}")
     model(tf.zeros([1, *image_shape]))  # build

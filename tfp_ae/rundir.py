@@ -89,7 +89,8 @@ def load_state(run_dir, config):
     if path is None or not path.exists():
         return fresh
     state = json.loads(path.read_text())
-    old, new = state["config"], config.to_dict()
+    # a setting added since the run started (absent from its state) had its default's behaviour
+    old, new = {**type(config)().to_dict(), **state["config"]}, config.to_dict()
     diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if k not in RESUME_IGNORED and old.get(k) != new[k]]
     if diff:
         raise InputError(f"run folder {run_dir} holds an unfinished run with another configuration "
