@@ -87,7 +87,8 @@ def _add_settings(p):
                    "saved with the model")
     p.add_argument("--recalibration-criterion", default=d.recalibration_criterion, choices=RECALIBRATION_CRITERIA,
                    help="what sigma-scaling minimises on the held-out images: crps (minimum-CRPS estimation, "
-                   "Gneiting et al. 2005; robust to outlying pixels) or nll (Laves et al. 2021)")
+                   "Gneiting et al. 2005; robust to outlying pixels), nll (Laves et al. 2021) or calibration "
+                   "(the calibration error itself: mean |coverage - level|)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/logs "
                    "(pip install 'tfp_ae[tensorboard]')")
     p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,

@@ -16,7 +16,7 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 UNCERTAINTIES = ("interval", "std", "variance")  # per-pixel uncertainty maps: 90 % interval width, std, variance
 LOCATION_ACTIVATIONS = ("linear", "sigmoid")  # faithful: of the location output (tfp_ae.models.faithful_decoder)
-RECALIBRATION_CRITERIA = ("crps", "nll")  # tfp_ae.evaluate.fit_sigma_scale
+RECALIBRATION_CRITERIA = ("crps", "nll", "calibration")  # tfp_ae.evaluate.fit_sigma_scale
 RECALIBRATION_FRACTION = 0.1  # --recalibrate without --validation-split: the held-out fraction of the training split
 STEPS_PER_EXECUTION = 32  # training steps per call of Keras' compiled train function (docs/benchmarks/cpu_mlp_bounds.md)
 
@@ -49,7 +49,7 @@ class RunConfig:
     train_limit: int | None = None  # use only the first N training images (quick runs)
     validation_split: float = 0.0      # hold out the last fraction of the training images (val_loss; recalibration)
     recalibrate: bool = False          # sigma-scaling on the held-out images (validation_split, or 0.1 when 0)
-    recalibration_criterion: str = "crps"  # RECALIBRATION_CRITERIA: what sigma-scaling minimises (crps | nll)
+    recalibration_criterion: str = "crps"  # RECALIBRATION_CRITERIA: what sigma-scaling minimises
     eval_images: int = 1000            # test images for l2_percent (the paper's 1000)
     data_dir: str | None = None     # IDX folder of the named datasets; TFDS's data_dir for tfds: sources
     image_size: str | None = None   # "H" or "HxW": resize every image (antialiased; tfp_ae.data.Geometry)

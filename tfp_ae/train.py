@@ -285,17 +285,17 @@ def recalibrate(model, held_out, num_levels, seed, test_images, test, criterion=
     """sigma-scaling of a trained autoencoder (`tfp_ae.evaluate.fit_sigma_scale`, minimising
     `criterion`) on the held-out `Split` (its images dequantised with the stateless seeds
     (seed + 104729, i), both input and target). Returns `{"sigma_scale", "criterion",
-    "validation_images", "validation_score_before", "validation_score"}` (the criterion's mean:
-    CRPS in pixels, NLL in nats per image), the test split's `bits_per_dim_before` and
+    "validation_images", "validation_score_before", "validation_score"}` (the criterion's value:
+    mean CRPS in pixels, mean NLL in nats per image, or the calibration error), the test split's `bits_per_dim_before` and
     `bits_per_dim_median_before` (s = 1; `evaluate` reports them after), and `"before"`: the
     calibration (`coverage`, `calibration_error`) of `test_images` before the scale was applied."""
     cal = calibration(model, test_images, num_levels=num_levels, seed=seed)
     before = dict(coverage=cal["coverage"], calibration_error=cal["calibration_error"])
     scores = split_log_probs(model, test, num_levels, seed, elbo=False, raw=False)["log_prob_dequantized"]
     bpd = bits_per_dim_summary(scores, int(np.prod(test.image_shape)), num_levels, model.head.is_density)
-    # the CRPS holds each image's marginals or draws: batches bounded like `pit_values`' (a full covariance
+    # the CRPS and the PIT hold each image's marginals or draws: batches bounded like `pit_values`' (a full covariance
     # ran out of memory in batches of 500: 1.2 GB a tensor)
-    batch_size = pit_batch_size(model) if criterion == "crps" else model.eval_batch_size
+    batch_size = pit_batch_size(model) if criterion in ("crps", "calibration") else model.eval_batch_size
     pairs = dequantized_batches(held_out, num_levels, seed + 104729, batch_size).map(lambda b: (b, b))
     pairs = pairs.prefetch(2)
     print(f"recalibrating: sigma-scaling by {criterion} on {held_out.count} held-out training images", flush=True)
