@@ -67,10 +67,12 @@ def _covariance(head, comp, b):
 
 
 @pytest.mark.parametrize("name,criterion", [("normal_diag", "nll"), ("normal_diag", "crps"), ("student_t_diag", "nll"),
-                                            ("student_t_diag", "crps"), ("normal_full", "nll"), ("logistic", "crps")])
+                                            ("student_t_diag", "crps"), ("normal_full", "nll"), ("logistic", "crps"),
+                                            ("normal_diag", "calibration"), ("logistic", "calibration")])
 def test_sigma_scaling_recovers_a_known_scale(name, criterion, digits):
     """Targets drawn from the model with every scale multiplied by 2.5: either proper scoring rule
-    (NLL, CRPS) is minimised in expectation by the true s, and the fit finds s = 2.5."""
+    (NLL, CRPS) is minimised in expectation by the true s, and so is the calibration error (the
+    intervals cover what they say only at the true s); the fit finds s = 2.5."""
     tf.keras.utils.set_random_seed(0)
     model = build_model(name, digits.image_shape, min_df=4.0 if "student" in name else None)
     x = tf.constant(digits.x_test[:300])
@@ -128,7 +130,7 @@ def test_sigma_scaling_builds_no_distribution_eagerly(digits, monkeypatch):
     calls = []
     call = model.call
     monkeypatch.setattr(model, "call", lambda *a, **k: calls.append(tf.executing_eagerly()) or call(*a, **k))
-    for criterion in ("crps", "nll"):
+    for criterion in ("crps", "nll", "calibration"):
         calls.clear()
         s, before, after = fit_sigma_scale(model, tf.data.Dataset.from_tensor_slices((x, x)).batch(50), criterion)
         assert after <= before and not any(calls) and 0 < len(calls) <= 4, (criterion, len(calls))
