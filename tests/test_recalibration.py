@@ -90,7 +90,7 @@ def test_recalibrate_writes_the_scale_and_it_survives_load_model(tmp_path):
                          extra_figures=False, eval_images=50, verbose=0, out=str(out)))
     rec, cal = m["recalibration"], m["calibration"]
     assert rec["validation_images"] == 143 and rec["validation_score"] <= rec["validation_score_before"]
-    assert rec["criterion"] == "crps" and np.isfinite(rec["bits_per_dim_before"])
+    assert rec["criterion"] == "calibration" and np.isfinite(rec["bits_per_dim_before"])
     assert rec["bits_per_dim_median_before"] != m["bits_per_dim_median"]  # s changes the density
     assert cal["sigma_scale"] == pytest.approx(rec["sigma_scale"]) and rec["sigma_scale"] != 1.0
     assert set(cal["before_recalibration"]) == {"coverage", "calibration_error"}
@@ -109,15 +109,20 @@ def test_recalibration_by_crps_bounds_its_batches_like_pit_values(digits, monkey
     model = build_model("normal_full", (8, 8, 1))
     monkeypatch.setattr(predict, "SAMPLE_FLOATS", 3 * 100 * 64)  # 3 images of 8 x 8 with 100 draws each
     assert pit_batch_size(model) == 3
-    sizes = []
+    sizes, scales = [], []
 
     def fit(model, pairs, criterion):
         sizes.extend(len(x) for x, _ in pairs)
+        scales.append(float(model.head.sigma_scale.numpy()))
         return 1.0, 0.0, 0.0
     monkeypatch.setattr(train, "fit_sigma_scale", fit)
     split = array_split(digits.x_train[:10], 17)
-    train.recalibrate(model, split, 17, 0, digits.x_test[:4], array_split(digits.x_test[:4], 17))
-    assert sizes == [3, 3, 3, 1]
+    model.head.sigma_scale.assign(7.0)  # a resumed run whose checkpoint holds a fitted s: fitted afresh from 1
+    for criterion in ("calibration", "crps"):
+        sizes.clear()
+        train.recalibrate(model, split, 17, 0, digits.x_test[:4], array_split(digits.x_test[:4], 17), criterion)
+        assert sizes == [3, 3, 3, 1]
+    assert scales == [1.0, 1.0]
 
 
 def test_sigma_scaling_builds_no_distribution_eagerly(digits, monkeypatch):
@@ -146,3 +151,17 @@ def test_bad_recalibration_settings_are_refused_before_anything_is_written(argv,
     with pytest.raises(SystemExit, match=match):
         main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x")] + argv)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("target", [0.3, 1.0, 7.0, 900.0])
+def test_the_scale_search_finds_the_minimum_anywhere_in_the_range(target):
+    """The calibration error is flat far from its minimum (every interval covers all or none of the
+    pixels), where a bounded search over the whole range was lost (a digits run kept s = 1 at error
+    0.119; bracketed: s = 0.57, 0.015). Stepping from s = 1 by factors of 2 downhill to a bracket
+    finds the minimum of a V that is flat beyond a factor e^8 of it, up to the range's bound."""
+    from tfp_ae.evaluate import SIGMA_SCALE_BOUNDS, _minimise_log_scale
+    bounds = tuple(np.log(SIGMA_SCALE_BOUNDS))
+    f = lambda x: min(0.5, abs(x - np.log(target)) / 16)  # noqa: E731
+    log_s, best, at_one = _minimise_log_scale(f, bounds)
+    assert np.exp(log_s) == pytest.approx(target, rel=1e-3) and best == pytest.approx(0, abs=1e-3)
+    assert at_one == f(0.0)

@@ -140,36 +140,38 @@ def calibration(model, x, point=None, num_levels=256, seed=0):
 
 
 SIGMA_SCALE_BOUNDS = (1e-3, 1e3)
+LOG_2 = math.log(2)
 MIN_RECALIBRATION_IMAGES = 100
 
 
-def fit_sigma_scale(model, pairs, criterion="crps", bounds=SIGMA_SCALE_BOUNDS):
+def fit_sigma_scale(model, pairs, criterion="calibration", bounds=SIGMA_SCALE_BOUNDS):
     """sigma-scaling (Laves et al., MELBA 2021, "Recalibration of aleatoric and epistemic regression
     uncertainty in medical imaging", Eq. 9): the one scalar s > 0 that, multiplying every scale of
     the head (`Head.scaled`: diagonal, Cholesky and low-rank factors, a matrix head's row scale, the
-    scale of a t; every component of a mixture), minimises a proper scoring rule on held-out images:
+    scale of a t; every component of a mixture), minimises a criterion on held-out images:
 
-    - `crps` (the default): the mean per-pixel CRPS (`pixel_crps`), minimum-CRPS estimation
-      (Gneiting, Raftery, Westveld & Goldman, Monthly Weather Review 2005, "Calibrated
-      probabilistic forecasting using ensemble model output statistics and minimum CRPS
-      estimation"), which they found better calibrated than maximum likelihood: the CRPS grows
-      linearly in an outlying pixel's error, the NLL quadratically, so the few held-out pixels far
-      outside a collapsed variance (a pixel black in every training image) do not inflate s;
-    - `nll`: the mean NLL of the images, Laves et al.'s criterion;
-    - `calibration`: the calibration error itself, mean |coverage - level| over `LEVELS` of the
-      held-out pixels' PIT values (`Head.pit`; `calibration`'s metric). Not a proper scoring rule:
-      it asks for the one s whose central intervals cover what they say, which the two rules above
-      give only when the head's shape is right (a CRPS fit shrank a sigmoid-location faithful
-      model's scales to s = 0.52 and raised its calibration error from 0.03 to 0.17).
+    - `calibration` (the default): the calibration error itself, mean |coverage - level| over
+      `LEVELS` of the held-out pixels' PIT values (`Head.pit`; the metric of `calibration`): the one
+      s whose central intervals cover what they say. Not a proper scoring rule; the two below give
+      a calibrated s only when the head's shape is right. Measured (docs/results/uncertainty): never
+      worse than `crps` in calibration error on the test images, and much better where the shape is
+      wrong (MNIST `logistic`: 0.011 against 0.062; a sigmoid-location faithful `normal_diag`, whose
+      scales CRPS shrank to s = 0.52: 0.025 against 0.173);
+    - `crps`: the mean per-pixel CRPS (`pixel_crps`), minimum-CRPS estimation (Gneiting, Raftery,
+      Westveld & Goldman, Monthly Weather Review 2005, "Calibrated probabilistic forecasting using
+      ensemble model output statistics and minimum CRPS estimation"): the CRPS grows linearly in an
+      outlying pixel's error, the NLL quadratically, so the few held-out pixels far outside a
+      collapsed variance (a pixel black in every training image) do not inflate s;
+    - `nll`: the mean NLL of the images, Laves et al.'s criterion (inflated by those pixels).
 
-    Found by a bounded scalar search over log s (`scipy.optimize.minimize_scalar`, Brent's method)
-    and assigned to `model.head.sigma_scale` (a non-trainable weight, so checkpoints, `save`,
-    `export` and TFLite carry it).
+    Found by stepping log s by log 2 from s = 1 downhill to a bracket, then Brent's bounded search
+    inside it (`scipy.optimize.minimize_scalar`), and assigned to `model.head.sigma_scale` (a
+    non-trainable weight, so checkpoints, `save`, `export` and TFLite carry it).
 
     Args:
       pairs: a `tf.data.Dataset` of `(inputs, targets)` batches `[B, H, W, C]` (pixels in [0, 1];
         a run passes its validation images, dequantised, as both), iterated once per evaluation.
-      criterion: `crps` (pixels), `nll` (nats per image) or `calibration`.
+      criterion: `calibration`, `crps` (pixels) or `nll` (nats per image).
       bounds: the range of s searched.
     Returns:
       (s, the criterion's mean at s = 1, at s).
@@ -220,12 +222,30 @@ def fit_sigma_scale(model, pairs, criterion="crps", bounds=SIGMA_SCALE_BOUNDS):
             return float(np.mean(np.abs(total / count - np.array(LEVELS))))
         return total / count if np.isfinite(total) else np.inf
 
-    before = mean_score(0.0)
-    found = optimize.minimize_scalar(mean_score, bounds=tuple(math.log(b) for b in bounds), method="bounded",
-                                     options=dict(xatol=1e-4))
-    s = math.exp(found.x) if found.fun <= before else 1.0
+    log_s, best, before = _minimise_log_scale(mean_score, tuple(math.log(b) for b in bounds))
+    s = math.exp(log_s)
     head.sigma_scale.assign(s)
-    return s, before, min(found.fun, before)
+    return s, before, best
+
+
+def _minimise_log_scale(f, bounds, step=LOG_2):
+    """The minimiser of `f(log s)` within `bounds`: steps of a factor 2 from s = 1 downhill until `f`
+    rises (a bracket: the calibration error is flat far from its minimum, where a search over the whole
+    range was lost), then Brent's bounded search inside the bracket. Returns (log s, f there, f(0))."""
+    values = {0.0: f(0.0)}
+    at = lambda x: values[x] if x in values else values.setdefault(x, f(x))  # noqa: E731
+    inside = lambda x: bounds[0] <= x <= bounds[1]  # noqa: E731
+    best = 0.0
+    for direction in (step, -step):
+        while inside(best + direction) and at(best + direction) < at(best):
+            best += direction
+        if best != 0.0:
+            break
+    lo, hi = max(bounds[0], best - step), min(bounds[1], best + step)
+    found = optimize.minimize_scalar(f, bounds=(lo, hi), method="bounded", options=dict(xatol=1e-4))
+    if found.fun < at(best):
+        return float(found.x), float(found.fun), values[0.0]
+    return best, at(best), values[0.0]
 
 
 def l2_percent(x, prediction):

@@ -281,14 +281,16 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     return model, metrics
 
 
-def recalibrate(model, held_out, num_levels, seed, test_images, test, criterion="crps"):
+def recalibrate(model, held_out, num_levels, seed, test_images, test, criterion="calibration"):
     """sigma-scaling of a trained autoencoder (`tfp_ae.evaluate.fit_sigma_scale`, minimising
     `criterion`) on the held-out `Split` (its images dequantised with the stateless seeds
     (seed + 104729, i), both input and target). Returns `{"sigma_scale", "criterion",
     "validation_images", "validation_score_before", "validation_score"}` (the criterion's value:
     mean CRPS in pixels, mean NLL in nats per image, or the calibration error), the test split's `bits_per_dim_before` and
     `bits_per_dim_median_before` (s = 1; `evaluate` reports them after), and `"before"`: the
-    calibration (`coverage`, `calibration_error`) of `test_images` before the scale was applied."""
+    calibration (`coverage`, `calibration_error`) of `test_images` before the scale was applied.
+    Starts from s = 1 (a run resumed after it saved a fitted s is fitted afresh)."""
+    model.head.sigma_scale.assign(1.0)
     cal = calibration(model, test_images, num_levels=num_levels, seed=seed)
     before = dict(coverage=cal["coverage"], calibration_error=cal["calibration_error"])
     scores = split_log_probs(model, test, num_levels, seed, elbo=False, raw=False)["log_prob_dequantized"]
