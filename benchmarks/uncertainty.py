@@ -31,6 +31,7 @@ HEADS = {  # head -> (extra flags, the losses it takes here)
 LOSS_FLAGS = {"faithful_sigmoid": ["--loss", "faithful", "--location-activation", "sigmoid"]}  # else --loss LOSS
 COLUMNS = ["dataset", "head", "loss", "l2_percent", "bits_per_dim_before", "bits_per_dim_median_before", "bits_per_dim",
            "bits_per_dim_median", "bits_per_dim_finite", "crps", "calibration_error_before", "calibration_error",
+           "calibration_error_by_std",
            "sigma_scale", "coverage_50", "coverage_90", "seconds_per_epoch", "run_dir"]
 
 
@@ -79,6 +80,7 @@ def row(dataset, head, loss, m):
                 bits_per_dim_median=m.get("bits_per_dim_median"), bits_per_dim_finite=m.get("bits_per_dim_finite"),
                 crps=m.get("crps"), calibration_error_before=before.get("calibration_error"),
                 calibration_error=cal.get("calibration_error"), sigma_scale=cal.get("sigma_scale"),
+                calibration_error_by_std=(cal.get("by_std") or {}).get("mean_calibration_error"),
                 coverage_50=cover.get(0.5), coverage_90=cover.get(0.9),
                 seconds_per_epoch=statistics.median(m["seconds_per_epoch"]), run_dir=m.get("config", {}).get("out"))
 
@@ -89,13 +91,14 @@ def fmt(v, digits=3):
 
 def table(rows):
     lines = ["| dataset | head | loss | L2 % | bits/dim (median) before σ-scaling | after | CRPS "
-             "| cal. error before -> after σ-scaling | s | cover 50 % / 90 % | s/epoch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| cal. error before -> after σ-scaling | within std quartiles | s | cover 50 % / 90 % | s/epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['head']} | {r['loss']} | {fmt(r['l2_percent'])} "
                      f"| {fmt(r['bits_per_dim_before'])} ({fmt(r['bits_per_dim_median_before'])}) "
                      f"| {fmt(r['bits_per_dim'])} ({fmt(r['bits_per_dim_median'])}) | {fmt(r['crps'], 4)} "
-                     f"| {fmt(r['calibration_error_before'])} -> {fmt(r['calibration_error'])} | {fmt(r['sigma_scale'])} "
+                     f"| {fmt(r['calibration_error_before'])} -> {fmt(r['calibration_error'])} "
+                     f"| {fmt(r['calibration_error_by_std'])} | {fmt(r['sigma_scale'])} "
                      f"| {fmt(r['coverage_50'])} / {fmt(r['coverage_90'])} | {fmt(r['seconds_per_epoch'], 2)} |")
     return "\n".join(lines)
 

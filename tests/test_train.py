@@ -194,6 +194,29 @@ def test_psnr_ssim_and_calibration_metrics(digits):
     assert c["calibration_error"] == pytest.approx(np.mean(np.abs(np.array(c["coverage"]) - c["levels"])))
     assert len(c["pit_histogram"]) == 20 and sum(c["pit_histogram"]) == pytest.approx(1) and c["crps"] > 0
     assert c["mean_abs_error"] == pytest.approx(np.mean(np.abs(x - point)), rel=1e-5)
+    by = c["by_std"]
+    assert len(by["calibration_error"]) == 4 and len(by["std_edges"]) == 5 and by["std_edges"] == sorted(by["std_edges"])
+    assert by["mean_calibration_error"] == pytest.approx(np.mean(by["calibration_error"]))
+    assert calibration(compile_model(build_model("mse", x.shape[1:])), x[:4], num_levels=17)["by_std"] is None
+
+
+def test_calibration_by_std_shows_errors_that_cancel_over_all_pixels():
+    """Half the pixels (small std) with intervals too wide (u in the middle half), half (large std) too
+    narrow (u in the outer quarters): over all pixels the PIT is uniform and the calibration error about
+    0, but within the std groups it is large; pixels whose u is uniform in every group are calibrated in
+    every group."""
+    from tfp_ae.evaluate import LEVELS, calibration_by_std, coverage_at
+    rng = np.random.default_rng(0)
+    n = 200_000
+    std = np.r_[rng.uniform(0.01, 0.02, n), rng.uniform(0.1, 0.2, n)]
+    outer = rng.uniform(0, 0.5, n)
+    u = np.r_[rng.uniform(0.25, 0.75, n), np.where(outer < 0.25, outer, outer + 0.5)]
+    assert np.mean(np.abs(np.array(coverage_at(u)) - LEVELS)) < 0.005
+    by = calibration_by_std(u, std, bins=2)
+    assert min(by["calibration_error"]) > 0.1 and by["std_edges"][1] <= 0.02 < by["std_edges"][2]
+    uniform = calibration_by_std(rng.uniform(size=2 * n), std)
+    assert max(uniform["calibration_error"]) < 0.005
+    assert calibration_by_std(u, np.r_[std[:-1], np.nan]) is None
 
 
 @pytest.mark.parametrize("name,k", [("maf", 1), ("normal_diag", 3), ("mse", 1)])

@@ -164,7 +164,8 @@ def save(fig, path):
 def calibration_figure(calibration, title=""):
     """The `calibration` dict of `tfp_ae.evaluate.calibration` as two panels: a reliability diagram
     (coverage of each central interval against its level, the diagonal = calibrated; above it
-    under-confident, below over-confident) and the PIT histogram (density of u = F(x) in 20 bins;
+    under-confident, below over-confident; thin lines: the same within the quartiles of the predicted
+    std, `by_std`) and the PIT histogram (density of u = F(x) in 20 bins;
     flat at 1 = calibrated, U-shaped = over-confident, peaked = under-confident)."""
     fig, axes = subplots(1, 2, (8, 3.4))
     left, right = axes[0]
@@ -174,6 +175,11 @@ def calibration_figure(calibration, title=""):
     before = calibration.get("before_recalibration")
     if before:
         left.plot(levels, before["coverage"], "s:", label=f"before σ-scaling ({before['calibration_error']:.3f})")
+    by = calibration.get("by_std")
+    groups = list(zip(by["coverage"], by["calibration_error"], strict=True)) if by else []
+    for i, (cov, err) in enumerate(groups):
+        left.plot(levels, cov, lw=0.8, alpha=0.6, color=colormaps["viridis"](i / max(1, len(groups) - 1)),
+                  label=f"std group {i + 1} of {len(groups)} ({err:.3f})")
     left.set(xlim=(0.4, 1), ylim=(0.4, 1), xlabel="central interval level", ylabel="fraction of pixels inside",
              title="reliability")
     left.legend(fontsize=7, loc="upper left")
