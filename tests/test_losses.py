@@ -101,6 +101,9 @@ def test_a_sigmoid_location_lies_in_the_unit_interval_and_the_default_is_linear(
     linear, sigmoid = (models[a](x).tensor_distribution.faithful_location.numpy() for a in ("linear", "sigmoid"))
     np.testing.assert_allclose(sigmoid, 1 / (1 + np.exp(-linear)), rtol=1e-5, atol=1e-6)
     assert linear.min() < 0 and linear.max() > 1 and 0 <= sigmoid.min() and sigmoid.max() <= 1
+    from tfp_ae.figures import model_label
+    assert model_label(models["sigmoid"]) == "normal_diag K=1 faithful (sigmoid location) (mlp)"
+    assert model_label(models["linear"]) == "normal_diag K=1 faithful (mlp)"
     with pytest.raises(ValueError, match=r"location_activation must be one of linear, sigmoid; got 'tanh'"):
         build_model("normal_diag", digits.image_shape, loss="faithful", location_activation="tanh")
 

@@ -23,11 +23,14 @@ FULL_COVARIANCE_MAX = 512  # latent sizes up to this get a full-covariance Gauss
 
 
 def model_label(model):
-    """`HEAD K=k [options] [loss] (arch)`: how figures name a model (the loss where it is not `nll`)."""
+    """`HEAD K=k [options] [loss [(ACTIVATION location)]] (arch)`: how figures name a model (the loss where
+    it is not `nll`, a faithful location's activation where it is not linear)."""
     head = model.head
     kind = "VAE" if model.kind == "vae" else model.build_args["arch"]
     options = "".join(f" {k}={v:g}" for k, v in head.option_values.items() if v != head.options[k])  # not defaults
     loss = "" if head.training_loss == "nll" else f" {head.training_loss}"
+    if model.build_args.get("location_activation", "linear") != "linear":
+        loss += f" ({model.build_args['location_activation']} location)"
     return f"{head.head_name} K={head.num_components}{options}{loss} ({kind})"
 
 
