@@ -98,6 +98,20 @@ def test_recalibrate_writes_the_scale_and_it_survives_load_model(tmp_path):
     assert (out / "calibration.png").exists()
     model, _ = load_model(out)
     assert float(model.head.sigma_scale.numpy()) == pytest.approx(rec["sigma_scale"])
+    # killed while the fitted model was written: the training checkpoints are intact (s = 1 there), and
+    # the run resumes without training, fits s again and finishes
+    from tfp_ae.rundir import RECALIBRATED_DIR, checkpoint_manager
+    manager = checkpoint_manager(model, out)
+    restored = tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(manager.latest_checkpoint)
+    restored.assert_existing_objects_matched()
+    assert float(model.head.sigma_scale.numpy()) == 1.0
+    (out / "metrics.json").unlink()
+    data = next((out / RECALIBRATED_DIR).glob("*.data-*"))
+    data.write_bytes(data.read_bytes()[:100])
+    _, again = run(RunConfig(dataset="digits", head="normal_diag", dequantize=True, recalibrate=True, epochs=3, fid=False,
+                             extra_figures=False, eval_images=50, verbose=0, out=str(out)))
+    assert again["train_loss"] == m["train_loss"] and again["recalibration"]["sigma_scale"] == rec["sigma_scale"]
+    assert float(load_model(out)[0].head.sigma_scale.numpy()) == pytest.approx(rec["sigma_scale"])
 
 
 def test_recalibration_by_crps_bounds_its_batches_like_pit_values(digits, monkeypatch):

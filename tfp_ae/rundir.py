@@ -18,6 +18,7 @@ from tfp_ae.errors import InputError
 
 STATE_FILE = "state.json"          # progress of a run: seed, attempts, finished epochs
 CHECKPOINT_DIR = "checkpoints"     # tf.train checkpoints of model + optimizer, one per epoch
+RECALIBRATED_DIR = "recalibrated"  # the model with its fitted sigma_scale (written apart: see recalibrated_manager)
 CONFIG_FILE = "config.json"        # RunConfig + image shape: what `load_model` rebuilds from
 METRICS_FILE = "metrics.json"
 LOG_DIR = "logs"                   # TensorBoard logs (--tensorboard)
@@ -102,6 +103,16 @@ def checkpoint_manager(model, run_dir):
     """`tf.train.CheckpointManager` of model + optimizer in `run_dir/checkpoints` (two kept)."""
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     return tf.train.CheckpointManager(ckpt, str(Path(run_dir) / CHECKPOINT_DIR), max_to_keep=2)
+
+
+def recalibrated_manager(model, run_dir):
+    """`tf.train.CheckpointManager` of model + optimizer after σ-scaling, in `run_dir/recalibrated` (one kept).
+    Apart from the training checkpoints: TensorFlow replaces a checkpoint's files one by one, and a run
+    killed while the fitted model overwrote its last epoch's checkpoint could not resume (the index of
+    the old file and the data of the new). A run resumes from its training checkpoints only and fits s
+    again; `load_model` prefers this one."""
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    return tf.train.CheckpointManager(ckpt, str(Path(run_dir) / RECALIBRATED_DIR), max_to_keep=1)
 
 
 def restore(manager, max_epoch):

@@ -33,10 +33,12 @@ from tfp_ae.rundir import (
     CONFIG_FILE,
     LOG_DIR,
     METRICS_FILE,
+    RECALIBRATED_DIR,
     STATE_FILE,
     Progress,
     checkpoint_manager,
     load_state,
+    recalibrated_manager,
     restore,
     restore_checkpoint,
     write_json,
@@ -203,7 +205,7 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
             raise FileExistsError(f"run folder {out} already holds a finished run ({METRICS_FILE}); "
                                   "choose another --out or pass --overwrite to train it again")
     if out and overwrite and writer:
-        for name in (METRICS_FILE, STATE_FILE, CONFIG_FILE, CHECKPOINT_DIR):
+        for name in (METRICS_FILE, STATE_FILE, CONFIG_FILE, CHECKPOINT_DIR, RECALIBRATED_DIR):
             shutil.rmtree(out / name, ignore_errors=True) if (out / name).is_dir() else (out / name).unlink(missing_ok=True)
     source = open_source(config.dataset, **config.source_options)
     source.print_skipped()
@@ -250,8 +252,8 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
             recalibration = recalibrate(model, held_out, source.num_levels, config.seed,
                                         data.x_test[:CALIBRATION_IMAGES], source.splits["test"],
                                         config.recalibration_criterion)
-        if out:  # the checkpoint carries the fitted sigma_scale (load_model, export)
-            checkpoint_manager(model, out).save(checkpoint_number=len(history["loss"]))
+        if out:  # the fitted sigma_scale for load_model and export, apart from the training checkpoints
+            recalibrated_manager(model, out).save(checkpoint_number=len(history["loss"]))
     extractors, notes = fid_extractors(config, data)
     if config.verbose:
         print(f"evaluating on {source.splits['test'].count} test images (NLL, bits/dim, L2 %, calibration"
@@ -317,7 +319,8 @@ def _loss_units(config, head):
 
 
 def load_model(run_dir):
-    """Rebuild a trained model from its run folder: `config.json` + the newest checkpoint.
+    """Rebuild a trained model from its run folder: `config.json` + the newest checkpoint (the σ-scaled
+    model's in `recalibrated/` when σ-scaling ran, else the last epoch's).
 
     The model is the same compiled Keras model `run` trained (same head, weights and Adam state),
     so `model.fit` can go on training it.
@@ -332,7 +335,9 @@ def load_model(run_dir):
     saved = json.loads((run_dir / CONFIG_FILE).read_text())
     config = RunConfig.from_dict(saved)
     model = build_and_compile(config, saved["image_shape"])
-    manager = checkpoint_manager(model, run_dir)
+    manager = recalibrated_manager(model, run_dir)  # the fitted sigma_scale, when σ-scaling ran
+    if manager.latest_checkpoint is None:
+        manager = checkpoint_manager(model, run_dir)
     if manager.latest_checkpoint is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint in {run_dir / CHECKPOINT_DIR}")
     restore_checkpoint(manager.checkpoint, manager.latest_checkpoint)
