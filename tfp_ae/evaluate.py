@@ -49,9 +49,10 @@ def crps_inputs(head, dist, seed=SAMPLE_SEED, num_samples=PIT_SAMPLES):
 def crps_from(kind, params, x):
     """The per-pixel CRPS (pixels, numpy `[B, H, W, C]`) of images `x` `[B, H, W, C]` from
     `crps_inputs`' `(kind, params)` (numpy or tensors), by the `scoringrules` package: closed forms for
-    one normal, logistic or Student-t marginal (`crps_normal`, `crps_logistic`, `crps_t`) and for a
-    mixture of normal marginals (`crps_mixnorm`); otherwise the unbiased ("fair") ensemble estimator
-    over the draws (`crps_ensemble`; Ferro, QJRMS 2014, "Fair scores for ensemble forecasts"). inf
+    one normal or Student-t marginal (`crps_normal`, `crps_t`) and for a mixture of normal marginals
+    (`crps_mixnorm`); a logistic's closed form (Taillardat, Mestre, Zamo & Naveau, Monthly Weather
+    Review 2016) written here in a form that stays finite far in the tails; otherwise the unbiased
+    ("fair") ensemble estimator over the draws (`crps_ensemble`; Ferro, QJRMS 2014, "Fair scores for ensemble forecasts"). inf
     where a t marginal has df <= 1 (no finite mean: the CRPS is infinite)."""
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     obs = np.asarray(x, np.float64)
@@ -60,8 +61,10 @@ def crps_from(kind, params, x):
     obs = np.reshape(obs, p["loc"].shape[:-1] if kind == "mixnorm" else p["loc"].shape)
     if kind == "t":
         crps = np.where(p["df"] > 1, scoringrules.crps_t(obs, np.maximum(p["df"], 1.5), p["loc"], p["scale"]), np.inf)
-    elif kind == "logistic":
-        crps = scoringrules.crps_logistic(obs, p["loc"], p["scale"])
+    elif kind == "logistic":  # sigma (z - 2 log F(z) - 1) (Taillardat et al. 2016), -log F(z) = softplus(-z):
+        # scoringrules' log F(z) overflows to inf where a collapsed scale puts z below about -745
+        z = (obs - p["loc"]) / p["scale"]
+        crps = p["scale"] * (z + 2 * np.logaddexp(0, -z) - 1)
     elif kind == "normal":
         crps = scoringrules.crps_normal(obs, p["loc"], p["scale"])
     else:
