@@ -52,8 +52,8 @@ def crps_from(kind, params, x):
     one normal or Student-t marginal (`crps_normal`, `crps_t`) and for a mixture of normal marginals
     (`crps_mixnorm`); a logistic's closed form (Taillardat, Mestre, Zamo & Naveau, Monthly Weather
     Review 2016) written here in a form that stays finite far in the tails; otherwise the unbiased
-    ("fair") ensemble estimator over the draws (`crps_ensemble`; Ferro, QJRMS 2014, "Fair scores for ensemble forecasts"). inf
-    where a t marginal has df <= 1 (no finite mean: the CRPS is infinite)."""
+    ("fair") ensemble estimator over the draws (`crps_ensemble`; Ferro, QJRMS 2014, "Fair scores for
+    ensemble forecasts"). inf where a t marginal has df <= 1 (no finite mean: the CRPS is infinite)."""
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     obs = np.asarray(x, np.float64)
     if kind == "ensemble":
