@@ -258,7 +258,8 @@ def write_defect_folder(out, train, test_good, defects):
 
     Args:
       out: the folder (created).
-      train, test_good: defect-free images `[N, H, W, C]` in [0, 1], C = 1 or 3.
+      train: defect-free training images `[N, H, W, C]` in [0, 1], C = 1 or 3.
+      test_good: defect-free test images, the same.
       defects: {defect type: (images `[M, H, W, C]`, masks bool `[M, H, W]`)}, e.g. from
         `synthetic_defects(..., kinds=(kind,))`.
     Returns:
@@ -290,9 +291,12 @@ def texture_defect_folder(out, texture, donor, size=64, train=2000, good=50, per
 
     Args:
       out: the folder (created).
-      texture, donor: grey images `[H, W]` in [0, 1] (e.g. `skimage.data.brick() / 255`), H / 4 >= size.
+      texture: a grey image `[H, W]` in [0, 1] (e.g. `skimage.data.brick() / 255`), H / 4 >= size.
+      donor: a grey image of the same kind, the source of the pasted patches.
       size: the crops' height and width, pixels; crops are flipped left-right at random.
-      train, good, per_defect: how many training, defect-free test and defective test crops of each kind.
+      train: how many training crops.
+      good: how many defect-free test crops.
+      per_defect: how many defective test crops of each kind.
       seed: crops and defects (`numpy.random.default_rng`).
     Returns:
       the folder, a `Path`.

@@ -117,8 +117,9 @@ def calibration_by_std(u, std, bins=SPREAD_BINS):
     prediction in regression tasks", Sensors 2022, with coverage in place of their RMSE).
 
     Returns:
-      `{"std_edges": [bins + 1] (pixels), "coverage": [bins][len(LEVELS)], "calibration_error":
-      [bins], "mean_calibration_error"}`, or None where a pixel has no finite std (a t with df <= 2).
+      `{"std_edges": bins + 1 values (pixels), "coverage": bins lists of one value per level,
+      "calibration_error": bins values, "mean_calibration_error"}`, or None where a pixel has no
+      finite std (a t with df <= 2).
     """
     u, std = np.ravel(u), np.ravel(std)
     if not np.isfinite(std).all():

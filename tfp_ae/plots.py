@@ -261,7 +261,10 @@ def anomaly_figure(images, point, amap, masks, names, map_name, top):
     anomaly map (`UNCERTAINTY_CMAP`, one colour scale, `map_scale`) and, when known, defect mask.
 
     Args:
-      images, point: `[N, H, W, C]` in [0, 1]; amap: `[N, H, W, C]`; masks: `[N, H, W, 1]` or None.
+      images: `[N, H, W, C]` in [0, 1].
+      point: their point estimates, the same shape.
+      amap: `[N, H, W, C]`.
+      masks: `[N, H, W, 1]` or None.
       names: a title per column; map_name: the map's name; top: how many leading columns are the
         highest-scored images (the rest are random; 0: no such note).
     """

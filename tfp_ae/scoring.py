@@ -113,7 +113,8 @@ def min_p_score(scores, reference, of=COMBINED):
     alpha). At most `log((M + 1) / len(of))`.
 
     Args:
-      scores, reference: dicts of `[N]` and `[M]` arrays holding the scores `of`.
+      scores: a dict of `[N]` arrays holding the scores `of`.
+      reference: a dict of `[M]` arrays holding them (the training images').
     """
     p = np.min([p_values(scores[c], reference[c]) for c in of], axis=0)
     return -np.log(np.minimum(1.0, len(of) * p))
@@ -126,7 +127,8 @@ def fisher_score(scores, reference, of=COMBINED):
     statistics this way), `[N]`. Higher = more anomalous; at most `2 len(of) log(M + 1)`.
 
     Args:
-      scores, reference: dicts of `[N]` and `[M]` arrays holding the scores `of`.
+      scores: a dict of `[N]` arrays holding the scores `of`.
+      reference: a dict of `[M]` arrays holding them (the training images').
     """
     return -2 * sum(np.log(p_values(scores[c], reference[c])) for c in of)
 
