@@ -107,6 +107,11 @@ def coverage_at(u, levels=LEVELS):
     return [float(np.mean(dev <= lv / 2)) for lv in levels]
 
 
+def calibration_error(coverage, levels=LEVELS):
+    """mean |coverage - level| over the levels (0 when calibrated), of `coverage_at`'s list."""
+    return float(np.mean(np.abs(np.asarray(coverage) - levels)))
+
+
 def calibration_by_std(u, std, bins=SPREAD_BINS):
     """Calibration within groups of pixels of similar predicted spread: the pixels, ranked by their
     predicted std (`std`, same shape as the PIT values `u`), split into `bins` equal groups (ties in
@@ -127,7 +132,7 @@ def calibration_by_std(u, std, bins=SPREAD_BINS):
     order = np.argsort(std, kind="stable")
     groups = np.array_split(order, bins)
     coverage = [coverage_at(u[g]) for g in groups]
-    errors = [float(np.mean(np.abs(np.array(c) - LEVELS))) for c in coverage]
+    errors = [calibration_error(c) for c in coverage]
     return dict(std_edges=[float(std[groups[0][0]])] + [float(std[g[-1]]) for g in groups], coverage=coverage,
                 calibration_error=errors, mean_calibration_error=float(np.mean(errors)))
 
@@ -162,7 +167,7 @@ def calibration(model, x, point=None, num_levels=256, seed=0):
     hist = np.histogram(np.clip(u, 0, 1), bins=PIT_BINS, range=(0, 1))[0] / u.size
     mean_crps = float(np.mean(crps))
     return dict(levels=list(LEVELS), coverage=coverage,
-                calibration_error=float(np.mean(np.abs(np.array(coverage) - LEVELS))),
+                calibration_error=calibration_error(coverage),
                 pit_histogram=[float(h) for h in hist], by_std=calibration_by_std(u, std), images=int(len(x)),
                 sigma_scale=float(model.head.sigma_scale.numpy()) if model.head.has_location else 1.0,
                 crps=mean_crps if np.isfinite(mean_crps) else None,
@@ -228,30 +233,29 @@ def fit_sigma_scale(model, pairs, criterion="calibration", bounds=SIGMA_SCALE_BO
         return params
     crps_step = tf.function(crps_step, reduce_retracing=True)
 
-    half_levels = tf.constant(LEVELS, tf.float32) / 2
+    pit = tf.function(lambda x, y: head.pit(model(x, training=False), y), reduce_retracing=True)
 
-    @tf.function(reduce_retracing=True)
-    def coverage_step(x, y):  # [B, levels]: each image's fraction of pixels inside each central interval
-        u = head.pit(model(x, training=False), y)
-        inside = tf.abs(tf.reshape(u, [tf.shape(u)[0], -1, 1]) - 0.5) <= half_levels
-        return tf.reduce_mean(tf.cast(inside, tf.float64), axis=1)
-
-    def score(x, y):
+    def batch_total(x, y):
+        """The criterion summed over the batch's images (calibration: each level's coverage, times the
+        number of images, which all have as many pixels), and the number of images."""
         if criterion == "nll":
-            return nll(x, y).numpy().astype(np.float64)
-        if criterion == "calibration":
-            return coverage_step(x, y).numpy()
-        params = crps_step(x)
-        return crps_from(kinds[-1], params, y.numpy()).reshape(len(y), -1).mean(axis=1)
+            values = nll(x, y).numpy().astype(np.float64)
+        elif criterion == "calibration":
+            u = pit(x, y).numpy()
+            return np.array(coverage_at(u)) * len(u), len(u)
+        else:
+            params = crps_step(x)  # traced first: then kinds[-1] is its kind
+            values = crps_from(kinds[-1], params, y.numpy()).reshape(len(y), -1).mean(axis=1)
+        return values.sum(), len(values)
 
     def mean_score(log_s):
         head.sigma_scale.assign(math.exp(log_s))
         total, count = 0.0, 0
         for x, y in pairs:
-            values = score(x, y)
-            total, count = total + values.sum(axis=0), count + len(values)
-        if criterion == "calibration":  # every image has as many pixels: the mean coverage is the pixels'
-            return float(np.mean(np.abs(total / count - np.array(LEVELS))))
+            batch, n = batch_total(x, y)
+            total, count = total + batch, count + n
+        if criterion == "calibration":
+            return calibration_error(total / count)
         return total / count if np.isfinite(total) else np.inf
 
     log_s, best, before = _minimise_log_scale(mean_score, tuple(math.log(b) for b in bounds))
