@@ -28,6 +28,7 @@ from tfp_ae.export import export_run
 from tfp_ae.figures import augment
 from tfp_ae.grid import grid_cells, merge_results, run_grid
 from tfp_ae.heads import DEFAULT_RANK, HEADS, LOSSES, describe_heads
+from tfp_ae.novelty import score_novelty
 from tfp_ae.runtime import device_summary, make_strategy
 from tfp_ae.scoring import score_run
 from tfp_ae.toy2d import TOY_DATASETS, TOY_SETUPS, run_study
@@ -55,6 +56,10 @@ def _add_source_args(p):
     p.add_argument("--skip-bad-images", action="store_true", help="leave unreadable image files out (each one "
                    "printed with its reason, and listed in metrics.json) instead of stopping with an error")
     p.add_argument("--rescale", action="store_true", help="divide the images by 255 (.npz data given as 0-255)")
+    p.add_argument("--classes", default=None, metavar="C[,C...]", help="keep only these classes of a labelled "
+                   "source, in every split (names or indices: 3, 0,1,2, bag); one class: one-class novelty detection")
+    p.add_argument("--exclude-classes", default=None, metavar="C[,C...]", help="keep every class but these "
+                   "(leave-one-class-out novelty detection)")
 
 
 def _add_settings(p):
@@ -239,7 +244,7 @@ def cmd_augment(args):
 def cmd_convert(args):
     """`tfp-ae convert`: any source as TFRecord shards (after its geometry)."""
     source = open_source(args.source, args.data_dir, args.image_size, args.crop, args.channels, args.test_fraction,
-                         args.download, args.skip_bad_images, args.rescale)
+                         args.download, args.skip_bad_images, args.rescale, args.classes, args.exclude_classes)
     source.print_skipped()
     info = convert(source, args.out, args.shards, overwrite=args.overwrite)
     skipped = f"; skipped {len(source.skipped)} unreadable file(s)" if source.skipped else ""
@@ -250,7 +255,9 @@ def cmd_convert(args):
 
 def cmd_score(args):
     """`tfp-ae score`: OOD scores, defect detection and anomaly maps of a run; prints AUROC / AUPRC / FPR,
-    detection AUROC and localisation."""
+    detection AUROC and localisation. With `--novelty`: `cmd_novelty`."""
+    if args.novelty:
+        return cmd_novelty(args)
     _, m = score_run(args.run_dir, args.data, args.ood, args.background, args.out, args.masks, args.limit, args.seed,
                      args.image_size, args.crop, args.channels, args.test_fraction)
     print("scored " + ", ".join(f"{n} {'in-distribution' if s == 'in' else 'OOD'}" for s, n in m["counts"].items())
@@ -273,6 +280,25 @@ def cmd_score(args):
     figures = (["roc.png", "histograms.png"] if args.ood else []) + (["anomaly_maps.png"] if "recommended_map" in m
                                                                       else [])
     print(f"wrote {args.out}/scores.csv, metrics.json" + "".join(f", {f}" for f in figures))
+
+
+def cmd_novelty(args):
+    """`tfp-ae score --novelty`: the run's classes normal, the other classes of the test split novel
+    (`tfp_ae.novelty.score_novelty`); prints AUROC overall and per novel class."""
+    given = [f for f in ("ood", "masks", "image_size", "crop", "channels", "test_fraction") if getattr(args, f) is not None]
+    if given:
+        raise InputError(f"--novelty scores the test split of --data with the run's geometry; it does not take "
+                         f"{', '.join('--' + f.replace('_', '-') for f in given)} (score again without --novelty)")
+    _, m = score_novelty(args.run_dir, args.data, args.out, args.background, args.limit, args.seed)
+    nov = m["novelty"]
+    per = list(nov["per_class"])
+    print(f"scored {nov['counts']['normal']} normal (classes {', '.join(nov['normal_classes'].values())}) and "
+          f"{nov['counts']['novel']} novel test images; AUROC overall, then per novel class ({', '.join(per)}):")
+    for name, v in nov["overall"].items():
+        mark = "  (recommended)" if name in (nov["recommended"], nov.get("recommended_map")) else ""
+        print(f"  {name:32s} {v['auroc']:.3f}   " + "  ".join(f"{nov['per_class'][c][name]['auroc']:.3f}" for c in per)
+              + mark)
+    print(f"wrote {args.out}/scores.csv, metrics.json, roc.png, histograms.png, novelty_examples.png")
 
 
 HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter  # every --help shows the defaults
@@ -388,6 +414,9 @@ def main(argv=None):
                    "RGB (3) (None: the run's)")
     p.add_argument("--test-fraction", type=float, default=None, help="a flat --ood folder (no train/ and test/): "
                    "score only this held-out fraction of it (None: all its images)")
+    p.add_argument("--novelty", action="store_true", help="novelty detection: score the whole test split of --data, "
+                   "the run's classes (train --classes / --exclude-classes) normal and every other class novel; "
+                   "AUROC overall and per novel class, novelty_examples.png")
     p.add_argument("--seed", type=int, default=0, help="seed of the dequantisation noise")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_score)

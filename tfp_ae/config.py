@@ -56,6 +56,8 @@ class RunConfig:
     crop: str = "none"                 # CROPS: "center" crops to --image-size's aspect ratio first
     channels: int | None = None     # 1 or 3: convert every image to grey or RGB (None: the source's)
     test_fraction: float = 0.1         # image folders without train/ and test/: fraction held out for test
+    classes: str | None = None         # keep only these classes (names or indices, comma-separated; tfp_ae.data.classes)
+    exclude_classes: str | None = None  # keep every class but these (leave-one-class-out)
     download: bool = False             # tfds: sources: download and prepare a dataset that is not prepared
     skip_bad_images: bool = False      # leave unreadable image files out (counted) instead of stopping
     out: str | None = None
@@ -78,7 +80,7 @@ class RunConfig:
         """The arguments of `tfp_ae.data.open_source` besides the dataset."""
         return dict(data_dir=self.data_dir, image_size=self.image_size, crop=self.crop, channels=self.channels,
                     test_fraction=self.test_fraction, download=self.download, skip_bad_images=self.skip_bad_images,
-                    rescale=self.rescale)
+                    rescale=self.rescale, classes=self.classes, exclude_classes=self.exclude_classes)
 
     def to_dict(self):
         """Every setting as a plain dict (`config.json`, `metrics.json`)."""
@@ -143,6 +145,12 @@ class RunConfig:
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < float("inf")):
             raise InputError(f"learning_rate must be a positive number; got {self.learning_rate!r}")
         Geometry.parse(self.image_size, self.crop, self.channels)
+        if self.classes is not None and self.exclude_classes is not None:
+            raise InputError("give classes (--classes) or exclude_classes (--exclude-classes), not both")
+        for name in ("classes", "exclude_classes"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (str, int, list, tuple)) and not isinstance(v, bool) and str(v).strip()):
+                raise InputError(f"{name} must name classes (names or indices, e.g. '3' or '0,1,2' or 'bag'); got {v!r}")
         if not (isinstance(self.test_fraction, (int, float)) and 0 < self.test_fraction < 1):
             raise InputError(f"test_fraction must be in (0, 1); got {self.test_fraction!r}")
         if not (isinstance(self.perturb_rate, (int, float)) and 0 <= self.perturb_rate < 1):

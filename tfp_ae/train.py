@@ -13,7 +13,7 @@ from tfp_ae import figures, plots
 from tfp_ae._tf import tf, tfk
 from tfp_ae.callbacks import ImageSummaries
 from tfp_ae.config import RunConfig
-from tfp_ae.data import SAMPLE_BYTES, Split, array_split, open_source
+from tfp_ae.data import SAMPLE_BYTES, Split, array_split, describe_classes, open_source
 from tfp_ae.errors import InputError
 from tfp_ae.evaluate import (
     CALIBRATION_IMAGES,
@@ -210,6 +210,9 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     source = open_source(config.dataset, **config.source_options)
     source.print_skipped()
     train = source.splits["train"].subset(0, config.train_limit)
+    if source.selected_classes is not None:
+        print(f"classes {describe_classes(source.selected_classes)}: {train.count} training and "
+              f"{source.splits['test'].count} test images", flush=True)
     config.validate(source.image_shape)  # the head's options against the image size, before the folder is made
     held_out = hold_out(train, config)[1]
     if config.recalibrate and held_out.count < MIN_RECALIBRATION_IMAGES:
@@ -246,6 +249,8 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
         metrics["skipped_files"] = [p for p, _ in source.skipped[:100]]
     if source.class_names is not None and source.has_labels:
         metrics["class_names"] = list(source.class_names)
+    if source.selected_classes is not None:
+        metrics["classes"] = dict(indices=list(source.selected_classes), names=list(source.selected_classes.values()))
     recalibration = None
     if config.recalibrate:
         with source.reading():

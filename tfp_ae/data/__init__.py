@@ -10,6 +10,8 @@ is true opens it):
     FOLDER of image files                       `folders`: PNG, JPEG, BMP, GIF, found recursively
     mnist | fashion_mnist | digits | FILE.npz   `memory`: arrays in memory (`load_dataset`)
 
+`classes` (`select_classes`) then restricts every split of a labelled source to some of its classes.
+
 A new source kind is one module with `claims(spec) -> bool` and
 `open_source(spec, geometry, options) -> Source`, plus one line in `SOURCE_KINDS`.
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 
 from tfp_ae.data import folders, memory, shards, tfds_source
 from tfp_ae.data.arrays import Dataset, check_images, prepare_images
+from tfp_ae.data.classes import class_table, describe_classes, kept_classes, resolve_classes, select_classes
 from tfp_ae.data.folders import IMAGE_EXTENSIONS, scan_images
 from tfp_ae.data.geometry import CROPS, Geometry, decode_image
 from tfp_ae.data.masks import MASK_SUFFIX, load_masks
@@ -60,7 +63,7 @@ class SourceOptions:
 
 
 def open_source(dataset, data_dir=None, image_size=None, crop="none", channels=None, test_fraction=0.1,
-                download=False, skip_bad_images=False, rescale=False):
+                download=False, skip_bad_images=False, rescale=False, classes=None, exclude_classes=None):
     """The `Source` a `--dataset` string names (see the module docstring for the kinds).
 
     Args:
@@ -74,24 +77,31 @@ def open_source(dataset, data_dir=None, image_size=None, crop="none", channels=N
       download: `tfds:` only: download and prepare the dataset when it is not prepared.
       skip_bad_images: leave unreadable image files out (listed in `Source.skipped`) instead of raising.
       rescale: in-memory sources given as 0-255: divide by 255.
+      classes: keep only these classes in every split (names or indices, comma-separated;
+        `select_classes`), or None.
+      exclude_classes: keep every class but these, or None.
     Returns:
-      a `Source`; its `class_names` name the labels where the source has names.
+      a `Source`; its `class_names` name the labels where the source has names, its `selected_classes`
+      the classes kept.
     Raises:
       InputError: an unknown name, an empty folder or one without images, a corrupt or truncated
         file (naming it), mixed sizes or channels without `--image-size` / `--channels`, shards
         without an `image` feature, an unprepared TFDS dataset without `download`.
+        A class selection on a source without labels, an unknown class (naming those that exist), a
+        selection that keeps no class or a class without training images.
       DataNotFoundError: a named dataset with no local copy (offline: within seconds).
     """
     geometry = Geometry.parse(image_size, crop, channels)
     options = SourceOptions(data_dir, test_fraction, download, skip_bad_images, rescale)
     spec = str(dataset)
     kind = next(k for k in SOURCE_KINDS if k.claims(spec))
-    return kind.open_source(spec, geometry, options)
+    return select_classes(kind.open_source(spec, geometry, options), classes, exclude_classes)
 
 
 __all__ = ["BATCH_SIZE", "CLASS_NAMES", "CROPS", "DATASETS", "DataNotFoundError", "Dataset", "Geometry",
            "IMAGE_EXTENSIONS", "MASK_SUFFIX", "SAMPLE_BYTES", "SHARDS_INFO", "SHARD_SCHEMA", "SHUFFLE_BUFFER",
-           "SOURCE_KINDS", "SPLITS", "Source", "SourceOptions", "Split", "array_images", "array_split", "folders", "shards",
-           "batch_stream", "check_images", "convert", "dataset_available", "decode_image", "dequantize",
-           "find_idx_dir", "load_dataset", "load_masks", "make_pipeline", "network_reachable", "open_source",
-           "perturb", "prepare_images", "read_idx", "scan_images"]
+           "SOURCE_KINDS", "SPLITS", "Source", "SourceOptions", "Split", "array_images", "array_split",
+           "folders", "shards", "batch_stream", "check_images", "class_table", "convert", "describe_classes",
+           "dataset_available", "decode_image", "dequantize", "find_idx_dir", "kept_classes", "load_dataset",
+           "load_masks", "make_pipeline", "network_reachable", "open_source", "perturb", "prepare_images",
+           "read_idx", "resolve_classes", "scan_images", "select_classes"]

@@ -25,7 +25,8 @@ class Split:
     - `array`: `x` float32 `[N, H, W, C]` in memory, `y` int64 `[N]` or None;
     - `files`: `paths` `[N]` of image files, `labels` int64 `[N]` or None;
     - `records`: the records `start..stop` of the shard `files` in order (`parse`: a serialised
-      record -> (encoded image, label)).
+      record -> (encoded image, label)); with `keep`, only the records whose label is in `keep`
+      (a filter as they stream; `start`, `count` and `records_total` count the kept records).
     `image_shape` is the shape after `geometry`; `count` the number of images.
     """
     kind: str
@@ -43,6 +44,7 @@ class Split:
     start: int = 0
     records_total: int = 0   # records: how many records the files hold
     skip_bad: bool = False   # records: drop records whose image cannot be decoded (`skip_bad_images`)
+    keep: tuple = ()         # records: the class indices kept (filtered as they stream; `select`); () keeps all
 
     @property
     def has_labels(self):
@@ -80,7 +82,49 @@ class Split:
         return x, label
 
     def _records(self, files):
-        return tf.data.TFRecordDataset(files, num_parallel_reads=None).map(self.parse)
+        return self._parsed(tf.data.TFRecordDataset(files, num_parallel_reads=None))
+
+    def _parsed(self, records):
+        """(encoded image, label) of serialised records, only those of the `keep` classes when set."""
+        ds = records.map(self.parse)
+        if not self.keep:
+            return ds
+        keep = tf.constant(self.keep, tf.int64)
+        return ds.filter(lambda e, y: tf.reduce_any(tf.equal(tf.cast(y, tf.int64), keep)))
+
+    def label_values(self):
+        """The label of every image in the fixed order, int64 `[count]`, or None without labels (records
+        are read once for their labels; the images are not decoded)."""
+        if not self.has_labels:
+            return None
+        if self.kind == "array":
+            return np.asarray(self.y, np.int64)
+        if self.kind == "files":
+            return np.asarray(self.labels, np.int64)
+        labels = self._records(list(self.files)).skip(self.start).take(self.count).map(lambda e, y: y)
+        return np.concatenate([np.zeros(0, np.int64), *labels.batch(8192).as_numpy_iterator()]).astype(np.int64)
+
+    def select(self, keep):
+        """This split restricted to the images whose label is in `keep` (class indices), in the same
+        order: arrays and file lists are indexed (no image is read); records are filtered as they
+        stream (`keep`), after one pass over their labels to count them.
+
+        Raises:
+          InputError: the split has no labels; records already cut to a range (select first).
+        """
+        keep = tuple(sorted({int(k) for k in keep}))
+        labels = self.label_values()
+        if labels is None:
+            raise InputError("class selection needs labels, and these images have none")
+        mask = np.isin(labels, keep)
+        n = int(mask.sum())
+        if self.kind == "array":
+            return replace(self, count=n, x=self.x[mask], y=self.y[mask])
+        if self.kind == "files":
+            return replace(self, count=n, paths=self.paths[mask], labels=self.labels[mask])
+        if not self.whole_files or self.keep:
+            raise InputError("select classes before cutting records to a range or selecting again")
+        return replace(self, count=n, records_total=n, keep=keep)
 
     def elements(self):
         """`tf.data.Dataset` of `(image float32 [H, W, C], label int64 (-1: none))` in the fixed order."""
@@ -120,8 +164,8 @@ class Split:
             if worker[1] > 1:  # this worker's files: every worker-th file from its index on
                 files = files.shard(worker[1], worker[0])
             files = files.shuffle(len(self.files), seed=seed, reshuffle_each_iteration=True)
-            ds = files.interleave(lambda f: tf.data.TFRecordDataset(f), cycle_length=min(4, len(self.files)),
-                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).map(self.parse)
+            ds = self._parsed(files.interleave(lambda f: tf.data.TFRecordDataset(f), cycle_length=min(4, len(self.files)),
+                                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
             ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
         else:  # a range of the records (train_limit, validation split): the fixed order, buffer-shuffled
             ds = self._records(list(self.files)).skip(self.start).take(self.count)
@@ -187,6 +231,8 @@ class Source:
       splits: {"train": Split, "test": Split}.
       skipped: `[(path, reason)]` of unreadable images left out (`skip_bad_images`).
       class_names: the name of each label index (folder names, a TFDS `ClassLabel`'s names), or None.
+      selected_classes: `{index: name}` of the classes every split was restricted to
+        (`tfp_ae.data.classes.select_classes`), or None (all images).
     """
     name: str
     description: str
@@ -195,6 +241,7 @@ class Source:
     splits: dict
     skipped: list = field(default_factory=list)
     class_names: list | None = None
+    selected_classes: dict | None = None
 
     @property
     def has_labels(self):

@@ -1,0 +1,140 @@
+"""Novelty detection as the field measures it (`tfp-ae score RUN --data D --novelty`): a run trained on some
+classes of a labelled dataset (`--classes` / `--exclude-classes`) scores the *whole* test split; the run's
+classes are normal, every other class is novel.
+
+Two protocols use it:
+- one-class (Ruff et al., ICML 2018, "Deep One-Class Classification", and the papers after it): train on
+  one class, the other nine are novel; AUROC per class, then the mean over the ten runs;
+- leave-one-class-out: train on nine classes, the tenth is novel (where a likelihood model can rank the
+  novelty as *more* normal: the trap, e.g. MNIST digit 1).
+
+Every per-image score of `tfp_ae.scoring.SCORES` (p-value scores against the run's own, class-selected
+training images) and every per-image reduction of the anomaly maps (`tfp_ae.anomaly.image_reductions`)
+is measured by `tfp_ae.scoring.ood_metrics` (scikit-learn's AUROC, AUPRC, FPR at 95 % TPR), novel images
+the positive class: over all novel images and per novel class.
+"""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tfp_ae import plots
+from tfp_ae.anomaly import RECOMMENDED_MAP, image_reductions, pixel_maps
+from tfp_ae.data import class_table, kept_classes, open_source
+from tfp_ae.errors import InputError
+from tfp_ae.predict import point_estimates
+from tfp_ae.scoring import RECOMMENDED, SCORES, TRAIN_IMAGES, image_scores, ood_metrics
+from tfp_ae.train import load_model
+
+MAP_CHUNK = 1000  # test images whose anomaly maps are held at once (only their reductions are kept)
+FIGURE_IMAGES = 5  # novelty_examples.png: the most and the least novel test images by the recommended score
+
+
+def map_reductions(model, split, chunk=MAP_CHUNK):
+    """`tfp_ae.anomaly.image_reductions` of the anomaly maps of every image of `split`, `{name: [N]}`,
+    computed `chunk` images at a time (the maps of a whole test split are never held)."""
+    parts = []
+    for start in range(0, split.count, chunk):
+        x = split.subset(start, start + chunk).take()[0]
+        parts.append(image_reductions(pixel_maps(model, x)))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def novelty_metrics(scores, labels, normal, names):
+    """Novelty metrics of per-image scores.
+
+    Args:
+      scores: `{name: [N]}`, higher = more novel.
+      labels: int `[N]` class indices of the images.
+      normal: the normal class indices (the run's classes).
+      names: `{index: name}` of every class.
+    Returns:
+      `{"normal_classes": {index: name}, "counts": {"normal", "novel"}, "overall": {score: ood_metrics},
+      "per_class": {name: {score: ood_metrics}}}`: every novel image, then each novel class alone,
+      against all normal images (novel = positive).
+    Raises:
+      InputError: no normal or no novel image among `labels`.
+    """
+    labels = np.asarray(labels)
+    novel = ~np.isin(labels, list(normal))
+    if novel.all() or not novel.any():
+        raise InputError(f"novelty needs normal and novel test images ({int((~novel).sum())} normal, "
+                         f"{int(novel.sum())} novel)")
+    scores = {k: np.asarray(v, np.float64) for k, v in scores.items()}
+    return dict(normal_classes={int(i): names[int(i)] for i in normal},
+                counts=dict(normal=int((~novel).sum()), novel=int(novel.sum())),
+                overall={k: ood_metrics(v[~novel], v[novel]) for k, v in scores.items()},
+                per_class={names[int(c)]: {k: ood_metrics(v[~novel], v[labels == c]) for k, v in scores.items()}
+                           for c in np.unique(labels[novel])})
+
+
+def score_novelty(run_dir, data, out=None, background=None, limit=None, seed=0, maps=True):
+    """`tfp-ae score --novelty`: every score of a class-selected run on the whole test split of `data`.
+
+    Args:
+      run_dir: a run folder trained with `--classes` or `--exclude-classes`.
+      data: the labelled dataset string (the run's classes are normal, the others novel); its geometry
+        and class names are the run's.
+      out: folder for `scores.csv` (one row per test image: index, label, class, novel, every score and
+        reduction), `metrics.json` (`"novelty"`, `novelty_metrics` plus `recommended` and
+        `recommended_map`), `roc.png`, `histograms.png` and `novelty_examples.png`; or None.
+      background: a background run folder (the `likelihood_ratio` score), or None.
+      limit: score only the first `limit` test images.
+      maps: also the per-image reductions of the anomaly maps.
+    Returns:
+      (rows, metrics).
+    Raises:
+      InputError: a run trained on every class, a dataset without labels or of another image shape,
+        a test split without normal or without novel images.
+    """
+    model, config = load_model(run_dir)
+    if config.classes is None and config.exclude_classes is None:
+        raise InputError(f"--novelty needs a run trained on some classes (tfp-ae train --classes C or "
+                         f"--exclude-classes C); {run_dir} was trained on every class of {config.dataset}")
+    options = dict(config.source_options, classes=None, exclude_classes=None)
+    source = open_source(data, **options)
+    if tuple(source.image_shape) != tuple(model.image_shape):
+        raise InputError(f"--data {data}: images {source.image_shape} do not match the run's {tuple(model.image_shape)}")
+    table = class_table(source)
+    normal = kept_classes(table, config.classes, config.exclude_classes)
+    bg = load_model(background)[0] if background else None
+    test = source.splits["test"].subset(0, limit)
+    with source.reading():
+        labels = test.label_values()
+        train = source.splits["train"].select(normal).subset(0, TRAIN_IMAGES)
+        reference = image_scores(model, train, source.num_levels, seed=seed + 1)
+        scores = image_scores(model, test, source.num_levels, bg, reference, seed)
+        reductions = map_reductions(model, test) if maps else {}
+    columns = [c for c in SCORES if c in scores]
+    all_scores = {**{c: scores[c] for c in columns}, **reductions}
+    result = dict(run=str(run_dir), data=data, background=background, orientation="higher = more novel",
+                  novelty=dict(novelty_metrics(all_scores, labels, normal, table), recommended=RECOMMENDED,
+                               **({"recommended_map": f"{RECOMMENDED_MAP}_max"} if maps else {})))
+    novel = ~np.isin(labels, normal)
+    rows = [dict(index=i, label=int(labels[i]), **{"class": table[int(labels[i])]}, novel=int(novel[i]),
+                 **{c: float(v[i]) for c, v in all_scores.items()}) for i in range(test.count)]
+    if out:
+        _write_outputs(Path(out), rows, result, all_scores, novel, columns, model, test, table, labels)
+    return rows, result
+
+
+def _write_outputs(out, rows, result, all_scores, novel, columns, model, test, table, labels):
+    """scores.csv, metrics.json and the figures of `score_novelty`."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "scores.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    pairs = {c: (all_scores[c][~novel], all_scores[c][novel]) for c in columns}
+    plots.save(plots.roc_figure(pairs), out / "roc.png")
+    plots.save(plots.score_histograms(pairs), out / "histograms.png")
+    order = np.argsort(-all_scores[RECOMMENDED], kind="stable")
+    pick = np.r_[order[:FIGURE_IMAGES], order[-FIGURE_IMAGES:]]
+    x = np.stack([test.subset(int(i), int(i) + 1).take()[0][0] for i in pick])
+    amap = pixel_maps(model, x)[RECOMMENDED_MAP]
+    names = [f"{'most' if k < FIGURE_IMAGES else 'least'} novel\n{table[int(labels[i])]}"
+             f" ({'novel' if novel[i] else 'normal'})" for k, i in enumerate(pick)]
+    plots.save(plots.anomaly_figure(x, point_estimates(model, x), amap, None, names, RECOMMENDED_MAP, 0),
+               out / "novelty_examples.png")
