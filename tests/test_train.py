@@ -1,5 +1,6 @@
 """Training: a short fit lowers the NLL, the CLI writes its outputs, NaN runs are retried."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -275,3 +276,14 @@ def test_xla_fit_of_a_full_scale_matrix_mixture_lowers_the_loss(digits):
 def test_steps_per_execution_must_be_positive():
     with pytest.raises(ValueError, match="steps_per_execution must be an integer >= 1"):
         RunConfig(steps_per_execution=0).validate()
+
+
+@pytest.mark.parametrize("command", ["train", "grid", "score", "export", "convert", "toy2d", "augment", "table"])
+def test_help_shows_each_default_once_and_none_for_flags(command, capsys):
+    """Issue 48: `--help` said "(default 0, the paper's) (default: None)" and "--no-fid ... (default: True)"."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text
+    for option in re.split(r"\s(?=--?[a-z])", text.split("options:", 1)[1]):
+        assert option.count("(default") <= 1, option

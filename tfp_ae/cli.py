@@ -301,7 +301,16 @@ def cmd_novelty(args):
     print(f"wrote {args.out}/scores.csv, metrics.json, roc.png, histograms.png, novelty_examples.png")
 
 
-HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter  # every --help shows the defaults
+class HELP_FORMAT(argparse.ArgumentDefaultsHelpFormatter):
+    """Every --help shows each default once: argparse's "(default: X)", except for on/off flags (their
+    default is the flag's absence), and where the help already names the default or it is None (unset)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) or action.default is None
+                or "default" in text):
+            return text
+        return super()._get_help_string(action)
 
 
 def _with_defaults_shown(add_parser):
