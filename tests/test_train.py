@@ -90,6 +90,27 @@ def test_the_cli_prints_no_tensorflow_log_lines_unless_verbose():
     assert loud.returncode == 0 and "normal_diag" in loud.stdout, loud.stderr
 
 
+def test_documented_commands_print_only_the_package_lines(tmp_path):
+    """Issue 48: in fresh processes, `train`, `export --tflite` (TensorFlow Lite's deprecation warning
+    and XNNPACK INFO line) and `score --novelty` write no TensorFlow, TensorFlow Lite or absl line."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFP_AE_TF_LOGS")}
+    foreign = re.compile(r"^([IWEF]\d{4} |WARNING|INFO|.*[Dd]eprecat|.*Warning:|.*XNNPACK|.*absl)", re.M)
+    run_dir = str(tmp_path / "run")
+    for argv in (["train", "--dataset", "digits", "--classes", "3", "--epochs", "1", "--no-fid", "--tsne-images", "0",
+                  "--out", run_dir],
+                 ["export", run_dir, "--out", str(tmp_path / "export"), "--tflite"],
+                 ["score", run_dir, "--data", "digits", "--novelty", "--out", str(tmp_path / "novelty")]):
+        done = subprocess.run([sys.executable, "-m", "tfp_ae", *argv], capture_output=True, text=True, env=env,
+                              timeout=600, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        for stream in (done.stdout, done.stderr):
+            assert not foreign.search(stream), (argv[0], stream[-3000:])
+    assert (tmp_path / "export" / "tflite" / "log_prob.tflite").exists()
+
+
 class _PoisonWeights(tf.keras.callbacks.Callback):
     """Sets the decoder bias to NaN at the start of epoch 2, as a diverging run would."""
 

@@ -42,14 +42,16 @@ not convert, does not run or differs is refused, and `OUT/tflite/report.json` gi
 converter's or interpreter's reason, or the largest difference and where (for example the low-rank
 heads' `Cholesky` has no built-in TensorFlow Lite kernel; `docs/benchmarks/tflite.md` per head).
 """
+import contextlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from tfp_ae._tf import tf
+from tfp_ae._tf import SHOW_TF_LOGS, native_stderr_silenced, tf
 from tfp_ae.data import dequantize, open_source
 from tfp_ae.heads import INTERVAL_LEVEL, SAMPLE_SEED
 from tfp_ae.train import load_model
@@ -264,12 +266,13 @@ def export_tflite(model, out_dir, probe=None):
         concrete = tf.function(fn, autograph=False).get_concrete_function(tf.TensorSpec([None, *shape], tf.float32,
                                                                                          name="images"))
         try:
-            converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-            blob = converter.convert()
-            runner = tf.lite.Interpreter(model_content=blob).get_signature_runner()
+            with _tflite_quiet():
+                converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+                blob = converter.convert()
+                runner = tf.lite.Interpreter(model_content=blob).get_signature_runner()
+                got = runner(images=probe)
             want = {k: v.numpy() for k, v in concrete(tf.constant(probe)).items()}
-            got = runner(images=probe)
             for k, v in want.items():
                 check_tflite_output(name, k, got[k], v)
         except Exception as e:  # noqa: BLE001 (any failure refuses this function; the reason is reported)
@@ -279,6 +282,17 @@ def export_tflite(model, out_dir, probe=None):
         report[name] = "converted"
     (folder / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+@contextlib.contextmanager
+def _tflite_quiet():
+    """TensorFlow Lite's own console lines hidden unless `tfp-ae -v` / `TFP_AE_TF_LOGS=1`: its Python
+    deprecation warning for `tf.lite.Interpreter` (LiteRT's, printed on every use) and the C++ "Created
+    TensorFlow Lite XNNPACK delegate" line. Errors still raise."""
+    with warnings.catch_warnings(), native_stderr_silenced(not SHOW_TF_LOGS):
+        if not SHOW_TF_LOGS:
+            warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated.*")
+        yield
 
 
 def export_run(run_dir, export_dir, overwrite=False, tflite=False):
