@@ -108,6 +108,12 @@ def test_documented_commands_print_only_the_package_lines(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         for stream in (done.stdout, done.stderr):
             assert not foreign.search(stream), (argv[0], stream[-3000:])
+        if argv[0] == "train":  # its last line names the run folder and every file in it
+            last = done.stdout.strip().splitlines()[-1]
+            assert last.startswith(f"wrote {run_dir}/: "), last
+            for name in ("calibration.png", "checkpoints/", "config.json", "metrics.json", "reconstructions.png",
+                         "samples.png", "state.json"):
+                assert name in last, (name, last)
     assert (tmp_path / "export" / "tflite" / "log_prob.tflite").exists()
 
 

@@ -168,7 +168,8 @@ def cmd_train(args):
           f"{sum(m['seconds_per_epoch']) / len(m['seconds_per_epoch']):.2f} s/epoch, {m['num_params']} params")
     if "nll_note" in m:
         print("note:", m["nll_note"])
-    print(f"wrote {cfg.out}/metrics.json and {cfg.out}/reconstructions.png")
+    written = sorted(f.name + ("/" if f.is_dir() else "") for f in Path(cfg.out).iterdir())
+    print(f"wrote {cfg.out}/: {', '.join(written)}")
 
 
 def cmd_export(args):
@@ -400,9 +401,10 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace the shards in OUT")
     _add_source_args(p)
     p.set_defaults(func=cmd_convert)
-    p = sub.add_parser("score", help="OOD scores of a run's test images (and an OOD set's), detection of defective "
-                       "test images and their anomaly maps: scores.csv, metrics.json (AUROC, AUPRC, FPR at 95%% TPR), "
-                       "ROC, histograms, anomaly_maps.png")
+    p = sub.add_parser("score", help="OOD scores of a run's test images (and an OOD set's): scores.csv, metrics.json "
+                       "(AUROC, AUPRC, FPR at 95%% TPR), roc.png and histograms.png with --ood; with a folder in MVTec "
+                       "AD's layout (test/good and test/<defect> folders) or --masks, detection of the defective test "
+                       "images and anomaly_maps.png; with --novelty, novelty by class")
     p.add_argument("run_dir", help="a run folder written by `tfp-ae train`")
     p.add_argument("--data", required=True, help="in-distribution dataset (its test split is scored; a folder in "
                    "MVTec AD's layout, test/good/ beside test/<defect>/, also gets detection metrics per defect type)")
