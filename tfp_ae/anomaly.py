@@ -3,6 +3,7 @@ localise defect masks (pixel AUROC, PRO), the defect labels of a test split, and
 with their masks (for benchmarks, tests and MVTec-AD-like folders).
 
 Per-pixel maps (`MAPS`), `[N, H, W, C]`, higher = more anomalous:
+
 - `neg_log_marginal`: -log p(x_pixel | input), nats (`Head.pixel_log_prob`);
 - `standardized_error`: |x - point estimate| / s, s the half-width of the central 68.27 % interval
   (the standard deviation for a normal; exists for every head but `mse`);
@@ -198,6 +199,7 @@ def synthetic_defects(x, donors, seed=0, kinds=DEFECT_KINDS):
 
     Image i gets defect `kinds[i % len(kinds)]`, placed by `numpy.random.default_rng(seed)`; sizes are
     given for 28 x 28 images and scale with s = max(1, min(H, W) / 28):
+
     - `patch`: a random 8s x 8s crop of a random `donors` image (another dataset's), pasted at a
       random place;
     - `line`: a straight line 2s pixels wide between two random points, of a random level in [0.5, 1];

@@ -5,6 +5,7 @@ covariance) of the features of two image sets (Heusel et al., Eq. 6; matrix squa
 `scipy.linalg.sqrtm`). Lower is closer.
 
 Extractors:
+
 - `lenet`: the penultimate (128-unit) layer of a small CNN classifier trained once per dataset on
   its training split (2 epochs, Adam; more on small datasets) and cached on disk (`$TFP_AE_CACHE_DIR`, default
   `~/.cache/tfp_ae`); its test accuracy is reported with every number it produces. Always

@@ -3,6 +3,7 @@ classes of a labelled dataset (`--classes` / `--exclude-classes`) scores the *wh
 classes are normal, every other class is novel.
 
 Two protocols use it:
+
 - one-class (Ruff et al., ICML 2018, "Deep One-Class Classification", and the papers after it): train on
   one class, the other nine are novel; AUROC per class, then the mean over the ten runs;
 - leave-one-class-out: train on nine classes, the tenth is novel (where a likelihood model can rank the

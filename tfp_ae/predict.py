@@ -84,6 +84,7 @@ def uncertainty_maps(model, x, kind="interval", batch_size=100):
     """Per-pixel uncertainty of each image's distribution p(x | input), `[N, H, W, C]`.
 
     `kind` (`tfp_ae.config.UNCERTAINTIES`):
+
     - `interval`: the length of the part of the pixel range [0, 1] that the central 90 % interval
       covers, `clip(hi, 0, 1) - clip(lo, 0, 1)` with `(lo, hi)` from `model.interval`; in [0, 1]
       for every head but `mse` (NaN), so maps compare across heads on one fixed scale (1: the

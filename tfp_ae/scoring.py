@@ -2,6 +2,7 @@
 out-of-distribution (OOD) ones and good test images from defective ones (`tfp-ae score`).
 
 Per-image scores (`SCORES`), all oriented so that higher means more anomalous:
+
 - `nll`: -log p(x) in nats of the pixels in [0, 1];
 - `bits_per_dim`: of the uniformly dequantised image (Theis et al. 2016), bits;
 - `likelihood_ratio`: bits/dim under the model minus bits/dim under a background model trained on

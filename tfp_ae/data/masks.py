@@ -42,6 +42,7 @@ def load_masks(spec, split):
       spec: an `.npz` holding `mask_test` `[N, H, W]` or `[N, H, W, C]` (non-zero = defect): the
         masks of the split's first N images; or a folder of mask images (found recursively; a
         non-zero pixel is a defect; resized like the images when the run has `--image-size`):
+
         - when `split` is a folder of image files, each mask is matched to the test image whose path
           ends in the mask's path relative to the folder, without extension and `_mask` suffix (the
           MVTec AD layout: `ground_truth/crack/000_mask.png` for `test/crack/000.png`); test images

@@ -22,6 +22,7 @@ class Split:
     """The images of one split in a fixed order, read lazily.
 
     `kind`:
+
     - `array`: `x` float32 `[N, H, W, C]` in memory, `y` int64 `[N]` or None;
     - `files`: `paths` `[N]` of image files, `labels` int64 `[N]` or None;
     - `records`: the records `start..stop` of the shard `files` in order (`parse`: a serialised
