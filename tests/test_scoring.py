@@ -401,6 +401,18 @@ def test_histograms_clip_extremes_and_say_how_many():
     assert "log10" not in plots.score_histograms({"nll": (a, a)}).axes[0].get_xlabel()
 
 
+def test_histograms_are_a_grid_readable_at_page_scale():
+    """Issue 48: seven scores were one 1920 x 300 strip; now three panels a row, the sets named."""
+    from tfp_ae import plots
+    a = np.linspace(0, 1, 50)
+    fig = plots.score_histograms({f"s{i}": (a, a + 1) for i in range(7)}, labels=("normal", "novel"))
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 7 and len(fig.axes) == 9
+    width, height = fig.get_size_inches()
+    assert width / height < 2 and min(t.get_fontsize() for ax in shown for t in ax.texts) >= 8
+    assert [t.get_text() for t in shown[0].get_legend().get_texts()] == ["normal", "novel"]
+
+
 def test_a_texture_folder_has_mvtec_ad_layout_and_disjoint_crops(tmp_path):
     from tfp_ae.anomaly import texture_defect_folder
     from tfp_ae.data import load_masks, open_source

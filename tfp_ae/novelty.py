@@ -130,7 +130,7 @@ def _write_outputs(out, rows, result, all_scores, novel, columns, model, test, t
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     pairs = {c: (all_scores[c][~novel], all_scores[c][novel]) for c in columns}
     plots.save(plots.roc_figure(pairs), out / "roc.png")
-    plots.save(plots.score_histograms(pairs), out / "histograms.png")
+    plots.save(plots.score_histograms(pairs, labels=("normal", "novel")), out / "histograms.png")
     order = np.argsort(-all_scores[RECOMMENDED], kind="stable")
     pick = np.r_[order[:FIGURE_IMAGES], order[-FIGURE_IMAGES:]]
     x = np.stack([test.subset(int(i), int(i) + 1).take()[0][0] for i in pick])

@@ -7,7 +7,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 UNCERTAINTY_CMAP = "viridis"  # perceptually uniform, readable in grey and by colour-blind readers
-UNCERTAINTY_LABELS = {"interval": "90 % interval in [0, 1]", "std": "standard deviation", "variance": "variance"}
+HISTOGRAM_COLUMNS = 3  # score_histograms: panels a row (a grid, readable at page scale)
+UNCERTAINTY_LABELS = {"interval": "90 % interval width", "std": "standard deviation", "variance": "variance"}
 
 
 def subplots(rows, cols, figsize):
@@ -64,11 +65,12 @@ def _show(ax, img, title=None, scale=None):
     return shown
 
 
-ROW_LABEL_CHARS = 22  # a row label's lines at fontsize 6 fit the 1.3-inch row height (longer ones overlap the next)
+ROW_LABEL_CHARS = 18  # a row label (left of its row, written across) wraps to this many characters a line
 
 
 def _fit_row_label(name):
-    """Each line of a row label wrapped to `ROW_LABEL_CHARS`, so that the rotated label stays beside its row."""
+    """Each line of a row label wrapped to `ROW_LABEL_CHARS`, so that the label, written across to the left
+    of its row, stays a narrow column."""
     return "\n".join(textwrap.fill(line, ROW_LABEL_CHARS) for line in str(name).split("\n"))
 
 
@@ -85,10 +87,10 @@ def image_rows(rows, title=""):
             shown = _show(axes[r, i], batch[i], scale=scale)
         if scale is not None:
             fig.colorbar(shown, ax=axes[r, :].tolist(), fraction=0.02, pad=0.01).ax.tick_params(labelsize=6)
-        axes[r, 0].set_ylabel(_fit_row_label(name), fontsize=6)
+        axes[r, 0].set_ylabel(_fit_row_label(name), fontsize=8, rotation=0, ha="right", va="center")
         if note:
-            axes[r, n // 2].set_xlabel(note, fontsize=6)
-    fig.suptitle(title, fontsize=9)
+            axes[r, n // 2].set_xlabel(note, fontsize=7)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -216,9 +218,10 @@ def _signed_log(v):
     return np.sign(v) * np.log10(1 + np.abs(v))
 
 
-def score_histograms(scores, bins=50):
-    """One panel per score: histograms of the in-distribution and OOD scores (higher = more anomalous),
-    `scores` {name: (in `[N]`, OOD `[M]`)}; bar heights are fractions of each set.
+def score_histograms(scores, bins=50, labels=("in", "OOD"), columns=HISTOGRAM_COLUMNS):
+    """One panel per score, `columns` panels a row: histograms of the in-distribution and OOD scores
+    (higher = more anomalous), `scores` {name: (in `[N]`, OOD `[M]`)}; bar heights are fractions of each
+    set; `labels` name the two sets (e.g. normal / novel).
 
     The axis spans the lowest `HISTOGRAM_QUANTILES[0]` and the highest `[1]` quantile of the two sets,
     so that a few extreme images (likelihoods of 1e10+ bits/dim) do not squash the rest; images outside
@@ -226,8 +229,12 @@ def score_histograms(scores, bins=50):
     wider than `LOG_SPAN` interquartile ranges of the in-distribution scores, the panel shows
     sign(s) log10(1 + |s|) (heavy tails of either sign stay readable).
     """
-    fig, axes = subplots(1, len(scores), (3.2 * len(scores), 3))
-    for ax, (name, (a, b)) in zip(axes[0], scores.items()):
+    cols = min(columns, len(scores))
+    rows = -(-len(scores) // cols)
+    fig, axes = subplots(rows, cols, (4.2 * cols, 3.4 * rows))
+    for ax in axes.ravel()[len(scores):]:
+        ax.set_visible(False)
+    for ax, (name, (a, b)) in zip(axes.ravel(), scores.items()):
         sets = [np.asarray(v, np.float64) for v in (a, b)]
         finite = [v[np.isfinite(v)] for v in sets]
         if not any(f.size for f in finite):
@@ -242,17 +249,18 @@ def score_histograms(scores, bins=50):
         shown = _signed_log if log else (lambda v: v)
         edges = np.linspace(shown(lo), shown(hi), bins)
         clipped = []
-        for v, label in zip(sets, ("in", "OOD")):
+        for v, label in zip(sets, labels):
             v = np.nan_to_num(v, nan=np.inf)
             clipped.append(int(((v < lo) | (v > hi)).sum()))
             ax.hist(shown(np.clip(v, lo, hi)), edges, weights=np.full(len(v), 1 / max(len(v), 1)), alpha=0.6,
                     label=label)
-        ax.set_xlabel("sign(s) log10(1 + |s|)" if log else "score s", fontsize=7)
-        ax.set_ylabel("fraction of the set", fontsize=7)
-        ax.set_title(name, fontsize=9)
-        ax.legend(fontsize=7)
-        ax.text(0.02, 0.97, f"outside the axis (in end bins):\nin {clipped[0]}, OOD {clipped[1]}", fontsize=6,
-                va="top", transform=ax.transAxes)
+        ax.set_xlabel("sign(s) log10(1 + |s|)" if log else "score s", fontsize=9)
+        ax.set_ylabel("fraction of the set", fontsize=9)
+        ax.set_title(name, fontsize=11)
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=9)
+        ax.text(0.02, 0.97, f"outside the axis (in end bins):\n{labels[0]} {clipped[0]}, {labels[1]} {clipped[1]}",
+                fontsize=8, va="top", transform=ax.transAxes)
     return fig
 
 
