@@ -28,10 +28,16 @@ FIGURES = {  # page -> {figure on the page: file the page's commands write}
     "find-defects": {"defects_anomaly_maps.png": "runs/parts_score/anomaly_maps.png"},
     "novel-images": {"novelty_examples.png": "runs/mnist_5_novelty/novelty_examples.png"},
 }
-FAST_PYTHON = [(r'"(fashion_mnist|mnist)"', '"digits"'), (r"\bepochs=\d+", "epochs=2"), (r"\btrain=\d+", "train=100")]
+FAST_PYTHON = [(r'"(fashion_mnist|mnist)"', '"digits"'), (r"\bepochs=\d+", "epochs=2"), (r"\btrain=\d+", "train=100"),
+               (r"range\(1000\)", "range(60)")]
 FAST_COMMAND = {"train": ["--train-limit", "1000", "--no-fid", "--tsne-images", "0", "--eval-images", "50"],
                 "score": ["--limit", "300"]}
 KEPT_LINES = 12  # the last lines of a block's output written into the page
+SHOWN = {  # page -> the lines of long outputs shown (the headline rows; the rest is in the run's metrics.json)
+    "find-defects": re.compile(r"^(detection|  (nll|complexity|min_p|neg_log_marginal_smooth_max) |map |wrote)"),
+    "novel-images": re.compile(r"^(scored|  (nll|complexity|min_p|fisher|abs_error_smooth_top1|"
+                               r"neg_log_marginal_smooth_max) |wrote)"),
+}
 NOISE = re.compile(r"^(Epoch \d+/\d+|\d+/\d+ - |\d+/\d+ \[)")  # Keras' per-epoch progress
 
 
@@ -55,7 +61,8 @@ def commands(code, fast=False):
 
 
 def run_page(page, cwd, fast=False):
-    """Run every block of `page` in `cwd`; returns [(kind, code, output)] of its python and bash blocks.
+    """Run every block of `page` in `cwd`; returns [(kind, code, output, errors)] of its python and bash
+    blocks (`errors`: what the commands wrote to stderr; "" for python blocks).
 
     Raises:
       RuntimeError: a command failed (its stderr's end in the message); a python block's exception propagates.
@@ -69,32 +76,37 @@ def run_page(page, cwd, fast=False):
             buffer = io.StringIO()
             with contextlib.chdir(cwd), contextlib.redirect_stdout(buffer):
                 exec(compile(code, f"{Path(page).name} example", "exec"), namespace)  # noqa: S102 (the page's code)
-            results.append((kind, code, buffer.getvalue()))
+            results.append((kind, code, buffer.getvalue(), ""))
         elif kind == "bash":
-            printed = []
+            printed, errors = [], []
             for argv in commands(code, fast):
                 done = subprocess.run([sys.executable, "-m", "tfp_ae", *argv], cwd=cwd, capture_output=True, text=True)
                 if done.returncode:
                     raise RuntimeError(f"tfp-ae {' '.join(argv)} failed: {done.stderr[-3000:]}")
                 printed.append(done.stdout)
-            results.append((kind, code, "".join(printed)))
+                errors.append(done.stderr)
+            results.append((kind, code, "".join(printed), "".join(errors)))
     return results
 
 
-def _shown(output):
+def _shown(output, keep=None):
     lines = [ln for ln in output.splitlines() if ln.strip() and not NOISE.match(ln)]
+    if keep is not None:
+        lines = [ln for ln in lines if keep.match(ln)]
     return "\n".join(lines[-KEPT_LINES:])
 
 
 def write_outputs(page, results):
-    """Put each block's output into the ```text block that follows it on the page."""
+    """Put each block's output into the ```text block that follows it on the page (its last `KEPT_LINES`
+    lines, or those `SHOWN` names)."""
+    keep = SHOWN.get(Path(page).stem)
     text, outputs, kinds = Path(page).read_text(), iter([r[2] for r in results]), [k for k, _ in blocks(page)]
     pieces, pos, last = [], 0, None
     for m, kind in zip(BLOCK.finditer(text), kinds):
         if kind in ("python", "bash"):
             last = next(outputs)
         elif last is not None:
-            pieces += [text[pos:m.start(2)], _shown(last) + "\n"]
+            pieces += [text[pos:m.start(2)], _shown(last, keep) + "\n"]
             pos, last = m.end(2), None
     Path(page).write_text("".join(pieces) + text[pos:])
 
@@ -107,7 +119,8 @@ def main():
     import tfp_ae  # noqa: F401  (Keras 2 before TensorFlow, for the python blocks)
     for name in args.pages:
         work = Path(args.work) / name
-        work.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(work, ignore_errors=True)  # every page from scratch, as a reader starts
+        work.mkdir(parents=True)
         print(f"running docs/howto/{name}.md in {work}", flush=True)
         page = PAGES / f"{name}.md"
         write_outputs(page, run_page(page, work))

@@ -27,7 +27,8 @@ CONFIGS = {  # name -> RunConfig fields of the model trained per class
 }
 DATASETS = ("mnist", "fashion_mnist")
 PROTOCOLS = ("one_class", "leave_one_out")
-TABLE_SCORES = ("nll", "complexity", "min_p", "fisher", "abs_error_smooth_top1", "neg_log_marginal_smooth_max")
+TABLE_SCORES = ("fisher_complexity_error", "min_p", "fisher", "nll", "complexity", "abs_error_smooth_top1",
+                "neg_log_marginal_smooth_max")
 
 # Published AUROC (%) per class 0-9 and mean; (method, per-class or None, mean, where it was read).
 # Read in ../shared/paper/novelty_published.md (secondary copies of the tables; see the source column).

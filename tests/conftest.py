@@ -1,4 +1,5 @@
 import os
+import re
 
 # Several test processes (pytest-xdist) may share one GPU: each takes memory as it needs it instead
 # of all of it (set before TensorFlow is imported; inherited by the subprocesses tests start).
@@ -19,6 +20,11 @@ def require_dataset(name):
         pytest.fail(f"dataset {name} is required (TFP_AE_REQUIRE_DATA=1) but was not found; "
                     "set TFP_AE_DATA_DIR")
     pytest.skip(f"dataset {name} not available (set TFP_AE_DATA_DIR)")
+
+
+# A console line that is not the package's own: TensorFlow's C++ log lines, absl's notice, Python warnings
+# (TensorFlow Lite's deprecation), TensorFlow Lite's INFO lines (issues 40 and 48).
+FOREIGN_LINE = re.compile(r"^([IWEF]\d{4} |WARNING|INFO|.*[Dd]eprecat|.*Warning:|.*XNNPACK|.*absl)", re.M)
 
 
 def write_png(path, x):

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import require_dataset
+from conftest import FOREIGN_LINE, require_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -42,7 +42,9 @@ def test_every_block_of_a_how_to_runs(page, tmp_path):
         if re.search(rf"--(data|dataset|ood) {name}\b", code):
             require_dataset(name)
     results = howtos.run_page(page, tmp_path, fast=True)
-    assert [k for k, _, _ in results] == [k for k, _ in howtos.blocks(page) if k != "text"]
-    for kind, block, output in results:
+    assert [r[0] for r in results] == [k for k, _ in howtos.blocks(page) if k != "text"]
+    for kind, block, output, errors in results:
         if kind == "bash" and "tfp-ae train" in block:
             assert "wrote runs/" in output, output[-2000:]
+        for stream in (output, errors):  # the package's own lines only: no TensorFlow, TFLite or absl line
+            assert not FOREIGN_LINE.search(stream), stream[-3000:]

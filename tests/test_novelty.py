@@ -14,8 +14,9 @@ from tfp_ae.cli import main
 from tfp_ae.config import RunConfig
 from tfp_ae.data import convert, open_source, resolve_classes
 from tfp_ae.errors import InputError
-from tfp_ae.novelty import novelty_metrics, score_novelty
-from tfp_ae.train import run
+from tfp_ae.novelty import map_reductions, novelty_metrics, score_novelty
+from tfp_ae.scoring import image_scores, p_values
+from tfp_ae.train import load_model, run
 
 FAST = dict(epochs=2, batch_size=64, fid=False, tsne_images=0, eval_images=50, extra_figures=False, verbose=0)
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -142,8 +143,17 @@ def test_novelty_metrics_equal_scikit_learn_on_scores_csv(tmp_path, capsys):
     np.testing.assert_array_equal(novel, labels != 3)
     assert m["normal_classes"] == {"3": "3"} and m["counts"] == dict(normal=int((labels == 3).sum()),
                                                                        novel=int((labels != 3).sum()))
-    assert m["recommended"] == "min_p" and "neg_log_marginal_smooth_max" in m["overall"]
-    for score in ("nll", "min_p", "complexity", "abs_error_smooth_top1"):
+    assert m["recommended"] == "fisher_complexity_error" and "neg_log_marginal_smooth_max" in m["overall"]
+    # the recommended score: Fisher's method over the p-values of complexity and abs_error_smooth_top1
+    # against the run's own training images (its class, the first 2000)
+    model, _ = load_model(tmp_path / "r")
+    train = open_source("digits", classes="3").splits["train"]
+    reference = {**image_scores(model, train, 17, seed=1), **map_reductions(model, train)}
+    test = {k: np.array([float(r[k]) for r in rows]) for k in ("complexity", "abs_error_smooth_top1")}
+    want = -2 * (np.log(p_values(test["complexity"], reference["complexity"]))
+                 + np.log(p_values(test["abs_error_smooth_top1"], reference["abs_error_smooth_top1"])))
+    np.testing.assert_allclose([float(r["fisher_complexity_error"]) for r in rows], want, rtol=1e-9)
+    for score in ("nll", "min_p", "complexity", "abs_error_smooth_top1", "fisher_complexity_error"):
         s = np.array([float(r[score]) for r in rows])
         assert m["overall"][score]["auroc"] == pytest.approx(roc_auc_score(novel, s), abs=1e-12)
         for c in (0, 8):

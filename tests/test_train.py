@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import require_dataset
+from tests.conftest import FOREIGN_LINE, require_dataset
 from tfp_ae.cli import main
 from tfp_ae.config import RunConfig
 from tfp_ae.heads import HEADS
@@ -97,7 +97,6 @@ def test_documented_commands_print_only_the_package_lines(tmp_path):
     import subprocess
     import sys
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFP_AE_TF_LOGS")}
-    foreign = re.compile(r"^([IWEF]\d{4} |WARNING|INFO|.*[Dd]eprecat|.*Warning:|.*XNNPACK|.*absl)", re.M)
     run_dir = str(tmp_path / "run")
     for argv in (["train", "--dataset", "digits", "--classes", "3", "--epochs", "1", "--no-fid", "--tsne-images", "0",
                   "--out", run_dir],
@@ -107,7 +106,7 @@ def test_documented_commands_print_only_the_package_lines(tmp_path):
                               timeout=600, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
         for stream in (done.stdout, done.stderr):
-            assert not foreign.search(stream), (argv[0], stream[-3000:])
+            assert not FOREIGN_LINE.search(stream), (argv[0], stream[-3000:])
         if argv[0] == "train":  # its last line names the run folder and every file in it
             last = done.stdout.strip().splitlines()[-1]
             assert last.startswith(f"wrote {run_dir}/: "), last

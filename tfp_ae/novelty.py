@@ -10,9 +10,16 @@ Two protocols use it:
   novelty as *more* normal: the trap, e.g. MNIST digit 1).
 
 Every per-image score of `tfp_ae.scoring.SCORES` (p-value scores against the run's own, class-selected
-training images) and every per-image reduction of the anomaly maps (`tfp_ae.anomaly.image_reductions`)
-is measured by `tfp_ae.scoring.ood_metrics` (scikit-learn's AUROC, AUPRC, FPR at 95 % TPR), novel images
-the positive class: over all novel images and per novel class.
+training images), every per-image reduction of the anomaly maps (`tfp_ae.anomaly.image_reductions`) and
+`RECOMMENDED_NOVELTY` is measured by `tfp_ae.scoring.ood_metrics` (scikit-learn's AUROC, AUPRC, FPR at
+95 % TPR), novel images the positive class: over all novel images and per novel class.
+
+`RECOMMENDED_NOVELTY`, `fisher_complexity_error`: Fisher's method (`tfp_ae.scoring.fisher_score`) over the
+one-sided p-values, against the same training images, of `complexity` (the NLL minus the PNG-compressed
+size, Serra et al. 2020) and `abs_error_smooth_top1` (the mean of the top 1 % of the smoothed
+|x - point estimate| map): an image is novel when it is both hard to explain for its complexity and
+reconstructed badly somewhere. Chosen on the one-class benchmark (docs/results/novelty), where it was the
+best single score on MNIST and Fashion-MNIST together.
 """
 import csv
 import json
@@ -25,9 +32,11 @@ from tfp_ae.anomaly import RECOMMENDED_MAP, image_reductions, pixel_maps
 from tfp_ae.data import class_table, kept_classes, open_source
 from tfp_ae.errors import InputError
 from tfp_ae.predict import point_estimates
-from tfp_ae.scoring import RECOMMENDED, SCORES, TRAIN_IMAGES, image_scores, ood_metrics
+from tfp_ae.scoring import RECOMMENDED, SCORES, TRAIN_IMAGES, fisher_score, image_scores, ood_metrics
 from tfp_ae.train import load_model
 
+NOVELTY_COMBINED = ("complexity", "abs_error_smooth_top1")  # the scores whose p-values it combines
+RECOMMENDED_NOVELTY = "fisher_complexity_error"  # Fisher's method over NOVELTY_COMBINED (module docstring)
 MAP_CHUNK = 1000  # test images whose anomaly maps are held at once (only their reductions are kept)
 FIGURE_IMAGES = 5  # novelty_examples.png: the most and the least novel test images by the recommended score
 
@@ -79,10 +88,12 @@ def score_novelty(run_dir, data, out=None, background=None, limit=None, seed=0, 
         and class names are the run's.
       out: folder for `scores.csv` (one row per test image: index, label, class, novel, every score and
         reduction), `metrics.json` (`"novelty"`, `novelty_metrics` plus `recommended` and
-        `recommended_map`), `roc.png`, `histograms.png` and `novelty_examples.png`; or None.
+        `recommended_map`), `roc.png`, `histograms.png` and `novelty_examples.png` (the most and least
+        novel test images by the recommended score); or None.
       background: a background run folder (the `likelihood_ratio` score), or None.
       limit: score only the first `limit` test images.
-      maps: also the per-image reductions of the anomaly maps.
+      maps: also the per-image reductions of the anomaly maps (of the test images and of the reference
+        training images) and `RECOMMENDED_NOVELTY`, the recommended score (without maps: `min_p`).
     Returns:
       (rows, metrics).
     Raises:
@@ -107,10 +118,16 @@ def score_novelty(run_dir, data, out=None, background=None, limit=None, seed=0, 
         reference = image_scores(model, train, source.num_levels, seed=seed + 1)
         scores = image_scores(model, test, source.num_levels, bg, reference, seed)
         reductions = map_reductions(model, test) if maps else {}
+        if maps:
+            reference.update(map_reductions(model, train))
     columns = [c for c in SCORES if c in scores]
     all_scores = {**{c: scores[c] for c in columns}, **reductions}
+    if maps:
+        all_scores[RECOMMENDED_NOVELTY] = fisher_score(all_scores, reference, of=NOVELTY_COMBINED)
+        columns.append(RECOMMENDED_NOVELTY)
     result = dict(run=str(run_dir), data=data, background=background, orientation="higher = more novel",
-                  novelty=dict(novelty_metrics(all_scores, labels, normal, table), recommended=RECOMMENDED,
+                  novelty=dict(novelty_metrics(all_scores, labels, normal, table),
+                               recommended=RECOMMENDED_NOVELTY if maps else RECOMMENDED,
                                **({"recommended_map": f"{RECOMMENDED_MAP}_max"} if maps else {})))
     novel = ~np.isin(labels, normal)
     rows = [dict(index=i, label=int(labels[i]), **{"class": table[int(labels[i])]}, novel=int(novel[i]),
@@ -131,7 +148,7 @@ def _write_outputs(out, rows, result, all_scores, novel, columns, model, test, t
     pairs = {c: (all_scores[c][~novel], all_scores[c][novel]) for c in columns}
     plots.save(plots.roc_figure(pairs), out / "roc.png")
     plots.save(plots.score_histograms(pairs, labels=("normal", "novel")), out / "histograms.png")
-    order = np.argsort(-all_scores[RECOMMENDED], kind="stable")
+    order = np.argsort(-all_scores[result["novelty"]["recommended"]], kind="stable")
     pick = np.r_[order[:FIGURE_IMAGES], order[-FIGURE_IMAGES:]]
     x = np.stack([test.subset(int(i), int(i) + 1).take()[0][0] for i in pick])
     amap = pixel_maps(model, x)[RECOMMENDED_MAP]
