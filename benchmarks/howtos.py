@@ -24,7 +24,8 @@ PAGES = ROOT / "docs" / "howto"
 BLOCK = re.compile(r"```(python|bash|text)\n(.*?)```", re.S)
 FIGURES = {  # page -> {figure on the page: file the page's commands write}
     "own-images": {"own_images_reconstructions.png": "runs/mine/reconstructions.png"},
-    "trust-intervals": {"trust_calibration.png": "runs/fashion_faithful/calibration.png"},
+    "trust-intervals": {"trust_calibration.png": "runs/fashion_faithful/calibration.png",
+                        "trust_reconstructions.png": "runs/fashion_faithful/reconstructions.png"},
     "find-defects": {"defects_anomaly_maps.png": "runs/parts_score/anomaly_maps.png"},
     "novel-images": {"novelty_examples.png": "runs/mnist_5_novelty/novelty_examples.png"},
 }
@@ -35,8 +36,8 @@ FAST_COMMAND = {"train": ["--train-limit", "1000", "--no-fid", "--tsne-images", 
 KEPT_LINES = 12  # the last lines of a block's output written into the page
 SHOWN = {  # page -> the lines of long outputs shown (the headline rows; the rest is in the run's metrics.json)
     "find-defects": re.compile(r"^(detection|  (nll|complexity|min_p|neg_log_marginal_smooth_max) |map |wrote)"),
-    "novel-images": re.compile(r"^(scored|  (nll|complexity|min_p|fisher|abs_error_smooth_top1|"
-                               r"neg_log_marginal_smooth_max) |wrote)"),
+    "novel-images": re.compile(r"^(scored|(  )?(nll|complexity|min_p|fisher|fisher_complexity_error|"
+                               r"abs_error_smooth_top1) |wrote)"),
 }
 NOISE = re.compile(r"^(Epoch \d+/\d+|\d+/\d+ - |\d+/\d+ \[)")  # Keras' per-epoch progress
 

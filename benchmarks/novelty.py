@@ -60,7 +60,8 @@ PUBLISHED = {
 
 
 def run_one(runs, config_name, dataset, protocol, c, epochs):
-    """Train (unless done) and score (unless done) one run; returns (score folder, seconds spent now)."""
+    """Train (unless done) and score (unless done) one run; returns (score folder, seconds: spent now on
+    training and evaluating, on scoring, and the run's training epochs in all, from its metrics.json)."""
     import tfp_ae  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
     from tfp_ae._tf import tfk
     from tfp_ae.config import RunConfig
@@ -77,7 +78,9 @@ def run_one(runs, config_name, dataset, protocol, c, epochs):
     if not (scored / "metrics.json").exists():
         score_novelty(folder, dataset, out=scored)
     tfk.backend.clear_session()
-    return scored, dict(train_seconds=trained - start, score_seconds=time.perf_counter() - trained)
+    epochs = json.loads((folder / "metrics.json").read_text())["seconds_per_epoch"]
+    return scored, dict(train_and_evaluate_seconds=trained - start, epoch_seconds=sum(epochs),
+                        score_seconds=time.perf_counter() - trained)
 
 
 def _pct(v):

@@ -296,7 +296,7 @@ def cmd_novelty(args):
     print(f"scored {nov['counts']['normal']} normal (classes {', '.join(nov['normal_classes'].values())}) and "
           f"{nov['counts']['novel']} novel test images; AUROC overall, then per novel class ({', '.join(per)}):")
     for name, v in nov["overall"].items():
-        mark = "  (recommended)" if name in (nov["recommended"], nov.get("recommended_map")) else ""
+        mark = "  (recommended)" if name == nov["recommended"] else ""
         print(f"  {name:32s} {v['auroc']:.3f}   " + "  ".join(f"{nov['per_class'][c][name]['auroc']:.3f}" for c in per)
               + mark)
     print(f"wrote {args.out}/scores.csv, metrics.json, roc.png, histograms.png, novelty_examples.png")

@@ -38,7 +38,7 @@ from tfp_ae.train import load_model
 NOVELTY_COMBINED = ("complexity", "abs_error_smooth_top1")  # the scores whose p-values it combines
 RECOMMENDED_NOVELTY = "fisher_complexity_error"  # Fisher's method over NOVELTY_COMBINED (module docstring)
 MAP_CHUNK = 1000  # test images whose anomaly maps are held at once (only their reductions are kept)
-FIGURE_IMAGES = 5  # novelty_examples.png: the most and the least novel test images by the recommended score
+FIGURE_IMAGES = 5  # novelty_examples.png: the most novel test images, then the novel ones scored least novel
 
 
 def map_reductions(model, split, chunk=MAP_CHUNK):
@@ -88,8 +88,8 @@ def score_novelty(run_dir, data, out=None, background=None, limit=None, seed=0, 
         and class names are the run's.
       out: folder for `scores.csv` (one row per test image: index, label, class, novel, every score and
         reduction), `metrics.json` (`"novelty"`, `novelty_metrics` plus `recommended` and
-        `recommended_map`), `roc.png`, `histograms.png` and `novelty_examples.png` (the most and least
-        novel test images by the recommended score); or None.
+        `recommended_map`), `roc.png`, `histograms.png` and `novelty_examples.png` (the most novel test
+        images by the recommended score, then the novel images it scored least novel: its misses); or None.
       background: a background run folder (the `likelihood_ratio` score), or None.
       limit: score only the first `limit` test images.
       maps: also the per-image reductions of the anomaly maps (of the test images and of the reference
@@ -149,10 +149,11 @@ def _write_outputs(out, rows, result, all_scores, novel, columns, model, test, t
     plots.save(plots.roc_figure(pairs), out / "roc.png")
     plots.save(plots.score_histograms(pairs, labels=("normal", "novel")), out / "histograms.png")
     order = np.argsort(-all_scores[result["novelty"]["recommended"]], kind="stable")
-    pick = np.r_[order[:FIGURE_IMAGES], order[-FIGURE_IMAGES:]]
+    missed = order[novel[order]][-FIGURE_IMAGES:]  # the novel images scored least novel
+    pick = np.r_[order[:FIGURE_IMAGES], missed]
     x = np.stack([test.subset(int(i), int(i) + 1).take()[0][0] for i in pick])
     amap = pixel_maps(model, x)[RECOMMENDED_MAP]
-    names = [f"{'most' if k < FIGURE_IMAGES else 'least'} novel\n{table[int(labels[i])]}"
-             f" ({'novel' if novel[i] else 'normal'})" for k, i in enumerate(pick)]
+    names = [(f"most novel\n{table[int(labels[i])]} ({'novel' if novel[i] else 'normal'})" if k < FIGURE_IMAGES
+              else f"novel, scored low\n{table[int(labels[i])]}") for k, i in enumerate(pick)]
     plots.save(plots.anomaly_figure(x, point_estimates(model, x), amap, None, names, RECOMMENDED_MAP, 0),
                out / "novelty_examples.png")
