@@ -11,7 +11,7 @@ folders are kept in RUNS and reused (delete a folder to redo it), so an interrup
 Writes OUT/results.csv (one row per run and score: AUROC, AUPRC, FPR at 95 % TPR, seconds), OUT/tables.md
 (AUROC % per class and mean for the main scores, beside the published rows) and OUT/timing.json.
 
-    python benchmarks/novelty.py --runs runs/novelty --out docs/results/novelty [--epochs 20] [--config NAME]
+    python benchmarks/novelty.py --runs runs/novelty --out docs/results/novelty [--epochs 20] [--config faithful_sigmoid]
 """
 import argparse
 import csv
@@ -117,7 +117,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs/novelty")
     p.add_argument("--out", default="docs/results/novelty")
-    p.add_argument("--config", default="normal_diag", choices=list(CONFIGS))
+    p.add_argument("--config", default="faithful_sigmoid", choices=list(CONFIGS))
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
