@@ -21,8 +21,6 @@ size, Serra et al. 2020) and `abs_error_smooth_top1` (the mean of the top 1 % of
 reconstructed badly somewhere. Chosen on the one-class benchmark (docs/results/novelty), where it was the
 best single score on MNIST and Fashion-MNIST together.
 """
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +30,7 @@ from tfp_ae.anomaly import RECOMMENDED_MAP, image_reductions, pixel_maps
 from tfp_ae.data import class_table, kept_classes, open_source
 from tfp_ae.errors import InputError
 from tfp_ae.predict import point_estimates
-from tfp_ae.scoring import RECOMMENDED, SCORES, TRAIN_IMAGES, fisher_score, image_scores, ood_metrics
+from tfp_ae.scoring import RECOMMENDED, SCORES, TRAIN_IMAGES, fisher_score, image_scores, ood_metrics, write_scores
 from tfp_ae.train import load_model
 
 NOVELTY_COMBINED = ("complexity", "abs_error_smooth_top1")  # the scores whose p-values it combines
@@ -139,15 +137,8 @@ def score_novelty(run_dir, data, out=None, background=None, limit=None, seed=0, 
 
 def _write_outputs(out, rows, result, all_scores, novel, columns, model, test, table, labels):
     """scores.csv, metrics.json and the figures of `score_novelty`."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "scores.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    pairs = {c: (all_scores[c][~novel], all_scores[c][novel]) for c in columns}
-    plots.save(plots.roc_figure(pairs), out / "roc.png")
-    plots.save(plots.score_histograms(pairs, labels=("normal", "novel")), out / "histograms.png")
+    write_scores(out, rows, result, {c: (all_scores[c][~novel], all_scores[c][novel]) for c in columns},
+                 labels=("normal", "novel"))
     order = np.argsort(-all_scores[result["novelty"]["recommended"]], kind="stable")
     missed = order[novel[order]][-FIGURE_IMAGES:]  # the novel images scored least novel
     pick = np.r_[order[:FIGURE_IMAGES], missed]

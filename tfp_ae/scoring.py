@@ -278,18 +278,25 @@ def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, li
     return rows, result
 
 
-def _write_outputs(out, rows, result, sets, in_dist, columns, model, x, maps, reductions, masks, labels):
-    """scores.csv, metrics.json and the figures of `score_run`."""
+def write_scores(out, rows, result, pairs=None, labels=("in", "OOD")):
+    """Write `scores.csv` (`rows`, dicts with the same keys), `metrics.json` (`result`) and, with `pairs`
+    `{score: (in-distribution or normal [N], OOD or novel [M])}`, `roc.png` and `histograms.png` (the two
+    sets named by `labels`) into the folder `out` (created)."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "scores.csv", "w", newline="") as f:
         w = csv.DictWriter(f, list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    if result["ood"]:
-        pairs = {c: (sets[0][1][c][in_dist], sets[1][1][c]) for c in columns}
+    if pairs:
         plots.save(plots.roc_figure(pairs), out / "roc.png")
-        plots.save(plots.score_histograms(pairs), out / "histograms.png")
+        plots.save(plots.score_histograms(pairs, labels=labels), out / "histograms.png")
+
+
+def _write_outputs(out, rows, result, sets, in_dist, columns, model, x, maps, reductions, masks, labels):
+    """scores.csv, metrics.json and the figures of `score_run`."""
+    pairs = {c: (sets[0][1][c][in_dist], sets[1][1][c]) for c in columns} if result["ood"] else None
+    write_scores(out, rows, result, pairs)
     if maps is not None:
         top, others = FIGURE_IMAGES
         order = np.argsort(-reductions[f"{RECOMMENDED_MAP}_max"], kind="stable")
