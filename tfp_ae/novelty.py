@@ -27,8 +27,9 @@ import numpy as np
 
 from tfp_ae import plots
 from tfp_ae.anomaly import RECOMMENDED_MAP, image_reductions, pixel_maps
-from tfp_ae.data import class_table, kept_classes, open_source
+from tfp_ae.data import Split, class_table, kept_classes, open_source
 from tfp_ae.errors import InputError
+from tfp_ae.models import ProbabilisticModel
 from tfp_ae.predict import point_estimates
 from tfp_ae.scoring import RECOMMENDED, SCORES, TRAIN_IMAGES, fisher_score, image_scores, ood_metrics, write_scores
 from tfp_ae.train import load_model
@@ -39,7 +40,7 @@ MAP_CHUNK = 1000  # test images whose anomaly maps are held at once (only their 
 FIGURE_IMAGES = 5  # novelty_examples.png: the most novel test images, then the novel ones scored least novel
 
 
-def map_reductions(model, split, chunk=MAP_CHUNK):
+def map_reductions(model: ProbabilisticModel, split: Split, chunk: int = MAP_CHUNK) -> dict[str, np.ndarray]:
     """`tfp_ae.anomaly.image_reductions` of the anomaly maps of every image of `split`, `{name: [N]}`,
     computed `chunk` images at a time (the maps of a whole test split are never held)."""
     parts = []
@@ -49,7 +50,8 @@ def map_reductions(model, split, chunk=MAP_CHUNK):
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def novelty_metrics(scores, labels, normal, names):
+def novelty_metrics(scores: dict[str, np.ndarray], labels: np.ndarray, normal: list[int],
+                    names: dict[int, str]) -> dict:
     """Novelty metrics of per-image scores.
 
     Args:
@@ -59,8 +61,8 @@ def novelty_metrics(scores, labels, normal, names):
       names: `{index: name}` of every class.
     Returns:
       `{"normal_classes": {index: name}, "counts": {"normal", "novel"}, "overall": {score: ood_metrics},
-      "per_class": {name: {score: ood_metrics}}}`: every novel image, then each novel class alone,
-      against all normal images (novel = positive).
+        "per_class": {name: {score: ood_metrics}}}`: every novel image, then each novel class alone,
+        against all normal images (novel = positive).
     Raises:
       InputError: no normal or no novel image among `labels`.
     """
@@ -77,7 +79,8 @@ def novelty_metrics(scores, labels, normal, names):
                            for c in np.unique(labels[novel])})
 
 
-def score_novelty(run_dir, data, out=None, background=None, limit=None, seed=0, maps=True):
+def score_novelty(run_dir: str | Path, data: str, out: str | Path | None = None, background: str | Path | None = None,
+                  limit: int | None = None, seed: int = 0, maps: bool = True) -> tuple[list[dict], dict]:
     """`tfp-ae score --novelty`: every score of a class-selected run on the whole test split of `data`.
 
     Args:

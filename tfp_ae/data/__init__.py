@@ -62,8 +62,10 @@ class SourceOptions:
     rescale: bool = False
 
 
-def open_source(dataset, data_dir=None, image_size=None, crop="none", channels=None, test_fraction=0.1,
-                download=False, skip_bad_images=False, rescale=False, classes=None, exclude_classes=None):
+def open_source(dataset: str, data_dir: str | None = None, image_size: str | int | None = None, crop: str = "none",
+                channels: int | None = None, test_fraction: float = 0.1, download: bool = False,
+                skip_bad_images: bool = False, rescale: bool = False, classes: str | int | list | None = None,
+                exclude_classes: str | int | list | None = None) -> Source:
     """The `Source` a `--dataset` string names (see the module docstring for the kinds).
 
     Args:
@@ -82,7 +84,7 @@ def open_source(dataset, data_dir=None, image_size=None, crop="none", channels=N
       exclude_classes: keep every class but these, or None.
     Returns:
       a `Source`; its `class_names` name the labels where the source has names, its `selected_classes`
-      the classes kept.
+        the classes kept.
     Raises:
       InputError: an unknown name, an empty folder or one without images, a corrupt or truncated
         file (naming it), mixed sizes or channels without `--image-size` / `--channels`, shards

@@ -7,17 +7,21 @@ is a class name (case and `_`/space ignored) or, failing that, a class index. Ar
 indexed; TFRecord sources are filtered as they stream (`tfp_ae.data.Split.select`).
 """
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tfp_ae.errors import InputError
+
+if TYPE_CHECKING:  # annotations only (split imports nothing from here)
+    from tfp_ae.data.split import Source
 
 
 def _norm(name):
     return str(name).strip().lower().replace("_", " ")
 
 
-def class_table(source):
+def class_table(source: "Source") -> dict[int, str]:
     """`{index: name}` of the classes of a labelled `Source`: its `class_names`, or the label values of its
     training split named by their index when it has no names.
 
@@ -32,12 +36,12 @@ def class_table(source):
     return {int(v): str(int(v)) for v in np.unique(source.splits["train"].label_values())}
 
 
-def describe_classes(table):
+def describe_classes(table: dict[int, str]) -> str:
     """`"0 T-shirt/top, 1 Trouser, ..."`: the classes of a `class_table`, for error messages."""
     return ", ".join(f"{i}" if str(i) == n else f"{i} {n}" for i, n in table.items())
 
 
-def resolve_classes(spec, table):
+def resolve_classes(spec: str | int | list, table: dict[int, str]) -> list[int]:
     """The sorted class indices a selection names.
 
     Args:
@@ -66,7 +70,8 @@ def resolve_classes(spec, table):
     return sorted(out)
 
 
-def kept_classes(table, classes=None, exclude_classes=None):
+def kept_classes(table: dict[int, str], classes: str | int | list | None = None,
+                 exclude_classes: str | int | list | None = None) -> list[int]:
     """The sorted class indices of `table` (`class_table`) that `classes` names, or all but those
     `exclude_classes` names (all when both are None).
 
@@ -83,13 +88,14 @@ def kept_classes(table, classes=None, exclude_classes=None):
     return keep
 
 
-def select_classes(source, classes=None, exclude_classes=None):
+def select_classes(source: "Source", classes: str | int | list | None = None,
+                   exclude_classes: str | int | list | None = None) -> "Source":
     """`source` with every split restricted to the classes `classes` names, or to all classes but those
     `exclude_classes` names (`resolve_classes`); unchanged when both are None.
 
     Returns:
       a `Source` whose `selected_classes` is `{index: name}` of the kept classes and whose
-      `description` names them.
+        `description` names them.
     Raises:
       InputError: both arguments given, a source without labels, an unknown class (naming those that
         exist), a selection that keeps no class, or a kept class without training images.
