@@ -60,9 +60,9 @@ def novelty_metrics(scores: dict[str, np.ndarray], labels: np.ndarray, normal: l
       normal: the normal class indices (the run's classes).
       names: `{index: name}` of every class.
     Returns:
-      `{"normal_classes": {index: name}, "counts": {"normal", "novel"}, "overall": {score: ood_metrics},
-        "per_class": {name: {score: ood_metrics}}}`: every novel image, then each novel class alone,
-        against all normal images (novel = positive).
+      a dict with `normal_classes` (index to name), `counts` (`normal`, `novel`), `overall` (score to
+        `ood_metrics`: every novel image against all normal images, novel positive) and `per_class`
+        (novel class name to score to `ood_metrics`: that class alone against all normal images).
     Raises:
       InputError: no normal or no novel image among `labels`.
     """

@@ -94,8 +94,8 @@ def select_classes(source: "Source", classes: str | int | list | None = None,
     `exclude_classes` names (`resolve_classes`); unchanged when both are None.
 
     Returns:
-      a `Source` whose `selected_classes` is `{index: name}` of the kept classes and whose
-        `description` names them.
+      the restricted `Source`; its `selected_classes` maps each kept class index to its name, and
+        its `description` names them.
     Raises:
       InputError: both arguments given, a source without labels, an unknown class (naming those that
         exist), a selection that keeps no class, or a kept class without training images.
