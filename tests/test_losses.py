@@ -106,6 +106,9 @@ def test_a_sigmoid_location_lies_in_the_unit_interval_and_the_default_is_linear(
     assert model_label(models["linear"]) == "normal_diag K=1 faithful (mlp)"
     with pytest.raises(ValueError, match=r"location_activation must be one of linear, sigmoid; got 'tanh'"):
         build_model("normal_diag", digits.image_shape, loss="faithful", location_activation="tanh")
+    for loss in ("nll", "beta_nll"):  # issue 50: it was accepted and silently ignored outside faithful
+        with pytest.raises(ValueError, match=f"applies to loss 'faithful' only.*got loss '{loss}'"):
+            build_model("normal_diag", digits.image_shape, loss=loss, location_activation="sigmoid")
 
 
 @pytest.mark.parametrize("name,loss", [("normal_diag", "beta_nll"), ("logistic", "beta_nll"), ("normal_diag", "faithful"),
@@ -126,6 +129,9 @@ def test_a_short_fit_lowers_the_loss(name, loss, digits):
     (["--loss", "faithful", "-K", "3"], "mixtures have no single location"),
     (["--loss", "faithful", "--dispersion-units", "-1"], r"dispersion_units must be an integer >= 0; got -1"),
     (["--loss", "faithful", "--model", "vae"], "a vae trains on its bound"),
+    (["--location-activation", "sigmoid"], r"--location-activation sigmoid applies to --loss faithful only.*--loss nll"),
+    (["--loss", "beta_nll", "--location-activation", "sigmoid"], "applies to --loss faithful only.*would be ignored"),
+    (["--head", "mse", "--location-activation", "sigmoid"], "applies to --loss faithful only"),
 ])
 def test_bad_loss_settings_are_refused_before_anything_is_written(argv, match, tmp_path):
     with pytest.raises(SystemExit, match=match):

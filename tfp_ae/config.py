@@ -158,6 +158,10 @@ class RunConfig:
         if not (isinstance(self.validation_split, (int, float)) and 0 <= self.validation_split < 1):
             raise InputError(f"validation_split must be in [0, 1); got {self.validation_split!r}")
         check_beta(self.beta)  # whatever the loss: a bad --beta is refused, not ignored
+        if self.location_activation != "linear" and (self.loss != "faithful" or self.model != "ae"):
+            raise InputError(f"--location-activation {self.location_activation} applies to --loss faithful only (the "
+                             f"location output of its decoder); got --model {self.model} --loss {self.loss}, where it "
+                             "would be ignored")
         if self.model == "vae" and self.loss != "nll":
             raise InputError(f"loss {self.loss!r} is for autoencoders: a vae trains on its bound (--objective elbo|iwae), "
                              "whose decoder term is the head's log-likelihood")

@@ -323,14 +323,17 @@ def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, 
       an uncompiled `Autoencoder`; `model.head` is the head.
     Raises:
       ValueError: unknown head or architecture, invalid K, an option the head does not take, a
-        loss the head cannot take, a bad beta, a negative `dispersion_units` or an unknown
-        `location_activation`.
+        loss the head cannot take, a bad beta, a negative `dispersion_units`, an unknown
+        `location_activation` or one other than `linear` with a loss other than `faithful`.
     """
     image_shape = tuple(int(d) for d in image_shape)
     if arch not in ARCHS:
         raise InputError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
     if isinstance(dispersion_units, bool) or not isinstance(dispersion_units, int) or dispersion_units < 0:
         raise InputError(f"dispersion_units must be an integer >= 0; got {dispersion_units!r}")
+    if location_activation != "linear" and loss != "faithful":
+        raise InputError(f"location_activation {location_activation!r} applies to loss 'faithful' only (its location "
+                         f"output); got loss {loss!r}, whose head reads the decoder's outputs as it is")
     head_obj = make_head(head, image_shape, num_components, loss=loss, beta=beta, **head_options)
     check_image_shape(image_shape, arch)
     faithful = head_obj.training_loss == "faithful"
