@@ -94,6 +94,8 @@ def _add_settings(p):
                    help="what sigma-scaling minimises on the held-out images: crps (minimum-CRPS estimation, "
                    "Gneiting et al. 2005; robust to outlying pixels), nll (Laves et al. 2021) or calibration "
                    "(the calibration error itself: mean |coverage - level|)")
+    p.add_argument("--force-recalibration", action="store_true", help="--recalibrate: apply the fitted scale even "
+                   "where it makes the held-out bits/dim worse by more than 0.1 (by default such a scale is not applied)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/logs "
                    "(pip install 'tfp_ae[tensorboard]')")
     p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,

@@ -50,6 +50,7 @@ class RunConfig:
     validation_split: float = 0.0      # hold out the last fraction of the training images (val_loss; recalibration)
     recalibrate: bool = False          # sigma-scaling on the held-out images (validation_split, or 0.1 when 0)
     recalibration_criterion: str = "calibration"  # RECALIBRATION_CRITERIA: what sigma-scaling minimises
+    force_recalibration: bool = False  # apply sigma-scaling even where it costs held-out bits/dim (tfp_ae.train.recalibrate)
     eval_images: int = 1000            # test images for l2_percent (the paper's 1000)
     data_dir: str | None = None     # IDX folder of the named datasets; TFDS's data_dir for tfds: sources
     image_size: str | None = None   # "H" or "HxW": resize every image (antialiased; tfp_ae.data.Geometry)

@@ -76,7 +76,7 @@ class Progress(tfk.callbacks.Callback):
 
 
 RESUME_IGNORED = ("out", "data_dir", "verbose", "strategy", "tensorboard", "uncertainty", "deterministic",
-                  "steps_per_execution", "recalibration_criterion")  # none changes what is trained
+                  "steps_per_execution", "recalibration_criterion", "force_recalibration")  # none changes what is trained
 
 
 def load_state(run_dir, config):

@@ -46,6 +46,8 @@ from tfp_ae.rundir import (
 from tfp_ae.runtime import check_memory, device_summary, make_strategy, precision_policy, probe_jit, worker
 from tfp_ae.vae import build_vae
 
+MAX_BITS_PER_DIM_LOSS = 0.1  # recalibrate: a scale that costs the held-out images more bits/dim is not applied
+
 
 class DivergedError(RuntimeError):
     """Training hit a NaN/inf loss in every attempt."""
@@ -256,9 +258,11 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
         with source.reading():
             recalibration = recalibrate(model, held_out, source.num_levels, config.seed,
                                         data.x_test[:CALIBRATION_IMAGES], source.splits["test"],
-                                        config.recalibration_criterion)
-        if out:  # the fitted sigma_scale for load_model and export, apart from the training checkpoints
+                                        config.recalibration_criterion, config.force_recalibration)
+        if out and recalibration["applied"]:  # the fitted sigma_scale for load_model and export, apart from training's
             recalibrated_manager(model, out).save(checkpoint_number=len(history["loss"]))
+        elif out:  # not applied: load_model and export use the last epoch's checkpoint (no stale scale of a resume)
+            shutil.rmtree(out / RECALIBRATED_DIR, ignore_errors=True)
     extractors, notes = fid_extractors(config, data)
     if config.verbose:
         print(f"evaluating on {source.splits['test'].count} test images (NLL, bits/dim, L2 %, calibration"
@@ -288,7 +292,7 @@ def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
     return model, metrics
 
 
-def recalibrate(model, held_out, num_levels, seed, test_images, test, criterion="calibration"):
+def recalibrate(model, held_out, num_levels, seed, test_images, test, criterion="calibration", force=False):
     """sigma-scaling of a trained autoencoder (`tfp_ae.evaluate.fit_sigma_scale`, minimising
     `criterion`) on the held-out `Split` (its images dequantised with the stateless seeds
     (seed + 104729, i), both input and target). Returns `{"sigma_scale", "criterion",
@@ -296,12 +300,18 @@ def recalibrate(model, held_out, num_levels, seed, test_images, test, criterion=
     mean CRPS in pixels, mean NLL in nats per image, or the calibration error), the test split's `bits_per_dim_before` and
     `bits_per_dim_median_before` (s = 1; `evaluate` reports them after), and `"before"`: the
     calibration (`coverage`, `calibration_error`) of `test_images` before the scale was applied.
-    Starts from s = 1 (a run resumed after it saved a fitted s is fitted afresh)."""
+    Starts from s = 1 (a run resumed after it saved a fitted s is fitted afresh).
+
+    The guard: the held-out images' dequantised bits/dim (`validation_bits_per_dim_before` / `_after`,
+    mean and `_median_`) are measured at s = 1 and at the fitted s; a scale that makes the mean worse by
+    more than `MAX_BITS_PER_DIM_LOSS` is not applied (s goes back to 1, `"applied": False`, one line says
+    so) unless `force`. A head that is not a density (no bits/dim) is not guarded."""
     model.head.sigma_scale.assign(1.0)
     cal = calibration(model, test_images, num_levels=num_levels, seed=seed)
     before = dict(coverage=cal["coverage"], calibration_error=cal["calibration_error"])
     scores = split_log_probs(model, test, num_levels, seed, elbo=False, raw=False)["log_prob_dequantized"]
     bpd = bits_per_dim_summary(scores, int(np.prod(test.image_shape)), num_levels, model.head.is_density)
+    held_before = _held_out_bits(model, held_out, num_levels, seed)
     # the CRPS and the PIT hold each image's marginals or draws: batches bounded like `pit_values`' (a full covariance
     # ran out of memory in batches of 500: 1.2 GB a tensor)
     batch_size = pit_batch_size(model) if criterion in ("crps", "calibration") else model.eval_batch_size
@@ -310,10 +320,29 @@ def recalibrate(model, held_out, num_levels, seed, test_images, test, criterion=
     print(f"recalibrating: sigma-scaling by {criterion} on {held_out.count} held-out training images", flush=True)
     s, score_before, score_after = fit_sigma_scale(model, pairs, criterion)
     print(f"sigma_scale {s:.4f}: held-out {criterion} {score_before:.5g} -> {score_after:.5g}", flush=True)
-    return dict(sigma_scale=s, criterion=criterion, validation_images=held_out.count,
-                validation_score_before=score_before, validation_score=score_after,
+    held_after = _held_out_bits(model, held_out, num_levels, seed)
+    worse = held_after["bits_per_dim"] - held_before["bits_per_dim"] if model.head.is_density else 0.0
+    applied = force or not worse > MAX_BITS_PER_DIM_LOSS  # NaN (a non-finite likelihood) counts as worse
+    if not applied:
+        model.head.sigma_scale.assign(1.0)
+        print(f"sigma-scaling not applied: it makes the held-out likelihood worse by {worse:.3g} bits/dim "
+              f"({held_before['bits_per_dim']:.4g} -> {held_after['bits_per_dim']:.4g}; more than "
+              f"{MAX_BITS_PER_DIM_LOSS}); the model keeps s = 1 (--force-recalibration applies it anyway)", flush=True)
+    return dict(sigma_scale=s if applied else 1.0, fitted_sigma_scale=s, applied=applied, criterion=criterion,
+                validation_images=held_out.count, validation_score_before=score_before, validation_score=score_after,
+                **{f"validation_{k}_before": v for k, v in held_before.items()},
+                **{f"validation_{k}_after": v for k, v in held_after.items()},
                 bits_per_dim_before=bpd["bits_per_dim"], bits_per_dim_median_before=bpd["bits_per_dim_median"],
                 before=before)
+
+
+def _held_out_bits(model, held_out, num_levels, seed):
+    """Mean and median dequantised bits/dim of the held-out images (the dequantisation of `recalibrate`)."""
+    if not model.head.is_density:
+        return dict(bits_per_dim=None, bits_per_dim_median=None)
+    scores = split_log_probs(model, held_out, num_levels, seed + 104729, elbo=False, raw=False)["log_prob_dequantized"]
+    summary = bits_per_dim_summary(scores, int(np.prod(held_out.image_shape)), num_levels)
+    return dict(bits_per_dim=summary["bits_per_dim"], bits_per_dim_median=summary["bits_per_dim_median"])
 
 
 def _loss_units(config, head):
