@@ -300,8 +300,10 @@ def check_image_shape(image_shape, arch):
 DISPERSION_UNITS = 256  # hidden units of the faithful dispersion branch (0: a linear readout)
 
 
-def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, name=None, loss="nll", beta=None,
-                dispersion_units=DISPERSION_UNITS, location_activation="linear", **head_options):
+def build_model(head: str, image_shape: tuple[int, int, int], num_components: int = 1, arch: str = "mlp",
+                latent_dim: int = 32, name: str | None = None, loss: str = "nll", beta: float | None = None,
+                dispersion_units: int = DISPERSION_UNITS, location_activation: str = "linear",
+                **head_options) -> "Autoencoder":
     """Build a probabilistic autoencoder (built: its weights exist).
 
     Args:
@@ -359,8 +361,8 @@ def build_model(head, image_shape, num_components=1, arch="mlp", latent_dim=32, 
     return model
 
 
-def compile_model(model, learning_rate=1e-3, jit_compile=False, steps_per_execution=STEPS_PER_EXECUTION,
-                  amsgrad=False):
+def compile_model(model: "ProbabilisticModel", learning_rate: float = 1e-3, jit_compile: bool = False,
+                  steps_per_execution: int = STEPS_PER_EXECUTION, amsgrad: bool = False) -> "ProbabilisticModel":
     """Compile with Adam (Keras defaults; `learning_rate` a float or a Keras schedule, `amsgrad`
     Adam's AMSGrad variant) on the head's registered loss (NLL in nats per image; MSE for `mse`).
     A VAE's loss is its own objective (no Keras loss).

@@ -27,7 +27,7 @@ from tfp_ae.evaluate import (
     pit_batch_size,
     split_log_probs,
 )
-from tfp_ae.models import build_model, compile_model
+from tfp_ae.models import ProbabilisticModel, build_model, compile_model
 from tfp_ae.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -170,7 +170,8 @@ def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None, 
             write_json(state, run_dir / STATE_FILE)
 
 
-def run(config: RunConfig, callbacks=(), overwrite=False, strategy=None):
+def run(config: RunConfig, callbacks: tuple | list = (), overwrite: bool = False,
+        strategy: tf.distribute.Strategy | None = None) -> tuple[ProbabilisticModel, dict]:
     """Train and evaluate one experiment.
 
     With `config.out` set, the run folder gets `config.json` (what `load_model` rebuilds from),
@@ -352,7 +353,7 @@ def _loss_units(config, head):
     return head.loss_description
 
 
-def load_model(run_dir):
+def load_model(run_dir: str | Path) -> tuple[ProbabilisticModel, RunConfig]:
     """Rebuild a trained model from its run folder: `config.json` + the newest checkpoint (the σ-scaled
     model's in `recalibrated/` when σ-scaling ran, else the last epoch's).
 

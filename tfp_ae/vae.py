@@ -214,8 +214,9 @@ def _dense_block(inputs, hidden, outputs, name):
     return tfk.Model(inputs, wn_dense(outputs)(h), name=name)
 
 
-def build_vae(head, image_shape, num_components=1, arch="mlp", latent_dim=32, objective="elbo", iw_samples=1,
-              hidden=(), name=None, seed=0, free_bits=0.0, **head_options):
+def build_vae(head: str, image_shape: tuple[int, int, int], num_components: int = 1, arch: str = "mlp",
+              latent_dim: int = 32, objective: str = "elbo", iw_samples: int = 1, hidden: tuple = (),
+              name: str | None = None, seed: int = 0, free_bits: float = 0.0, **head_options) -> "VAE":
     """Build a `VAE` (built: its weights exist; compile it with `tfp_ae.models.compile_model`).
 
     Args:

@@ -177,7 +177,7 @@ def _load_idx_dataset(name, data_dir):
     return arrays, source
 
 
-def load_dataset(name, data_dir=None):
+def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
     """Load a dataset as float32 images in [0, 1].
 
     Args:

@@ -13,7 +13,7 @@ SHUFFLE_BUFFER = 1024
 BATCH_SIZE = 128
 
 
-def dequantize(x, num_levels=256, seed=None):
+def dequantize(x: np.ndarray, num_levels: int = 256, seed: int | None = None) -> np.ndarray:
     """Uniform dequantisation: `(x * (L - 1) + u) / L`, `u ~ U[0, 1)` (Theis et al. 2016).
 
     Maps each quantised pixel `k / (L - 1)` to a point of its own bin `[k / L, (k + 1) / L)`, so

@@ -91,7 +91,7 @@ def mixable_heads():
     return [n for n, c in HEADS.items() if c.mixable]
 
 
-def get_head(name):
+def get_head(name: str) -> type[Head]:
     """The head class registered as `name`.
 
     Raises:
@@ -103,7 +103,8 @@ def get_head(name):
         raise InputError(f"unknown head {name!r}; valid heads: {', '.join(HEADS)}") from None
 
 
-def make_head(name, event_shape, num_components=1, loss="nll", beta=None, **options):
+def make_head(name: str, event_shape: tuple[int, ...], num_components: int = 1, loss: str = "nll",
+              beta: float | None = None, **options) -> Head:
     """Instantiate the head `name` for images of shape `event_shape` with K components, trained by
     `loss` (`LOSSES`; `beta` for `beta_nll`, see `Head`), and the head's `options` (e.g. `rank=4`
     for `normal_lowrank`, `min_df=2.0` for t heads; None means the default).
