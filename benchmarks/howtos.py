@@ -61,9 +61,10 @@ def commands(code, fast=False):
     return out
 
 
-def run_page(page, cwd, fast=False):
+def run_page(page, cwd, fast=False, env=None):
     """Run every block of `page` in `cwd`; returns [(kind, code, output, errors)] of its python and bash
-    blocks (`errors`: what the commands wrote to stderr; "" for python blocks).
+    blocks (`errors`: what the commands wrote to stderr; "" for python blocks). `env`: the commands'
+    environment (None: this process's).
 
     Raises:
       RuntimeError: a command failed (its stderr's end in the message); a python block's exception propagates.
@@ -81,7 +82,8 @@ def run_page(page, cwd, fast=False):
         elif kind == "bash":
             printed, errors = [], []
             for argv in commands(code, fast):
-                done = subprocess.run([sys.executable, "-m", "tfp_ae", *argv], cwd=cwd, capture_output=True, text=True)
+                done = subprocess.run([sys.executable, "-m", "tfp_ae", *argv], cwd=cwd, capture_output=True, text=True,
+                                      env=env)
                 if done.returncode:
                     raise RuntimeError(f"tfp-ae {' '.join(argv)} failed: {done.stderr[-3000:]}")
                 printed.append(done.stdout)

@@ -1,6 +1,7 @@
 """The how-to pages (issue 48): every ```python and ```bash block of each page in docs/howto runs, in order,
 in a fresh folder, on few images and one epoch (`benchmarks/howtos.py`, which also writes each page's
 outputs and figures at full settings); each page is short, starts with its goal and links on."""
+import os
 import re
 import sys
 from pathlib import Path
@@ -41,7 +42,10 @@ def test_every_block_of_a_how_to_runs(page, tmp_path):
     for name in ("fashion_mnist", "mnist"):
         if re.search(rf"--(data|dataset|ood) {name}\b", code):
             require_dataset(name)
-    results = howtos.run_page(page, tmp_path, fast=True)
+    # a user's environment: TensorFlow's log level unset (CI sets TF_CPP_MIN_LOG_LEVEL=2, which shows its
+    # cuInit error line on a machine without a GPU)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFP_AE_TF_LOGS")}
+    results = howtos.run_page(page, tmp_path, fast=True, env=env)
     assert [r[0] for r in results] == [k for k, _ in howtos.blocks(page) if k != "text"]
     for kind, block, output, errors in results:
         if kind == "bash" and "tfp-ae train" in block:
