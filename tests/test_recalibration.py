@@ -181,25 +181,30 @@ def test_the_scale_search_finds_the_minimum_anywhere_in_the_range(target):
     assert at_one == f(0.0)
 
 
-@pytest.mark.parametrize("force", [False, True])
-def test_a_scale_that_wrecks_the_held_out_likelihood_is_not_applied(force, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("scale,force", [(50.0, False), (50.0, True), (float("nan"), False)])
+def test_a_scale_that_wrecks_the_held_out_likelihood_is_not_applied(scale, force, tmp_path, monkeypatch, capsys):
     """Issue 50: σ-scaling took MNIST low-rank bits/dim from 4.77 to 49,444 and wrote that model as the one
     load_model and export prefer. A fitted s = 50 (forced here) costs the held-out images far more than
-    0.1 bits/dim: the run keeps s = 1 and says so, unless --force-recalibration."""
+    0.1 bits/dim: the run keeps s = 1 and says so, unless --force-recalibration; a scale whose likelihood
+    is not finite (NaN) is not applied either."""
     import tfp_ae.train
 
     def wrecking(model, pairs, criterion="calibration", bounds=None):
-        model.head.sigma_scale.assign(50.0)
-        return 50.0, 0.2, 0.1
+        model.head.sigma_scale.assign(scale)
+        return scale, 0.2, 0.1
 
     monkeypatch.setattr(tfp_ae.train, "fit_sigma_scale", wrecking)
     out = tmp_path / "run"
     _, m = run(RunConfig(dataset="digits", head="normal_diag", dequantize=True, recalibrate=True, epochs=2, fid=False,
                          extra_figures=False, eval_images=50, verbose=0, out=str(out), force_recalibration=force))
     rec = m["recalibration"]
-    assert rec["fitted_sigma_scale"] == 50.0 and rec["applied"] is force
-    assert rec["validation_bits_per_dim_after"] > rec["validation_bits_per_dim_before"] + 0.1
-    assert rec["validation_bits_per_dim_median_after"] > rec["validation_bits_per_dim_median_before"]
+    assert rec["applied"] is force
+    if scale == scale:  # not NaN
+        assert rec["fitted_sigma_scale"] == scale
+        assert rec["validation_bits_per_dim_after"] > rec["validation_bits_per_dim_before"] + 0.1
+        assert rec["validation_bits_per_dim_median_after"] > rec["validation_bits_per_dim_median_before"]
+    else:
+        assert np.isnan(rec["validation_bits_per_dim_after"]) and np.isfinite(rec["validation_bits_per_dim_before"])
     from tfp_ae.rundir import RECALIBRATED_DIR
     s = float(load_model(out)[0].head.sigma_scale.numpy())
     if force:

@@ -47,6 +47,7 @@ from tfp_ae.runtime import check_memory, device_summary, make_strategy, precisio
 from tfp_ae.vae import build_vae
 
 MAX_BITS_PER_DIM_LOSS = 0.1  # recalibrate: a scale that costs the held-out images more bits/dim is not applied
+HELD_OUT_SEED = 104729  # recalibrate: the held-out images are dequantised with the stateless seeds (seed + this, i)
 
 
 class DivergedError(RuntimeError):
@@ -296,7 +297,7 @@ def run(config: RunConfig, callbacks: tuple | list = (), overwrite: bool = False
 def recalibrate(model, held_out, num_levels, seed, test_images, test, criterion="calibration", force=False):
     """sigma-scaling of a trained autoencoder (`tfp_ae.evaluate.fit_sigma_scale`, minimising
     `criterion`) on the held-out `Split` (its images dequantised with the stateless seeds
-    (seed + 104729, i), both input and target). Returns `{"sigma_scale", "criterion",
+    (seed + `HELD_OUT_SEED`, i), both input and target). Returns `{"sigma_scale", "criterion",
     "validation_images", "validation_score_before", "validation_score"}` (the criterion's value:
     mean CRPS in pixels, mean NLL in nats per image, or the calibration error), the test split's `bits_per_dim_before` and
     `bits_per_dim_median_before` (s = 1; `evaluate` reports them after), and `"before"`: the
@@ -316,14 +317,14 @@ def recalibrate(model, held_out, num_levels, seed, test_images, test, criterion=
     # the CRPS and the PIT hold each image's marginals or draws: batches bounded like `pit_values`' (a full covariance
     # ran out of memory in batches of 500: 1.2 GB a tensor)
     batch_size = pit_batch_size(model) if criterion in ("crps", "calibration") else model.eval_batch_size
-    pairs = dequantized_batches(held_out, num_levels, seed + 104729, batch_size).map(lambda b: (b, b))
+    pairs = dequantized_batches(held_out, num_levels, seed + HELD_OUT_SEED, batch_size).map(lambda b: (b, b))
     pairs = pairs.prefetch(2)
     print(f"recalibrating: sigma-scaling by {criterion} on {held_out.count} held-out training images", flush=True)
     s, score_before, score_after = fit_sigma_scale(model, pairs, criterion)
     print(f"sigma_scale {s:.4f}: held-out {criterion} {score_before:.5g} -> {score_after:.5g}", flush=True)
     held_after = _held_out_bits(model, held_out, num_levels, seed)
     worse = held_after["bits_per_dim"] - held_before["bits_per_dim"] if model.head.is_density else 0.0
-    applied = force or not worse > MAX_BITS_PER_DIM_LOSS  # NaN (a non-finite likelihood) counts as worse
+    applied = force or worse <= MAX_BITS_PER_DIM_LOSS  # NaN (a non-finite likelihood) is not an improvement
     if not applied:
         model.head.sigma_scale.assign(1.0)
         print(f"sigma-scaling not applied: it makes the held-out likelihood worse by {worse:.3g} bits/dim "
@@ -341,7 +342,8 @@ def _held_out_bits(model, held_out, num_levels, seed):
     """Mean and median dequantised bits/dim of the held-out images (the dequantisation of `recalibrate`)."""
     if not model.head.is_density:
         return dict(bits_per_dim=None, bits_per_dim_median=None)
-    scores = split_log_probs(model, held_out, num_levels, seed + 104729, elbo=False, raw=False)["log_prob_dequantized"]
+    scores = split_log_probs(model, held_out, num_levels, seed + HELD_OUT_SEED, elbo=False, raw=False)
+    scores = scores["log_prob_dequantized"]
     summary = bits_per_dim_summary(scores, int(np.prod(held_out.image_shape)), num_levels)
     return dict(bits_per_dim=summary["bits_per_dim"], bits_per_dim_median=summary["bits_per_dim_median"])
 
