@@ -11,7 +11,7 @@ Two protocols use it:
 
 Every per-image score of `tfp_ae.scoring.SCORES` (p-value scores against the run's own, class-selected
 training images), every per-image reduction of the anomaly maps (`tfp_ae.anomaly.image_reductions`) and
-`RECOMMENDED_NOVELTY` is measured by `tfp_ae.scoring.ood_metrics` (scikit-learn's AUROC, AUPRC, FPR at
+`RECOMMENDED_NOVELTY` is measured by `tfp_ae.scoring.grouped_metrics` (`ood_metrics`: scikit-learn's AUROC, AUPRC, FPR at
 95 % TPR), novel images the positive class: over all novel images and per novel class.
 
 `RECOMMENDED_NOVELTY`, `fisher_complexity_error`: Fisher's method (`tfp_ae.scoring.fisher_score`) over the
@@ -31,7 +31,15 @@ from tfp_ae.data import Split, class_table, kept_classes, open_source
 from tfp_ae.errors import InputError
 from tfp_ae.models import ProbabilisticModel
 from tfp_ae.predict import point_estimates
-from tfp_ae.scoring import RECOMMENDED, SCORES, TRAIN_IMAGES, fisher_score, image_scores, ood_metrics, write_scores
+from tfp_ae.scoring import (
+    RECOMMENDED,
+    SCORES,
+    TRAIN_IMAGES,
+    fisher_score,
+    grouped_metrics,
+    image_scores,
+    write_scores,
+)
 from tfp_ae.train import load_model
 
 NOVELTY_COMBINED = ("complexity", "abs_error_smooth_top1")  # the scores whose p-values it combines
@@ -71,12 +79,10 @@ def novelty_metrics(scores: dict[str, np.ndarray], labels: np.ndarray, normal: l
     if novel.all() or not novel.any():
         raise InputError(f"novelty needs normal and novel test images ({int((~novel).sum())} normal, "
                          f"{int(novel.sum())} novel)")
-    scores = {k: np.asarray(v, np.float64) for k, v in scores.items()}
+    overall, per_class = grouped_metrics(scores, novel, labels)
     return dict(normal_classes={int(i): names[int(i)] for i in normal},
                 counts=dict(normal=int((~novel).sum()), novel=int(novel.sum())),
-                overall={k: ood_metrics(v[~novel], v[novel]) for k, v in scores.items()},
-                per_class={names[int(c)]: {k: ood_metrics(v[~novel], v[labels == c]) for k, v in scores.items()}
-                           for c in np.unique(labels[novel])})
+                overall=overall, per_class={names[int(c)]: m for c, m in per_class.items()})
 
 
 def score_novelty(run_dir: str | Path, data: str, out: str | Path | None = None, background: str | Path | None = None,

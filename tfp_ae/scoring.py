@@ -174,11 +174,28 @@ def detection_metrics(scores, labels):
     if bad.all() or not bad.any():
         raise InputError(f"detection needs good and defective test images ({int((~bad).sum())} good, "
                          f"{int(bad.sum())} defective)")
+    overall, per_defect = grouped_metrics(scores, bad, labels)
+    return dict(good=int((~bad).sum()), defective=int(bad.sum()), overall=overall,
+                per_defect={str(d): m for d, m in per_defect.items()})
+
+
+def grouped_metrics(scores, positive, groups):
+    """`ood_metrics` of every score, the positive images against all the others, overall and per group.
+
+    Args:
+      scores: {name: `[N]`}, higher = more anomalous.
+      positive: bool `[N]`, the positive class (defective, novel).
+      groups: `[N]`, the group of each image (a defect type, a class); read for the positives only.
+    Returns:
+      (`{name: ood_metrics}` of all positives, `{group: {name: ood_metrics}}` of each group's positives
+      alone, groups in sorted order), against all negatives.
+    """
+    positive, groups = np.asarray(positive, bool), np.asarray(groups)
     scores = {k: np.asarray(v, np.float64) for k, v in scores.items()}
-    return dict(good=int((~bad).sum()), defective=int(bad.sum()),
-                overall={k: ood_metrics(v[~bad], v[bad]) for k, v in scores.items()},
-                per_defect={d: {k: ood_metrics(v[~bad], v[labels == d]) for k, v in scores.items()}
-                            for d in sorted({str(v) for v in labels[bad]})})
+    overall = {k: ood_metrics(v[~positive], v[positive]) for k, v in scores.items()}
+    per_group = {g: {k: ood_metrics(v[~positive], v[positive & (groups == g)]) for k, v in scores.items()}
+                 for g in sorted(set(groups[positive].tolist()))}
+    return overall, per_group
 
 
 def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, limit=None, seed=0, image_size=None,

@@ -106,12 +106,13 @@ def select_classes(source: "Source", classes: str | int | list | None = None,
         raise InputError("give --classes or --exclude-classes, not both")
     table = class_table(source)
     keep = kept_classes(table, classes, exclude_classes)
-    splits = {name: split.select(keep) for name, split in source.splits.items()}
-    train_labels = source.splits["train"].label_values()
+    train_labels = source.splits["train"].label_values()  # read once: checked, then selected
     empty = [i for i in keep if not np.any(train_labels == i)]
     if empty:
         raise InputError(f"class(es) {', '.join(f'{i} {table[i]}' for i in empty)} have no training images in "
                          f"{source.description}; the classes are: {describe_classes(table)}")
+    splits = {name: split.select(keep, train_labels if name == "train" else None)
+              for name, split in source.splits.items()}
     kept = {i: table[i] for i in keep}
     return replace(source, splits=splits, selected_classes=kept,
                    description=f"{source.description}, classes {describe_classes(kept)}")

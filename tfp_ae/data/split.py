@@ -105,16 +105,17 @@ class Split:
         labels = self._records(list(self.files)).skip(self.start).take(self.count).map(lambda e, y: y)
         return np.concatenate([np.zeros(0, np.int64), *labels.batch(8192).as_numpy_iterator()]).astype(np.int64)
 
-    def select(self, keep):
+    def select(self, keep, labels=None):
         """This split restricted to the images whose label is in `keep` (class indices), in the same
         order: arrays and file lists are indexed (no image is read); records are filtered as they
-        stream (`keep`), after one pass over their labels to count them.
+        stream (`keep`), after one pass over their labels to count them (`labels`: those already read
+        by `label_values`, so they are not read again).
 
         Raises:
           InputError: the split has no labels; records already cut to a range (select first).
         """
         keep = tuple(sorted({int(k) for k in keep}))
-        labels = self.label_values()
+        labels = self.label_values() if labels is None else labels
         if labels is None:
             raise InputError("class selection needs labels, and these images have none")
         mask = np.isin(labels, keep)
