@@ -8,6 +8,8 @@ pointed at /dev/null while TensorFlow is imported, and later C++ messages below 
 (`TF_CPP_MIN_LOG_LEVEL=3`). Set `TFP_AE_TF_LOGS=1` (`tfp-ae -v`) to see them all. Python
 exceptions raised by the import still propagate with their traceback.
 """
+from __future__ import annotations
+
 import contextlib
 import os
 import sys
@@ -19,7 +21,7 @@ if not SHOW_TF_LOGS:
 
 
 @contextlib.contextmanager
-def native_stderr_silenced(enabled=True):
+def native_stderr_silenced(enabled: bool = True):
     """Point file descriptor 2 at /dev/null inside the block (what C and C++ code writes is dropped;
     Python's `sys.stderr` is flushed first and restored after)."""
     if not enabled:

@@ -17,7 +17,12 @@ Per-pixel maps (`MAPS`), `[N, H, W, C]`, higher = more anomalous:
 `abs_error` on the synthetic Fashion-MNIST defects and on three real textures, as every other map
 did not).
 """
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -28,6 +33,10 @@ from tfp_ae._tf import tf
 from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED
 from tfp_ae.predict import sample_batch_size
+
+if TYPE_CHECKING:
+    from tfp_ae.data.split import Split
+    from tfp_ae.models import ProbabilisticModel
 
 RAW_MAPS = ("neg_log_marginal", "standardized_error", "outside_interval", "abs_error")
 SMOOTHED = ("neg_log_marginal", "abs_error")  # the maps that are also given smoothed, as `<map>_smooth`
@@ -42,7 +51,7 @@ MAP_SAMPLES = 200    # draws per image for the maps of heads without exact margi
 GOOD = "good"        # MVTec AD's name of the defect-free test images' folder (test/good)
 
 
-def smoothing_sigma(image_shape):
+def smoothing_sigma(image_shape: tuple[int, int, int]):
     """The Gaussian filter's standard deviation in pixels for images `[H, W, C]`: `min(H, W) / 28`,
     at least 1 (1 pixel on 28 x 28 images, about 2.3 on 64 x 64)."""
     return max(1.0, min(image_shape[:2]) / 28)
@@ -68,7 +77,7 @@ def _score_step(model):
     return steps["maps"]
 
 
-def smooth(amap, sigma):
+def smooth(amap: np.ndarray, sigma: float):
     """`amap` `[N, H, W, C]` filtered by a Gaussian of `sigma` pixels over H and W
     (`scipy.ndimage.gaussian_filter`, borders reflected). Non-finite values are first replaced by the
     map's largest finite value (NaN by its smallest), so one pixel cannot spread infinity."""
@@ -79,12 +88,12 @@ def smooth(amap, sigma):
     return ndimage.gaussian_filter(a, sigma=(0, sigma, sigma, 0)).astype(np.float32)
 
 
-def multiscale(amap, sigma, scales=SCALES):
+def multiscale(amap: np.ndarray, sigma: float, scales: Sequence[float] = SCALES):
     """The mean of `smooth(amap, k * sigma)` over `k` in `scales`, `[N, H, W, C]`."""
     return np.mean([smooth(amap, k * sigma) for k in scales], axis=0).astype(np.float32)
 
 
-def pixel_maps(model, x, batch_size=None):
+def pixel_maps(model: ProbabilisticModel, x: np.ndarray, batch_size: int | None = None):
     """The anomaly maps (`MAPS`) of images `x` `[N, H, W, C]` in [0, 1]: dict of `[N, H, W, C]` arrays.
 
     Batches default to at most 100 images and `SAMPLE_FLOATS` drawn values (`MAP_SAMPLES` draws per
@@ -108,7 +117,7 @@ def pixel_maps(model, x, batch_size=None):
     return maps
 
 
-def image_reductions(maps):
+def image_reductions(maps: dict[str, np.ndarray]):
     """Per-image scores from pixel maps: for each map `m` `[N, H, W, C]` (channel mean, non-finite values
     as in `smooth`), `m_max` (its largest pixel) and `m_top1` (the mean of its top `TOP_FRACTION` of
     pixels, at least one pixel), `[N]` each. Higher = more anomalous."""
@@ -123,7 +132,7 @@ def image_reductions(maps):
     return out
 
 
-def pro_score(masks, amap, max_fpr=PRO_MAX_FPR, thresholds=100):
+def pro_score(masks: np.ndarray, amap: np.ndarray, max_fpr: float = PRO_MAX_FPR, thresholds: int = 100):
     """Per-region overlap (Bergmann et al., "MVTec AD", CVPR 2019): for thresholds of the map, the
     mean over connected defect regions of the fraction of the region above threshold, against the
     false-positive rate on defect-free pixels; the area under this curve up to `max_fpr`, divided by
@@ -152,7 +161,7 @@ def _regions(mask):
     return [labelled == k for k in range(1, n + 1)]
 
 
-def localisation_metrics(maps, masks):
+def localisation_metrics(maps: dict[str, np.ndarray], masks: np.ndarray):
     """Pixel AUROC (scikit-learn) and PRO (`pro_score`) of each map against defect masks `[N, H, W]`
     (or `[N, H, W, C]`; a pixel is defective where any channel is). Maps are averaged over channels.
 
@@ -172,7 +181,7 @@ def localisation_metrics(maps, masks):
     return out
 
 
-def defect_labels(split, masks=None):
+def defect_labels(split: Split, masks: np.ndarray | None = None):
     """The defect type of each test image (`GOOD` for a defect-free one), `[N]` strings, or None when
     the split says nothing about defects.
 
@@ -193,7 +202,7 @@ def defect_labels(split, masks=None):
 DEFECT_KINDS = ("patch", "line", "blob")
 
 
-def synthetic_defects(x, donors, seed=0, kinds=DEFECT_KINDS):
+def synthetic_defects(x: np.ndarray, donors: np.ndarray, seed: int = 0, kinds: Sequence[str] = DEFECT_KINDS):
     """Paste one synthetic defect into each image, with its mask: the fixed localisation protocol of
     docs/results/ood.
 
@@ -253,7 +262,8 @@ def _write_png(path, img):
     Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a).save(path)
 
 
-def write_defect_folder(out, train, test_good, defects):
+def write_defect_folder(out: str | os.PathLike, train: np.ndarray, test_good: np.ndarray,
+                        defects: dict[str, tuple[np.ndarray, np.ndarray]]):
     """Write images in MVTec AD's layout, for `tfp-ae train --dataset OUT` and `tfp-ae score --data OUT
     --masks OUT/ground_truth`: `train/good/NNN.png`, `test/good/NNN.png`, `test/<defect>/NNN.png` and
     `ground_truth/<defect>/NNN_mask.png` (255 = defect), 8-bit PNGs.
@@ -285,7 +295,8 @@ def write_defect_folder(out, train, test_good, defects):
     return out
 
 
-def texture_defect_folder(out, texture, donor, size=64, train=2000, good=50, per_defect=50, seed=0):
+def texture_defect_folder(out: str | os.PathLike, texture: np.ndarray, donor: np.ndarray, size: int = 64, train: int = 2000,
+                          good: int = 50, per_defect: int = 50, seed: int = 0):
     """An MVTec-AD-like folder (`write_defect_folder`) cut from one texture photograph: training
     crops from its top three quarters, test crops from its bottom quarter (no overlap), and
     `per_defect` test crops with each synthetic defect (`synthetic_defects`; patches from `donor`, a

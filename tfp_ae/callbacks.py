@@ -1,5 +1,8 @@
 """Keras callbacks of the package: `ImageSummaries` writes what a probabilistic autoencoder
 predicts to TensorBoard while it trains (`tfp-ae train --tensorboard`)."""
+from __future__ import annotations
+
+import os
 import time
 
 import numpy as np
@@ -13,7 +16,7 @@ IMAGES_DIR = "images"     # the summaries' folder under the TensorBoard log fold
 VIRIDIS = colormaps["viridis"](np.linspace(0, 1, 256))[:, :3].astype(np.float32)   # [256, 3] RGB in [0, 1]
 
 
-def colour_map(maps, vmin=0.0, vmax=1.0):
+def colour_map(maps: tf.Tensor, vmin: float = 0.0, vmax: float = 1.0):
     """Viridis RGB images `[N, H, W, 3]` in [0, 1] of maps `[N, H, W, C]` (channels averaged) on the
     fixed scale `[vmin, vmax]` (values outside are clipped; NaN and inf show as the top colour), so
     that the colours of different epochs compare."""
@@ -52,7 +55,8 @@ class ImageSummaries(tfk.callbacks.Callback):
       InputError: `images` is not a finite `[N, H, W, C]` array in [0, 1].
     """
 
-    def __init__(self, log_dir, images, num_levels=256, max_images=8, every=1, seed=0, interval_samples=200):
+    def __init__(self, log_dir: str | os.PathLike, images: np.ndarray, num_levels: int = 256, max_images: int = 8,
+                 every: int = 1, seed: int = 0, interval_samples: int = 200):
         super().__init__()
         self.interval_samples = int(interval_samples)
         self.images = check_images(np.asarray(images)[:max_images], "ImageSummaries images")
@@ -75,13 +79,13 @@ class ImageSummaries(tfk.callbacks.Callback):
             out["bits_per_dim"] = bits_per_dim(nll, int(np.prod(model.image_shape)), self.num_levels)
         return out
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None):
         self._writer = tf.summary.create_file_writer(f"{self.log_dir}/{IMAGES_DIR}")
         self._fn = tf.function(self._summaries)
         self._x = tf.constant(self.images)
         self._x_deq = tf.constant(dequantize(self.images, self.num_levels, seed=self.seed))
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
         if (epoch + 1) % self.every:
             return
         start = time.perf_counter()
@@ -95,6 +99,6 @@ class ImageSummaries(tfk.callbacks.Callback):
         self._writer.flush()
         self.seconds.append(time.perf_counter() - start)
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict | None = None):
         if self._writer is not None:
             self._writer.close()

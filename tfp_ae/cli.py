@@ -2,6 +2,8 @@
 grid, `tfp-ae table` merges grid results, `tfp-ae augment` writes mixture components as a
 dataset, `tfp-ae export` writes a SavedModel, `tfp-ae toy2d` the VAE 2D study, `tfp-ae heads`
 lists the heads."""
+from __future__ import annotations
+
 import argparse
 import os
 import re
@@ -154,7 +156,7 @@ def _config(args):
     return cfg.validate()
 
 
-def cmd_train(args):
+def cmd_train(args: argparse.Namespace):
     """`tfp-ae train`: train (or resume) and evaluate one model, print its headline metrics."""
     cfg = _config(args)
     strategy = make_strategy(cfg.strategy)
@@ -174,7 +176,7 @@ def cmd_train(args):
     print(f"wrote {cfg.out}/: {', '.join(written)}")
 
 
-def cmd_export(args):
+def cmd_export(args: argparse.Namespace):
     """`tfp-ae export`: a run as a SavedModel (and TensorFlow Lite files with `--tflite`)."""
     names, report = export_run(args.run_dir, args.out, overwrite=args.overwrite, tflite=args.tflite)
     print(f"wrote SavedModel {args.out} with signatures: {', '.join(names)}")
@@ -182,7 +184,7 @@ def cmd_export(args):
         print(f"tflite {name}: " + (f"wrote {args.out}/tflite/{name}.tflite" if result == "converted" else result))
 
 
-def cmd_toy2d(args):
+def cmd_toy2d(args: argparse.Namespace):
     """`tfp-ae toy2d`: the VAE tutorial's 2D study; prints its table."""
     rows = run_study(args.out, setup=args.setup, steps=args.steps, growth=args.growth, datasets=args.datasets,
                      seed=args.seed)
@@ -190,7 +192,7 @@ def cmd_toy2d(args):
     print(f"wrote {args.out}/table.md, results.json and toy2d.png ({len(rows)} datasets)")
 
 
-def cmd_grid(args):
+def cmd_grid(args: argparse.Namespace):
     """`tfp-ae grid`: the paper's grid of heads x K x datasets (resumable); prints the table."""
     # every training flag except the per-cell fields (dataset, arch, model, head, components, out)
     grid_only = ("dataset", "arch", "heads", "components", "out", "no_figures", "command", "func", "verbose")
@@ -210,14 +212,14 @@ def cmd_grid(args):
     print(f"wrote {args.out}/results.csv and table.md; {len(failed)} failed cell(s)")
 
 
-def cmd_table(args):
+def cmd_table(args: argparse.Namespace):
     """`tfp-ae table`: merge grid `results.csv` files into one table."""
     rows = merge_results(args.results, args.out, args.epochs)
     print((Path(args.out) / "table.md").read_text())
     print(f"wrote {args.out}/results.csv and table.md ({len(rows)} cells from {len(args.results)} file(s))")
 
 
-def cmd_augment(args):
+def cmd_augment(args: argparse.Namespace):
     """`tfp-ae augment`: a mixture's component images above a log-density threshold as an `.npz` dataset."""
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -244,7 +246,7 @@ def cmd_augment(args):
           f"(log p >= {args.min_log_prob}); wrote {out} (x_train {new_x.shape}, usable as --dataset {out})")
 
 
-def cmd_convert(args):
+def cmd_convert(args: argparse.Namespace):
     """`tfp-ae convert`: any source as TFRecord shards (after its geometry)."""
     source = open_source(args.source, args.data_dir, args.image_size, args.crop, args.channels, args.test_fraction,
                          args.download, args.skip_bad_images, args.rescale, args.classes, args.exclude_classes)
@@ -256,7 +258,7 @@ def cmd_convert(args):
           f"train with --dataset {args.out}")
 
 
-def cmd_score(args):
+def cmd_score(args: argparse.Namespace):
     """`tfp-ae score`: OOD scores, defect detection and anomaly maps of a run; prints AUROC / AUPRC / FPR,
     detection AUROC and localisation. With `--novelty`: `cmd_novelty`."""
     if args.novelty:
@@ -285,7 +287,7 @@ def cmd_score(args):
     print(f"wrote {args.out}/scores.csv, metrics.json" + "".join(f", {f}" for f in figures))
 
 
-def cmd_novelty(args):
+def cmd_novelty(args: argparse.Namespace):
     """`tfp-ae score --novelty`: the run's classes normal, the other classes of the test split novel
     (`tfp_ae.novelty.score_novelty`); prints AUROC overall and per novel class."""
     given = [f for f in ("ood", "masks", "image_size", "crop", "channels", "test_fraction") if getattr(args, f) is not None]
@@ -326,7 +328,7 @@ def _heads_with(option):
     return [name for name, cls in HEADS.items() if option in cls.options]
 
 
-def cmd_heads(args):
+def cmd_heads(args: argparse.Namespace):
     """`tfp-ae heads`: every head with its parameter count for an image shape."""
     shape = tuple(args.shape)
     print(f"{'head':24s} {'paper label':18s} {'params K=1':>12s} {'params K=10':>12s}   (decoder outputs for {shape}"
@@ -336,7 +338,7 @@ def cmd_heads(args):
         print(f"{name:24s} {label:18s} {sizes[1]:>12d} {k10:>12s}")
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None):
     """The `tfp-ae` command line (`argv`: the arguments, default `sys.argv[1:]`); bad input exits with
     one `tfp-ae: error: ...` line."""
     parser = argparse.ArgumentParser(prog="tfp-ae", description="Probabilistic autoencoders (TFP + Keras).",

@@ -1,5 +1,7 @@
 """Run configuration: every setting of an experiment and every allowed value, declared once here
 and validated here (the CLI's flags and choices are generated from these declarations)."""
+from __future__ import annotations
+
 import dataclasses
 from dataclasses import dataclass
 
@@ -88,7 +90,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: dict):
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -114,7 +116,7 @@ class RunConfig:
         """The head's options that are set (`rank`, `min_df`), for `make_head` / `build_model`."""
         return {k: v for k, v in dict(rank=self.rank, min_df=self.min_df).items() if v is not None}
 
-    def validate(self, image_shape=None):
+    def validate(self, image_shape: tuple[int, int, int] | None = None):
         """Check every setting against its allowed values; returns `self`.
 
         `image_shape` `(H, W, C)`, when known, also checks the head's options against it (a rank

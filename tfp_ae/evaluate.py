@@ -1,7 +1,11 @@
 """Test metrics of a trained model: NLL and bits/dim (mean and median), the paper's L2 %,
 PSNR/SSIM, calibration of the predictive distribution (PIT coverage at several levels, CRPS) and
 FID (wired to `tfp_ae.fid`)."""
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scoringrules
@@ -15,13 +19,21 @@ from tfp_ae.errors import InputError
 from tfp_ae.heads import PIT_SAMPLES, SAMPLE_SEED, bits_per_dim
 from tfp_ae.predict import map_dataset, point_and_variance, point_estimates, sample_batch_size, variance_maps
 
+if TYPE_CHECKING:
+    from tfp_ae.config import RunConfig
+    from tfp_ae.data.arrays import Dataset
+    from tfp_ae.data.split import Split
+    from tfp_ae.fid import FeatureExtractor
+    from tfp_ae.heads.base import Head
+    from tfp_ae.models import ProbabilisticModel
+
 CALIBRATION_IMAGES = 200
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)  # central intervals whose coverage `calibration` reports
 PIT_BINS = 20
 SPREAD_BINS = 4  # calibration_by_std: quartiles of the predicted std
 
 
-def crps_inputs(head, dist, seed=SAMPLE_SEED, num_samples=PIT_SAMPLES):
+def crps_inputs(head: Head, dist: tfd.Distribution, seed: int = SAMPLE_SEED, num_samples: int = PIT_SAMPLES):
     """What `pixel_crps` needs of `dist`, as tensors (so that it can run inside a `tf.function`):
     `(kind, params)` with `kind` one of
 
@@ -46,7 +58,7 @@ def crps_inputs(head, dist, seed=SAMPLE_SEED, num_samples=PIT_SAMPLES):
     return "ensemble", dict(samples=head.sample(dist, num_samples, seed=seed))
 
 
-def crps_from(kind, params, x):
+def crps_from(kind: str, params: tf.Tensor, x: np.ndarray):
     """The per-pixel CRPS (pixels, numpy `[B, H, W, C]`) of images `x` `[B, H, W, C]` from
     `crps_inputs`' `(kind, params)` (numpy or tensors), by the `scoringrules` package: closed forms for
     one normal or Student-t marginal (`crps_normal`, `crps_t`) and for a mixture of normal marginals
@@ -72,20 +84,20 @@ def crps_from(kind, params, x):
     return np.reshape(crps, np.shape(x))
 
 
-def pixel_crps(head, dist, x, seed=SAMPLE_SEED, num_samples=PIT_SAMPLES):
+def pixel_crps(head: Head, dist: tfd.Distribution, x: np.ndarray, seed: int = SAMPLE_SEED, num_samples: int = PIT_SAMPLES):
     """Continuous ranked probability score of each pixel's marginal at `x` `[B, H, W, C]` (pixels,
     lower is better; numpy `[B, H, W, C]`): `crps_from(*crps_inputs(head, dist, seed, num_samples), x)`."""
     return crps_from(*crps_inputs(head, dist, seed, num_samples), x)
 
 
-def pit_batch_size(model):
+def pit_batch_size(model: ProbabilisticModel):
     """Images per batch of PIT values and CRPS (`pit_values`, `fit_sigma_scale` by CRPS): at most 50, and
     at most `SAMPLE_FLOATS` values for `PIT_SAMPLES` draws per image (`sample_batch_size`); the
     marginals of a full covariance (a D x D factor per image) fit the same bound."""
     return sample_batch_size(model, PIT_SAMPLES, 50)
 
 
-def pit_values(model, x, seed=0, batch_size=None):
+def pit_values(model: ProbabilisticModel, x: np.ndarray, seed: int = 0, batch_size: int | None = None):
     """PIT values u = F(x) `[N, H, W, C]` and per-pixel CRPS `[N, H, W, C]` of images `x` (pixels in
     [0, 1], e.g. dequantised) under `model(x)` (`Head.pit`, `pixel_crps`), batch by batch (at most
     `sample_batch_size` images, so that the sample-based heads stay within memory)."""
@@ -100,19 +112,19 @@ def pit_values(model, x, seed=0, batch_size=None):
     return np.concatenate(us), np.concatenate(crps)
 
 
-def coverage_at(u, levels=LEVELS):
+def coverage_at(u: np.ndarray, levels: tuple[float, ...] = LEVELS):
     """The fraction of PIT values `u` (any shape) inside each central interval:
     mean(|u - 1/2| <= level / 2) per level, a list in the order of `levels`."""
     dev = np.abs(np.asarray(u, np.float64) - 0.5)
     return [float(np.mean(dev <= lv / 2)) for lv in levels]
 
 
-def calibration_error(coverage, levels=LEVELS):
+def calibration_error(coverage: Sequence[float], levels: tuple[float, ...] = LEVELS):
     """mean |coverage - level| over the levels (0 when calibrated), of `coverage_at`'s list."""
     return float(np.mean(np.abs(np.asarray(coverage) - levels)))
 
 
-def calibration_by_std(u, std, bins=SPREAD_BINS):
+def calibration_by_std(u: np.ndarray, std: np.ndarray, bins: int = SPREAD_BINS):
     """Calibration within groups of pixels of similar predicted spread: the pixels, ranked by their
     predicted std (`std`, same shape as the PIT values `u`), split into `bins` equal groups (ties in
     rank order); per group the `coverage` at `LEVELS` and its `calibration_error`. The calibration
@@ -137,7 +149,8 @@ def calibration_by_std(u, std, bins=SPREAD_BINS):
                 calibration_error=errors, mean_calibration_error=float(np.mean(errors)))
 
 
-def calibration(model, x, point=None, num_levels=256, seed=0):
+def calibration(model: ProbabilisticModel, x: np.ndarray, point: np.ndarray | None = None, num_levels: int = 256,
+                seed: int = 0):
     """Can the predictive distribution (and so the variance and interval maps) be trusted? On
     images `x` `[N, H, W, C]` in [0, 1], dequantised with `seed` (`dequantize`, `num_levels` L) so
     that every head's CDF is continuous at the pixels:
@@ -180,7 +193,8 @@ LOG_2 = math.log(2)
 MIN_RECALIBRATION_IMAGES = 100
 
 
-def fit_sigma_scale(model, pairs, criterion="calibration", bounds=SIGMA_SCALE_BOUNDS):
+def fit_sigma_scale(model: ProbabilisticModel, pairs: tf.data.Dataset, criterion: str = "calibration",
+                    bounds: tuple[float, float] = SIGMA_SCALE_BOUNDS):
     """sigma-scaling (Laves et al., MELBA 2021, "Recalibration of aleatoric and epistemic regression
     uncertainty in medical imaging", Eq. 9): the one scalar s > 0 that, multiplying every scale of
     the head (`Head.scaled`: diagonal, Cholesky and low-rank factors, a matrix head's row scale, the
@@ -284,14 +298,14 @@ def _minimise_log_scale(f, bounds, step=LOG_2):
     return best, at(best), values[0.0]
 
 
-def l2_percent(x, prediction):
+def l2_percent(x: np.ndarray, prediction: np.ndarray | float):
     """The paper's L2 error (Ciobanu, Section 4): mean squared error x 100 between images `x`
     `[N, H, W, C]` in [0, 1] and `prediction` (point estimates, or anything that broadcasts to
     `x`: one image, a constant)."""
     return float(np.mean(np.square(x - prediction)) * 100)
 
 
-def psnr_ssim(x, point):
+def psnr_ssim(x: np.ndarray, point: np.ndarray):
     """Mean PSNR (dB) and SSIM of point estimates against images, both `[N, H, W, C]` in [0, 1]
     (`tf.image.psnr` / `tf.image.ssim`, max_val 1; SSIM's window shrinks to the image size)."""
     x, point = tf.constant(x), tf.constant(point)
@@ -300,7 +314,7 @@ def psnr_ssim(x, point):
             float(tf.reduce_mean(tf.image.ssim(x, point, max_val=1.0, filter_size=window))))
 
 
-def fid_extractors(config, data):
+def fid_extractors(config: RunConfig, data: Dataset):
     """The FID feature extractors a run uses (`tfp_ae.fid`): `lenet` (trained once per dataset,
     cached) when `config.fid` and the data can train it (`fid.lenet_unavailable`); `inception` when `config.fid_inception` or
     its weights are already cached. Returns (extractors, notes)."""
@@ -315,7 +329,7 @@ def fid_extractors(config, data):
     return extractors, notes
 
 
-def dequantized_batches(split, num_levels, seed, batch_size):
+def dequantized_batches(split: Split, num_levels: int, seed: int, batch_size: int):
     """The images of a `tfp_ae.data.Split` in its fixed order as a `tf.data.Dataset` of batches
     `[B, H, W, C]`, batch i dequantised with the stateless seed `(seed, i)` (`tfp_ae.data.dequantize`)."""
     seed = tf.constant(int(seed), tf.int64)
@@ -323,7 +337,8 @@ def dequantized_batches(split, num_levels, seed, batch_size):
             .map(lambda i, b: dequantize(b, num_levels, tf.stack([seed, i]))))
 
 
-def split_log_probs(model, test, num_levels, seed=0, batch_size=None, elbo=None, raw=True):
+def split_log_probs(model: ProbabilisticModel, test: Split, num_levels: int, seed: int = 0, batch_size: int | None = None,
+                    elbo: bool | None = None, raw: bool = True):
     """Per-image scores of a whole split, streamed in its fixed order (never held whole).
 
     Args:
@@ -349,7 +364,7 @@ def split_log_probs(model, test, num_levels, seed=0, batch_size=None, elbo=None,
     return out
 
 
-def bits_per_dim_summary(log_prob_dequantized, num_dims, num_levels, is_density=True):
+def bits_per_dim_summary(log_prob_dequantized: np.ndarray, num_dims: int, num_levels: int, is_density: bool = True):
     """`{"bits_per_dim", "bits_per_dim_median", "bits_per_dim_finite"}` of per-image log-densities of
     dequantised images `[N]` (nats; `tfp_ae.heads.bits_per_dim`): the mean (of the NLL, as the
     field reports it), the median over images (the likelihood is heavy-tailed: a few images can move
@@ -362,7 +377,8 @@ def bits_per_dim_summary(log_prob_dequantized, num_dims, num_levels, is_density=
                 bits_per_dim_finite=bool(np.all(np.isfinite(per_image))))
 
 
-def evaluate(model, data, eval_images=1000, seed=0, extractors=(), test=None):
+def evaluate(model: ProbabilisticModel, data: Dataset, eval_images: int = 1000, seed: int = 0,
+             extractors: Sequence[FeatureExtractor] = (), test: Split | None = None):
     """Test metrics of a trained model.
 
     Args:

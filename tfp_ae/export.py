@@ -42,22 +42,30 @@ not convert, does not run or differs is refused, and `OUT/tflite/report.json` gi
 converter's or interpreter's reason, or the largest difference and where (for example the low-rank
 heads' `Cholesky` has no built-in TensorFlow Lite kernel; `docs/benchmarks/tflite.md` per head).
 """
+from __future__ import annotations
+
 import contextlib
 import json
 import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tfp_ae._tf import SHOW_TF_LOGS, native_stderr_silenced, tf
+from tfp_ae._tf import SHOW_TF_LOGS, native_stderr_silenced, tf, tfd
 from tfp_ae.data import dequantize, open_source
 from tfp_ae.heads import INTERVAL_LEVEL, SAMPLE_SEED
 from tfp_ae.train import load_model
 
+if TYPE_CHECKING:
+    from tfp_ae.config import RunConfig
+    from tfp_ae.heads.base import Head
+    from tfp_ae.models import ProbabilisticModel
 
-def checked_images(images, image_shape):
+
+def checked_images(images: np.ndarray, image_shape: tuple[int, int, int]):
     """`images` after in-graph checks, with the static shape `[None, H, W, C]`.
 
     Args:
@@ -89,14 +97,14 @@ def checked_images(images, image_shape):
                        lambda: tf.zeros([0, *image_shape]))
 
 
-def interval_outputs(head, dist, level):
+def interval_outputs(head: Head, dist: tfd.Distribution, level: float):
     """The `interval` signature's outputs: `{"lo", "hi", "width"}`, each `[B, H, W, C]`, of `dist`'s
     central `level` interval (`Head.interval`), for the SavedModel and the TFLite file alike."""
     lo, hi = head.interval(dist, level)
     return {"lo": lo, "hi": hi, "width": hi - lo}
 
 
-def score_outputs(model, images):
+def score_outputs(model: ProbabilisticModel, images: np.ndarray):
     """The `score` signature's outputs (`tfp_ae.scoring`): `nll` `[B]`, -log p(x) in nats per image
     (the OOD score before any correction), and `neg_log_marginal` `[B, H, W, C]`, -log p(x_pixel |
     input) in nats (`Head.pixel_log_prob`, the anomaly map)."""
@@ -107,7 +115,7 @@ def score_outputs(model, images):
 class ServingModule(tf.Module):
     """The serving functions of one model (see the module docstring); tracks only its variables."""
 
-    def __init__(self, model):
+    def __init__(self, model: ProbabilisticModel):
         super().__init__(name="tfp_ae_serving")
         head, shape = model.head, tuple(model.image_shape)
         self.model_variables = list(model.variables)  # tracked, so the SavedModel holds them
@@ -159,7 +167,8 @@ class ServingModule(tf.Module):
         return dict(sigs, serving_default=self.reconstruct)
 
 
-def export_saved_model(model, export_dir, overwrite=False, config=None):
+def export_saved_model(model: ProbabilisticModel, export_dir: str | os.PathLike, overwrite: bool = False,
+                       config: RunConfig | None = None):
     """Write `model` as a SavedModel with tensor-returning serving signatures.
 
     Args:
@@ -193,7 +202,7 @@ TFLITE_DIR = "tflite"
 TFLITE_RTOL = 1e-5
 
 
-def tflite_functions(model):
+def tflite_functions(model: ProbabilisticModel):
     """The deterministic functions TensorFlow Lite may run, name -> function of float32 images
     `[B, H, W, C]` returning a dict of tensors (as the SavedModel signatures of the same name)."""
     head = model.head
@@ -217,7 +226,7 @@ class TFLiteMismatch(AssertionError):
     """A TensorFlow Lite function's output is not within rtol `TFLITE_RTOL` of TensorFlow's."""
 
 
-def check_tflite_output(name, key, got, want):
+def check_tflite_output(name: str, key: str, got: np.ndarray, want: np.ndarray):
     """Raise `TFLiteMismatch` unless `got` (TFLite) is within rtol `TFLITE_RTOL` of `want`
     (TensorFlow), with an absolute floor of `TFLITE_RTOL * max(1, max |want|)`. The message
     names the signature and output, the largest absolute and relative difference and the index
@@ -237,7 +246,7 @@ def check_tflite_output(name, key, got, want):
         f"{rel[at_rel]:.3g} relative at {tuple(map(int, at_rel))}; allowed: rtol {TFLITE_RTOL:g}")
 
 
-def export_tflite(model, out_dir, probe=None):
+def export_tflite(model: ProbabilisticModel, out_dir: str | os.PathLike, probe: np.ndarray | None = None):
     """Write `OUT_DIR/tflite/<name>.tflite` for each of `tflite_functions(model)` that TensorFlow
     Lite converts with its built-in ops and runs to within rtol 1e-5 of TensorFlow on `probe`
     images, and `report.json` (name -> "converted" or the reason it was refused, with the largest
@@ -295,7 +304,7 @@ def _tflite_quiet():
         yield
 
 
-def export_run(run_dir, export_dir, overwrite=False, tflite=False):
+def export_run(run_dir: str | os.PathLike, export_dir: str | os.PathLike, overwrite: bool = False, tflite: bool = False):
     """`export_saved_model` of the trained model in a run folder (see `tfp_ae.train.load_model`),
     and with `tflite` also `export_tflite` into the same folder.
 
@@ -310,7 +319,7 @@ def export_run(run_dir, export_dir, overwrite=False, tflite=False):
 TFLITE_PROBE_IMAGES = 8
 
 
-def tflite_probe(config):
+def tflite_probe(config: RunConfig):
     """The images `export_run` checks TensorFlow Lite on: the run's first `TFLITE_PROBE_IMAGES` test
     images `[8, H, W, C]`, dequantised (seed 0) when the run trained on dequantised pixels."""
     source = open_source(config.dataset, **config.source_options)

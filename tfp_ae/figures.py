@@ -11,6 +11,10 @@
 
 Every function returns a matplotlib `Figure` (or arrays); `plots.save` writes it.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from tfp_ae import plots
@@ -19,10 +23,14 @@ from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED
 from tfp_ae.predict import component_points, latents, point_estimates, uncertainty_maps
 
+if TYPE_CHECKING:
+    from tfp_ae.data.arrays import Dataset
+    from tfp_ae.models import ProbabilisticModel
+
 FULL_COVARIANCE_MAX = 512  # latent sizes up to this get a full-covariance Gaussian fit
 
 
-def model_label(model):
+def model_label(model: ProbabilisticModel):
     """`HEAD K=k [options] [loss [(ACTIVATION location)]] (arch)`: how figures name a model (the loss where
     it is not `nll`, a faithful location's activation where it is not linear)."""
     head = model.head
@@ -46,7 +54,7 @@ def _scale(uncertainty):
     return (0.0, 1.0) if uncertainty == "interval" else None
 
 
-def reconstruction_figure(model, images, uncertainty="interval"):
+def reconstruction_figure(model: ProbabilisticModel, images: np.ndarray, uncertainty: str = "interval"):
     """Figures 1/2 for one model: inputs `[N, H, W, C]`, their point estimates and per-pixel
     uncertainty maps (`uncertainty`: `interval`, `std` or `variance`, see
     `tfp_ae.predict.uncertainty_maps`) with a colour bar."""
@@ -56,7 +64,7 @@ def reconstruction_figure(model, images, uncertainty="interval"):
                                        label=plots.UNCERTAINTY_LABELS[uncertainty], scale=_scale(uncertainty))
 
 
-def heads_figure(models, images, title="", uncertainty="interval"):
+def heads_figure(models: list[ProbabilisticModel], images: np.ndarray, title: str = "", uncertainty: str = "interval"):
     """Figures 1 and 2: one input row, then for each model a point-estimate row and an
     uncertainty row (`uncertainty` as in `reconstruction_figure`). All uncertainty rows share one
     colour scale (0 to 1 for `interval`, else `plots.map_scale` of all maps), so the maps compare
@@ -80,7 +88,8 @@ def heads_figure(models, images, title="", uncertainty="interval"):
 LATENT_PRIORS = ("standard", "fitted")
 
 
-def latent_samples(model, num_images, reference_images=None, seed=0, prior="standard"):
+def latent_samples(model: ProbabilisticModel, num_images: int, reference_images: np.ndarray | None = None, seed: int = 0,
+                   prior: str = "standard"):
     """Point estimates of p(x|z) for sampled codes z, `[num_images, H, W, C]` in [0, 1].
 
     `prior`: `standard` draws z ~ N(0, I) (the paper's Figure 3, for any model; a VAE's prior).
@@ -107,14 +116,14 @@ def latent_samples(model, num_images, reference_images=None, seed=0, prior="stan
     return model.head.point_estimate(model.decode(z)).numpy()
 
 
-def output_samples(model, images, num_samples=5, seed=SAMPLE_SEED):
+def output_samples(model: ProbabilisticModel, images: np.ndarray, num_samples: int = 5, seed: int = SAMPLE_SEED):
     """Samples of the output distribution p(x | input), clipped to [0, 1] for display,
     `[num_samples, N, H, W, C]` for images `[N, H, W, C]`."""
     images = check_images(images, "images", image_shape=model.image_shape)
     return np.clip(model.head.sample(model(images, training=False), num_samples, seed=seed).numpy(), 0, 1)
 
 
-def tsne(codes, seed=0):
+def tsne(codes: np.ndarray, seed: int = 0):
     """2-D t-SNE embedding `[N, 2]` of codes `[N, L]` (scikit-learn, PCA initialisation; codes
     wider than 50 are first reduced to 50 principal components, the usual practice).
 
@@ -133,7 +142,8 @@ def tsne(codes, seed=0):
     return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
 
 
-def latent_figure(model, data, num_samples=16, num_inputs=4, num_output_samples=5, tsne_images=1000, seed=0):
+def latent_figure(model: ProbabilisticModel, data: Dataset, num_samples: int = 16, num_inputs: int = 4,
+                  num_output_samples: int = 5, tsne_images: int = 1000, seed: int = 0):
     """Figure 3 for one model: (a) decoded latent samples (see `latent_samples`; an autoencoder's
     first half from N(0, I) as in the paper, the rest from the Gaussian fit), (b) inputs with
     samples of their output distribution, (c) t-SNE of the first `tsne_images` test latents
@@ -162,7 +172,7 @@ def latent_figure(model, data, num_samples=16, num_inputs=4, num_output_samples=
                                embedding_note=note, class_names=data.class_names)
 
 
-def components_figure(model, images):
+def components_figure(model: ProbabilisticModel, images: np.ndarray):
     """Figure 4: for each input `[N, H, W, C]`, its K component means (modes for t heads) sorted
     by the mixture log-density at them (nats, printed above each image)."""
     pts, lps = component_points(model, images)
@@ -172,7 +182,8 @@ def components_figure(model, images):
     return plots.components_grid(images, pts, lps, title=f"{model_label(model)}: components by log p (nats)")
 
 
-def augment(model, images, labels=None, min_log_prob=None, batch_size=200):
+def augment(model: ProbabilisticModel, images: np.ndarray, labels: np.ndarray | None = None,
+            min_log_prob: float | None = None, batch_size: int = 200):
     """The paper's augmentation: component images of a mixture head whose mixture log-density
     is at least `min_log_prob` (nats; None keeps all).
 

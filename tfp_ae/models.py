@@ -12,12 +12,19 @@ over images (its head's), registered with Keras, so after `import tfp_ae`:
 - under a mixed precision policy the encoder and decoder compute in the policy's dtype and the
   head (distribution and loss) in float32.
 """
+from __future__ import annotations
+
 import math
+import os
+from typing import TYPE_CHECKING
 
 from tfp_ae._tf import tf, tfd, tfk
 from tfp_ae.config import ARCHS, LOCATION_ACTIVATIONS, STEPS_PER_EXECUTION
 from tfp_ae.errors import InputError
 from tfp_ae.heads import INTERVAL_LEVEL, SAMPLE_SEED, make_head, register
+
+if TYPE_CHECKING:
+    from tfp_ae.heads.base import Head
 
 L = tfk.layers
 SAVE_FORMATS = "'.keras' (Keras v3 zip) or a folder path (TensorFlow SavedModel)"
@@ -38,7 +45,7 @@ class ProbabilisticModel(tfk.Model):
     eval_batch_size = 500      # images per batch in evaluation
     log_prob_note = None       # how `log_prob` is computed, where it is not exact
 
-    def __init__(self, encoder, decoder, head, build_args, **kwargs):
+    def __init__(self, encoder: tfk.Model, decoder: tfk.Model, head: Head, build_args: dict, **kwargs):
         super().__init__(**kwargs)
         self.encoder, self.decoder, self.head = encoder, decoder, head
         self.image_shape = tuple(head.event_shape)
@@ -56,12 +63,12 @@ class ProbabilisticModel(tfk.Model):
         p = tf.reshape(p, tf.concat([tf.shape(z)[:tf.rank(z) - nd], [self.head.size]], 0))
         return tf.cast(p, self.head.compute_dtype)
 
-    def decode(self, z):
+    def decode(self, z: tf.Tensor):
         """p(x | z): the head's distribution for codes `z` `[..., *code_shape]`; batch `z`'s leading
         shape (any rank: built by `head.new`, not through the Keras layer), event `[H, W, C]`."""
         return self.head.new(self._decoder_params(z))
 
-    def log_prob(self, x, seed=SAMPLE_SEED):
+    def log_prob(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
         """log p(x) `[B]` in nats of images `x` `[B, H, W, C]` in [0, 1] (`seed`: used only by
         models that estimate it by sampling, the VAE)."""
         return self(x, training=False).log_prob(x)
@@ -71,27 +78,27 @@ class ProbabilisticModel(tfk.Model):
         Figure 3 for an autoencoder, whose codes were not trained to follow it; a VAE's prior)."""
         return tfd.Independent(tfd.Normal(tf.zeros(self.code_shape), 1.0), len(self.code_shape))
 
-    def sample_images(self, num_images, seed=None):
+    def sample_images(self, num_images: int, seed: tuple[int, int] | tf.Tensor | None = None):
         """Point estimates of p(x|z) for z ~ `prior()`: `[num_images, H, W, C]` in [0, 1]
         (Figure 3, row 1); `seed`: stateless seed of the draw."""
         return self.head.point_estimate(self.decode(self.prior().sample(num_images, seed=seed)))
 
-    def point_estimate(self, x, seed=SAMPLE_SEED):
+    def point_estimate(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
         """The head's point estimate `[B, H, W, C]` in [0, 1] (mean; mode for t heads; mean of 50
         samples with the stateless `seed` for MAF), Ciobanu Section 3."""
         return self.head.point_estimate(self(x, training=False), seed=seed)
 
-    def variance(self, x, seed=SAMPLE_SEED):
+    def variance(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
         """Per-pixel variance `[B, H, W, C]` of p(x | input); NaN where it does not exist (`mse`;
         t heads with df <= 2)."""
         return self.head.variance(self(x, training=False), seed=seed)
 
-    def interval(self, x, level=INTERVAL_LEVEL, seed=SAMPLE_SEED):
+    def interval(self, x: tf.Tensor, level: float = INTERVAL_LEVEL, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
         """Per-pixel central `level` interval `(lo, hi)` of p(x | input), each `[B, H, W, C]` in pixel
         units (`tfp_ae.heads.Head.interval`); exists for every head but `mse`."""
         return self.head.interval(self(x, training=False), level, seed=seed)
 
-    def point_and_variance(self, x, seed=SAMPLE_SEED):
+    def point_and_variance(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
         """`point_estimate` and `variance` in one pass (MAF draws its samples once)."""
         return self.head.point_and_variance(self(x, training=False), seed=seed)
 
@@ -104,7 +111,7 @@ class ProbabilisticModel(tfk.Model):
         """The trainable parameters (the paper's counts; not the head's non-trainable `sigma_scale`)."""
         return int(sum(math.prod(w.shape) for w in self.trainable_weights))
 
-    def predict_step(self, data):
+    def predict_step(self, data: tuple):
         """`model.predict(x)` returns `point_estimate(x)` `[B, H, W, C]`."""
         x = data[0] if isinstance(data, (tuple, list)) else data
         return self.point_estimate(x)
@@ -112,7 +119,7 @@ class ProbabilisticModel(tfk.Model):
     def get_config(self):
         return dict(self.build_args, name=self.name)
 
-    def save(self, filepath, *args, **kwargs):
+    def save(self, filepath: str | os.PathLike, *args, **kwargs):
         """Keras' `save`; HDF5 (`.h5`) cannot hold a subclassed model.
 
         Raises:
@@ -132,7 +139,7 @@ class Autoencoder(ProbabilisticModel):
     decoder's output (Ciobanu, Section 3). Trained by `fit(x, x)` on the head's loss (NLL in nats
     per image; MSE for the `mse` head). Build it with `build_model`."""
 
-    def call(self, x, training=None):
+    def call(self, x: tf.Tensor, training: bool | None = None):
         return self.head(self.decoder(self.encoder(x, training=training), training=training))
 
     @property
@@ -140,16 +147,16 @@ class Autoencoder(ProbabilisticModel):
         """The head's registered loss function (NLL in nats per image; MSE for `mse`)."""
         return self.head.loss
 
-    def encode(self, x):
+    def encode(self, x: tf.Tensor):
         """The code `[B, *code_shape]` (the bottleneck; the faithful `cnn`'s feature maps)."""
         return self.encoder(x, training=False)
 
-    def objective(self, x):
+    def objective(self, x: tf.Tensor):
         """The training loss of a batch `x` `[B, H, W, C]`: the head's loss averaged over images."""
         return tf.reduce_mean(self.head.loss(x, self(x, training=True)))
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict):
         config = dict(config)
         return build_model(**config)
 
@@ -172,11 +179,12 @@ def _dense_decoder(size, latent_dim):
 class StopGradient(L.Layer):
     """`tf.stop_gradient`: the input passes forward, no gradient flows back to it."""
 
-    def call(self, x):
+    def call(self, x: tf.Tensor):
         return tf.stop_gradient(x)
 
 
-def faithful_decoder(location_decoder, code_shape, dispersion_size, dispersion_units, location_activation="linear"):
+def faithful_decoder(location_decoder: tfk.Model, code_shape: tuple[int, ...], dispersion_size: int, dispersion_units: int,
+                     location_activation: str = "linear"):
     """The decoder of `loss="faithful"` (Stirn et al., AISTATS 2023, Section 3 and their Figure 2):
     the arch's own decoder outputs only the location (the first D head parameters); a separate
     dispersion branch reads the code under stop_gradient (so the NLL cannot move the encoder or
@@ -211,7 +219,7 @@ def faithful_decoder(location_decoder, code_shape, dispersion_size, dispersion_u
     return tfk.Model(code, L.Concatenate()([location, dispersion]), name="decoder")
 
 
-def conv_relu_pool(filters=320):
+def conv_relu_pool(filters: int = 320):
     """Ciobanu, Section 4's first block, Conv2D(filters, 3x3, same, ReLU) then MaxPool 2x2, computed
     as Conv2D without bias -> MaxPool 2x2 -> `BiasActivation` (bias, ReLU). The two are the same
     function: max(relu(a_i + b)) = relu(max(a_i) + b) exactly in floating point, since adding b
@@ -227,15 +235,15 @@ class BiasActivation(L.Layer):
     """`activation(x + bias)` with one bias per channel (the last axis), initialised to zeros as
     Conv2D's: `[..., C]` -> `[..., C]`."""
 
-    def __init__(self, activation=None, **kwargs):
+    def __init__(self, activation: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.activation = tfk.activations.get(activation)
 
-    def build(self, input_shape):
+    def build(self, input_shape: tf.TensorShape):
         self.bias = self.add_weight(name="bias", shape=[input_shape[-1]], initializer="zeros")
         super().build(input_shape)
 
-    def call(self, x):
+    def call(self, x: tf.Tensor):
         return self.activation(tf.nn.bias_add(x, tf.cast(self.bias, x.dtype)))
 
     def get_config(self):
@@ -260,11 +268,11 @@ class TakeFirst(L.Layer):
     """The first `n` values of the last axis, `[B, m]` -> `[B, n]` (the faithful `cnn` discards the
     conv outputs beyond `params_size`)."""
 
-    def __init__(self, n, **kwargs):
+    def __init__(self, n: int, **kwargs):
         super().__init__(**kwargs)
         self.n = int(n)
 
-    def call(self, x):
+    def call(self, x: tf.Tensor):
         return x[:, :self.n]
 
     def get_config(self):
@@ -289,7 +297,7 @@ def cnn_features():
     return [*conv_relu_pool(), L.Conv2D(16, 1, activation="relu"), L.Flatten()]
 
 
-def check_image_shape(image_shape, arch):
+def check_image_shape(image_shape: tuple[int, int, int], arch: str):
     """Raises `InputError` unless H, W >= 2 for the convolutional architectures (their 2x2 max
     pooling). The head has already checked that `image_shape` is `(H, W, C)` with positive sizes."""
     if arch in ("cnn", "cnn_dense") and min(image_shape[:2]) < 2:
@@ -303,7 +311,7 @@ DISPERSION_UNITS = 256  # hidden units of the faithful dispersion branch (0: a l
 def build_model(head: str, image_shape: tuple[int, int, int], num_components: int = 1, arch: str = "mlp",
                 latent_dim: int = 32, name: str | None = None, loss: str = "nll", beta: float | None = None,
                 dispersion_units: int = DISPERSION_UNITS, location_activation: str = "linear",
-                **head_options) -> "Autoencoder":
+                **head_options) -> Autoencoder:
     """Build a probabilistic autoencoder (built: its weights exist).
 
     Args:
@@ -361,8 +369,8 @@ def build_model(head: str, image_shape: tuple[int, int, int], num_components: in
     return model
 
 
-def compile_model(model: "ProbabilisticModel", learning_rate: float = 1e-3, jit_compile: bool = False,
-                  steps_per_execution: int = STEPS_PER_EXECUTION, amsgrad: bool = False) -> "ProbabilisticModel":
+def compile_model(model: ProbabilisticModel, learning_rate: float = 1e-3, jit_compile: bool = False,
+                  steps_per_execution: int = STEPS_PER_EXECUTION, amsgrad: bool = False) -> ProbabilisticModel:
     """Compile with Adam (Keras defaults; `learning_rate` a float or a Keras schedule, `amsgrad`
     Adam's AMSGrad variant) on the head's registered loss (NLL in nats per image; MSE for `mse`).
     A VAE's loss is its own objective (no Keras loss).

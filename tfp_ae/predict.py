@@ -2,6 +2,10 @@
 (`tfp_ae.models.ProbabilisticModel`): log p(x), point estimates, variance maps, codes, component
 points. One compiled graph per model and quantity (any batch size); results as numpy arrays.
 Evaluation, figures, FID and export all read their numbers from here."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from tfp_ae._tf import tf
@@ -9,6 +13,10 @@ from tfp_ae.config import UNCERTAINTIES
 from tfp_ae.data import check_images
 from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED
+
+if TYPE_CHECKING:
+    from tfp_ae.models import ProbabilisticModel
+    from tfp_ae.vae import VAE
 
 QUANTITIES = {  # fn(model, images [B, H, W, C]) -> per-image result(s)
     "log_prob": lambda m, b: m.log_prob(b, seed=SAMPLE_SEED),
@@ -37,7 +45,7 @@ def _concatenate(outs):
     return np.concatenate([o.numpy() for o in outs])
 
 
-def map_batches(model, x, quantity, batch_size=None):
+def map_batches(model: ProbabilisticModel, x: np.ndarray, quantity: str, batch_size: int | None = None):
     """`QUANTITIES[quantity]` of `model` on images `x` `[N, H, W, C]` in [0, 1], batch by batch,
     concatenated as numpy (a tuple of arrays for quantities with several results).
 
@@ -52,35 +60,35 @@ def map_batches(model, x, quantity, batch_size=None):
     return _concatenate([step(tf.constant(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
 
 
-def map_dataset(model, batches, quantity):
+def map_dataset(model: ProbabilisticModel, batches: tf.data.Dataset, quantity: str):
     """`QUANTITIES[quantity]` of `model` on a `tf.data.Dataset` of image batches `[B, H, W, C]` in
     [0, 1] (a streamed split: never held whole), concatenated as numpy per image."""
     step = _step(model, quantity)
     return _concatenate([step(b) for b in batches])
 
 
-def nll_per_image(model, x, batch_size=None):
+def nll_per_image(model: ProbabilisticModel, x: np.ndarray, batch_size: int | None = None):
     """-log p(x) in nats for each image `[N]` of `x` `[N, H, W, C]` in [0, 1] (`model.log_prob`:
     the head's distribution, not its training loss; for a VAE the importance-sampled estimate)."""
     return -map_batches(model, x, "log_prob", batch_size)
 
 
-def elbo_per_image(vae, x, batch_size=None):
+def elbo_per_image(vae: VAE, x: np.ndarray, batch_size: int | None = None):
     """The ELBO of each image `[N]`, nats (one posterior sample, closed-form KL); VAE only."""
     return map_batches(vae, x, "elbo", batch_size)
 
 
-def point_estimates(model, x, batch_size=200):
+def point_estimates(model: ProbabilisticModel, x: np.ndarray, batch_size: int = 200):
     """The head's point estimate of each image, `[N, H, W, C]` clipped to [0, 1]."""
     return map_batches(model, x, "point", batch_size)
 
 
-def variance_maps(model, x, batch_size=200):
+def variance_maps(model: ProbabilisticModel, x: np.ndarray, batch_size: int = 200):
     """Per-pixel variance of each image's distribution, `[N, H, W, C]` (NaN where undefined)."""
     return map_batches(model, x, "variance", batch_size)
 
 
-def uncertainty_maps(model, x, kind="interval", batch_size=100):
+def uncertainty_maps(model: ProbabilisticModel, x: np.ndarray, kind: str = "interval", batch_size: int = 100):
     """Per-pixel uncertainty of each image's distribution p(x | input), `[N, H, W, C]`.
 
     `kind` (`tfp_ae.config.UNCERTAINTIES`):
@@ -103,18 +111,18 @@ def uncertainty_maps(model, x, kind="interval", batch_size=100):
     return np.sqrt(var) if kind == "std" else var
 
 
-def point_and_variance(model, x, batch_size=200):
+def point_and_variance(model: ProbabilisticModel, x: np.ndarray, batch_size: int = 200):
     """`point_estimates` and `variance_maps` of `x` in one pass (MAF: one draw of 50 samples)."""
     return map_batches(model, x, "point_variance", batch_size)
 
 
-def latents(model, x, batch_size=500):
+def latents(model: ProbabilisticModel, x: np.ndarray, batch_size: int = 500):
     """Codes `[N, prod(code_shape)]` of images `[N, H, W, C]` (`model.encode`: an autoencoder's
     bottleneck, a VAE's posterior mean), flattened."""
     return map_batches(model, x, "code", batch_size).reshape(len(x), -1)
 
 
-def component_points(model, x, batch_size=200):
+def component_points(model: ProbabilisticModel, x: np.ndarray, batch_size: int = 200):
     """Per-component point estimates `[N, K, H, W, C]` and mixture log-densities `[N, K]` (nats)
     of images `[N, H, W, C]` (see `tfp_ae.heads.Head.component_points`).
     Raises: ValueError for a head with K = 1 or bad images."""
@@ -126,7 +134,7 @@ def component_points(model, x, batch_size=200):
 SAMPLE_FLOATS = 2 ** 23  # bound on the draws held per batch by sample-based quantities (32 MiB of float32)
 
 
-def sample_batch_size(model, num_samples, most):
+def sample_batch_size(model: ProbabilisticModel, num_samples: int, most: int):
     """Images per batch for a quantity that draws `num_samples` images per input image: at most
     `most`, and at most `SAMPLE_FLOATS` drawn values (large images: fewer per batch), at least 1."""
     return max(1, min(most, SAMPLE_FLOATS // (num_samples * int(np.prod(model.image_shape)))))

@@ -4,17 +4,24 @@ A run folder holds `config.json` (what `tfp_ae.train.load_model` rebuilds from),
 (seed, attempts, finished epochs), `checkpoints/` (model + optimizer after every epoch) and at
 the end `metrics.json` and the figures.
 """
+from __future__ import annotations
+
 import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tfp_ae._tf import tf, tfk
 from tfp_ae.errors import InputError
+
+if TYPE_CHECKING:
+    from tfp_ae.config import RunConfig
+    from tfp_ae.models import ProbabilisticModel
 
 STATE_FILE = "state.json"          # progress of a run: seed, attempts, finished epochs
 CHECKPOINT_DIR = "checkpoints"     # tf.train checkpoints of model + optimizer, one per epoch
@@ -24,7 +31,7 @@ METRICS_FILE = "metrics.json"
 LOG_DIR = "logs"                   # TensorBoard logs (--tensorboard)
 
 
-def write_text(text, path):
+def write_text(text: str, path: str | os.PathLike):
     """Write a text file atomically (temporary file + rename): a crash never leaves half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -32,7 +39,7 @@ def write_text(text, path):
     os.replace(tmp, path)
 
 
-def write_json(obj, path):
+def write_json(obj: object, path: str | os.PathLike):
     """Write JSON atomically (see `write_text`)."""
     write_text(json.dumps(obj, indent=2, default=float), path)
 
@@ -46,14 +53,15 @@ class Progress(tfk.callbacks.Callback):
     the checkpoint goes to a temporary folder that is deleted right after, TensorFlow's
     multi-worker convention (every worker takes part in a save; only the chief's copy is kept)."""
 
-    def __init__(self, state, state_path=None, manager=None, writer=True):
+    def __init__(self, state: dict, state_path: str | os.PathLike | None = None,
+                 manager: tf.train.CheckpointManager | None = None, writer: bool = True):
         super().__init__()
         self.state, self.state_path, self.manager, self.writer = state, state_path, manager, writer
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None):
         self._t = time.perf_counter()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
         loss = float(logs["loss"])
         record = dict(loss=loss, seconds=time.perf_counter() - self._t)
         if "val_loss" in logs:
@@ -79,7 +87,7 @@ RESUME_IGNORED = ("out", "data_dir", "verbose", "strategy", "tensorboard", "unce
                   "steps_per_execution", "recalibration_criterion", "force_recalibration")  # none changes what is trained
 
 
-def load_state(run_dir, config):
+def load_state(run_dir: str | os.PathLike, config: RunConfig):
     """The saved progress of an unfinished run in `run_dir`, or a fresh state.
 
     Raises:
@@ -99,13 +107,13 @@ def load_state(run_dir, config):
     return state
 
 
-def checkpoint_manager(model, run_dir):
+def checkpoint_manager(model: ProbabilisticModel, run_dir: str | os.PathLike):
     """`tf.train.CheckpointManager` of model + optimizer in `run_dir/checkpoints` (two kept)."""
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     return tf.train.CheckpointManager(ckpt, str(Path(run_dir) / CHECKPOINT_DIR), max_to_keep=2)
 
 
-def recalibrated_manager(model, run_dir):
+def recalibrated_manager(model: ProbabilisticModel, run_dir: str | os.PathLike):
     """`tf.train.CheckpointManager` of model + optimizer after σ-scaling, in `run_dir/recalibrated` (one kept).
     Apart from the training checkpoints: TensorFlow replaces a checkpoint's files one by one, and a run
     killed while the fitted model overwrote its last epoch's checkpoint could not resume (the index of
@@ -115,7 +123,7 @@ def recalibrated_manager(model, run_dir):
     return tf.train.CheckpointManager(ckpt, str(Path(run_dir) / RECALIBRATED_DIR), max_to_keep=1)
 
 
-def restore(manager, max_epoch):
+def restore(manager: tf.train.CheckpointManager, max_epoch: int):
     """Restore the newest checkpoint with at most `max_epoch` finished epochs; returns its epoch count."""
     numbers = {int(p.rsplit("-", 1)[1]): p for p in manager.checkpoints}
     usable = [n for n in numbers if n <= max_epoch]
@@ -126,7 +134,7 @@ def restore(manager, max_epoch):
     return n
 
 
-def restore_checkpoint(checkpoint, path):
+def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str):
     """`checkpoint.restore(path)`, asserting that every object of the model was in the file, except a
     head's `sigma_scale` (added in 0.2.0: a checkpoint written before has none, and it stays 1).
 

@@ -1,7 +1,10 @@
 """Where and how a run executes: tf.distribute strategy, device summary, precision policy, the
 host-memory guard and the XLA probe."""
+from __future__ import annotations
+
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,8 +13,13 @@ from tfp_ae.config import STRATEGIES
 from tfp_ae.errors import InputError
 from tfp_ae.heads import get_head
 
+if TYPE_CHECKING:
+    from tfp_ae.config import RunConfig
+    from tfp_ae.heads.base import Head
+    from tfp_ae.models import ProbabilisticModel
 
-def make_strategy(name="default"):
+
+def make_strategy(name: str = "default"):
     """A `tf.distribute` strategy by name.
 
     `default`: one device (TensorFlow's placement: the GPU when there is one). `mirrored`:
@@ -32,7 +40,7 @@ def make_strategy(name="default"):
     raise InputError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
 
 
-def num_workers(strategy=None):
+def num_workers(strategy: tf.distribute.Strategy | None = None):
     """How many worker processes train together (1 unless `MultiWorkerMirroredStrategy`)."""
     strategy = strategy or tf.distribute.get_strategy()
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -40,14 +48,14 @@ def num_workers(strategy=None):
     return 1
 
 
-def worker(strategy=None):
+def worker(strategy: tf.distribute.Strategy | None = None):
     """`(index, count)` of this process among the workers that train together (`(0, 1)` alone)."""
     strategy = strategy or tf.distribute.get_strategy()
     count = num_workers(strategy)
     return (int(strategy.cluster_resolver.task_id or 0) if count > 1 else 0), count
 
 
-def device_summary(strategy=None):
+def device_summary(strategy: tf.distribute.Strategy | None = None):
     """Where training runs, e.g. `1 x CPU` or `2 x GPU (mirrored)`, for logs and metrics.json."""
     strategy = strategy or tf.distribute.get_strategy()
     gpus = tf.config.list_logical_devices("GPU")
@@ -60,7 +68,7 @@ def device_summary(strategy=None):
 
 
 @contextlib.contextmanager
-def precision_policy(name):
+def precision_policy(name: str):
     """Keras' global mixed precision policy set to `name` (`float32`, `mixed_float16`,
     `mixed_bfloat16`) while models are built inside the block, then restored: layers keep the
     policy they were built with. Heads stay float32 (see `tfp_ae.heads.Head`)."""
@@ -76,7 +84,8 @@ GIB = 2 ** 30
 RUNTIME_BYTES = 1 * GIB   # TensorFlow runtime + a cached 60k-image dataset (measured: ~0.9 GiB)
 
 
-def estimate_train_memory(head, image_shape, num_components=1, batch_size=128, latent_dim=32, **head_options):
+def estimate_train_memory(head: Head, image_shape: tuple[int, int, int], num_components: int = 1, batch_size: int = 128,
+                          latent_dim: int = 32, **head_options):
     """Rough peak host memory (bytes) of training an MLP autoencoder with `head`.
 
     weights x 4 (value, gradient, two Adam moments) x 4 bytes + batch x params_size x c x 4 bytes
@@ -106,7 +115,7 @@ def available_memory():
     return None
 
 
-def check_memory(config, image_shape):
+def check_memory(config: RunConfig, image_shape: tuple[int, int, int]):
     """Refuse, before building anything, a CPU training run that cannot fit in host memory.
 
     Raises:
@@ -135,7 +144,7 @@ def check_memory(config, image_shape):
         f"{free / GIB:.1f} GiB are available: {hint}, or run on a machine or GPU with more memory.")
 
 
-def probe_jit(model, images):
+def probe_jit(model: ProbabilisticModel, images: np.ndarray):
     """Whether one training step of `model` (loss and gradients) compiles with XLA, traced with an
     unknown batch size as `model.fit` does (some ops need static shapes under XLA).
 

@@ -22,9 +22,14 @@ Per-image scores (`SCORES`), all oriented so that higher means more anomalous:
   statistic.
 The per-pixel anomaly maps and their per-image reductions are in `tfp_ae.anomaly`.
 """
+from __future__ import annotations
+
 import csv
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn import metrics as skm
@@ -39,6 +44,9 @@ from tfp_ae.heads import bits_per_dim
 from tfp_ae.predict import point_estimates
 from tfp_ae.train import load_model
 
+if TYPE_CHECKING:
+    from tfp_ae.models import ProbabilisticModel
+
 SCORES = ("nll", "bits_per_dim", "likelihood_ratio", "complexity", "typicality", "min_p", "fisher")
 RECOMMENDED = "min_p"
 COMBINED = ("nll", "complexity")  # the scores whose p-values `min_p` and `fisher` combine
@@ -46,7 +54,7 @@ TRAIN_IMAGES = 2000  # training images: the reference of the p-values and the ce
 FIGURE_IMAGES = (4, 4)  # anomaly_maps.png: the highest-scored test images, then random others
 
 
-def png_bits_per_dim(x, num_levels=256):
+def png_bits_per_dim(x: np.ndarray, num_levels: int = 256):
     """Bits per dimension of each image `[N, H, W, C]` (pixels `k / (L - 1)`) compressed losslessly
     as PNG (`tf.io.encode_png` of the levels k, zlib at its default level), `[N]`: the complexity
     L(x) of Serra et al. (ICLR 2020), who used PNG among their compressors."""
@@ -63,7 +71,9 @@ def _bits(model, split, num_levels, seed):
     return -s["log_prob"], bits_per_dim(-s["log_prob_dequantized"], int(np.prod(split.image_shape)), num_levels)
 
 
-def image_scores(model, split, num_levels=256, background=None, reference=None, seed=0):
+def image_scores(model: ProbabilisticModel, split: Split | np.ndarray, num_levels: int = 256,
+                 background: ProbabilisticModel | None = None, reference: dict[str, np.ndarray] | None = None,
+                 seed: int = 0):
     """Every per-image score (`SCORES`) of the images of `split` (streamed), `[N]` each.
 
     Args:
@@ -97,7 +107,7 @@ def image_scores(model, split, num_levels=256, background=None, reference=None, 
     return out
 
 
-def p_values(scores, reference):
+def p_values(scores: np.ndarray, reference: np.ndarray):
     """One-sided empirical p-values of `scores` `[N]` against `reference` `[M]` (scores of training
     images): (1 + #{reference >= score}) / (M + 1), the conformal p-value (Vovk et al. 2005), in
     [1 / (M + 1), 1]; small = unusually high. NaN counts as +infinity."""
@@ -106,7 +116,7 @@ def p_values(scores, reference):
     return (1 + len(ref) - np.searchsorted(ref, s, side="left")) / (len(ref) + 1)
 
 
-def min_p_score(scores, reference, of=COMBINED):
+def min_p_score(scores: dict[str, np.ndarray], reference: dict[str, np.ndarray], of: Sequence[str] = COMBINED):
     """Tippett's combined test (L. H. C. Tippett, "The Methods of Statistics", 1931): the smallest of the
     p-values (`p_values`) of the scores `of` (default raw `nll` and `complexity`) against the training
     images', Bonferroni-adjusted (times `len(of)`, at most 1); returned as -log of that p-value, `[N]`
@@ -121,7 +131,7 @@ def min_p_score(scores, reference, of=COMBINED):
     return -np.log(np.minimum(1.0, len(of) * p))
 
 
-def fisher_score(scores, reference, of=COMBINED):
+def fisher_score(scores: dict[str, np.ndarray], reference: dict[str, np.ndarray], of: Sequence[str] = COMBINED):
     """Fisher's combined statistic -2 sum_k log p_k over the p-values (`p_values`) of the scores `of`
     (default raw `nll` and `complexity`) against the training images' (R. A. Fisher, "Statistical
     Methods for Research Workers", 1925, Sec. 21.1; Bergamin et al., AISTATS 2022, combine OOD test
@@ -134,13 +144,13 @@ def fisher_score(scores, reference, of=COMBINED):
     return -2 * sum(np.log(p_values(scores[c], reference[c])) for c in of)
 
 
-def fpr_at_tpr(labels, scores, tpr=0.95):
+def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr: float = 0.95):
     """False-positive rate at the first threshold whose true-positive rate reaches `tpr`."""
     fpr, tprs, _ = skm.roc_curve(labels, scores)
     return float(fpr[np.searchsorted(tprs, tpr, side="left")])
 
 
-def ood_metrics(scores_in, scores_ood):
+def ood_metrics(scores_in: np.ndarray, scores_ood: np.ndarray):
     """`{"auroc", "auprc", "fpr_at_95_tpr"}` of one score, OOD (or defective) as the positive class
     (scikit-learn).
 
@@ -157,7 +167,7 @@ def ood_metrics(scores_in, scores_ood):
                 fpr_at_95_tpr=fpr_at_tpr(labels, s))
 
 
-def detection_metrics(scores, labels):
+def detection_metrics(scores: dict[str, np.ndarray], labels: np.ndarray):
     """Image-level detection as MVTec AD users measure it: good test images against defective ones.
 
     Args:
@@ -179,7 +189,7 @@ def detection_metrics(scores, labels):
                 per_defect={str(d): m for d, m in per_defect.items()})
 
 
-def grouped_metrics(scores, positive, groups):
+def grouped_metrics(scores: dict[str, np.ndarray], positive: np.ndarray, groups: np.ndarray):
     """`ood_metrics` of every score, the positive images against all the others, overall and per group.
 
     Args:
@@ -198,8 +208,10 @@ def grouped_metrics(scores, positive, groups):
     return overall, per_group
 
 
-def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, limit=None, seed=0, image_size=None,
-              crop=None, channels=None, ood_test_fraction=None):
+def score_run(run_dir: str | os.PathLike, data: str, ood: str | None = None, background: str | os.PathLike | None = None,
+              out: str | os.PathLike | None = None, masks: np.ndarray | str | os.PathLike | None = None,
+              limit: int | None = None, seed: int = 0, image_size: int | tuple[int, int] | None = None,
+              crop: str | None = None, channels: int | None = None, ood_test_fraction: float | None = None):
     """`tfp-ae score`: every score of a trained run on a dataset and (optionally) an OOD dataset, the
     detection of defective test images and the localisation of their defects.
 
@@ -295,7 +307,8 @@ def score_run(run_dir, data, ood=None, background=None, out=None, masks=None, li
     return rows, result
 
 
-def write_scores(out, rows, result, pairs=None, labels=("in", "OOD")):
+def write_scores(out: str | os.PathLike, rows: list[dict], result: dict,
+                 pairs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, labels: tuple[str, str] = ("in", "OOD")):
     """Write `scores.csv` (`rows`, dicts with the same keys), `metrics.json` (`result`) and, with `pairs`
     `{score: (in-distribution or normal [N], OOD or novel [M])}`, `roc.png` and `histograms.png` (the two
     sets named by `labels`) into the folder `out` (created)."""

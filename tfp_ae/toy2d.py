@@ -25,10 +25,15 @@ steps at batch 200 on a fresh batch per step; `growth` shrinks the blocks for a 
 
 Points are fed to the package's heads as 1 x 2 single-channel "images" (event shape (1, 2, 1)).
 """
+from __future__ import annotations
+
 import dataclasses
 import json
 import math
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.integrate import trapezoid
@@ -40,6 +45,9 @@ from tfp_ae.errors import InputError
 from tfp_ae.models import compile_model
 from tfp_ae.rundir import write_json
 from tfp_ae.vae import build_vae
+
+if TYPE_CHECKING:
+    from tfp_ae.vae import VAE
 
 TOY_DATASETS = ("8gaussians", "checkerboard", "2spirals")
 TOY_SCALES = ("ffjord", "tutorial")   # FFJORD's generators; the tutorial's (divided by 8, spirals without u)
@@ -76,11 +84,11 @@ class ToySetup:
     batch_size: int = 200
     num_train: int = 100_000
 
-    def steps(self, objective):
+    def steps(self, objective: str):
         """Adam steps of the VAE (`elbo`) or the IWAE (`iwae`) in this set-up."""
         return self.vae_steps if objective == "elbo" else self.iwae_steps
 
-    def learning_rate_schedule(self, steps):
+    def learning_rate_schedule(self, steps: int):
         """Adam's learning rate: constant, or halved at each of `halve_at` x `steps` optimizer steps."""
         if not self.halve_at:
             return self.learning_rate
@@ -95,7 +103,8 @@ TOY_SETUPS = {
 }
 
 
-def resolve_setup(setup="laptop", steps=None, growth=None, num_train=None):
+def resolve_setup(setup: str | ToySetup = "laptop", steps: int | None = None, growth: int | None = None,
+                  num_train: int | None = None):
     """A `ToySetup`: the preset `setup` (a name or a ToySetup) with overrides. `steps`: VAE steps
     (IWAE steps keep the preset's ratio); `growth`: the width of every hidden layer (the tutorial's
     dense-block growth); `num_train`: a fixed training set of that size.
@@ -128,7 +137,7 @@ def _check(name, scale="ffjord"):
         raise InputError(f"unknown toy scale {scale!r}; valid: {', '.join(TOY_SCALES)}")
 
 
-def sample_toy(name, num_points, seed=0, scale="ffjord"):
+def sample_toy(name: str, num_points: int, seed: int = 0, scale: str = "ffjord"):
     """`num_points` points `[N, 2]` float32 of a toy dataset, reproducible from `seed`; `scale`
     `ffjord` (the definitions above) or `tutorial` (divided by 8; spirals without u).
 
@@ -154,7 +163,7 @@ def sample_toy(name, num_points, seed=0, scale="ffjord"):
     return (x / _TUTORIAL_DIVISOR if tutorial else x).astype(np.float32)
 
 
-def toy_log_prob(name, x, scale="ffjord"):
+def toy_log_prob(name: str, x: np.ndarray, scale: str = "ffjord"):
     """The exact log-density `[N]` (nats) of a toy dataset at points `x` `[N, 2]`.
 
     8gaussians: the mixture density; checkerboard: -log 32 on the squares, -inf elsewhere;
@@ -194,7 +203,7 @@ def _log_prob_unscaled(name, x, box):
     return out
 
 
-def toy_entropy(name, num_samples=50_000, seed=12345, scale="ffjord"):
+def toy_entropy(name: str, num_samples: int = 50_000, seed: int = 12345, scale: str = "ffjord"):
     """Differential entropy H = -E[log p(x)] of a toy dataset, nats.
 
     Returns:
@@ -222,7 +231,8 @@ def _as_images(x):
     return np.asarray(x, np.float32).reshape(-1, 1, 2, 1)
 
 
-def toy_vae(objective="elbo", iw_samples=10, seed=0, setup=TOY_SETUPS["laptop"], steps=None):
+def toy_vae(objective: str = "elbo", iw_samples: int = 10, seed: int = 0, setup: ToySetup = TOY_SETUPS["laptop"],
+            steps: int | None = None):
     """A compiled VAE with a 2-d latent and a `normal_diag` decoder, built and optimised as `setup`
     says (`steps`: the length of its learning-rate schedule, default the setup's)."""
     tfk.utils.set_random_seed(seed)
@@ -232,7 +242,8 @@ def toy_vae(objective="elbo", iw_samples=10, seed=0, setup=TOY_SETUPS["laptop"],
     return compile_model(vae, schedule, amsgrad=setup.amsgrad)
 
 
-def train_toy_vae(name, objective="elbo", setup=TOY_SETUPS["laptop"], seed=0, iw_samples=10, verbose=2, epochs=20):
+def train_toy_vae(name: str, objective: str = "elbo", setup: ToySetup = TOY_SETUPS["laptop"], seed: int = 0,
+                  iw_samples: int = 10, verbose: int = 2, epochs: int = 20):
     """`toy_vae` trained with `model.fit` for `setup.steps(objective)` Adam steps at
     `setup.batch_size` on dataset `name` (a fixed set of `setup.num_train` points drawn with
     `seed`, shuffled every epoch, or a fresh batch per step); progress: Keras' line per epoch,
@@ -250,7 +261,7 @@ def train_toy_vae(name, objective="elbo", setup=TOY_SETUPS["laptop"], seed=0, iw
     return vae
 
 
-def toy_scores(vae, x, num_samples=250, batch_size=1000):
+def toy_scores(vae: VAE, x: np.ndarray, num_samples: int = 250, batch_size: int = 1000):
     """(-ELBO, -IWAE_k training bound, importance-sampled NLL) averaged over points `x` `[N, 2]`, nats."""
     xs = _as_images(x)
     elbo, bound, nll = [], [], []
@@ -262,15 +273,16 @@ def toy_scores(vae, x, num_samples=250, batch_size=1000):
     return -float(np.concatenate(elbo).mean()), -float(np.concatenate(bound).mean()), float(np.concatenate(nll).mean())
 
 
-def model_log_density(vae, points, num_samples=250, batch_size=1000):
+def model_log_density(vae: VAE, points: np.ndarray, num_samples: int = 250, batch_size: int = 1000):
     """log p(x) `[N]` of a toy VAE at points `[N, 2]` by importance sampling."""
     xs = _as_images(points)
     return -np.concatenate([vae.importance_nll(xs[i:i + batch_size], num_samples).numpy()
                             for i in range(0, len(xs), batch_size)])
 
 
-def run_study(out, setup="laptop", steps=None, growth=None, num_train=None, datasets=TOY_DATASETS,
-              num_test=10_000, seed=0, log=print):
+def run_study(out: str | os.PathLike, setup: str | ToySetup = "laptop", steps: int | None = None, growth: int | None = None,
+              num_train: int | None = None, datasets: Sequence[str] = TOY_DATASETS, num_test: int = 10_000, seed: int = 0,
+              log: Callable[[str], None] = print):
     """Train a VAE and an IWAE (k=10) per dataset as the set-up says (`resolve_setup(setup, steps,
     growth, num_train)`); write `results.json` (with the set-up) and the weights of each finished
     cell (so an interrupted study resumes without retraining them), `table.md` and `toy2d.png`.
@@ -313,7 +325,7 @@ def run_study(out, setup="laptop", steps=None, growth=None, num_train=None, data
     return rows
 
 
-def study_table(results, datasets=TOY_DATASETS, scale="ffjord"):
+def study_table(results: dict, datasets: Sequence[str] = TOY_DATASETS, scale: str = "ffjord"):
     """One row per dataset: H and our scores (`results`: nats) in bits, with the tutorial's (bits)."""
     rows = []
     bits = 1 / math.log(2)
@@ -327,7 +339,7 @@ def study_table(results, datasets=TOY_DATASETS, scale="ffjord"):
     return rows
 
 
-def markdown_table(rows, setup=TOY_SETUPS["laptop"]):
+def markdown_table(rows: list[dict], setup: ToySetup = TOY_SETUPS["laptop"]):
     """The study as Markdown, all in bits: ours (H, -ELBO, NLL at the set-up's data scale), our gaps
     to H, and the tutorial's numbers and gaps (at its scale; gaps do not depend on the scale)."""
     note = ("at the tutorial's data scale" if setup.scale == "tutorial" else
@@ -352,7 +364,8 @@ def markdown_table(rows, setup=TOY_SETUPS["laptop"]):
 LOG_DENSITY_RANGE = 12.0  # nats shown below a row's highest log-density (the rest is the darkest colour)
 
 
-def study_figure(models, datasets=TOY_DATASETS, seed=0, grid=100, scale="ffjord"):
+def study_figure(models: dict[str, VAE], datasets: Sequence[str] = TOY_DATASETS, seed: int = 0, grid: int = 100,
+                 scale: str = "ffjord"):
     """Per dataset: ground-truth, VAE and IWAE log-densities log p(x) (nats) on a grid, on one colour
     scale per row (from the row's highest value down `LOG_DENSITY_RANGE` nats, with a colour bar;
     a density panel scaled to its own maximum is black but for its one hottest pixel), and the VAE's

@@ -1,10 +1,14 @@
 """Train one experiment, top to bottom: `run(config)` = load data -> build -> `fit` (resumable,
 retried on a NaN loss) -> evaluate -> write `metrics.json` and figures; `load_model` rebuilds a
 trained run."""
+from __future__ import annotations
+
 import dataclasses
 import json
 import math
+import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +58,7 @@ class DivergedError(RuntimeError):
     """Training hit a NaN/inf loss in every attempt."""
 
 
-def build_and_compile(config, image_shape):
+def build_and_compile(config: RunConfig, image_shape: tuple[int, int, int]):
     """The compiled model a `RunConfig` describes: an `Autoencoder` (`build_model`) or a `VAE`
     (`build_vae`), its layers under `config.precision`, with Adam's state built (so a checkpoint
     can be restored into it).
@@ -75,14 +79,15 @@ def build_and_compile(config, image_shape):
     return model
 
 
-def hold_out(split, config):
+def hold_out(split: Split, config: RunConfig):
     """(the images trained on, the held-out images) of a training `Split`: its last
     `config.held_out_fraction` images are held out (validation loss, sigma-scaling), a fixed choice."""
     n = int(split.count * config.held_out_fraction)
     return split.subset(0, split.count - n), split.subset(split.count - n)
 
 
-def fit(config, x_train, num_levels, callbacks=(), run_dir=None, strategy=None, resume=True):
+def fit(config: RunConfig, x_train: np.ndarray | Split, num_levels: int, callbacks: Sequence[tfk.callbacks.Callback] = (),
+        run_dir: str | os.PathLike | None = None, strategy: tf.distribute.Strategy | None = None, resume: bool = True):
     """Build and train a model: resumable, retried with seed+1, seed+2... when the loss becomes NaN.
 
     `x_train`: float32 images `[N, H, W, C]` in [0, 1], or a `tfp_ae.data.Split` (streamed:
@@ -294,7 +299,8 @@ def run(config: RunConfig, callbacks: tuple | list = (), overwrite: bool = False
     return model, metrics
 
 
-def recalibrate(model, held_out, num_levels, seed, test_images, test, criterion="calibration", force=False):
+def recalibrate(model: ProbabilisticModel, held_out: Split, num_levels: int, seed: int, test_images: np.ndarray, test: Split,
+                criterion: str = "calibration", force: bool = False):
     """sigma-scaling of a trained autoencoder (`tfp_ae.evaluate.fit_sigma_scale`, minimising
     `criterion`) on the held-out `Split` (its images dequantised with the stateless seeds
     (seed + `HELD_OUT_SEED`, i), both input and target). Returns `{"sigma_scale", "criterion",
@@ -381,7 +387,7 @@ def load_model(run_dir: str | Path) -> tuple[ProbabilisticModel, RunConfig]:
     return model, config
 
 
-def tensorboard_callback(log_dir):
+def tensorboard_callback(log_dir: str | os.PathLike):
     """Keras' `TensorBoard` callback writing to `log_dir`.
 
     Raises:

@@ -23,7 +23,10 @@ for MNIST with `normal_diag`, as in Table 1; `hidden` adds ReLU layers to both),
 networks: each hidden layer sees the concatenation of the input and all earlier hidden outputs,
 DenseNet style, and every Dense layer is weight-normalised, Salimans & Kingma 2016).
 """
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +35,9 @@ from tfp_ae.config import OBJECTIVES, VAE_ARCHS
 from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED, make_head, positive, register
 from tfp_ae.models import ProbabilisticModel, check_image_shape, cnn_features
+
+if TYPE_CHECKING:
+    from tfp_ae.heads.base import Head
 
 L = tfk.layers
 NLL_SAMPLES = 250
@@ -62,7 +68,7 @@ class VAE(ProbabilisticModel):
     trained_prior = True       # codes drawn from `prior()` decode to images like the data
     eval_batch_size = 50       # importance sampling holds NLL_SAMPLES decodings per image
 
-    def __init__(self, encoder, decoder, head, build_args, **kwargs):
+    def __init__(self, encoder: tfk.Model, decoder: tfk.Model, head: Head, build_args: dict, **kwargs):
         super().__init__(encoder, decoder, head, build_args, **kwargs)
         objective, iw_samples = build_args["objective"], build_args["iw_samples"]
         if objective not in OBJECTIVES:
@@ -77,7 +83,7 @@ class VAE(ProbabilisticModel):
         self._trackers = [tfk.metrics.Mean(n) for n in ("loss", "reconstruction", "kl")]
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict):
         return build_vae(**config)
 
     @property
@@ -94,7 +100,7 @@ class VAE(ProbabilisticModel):
         """p(z) = N(0, I), event `[latent_dim]`."""
         return tfd.MultivariateNormalDiag(tf.zeros([self.latent_dim]))
 
-    def posterior(self, x):
+    def posterior(self, x: tf.Tensor):
         """q(z|x) = N(mu, diag sigma^2), batch `[B]`, event `[latent_dim]`."""
         loc, scale = tf.split(tf.cast(self.encoder(x), self.head.compute_dtype), 2, axis=-1)
         return tfd.MultivariateNormalDiag(loc, positive(scale))
@@ -103,14 +109,14 @@ class VAE(ProbabilisticModel):
     def code_shape(self):
         return (self.latent_dim,)
 
-    def call(self, x, training=None):
+    def call(self, x: tf.Tensor, training: bool | None = None):
         return self.head(self._decoder_params(self.posterior(x).mean()))
 
-    def encode(self, x):
+    def encode(self, x: tf.Tensor):
         """The posterior mean `[B, latent_dim]`."""
         return self.posterior(x).mean()
 
-    def log_prob(self, x, seed=SAMPLE_SEED):
+    def log_prob(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
         """log p(x) `[B]` nats, by importance sampling (`importance_nll`, stateless `seed`)."""
         return -self.importance_nll(x, seed=seed)
 
@@ -118,12 +124,12 @@ class VAE(ProbabilisticModel):
     def log_prob_note(self):
         return f"VAE: test_nll_nats is -log p(x) by importance sampling ({NLL_SAMPLES} samples)"
 
-    def objective(self, x, seed=SAMPLE_SEED):
+    def objective(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
         """The training loss of a batch: -ELBO or -IWAE_k averaged over images (nats); `seed`:
         stateless seed of the posterior draws."""
         return self._objective(x, seed)[0]
 
-    def elbo(self, x, z=None, seed=SAMPLE_SEED):
+    def elbo(self, x: tf.Tensor, z: tf.Tensor | None = None, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
         """(elbo, log p(x|z), KL) per image, `[B]` each, nats. One reparameterised sample z ~ q
         drawn with the stateless `seed` (or the given `z` `[B, L]`) for the reconstruction term,
         the KL in closed form (`tfd.kl_divergence`, the tutorial's Eq. 7)."""
@@ -133,7 +139,8 @@ class VAE(ProbabilisticModel):
         kl = tfd.kl_divergence(q, self.prior())
         return rec - kl, rec, kl
 
-    def log_weights(self, x, num_samples, z=None, seed=SAMPLE_SEED):
+    def log_weights(self, x: tf.Tensor, num_samples: int, z: tf.Tensor | None = None,
+                    seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
         """log p(x|z_i) + log p(z_i) - log q(z_i|x), `[num_samples, B]`, z_i ~ q (or `z` `[S, B, L]`);
         `seed`: stateless seed of the draw."""
         q = self.posterior(x)
@@ -145,11 +152,12 @@ class VAE(ProbabilisticModel):
         rec = self.decode(z).log_prob(x)
         return rec, rec + self.prior().log_prob(z) - q.log_prob(z)
 
-    def iwae_bound(self, x, num_samples, z=None, seed=SAMPLE_SEED):
+    def iwae_bound(self, x: tf.Tensor, num_samples: int, z: tf.Tensor | None = None,
+                   seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
         """IWAE_k lower bound on log p(x), `[B]` nats (Burda et al. 2016, Eq. 8)."""
         return _log_mean_exp(self.log_weights(x, num_samples, z, seed), num_samples)
 
-    def importance_nll(self, x, num_samples=NLL_SAMPLES, seed=SAMPLE_SEED):
+    def importance_nll(self, x: tf.Tensor, num_samples: int = NLL_SAMPLES, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
         """-log p(x) estimated by importance sampling with q as proposal, `[B]` nats (tutorial Eq. 15)."""
         return -self.iwae_bound(x, num_samples, seed=seed)
 
@@ -182,7 +190,7 @@ class VAE(ProbabilisticModel):
             tracker.update_state(v)
         return {t.name: t.result() for t in self._trackers}
 
-    def train_step(self, data):
+    def train_step(self, data: tuple):
         x = data[0] if isinstance(data, tuple) else data
         with tf.GradientTape() as tape:
             values = self._objective(x, self.step_seed())
@@ -192,7 +200,7 @@ class VAE(ProbabilisticModel):
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         return self._log(values)
 
-    def test_step(self, data):
+    def test_step(self, data: tuple):
         return self._log(self._objective(data[0] if isinstance(data, tuple) else data, SAMPLE_SEED))
 
 
@@ -216,7 +224,7 @@ def _dense_block(inputs, hidden, outputs, name):
 
 def build_vae(head: str, image_shape: tuple[int, int, int], num_components: int = 1, arch: str = "mlp",
               latent_dim: int = 32, objective: str = "elbo", iw_samples: int = 1, hidden: tuple = (),
-              name: str | None = None, seed: int = 0, free_bits: float = 0.0, **head_options) -> "VAE":
+              name: str | None = None, seed: int = 0, free_bits: float = 0.0, **head_options) -> VAE:
     """Build a `VAE` (built: its weights exist; compile it with `tfp_ae.models.compile_model`).
 
     Args:

@@ -1,5 +1,7 @@
 """Images held in memory: the `Dataset` record every in-memory loader returns, and the checks
 every array of images passes (`check_images`, `prepare_images`)."""
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +36,7 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
-def check_images(x, name="images", image_shape=None):
+def check_images(x: np.ndarray, name: str = "images", image_shape: tuple[int, int, int] | None = None):
     """Validate a batch of images for the models of this package.
 
     Args:
@@ -67,7 +69,8 @@ def check_images(x, name="images", image_shape=None):
     return x
 
 
-def prepare_images(x, rescale=False, name="images", image_shape=None):
+def prepare_images(x: np.ndarray, rescale: bool = False, name: str = "images",
+                   image_shape: tuple[int, int, int] | None = None):
     """`check_images` after an optional `x / 255` (`rescale`, for 8-bit data given as 0-255).
 
     Raises:

@@ -5,7 +5,12 @@ split of the sorted file list (seed `SPLIT_SEED`, `test_fraction` of the files f
 every image sits in a subfolder one level below the split's folder, the sorted subfolder names
 are the class names and their indices the labels.
 """
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -14,26 +19,30 @@ from tqdm import tqdm
 from tfp_ae.data.split import SPLITS, Source, Split
 from tfp_ae.errors import InputError
 
+if TYPE_CHECKING:
+    from tfp_ae.data import SourceOptions
+    from tfp_ae.data.geometry import Geometry
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SPLIT_SEED = 0  # the fixed shuffle of a folder without train/ and test/ before its test fraction is cut off
 
 
-def claims(spec):
+def claims(spec: str):
     """A folder that holds no TFRecord shards (`tfp_ae.data.shards` is asked first)."""
     return Path(spec).is_dir()
 
 
-def has_split_folders(folder):
+def has_split_folders(folder: str | os.PathLike):
     """True when `folder` has both `train/` and `test/` subfolders (they are then its splits)."""
     return all((Path(folder) / s).is_dir() for s in SPLITS)
 
 
-def open_source(spec, geometry, options):
+def open_source(spec: str, geometry: Geometry, options: SourceOptions):
     """The `Source` of the image folder `spec` (see the module docstring)."""
     return folder_source(Path(spec), geometry, options.test_fraction, options.skip_bad_images)
 
 
-def image_files(folder):
+def image_files(folder: str | os.PathLike):
     """Image files under `folder`, recursively, sorted by path."""
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
@@ -42,7 +51,7 @@ def _channels_of(mode):
     return 1 if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "F") else 3
 
 
-def scan_images(paths, skip_bad_images=False):
+def scan_images(paths: Sequence[str], skip_bad_images: bool = False):
     """Check every image file with Pillow (headers, PNG chunk checksums, a full decode of other
     formats). Returns (sizes `[(h, w)]`, channels `[c]`, kept paths, skipped `[(path, reason)]`).
 
@@ -78,7 +87,7 @@ def _folder_labels(root, paths):
     return np.array([index[q[0]] for q in parts], np.int64), classes
 
 
-def folder_source(folder, geometry, test_fraction, skip_bad_images):
+def folder_source(folder: str | os.PathLike, geometry: Geometry, test_fraction: float, skip_bad_images: bool):
     """The `Source` of an image folder (module docstring): checks every file (`scan_images`), splits,
     labels from class subfolders.
 

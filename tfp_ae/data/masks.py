@@ -1,6 +1,10 @@
 """Defect masks of a test split (an `.npz` or a folder of mask images in MVTec AD's layout), for the
 pixel AUROC and PRO of anomaly maps."""
+from __future__ import annotations
+
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -8,6 +12,9 @@ from PIL import Image
 from tfp_ae.data.folders import IMAGE_EXTENSIONS, image_files
 from tfp_ae.data.geometry import Geometry
 from tfp_ae.errors import InputError
+
+if TYPE_CHECKING:
+    from tfp_ae.data.split import Split
 
 MASK_SUFFIX = "_mask"  # MVTec AD names the mask of test/crack/000.png ground_truth/crack/000_mask.png
 
@@ -35,7 +42,7 @@ def _read_mask(path, split):
     return m > 0.5
 
 
-def load_masks(spec, split):
+def load_masks(spec: str | os.PathLike, split: Split):
     """Defect masks of a test split, for the pixel AUROC and PRO of anomaly maps.
 
     Args:

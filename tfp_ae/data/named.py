@@ -4,6 +4,8 @@ digits, as float32 images `[N, H, W, 1]` with values `k / (L - 1)` for integer l
 
 `load_dataset` is also the entry for `.npz` files (`tfp_ae.data.npz`).
 """
+from __future__ import annotations
+
 import gzip
 import os
 import socket
@@ -38,7 +40,7 @@ class DataNotFoundError(FileNotFoundError):
     """No copy of a dataset was found; the message lists where we looked and how to get it."""
 
 
-def read_idx(path):
+def read_idx(path: str | os.PathLike):
     """Read an IDX file (optionally gzip-compressed) into a uint8 array.
 
     Format (LeCun et al.): big-endian magic `0x000008NN` (0x08 = unsigned byte, NN = number of
@@ -92,7 +94,7 @@ def _has_idx(folder):
     return all((folder / f).exists() for pair in IDX_FILES.values() for f in pair)
 
 
-def find_idx_dir(name, data_dir=None):
+def find_idx_dir(name: str, data_dir: str | os.PathLike | None = None):
     """The first folder holding all four IDX files of `name`, or None.
 
     Search order: `data_dir` (or its `mnist/` / `fashion-mnist/` subfolder), `$TFP_AE_DATA_DIR/<folder>`,
@@ -104,7 +106,7 @@ def find_idx_dir(name, data_dir=None):
     return None
 
 
-def dataset_available(name, data_dir=None):
+def dataset_available(name: str, data_dir: str | os.PathLike | None = None):
     """True when `name` can be loaded without a download."""
     if name == "digits":
         return True
@@ -115,7 +117,7 @@ def _keras_npz(name):
     return Path.home() / ".keras" / "datasets" / f"{name}.npz"
 
 
-def network_reachable(address=DOWNLOAD_PROBE, timeout=PROBE_SECONDS):
+def network_reachable(address: tuple[str, int] = DOWNLOAD_PROBE, timeout: float = PROBE_SECONDS):
     """One short probe, no retries: can a TCP connection to `address` `(host, port)` be opened
     within `timeout` seconds (name lookup included)? Offline, a tensorflow-datasets download
     retries for minutes before it fails; this answers in at most `timeout` seconds."""

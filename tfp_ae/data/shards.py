@@ -1,10 +1,14 @@
 """TFRecord shards as a `Source` (`SHARD_SCHEMA`: one `tf.train.Example` per image), and `convert`,
 which writes any `Source` as shards. Shard files are assigned to a split by name (`train*`,
 `test*`); `convert` also writes `SHARDS_INFO` (counts, shape, pixel levels, class names)."""
+from __future__ import annotations
+
 import glob
 import json
 import math
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -13,6 +17,10 @@ from tfp_ae._tf import tf
 from tfp_ae.data.split import SPLITS, Source, Split
 from tfp_ae.errors import InputError
 
+if TYPE_CHECKING:
+    from tfp_ae.data import SourceOptions
+    from tfp_ae.data.geometry import Geometry
+
 SHARDS_INFO = "tfp_ae_shards.json"
 SHARD_SCHEMA = {  # one tf.train.Example per image
     "image": tf.io.FixedLenFeature([], tf.string),  # the encoded image (PNG from `convert`; any format decode_image reads)
@@ -20,7 +28,7 @@ SHARD_SCHEMA = {  # one tf.train.Example per image
 }
 
 
-def claims(spec):
+def claims(spec: str):
     """A folder holding `*.tfrecord*` files, or a glob pattern that is not an existing path."""
     path = Path(spec)
     if path.is_dir():
@@ -28,7 +36,7 @@ def claims(spec):
     return any(ch in spec for ch in "*?[") and not path.exists()
 
 
-def open_source(spec, geometry, options):
+def open_source(spec: str, geometry: Geometry, options: SourceOptions):
     """The `Source` of the shard folder or glob `spec`."""
     return shard_source(spec, geometry, options.skip_bad_images)
 
@@ -55,7 +63,7 @@ def _shard_files(spec):
     return by_split
 
 
-def shard_source(spec, geometry, skip_bad_images=False):
+def shard_source(spec: str, geometry: Geometry, skip_bad_images: bool = False):
     """The `Source` of TFRecord shards (`SHARD_SCHEMA`) in a folder or matching a glob, with the counts,
     shape, levels and class names of their `SHARDS_INFO` when present.
 
@@ -114,7 +122,7 @@ def _example(encoded, label):
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def convert(source, out, shards=1, overwrite=False):
+def convert(source: Source, out: str | os.PathLike, shards: int = 1, overwrite: bool = False):
     """Write a `Source` (after its geometry) as TFRecord shards: `out/{split}-{i:05d}-of-{n:05d}.tfrecord`
     in the split's fixed order (shard i holds a contiguous block), each record a `SHARD_SCHEMA`
     example (PNG of the levels `k`), plus `out/tfp_ae_shards.json` (name, counts, image shape,

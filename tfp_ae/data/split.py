@@ -1,8 +1,10 @@
 """`Split` (the images of one split in a fixed order, read lazily: arrays in memory, image files or
 TFRecord records) and `Source` (a dataset's train and test splits with what they share): what
 every source kind returns, and what training, evaluation and scoring read."""
+from __future__ import annotations
+
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -52,7 +54,7 @@ class Split:
         return self.y is not None if self.kind == "array" else self.labels is not None if self.kind == "files" \
             else self.parse is not None and getattr(self.parse, "has_labels", False)
 
-    def subset(self, start=0, stop=None):
+    def subset(self, start: int = 0, stop: int | None = None):
         """Images `start..stop` of this split (in its fixed order), without reading any."""
         stop = self.count if stop is None else min(stop, self.count)
         start = min(start, stop)
@@ -105,7 +107,7 @@ class Split:
         labels = self._records(list(self.files)).skip(self.start).take(self.count).map(lambda e, y: y)
         return np.concatenate([np.zeros(0, np.int64), *labels.batch(8192).as_numpy_iterator()]).astype(np.int64)
 
-    def select(self, keep, labels=None):
+    def select(self, keep: Sequence[int], labels: np.ndarray | None = None):
         """This split restricted to the images whose label is in `keep` (class indices), in the same
         order: arrays and file lists are indexed (no image is read); records are filtered as they
         stream (`keep`), after one pass over their labels to count them (`labels`: those already read
@@ -147,7 +149,7 @@ class Split:
         labels = np.full(self.count, -1, np.int64) if self.labels is None else self.labels
         return tf.data.Dataset.from_tensor_slices((self.paths, labels)).map(lambda p, y: (tf.io.read_file(p), y))
 
-    def shuffled_images(self, seed, worker=(0, 1)):
+    def shuffled_images(self, seed: int, worker: tuple[int, int] = (0, 1)):
         """Images `[H, W, C]` (no labels) in a seeded order, reshuffled on every pass: file paths are
         shuffled whole; records by shuffling the file order, interleaving four files and a buffer
         of `SHUFFLE_BUFFER`; arrays with that buffer (the paper's 1024) over the cached images.
@@ -175,7 +177,7 @@ class Split:
         return self._drop_bad(ds.map(lambda e, y: self._decode(e, y)[0], num_parallel_calls=tf.data.AUTOTUNE,
                                      deterministic=True))
 
-    def shard_policy(self, num_workers=1):
+    def shard_policy(self, num_workers: int = 1):
         """(AutoShardPolicy, a sentence for the log or "") for `num_workers` workers: FILE for whole
         shard files when there are at least as many files as workers (worker i reads files i,
         i + workers, ...), else DATA (every worker reads everything and keeps its part of each batch)."""
@@ -190,8 +192,8 @@ class Split:
         return policy.FILE, (f"{len(self.files)} shard files over {num_workers} workers: each worker reads its own "
                              "files (sharded by FILE)")
 
-    def pipeline(self, batch_size=BATCH_SIZE, shuffle=True, num_levels=None, seed=0, repeat=False, skip_epochs=0,
-                 worker=(0, 1), perturb_rate=0.0):
+    def pipeline(self, batch_size: int = BATCH_SIZE, shuffle: bool = True, num_levels: int | None = None, seed: int = 0,
+                 repeat: bool = False, skip_epochs: int = 0, worker: tuple[int, int] = (0, 1), perturb_rate: float = 0.0):
         """`(images, images)` batches for `model.fit` (`tfp_ae.data.batch_stream`): `shuffled_images`
         when `shuffle`, else the fixed order. `worker` `(index, count)` of a multi-worker run: with
         `shard_policy` FILE the worker reads only its files; `perturb_rate`: see `tfp_ae.data.perturb`
@@ -207,7 +209,7 @@ class Split:
         return batch_stream(images, self.count, batch_size, num_levels, seed, repeat, skip_epochs, policy,
                             perturb_rate, self.num_levels)
 
-    def take(self, n=None):
+    def take(self, n: int | None = None):
         """The first `n` images (all when None) as arrays: (x float32 `[n, H, W, C]`, y int64 `[n]` or None)."""
         n = self.count if n is None else min(n, self.count)
         if self.kind == "array" and not self.reshaped:
@@ -285,7 +287,7 @@ class Source:
                              "`tfp-ae convert`, pass --image-size/--channels for mixed shapes, or --skip-bad-images "
                              "to leave unreadable records out") from None
 
-    def sample(self, test_images, train_bytes=SAMPLE_BYTES):
+    def sample(self, test_images: int, train_bytes: int = SAMPLE_BYTES):
         """A bounded in-memory `tfp_ae.data.Dataset`: the first `test_images` test images and as many
         training images as fit in `train_bytes` of float32 (all of MNIST's 60,000; none when 0), for
         what needs arrays: L2 %, calibration, figures, the FID classifier and its features."""
@@ -297,6 +299,6 @@ class Source:
                        self.class_names if ytr is not None else None)
 
 
-def array_split(x, num_levels=256, y=None):
+def array_split(x: np.ndarray, num_levels: int = 256, y: np.ndarray | None = None):
     """A `Split` over images in memory, float32 `[N, H, W, C]` in [0, 1] (labels `y` `[N]` or None)."""
     return Split("array", len(x), tuple(x.shape[1:]), num_levels, x=x, y=y)

@@ -1,24 +1,33 @@
 """A TensorFlow Datasets dataset (`tfds:NAME[/CONFIG]`) prepared in `--data-dir` as a `Source`: its
 first image feature, its `ClassLabel` (labels and class names) when it has one, its train and test
 (or validation) splits, read from the prepared record files."""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
 from tfp_ae._tf import tf
 from tfp_ae.data.split import Source, Split
 from tfp_ae.errors import InputError
 
+if TYPE_CHECKING:
+    from tfp_ae.data import SourceOptions
+    from tfp_ae.data.geometry import Geometry
+
 PREFIX = "tfds:"
 
 
-def claims(spec):
+def claims(spec: str):
     """`tfds:NAME[/CONFIG]`."""
     return spec.startswith(PREFIX)
 
 
-def open_source(spec, geometry, options):
+def open_source(spec: str, geometry: Geometry, options: SourceOptions):
     """The `Source` of `tfds:NAME`; `options.download` downloads and prepares it when it is not prepared."""
     return tfds_source(spec, options.data_dir, geometry, options.download, options.skip_bad_images)
 
 
-def tfds_source(spec, data_dir, geometry, download, skip_bad_images=False):
+def tfds_source(spec: str, data_dir: str | os.PathLike, geometry: Geometry, download: bool, skip_bad_images: bool = False):
     """The `Source` of a TFDS dataset prepared in `data_dir` (`download`: prepare it first).
 
     Raises:

@@ -8,8 +8,13 @@ One module per family, each head declared once (see `tfp_ae.heads.base` for the 
 low-rank covariance), `matrix` (matrix normal and matrix-t) and `maf`. A new head is one module
 and one line in `HEADS` below.
 """
+from __future__ import annotations
+
 import math
 
+import numpy as np
+
+from tfp_ae._tf import tf
 from tfp_ae.errors import InputError
 from tfp_ae.heads.base import (
     DEFAULT_BETA,
@@ -118,7 +123,7 @@ def make_head(name: str, event_shape: tuple[int, ...], num_components: int = 1, 
     return cls(event_shape, num_components, loss=loss, beta=beta, **{k: v for k, v in options.items() if v is not None})
 
 
-def describe_heads(event_shape=(28, 28, 1), components=(1, 10), **options):
+def describe_heads(event_shape: tuple[int, ...] = (28, 28, 1), components: tuple[int, ...] = (1, 10), **options):
     """Rows `(name, label, {K: params_size or None})` for every registered head; each option in
     `options` (e.g. `rank=4`) applies to the heads that take it, the others use their defaults."""
     rows = []
@@ -129,7 +134,7 @@ def describe_heads(event_shape=(28, 28, 1), components=(1, 10), **options):
     return rows
 
 
-def bits_per_dim(nll_nats, num_dims, num_levels=256):
+def bits_per_dim(nll_nats: float | np.ndarray | tf.Tensor, num_dims: int, num_levels: int = 256):
     """Bits per dimension of a density on dequantised pixels: `nll / (D ln 2) + log2(L)`.
 
     `nll_nats` is -log p(x_deq) per image (nats) for a density on [0, 1]^D evaluated at uniformly

@@ -25,6 +25,9 @@ mixture, so its K=1 heads carry one extra output (a mixture logit whose gradient
 zero). Here K=1 is the plain distribution, which saves that output: one decoder unit fewer
 (33 parameters for the MLP). For K > 1 the counts are the paper's.
 """
+from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -36,14 +39,14 @@ POSITIVE_SHIFT = 1e-6
 MAF_SAMPLES = 50
 
 
-def register(obj):
+def register(obj: Callable):
     """Register a class or function with Keras as `tfp_ae>Name`, so `tf_keras.models.load_model`
     finds it after `import tfp_ae` with default arguments."""
     return tfk.saving.register_keras_serializable(package="tfp_ae")(obj)
 
 
 @register
-def negative_log_likelihood(y_true, y_pred):
+def negative_log_likelihood(y_true: tf.Tensor, y_pred: tfd.Distribution):
     """Keras loss: `-log p(y_true)` under the distribution `y_pred` (a head's output), nats per
     image `[B]`; `y_true` `[B, H, W, C]`. Computed in the distribution's dtype (float32 under a
     mixed precision policy)."""
@@ -51,7 +54,7 @@ def negative_log_likelihood(y_true, y_pred):
 
 
 @register
-def squared_error(y_true, y_pred):
+def squared_error(y_true: tf.Tensor, y_pred: tfd.Distribution):
     """Keras loss of the `mse` head: mean squared error per image `[B]` between `y_true`
     `[B, H, W, C]` and the mean of the distribution `y_pred` (pixels in [0, 1])."""
     mean = y_pred.mean()
@@ -62,7 +65,7 @@ LOSSES = ("nll", "beta_nll", "faithful")  # how a head's parameters are trained 
 DEFAULT_BETA = 0.5
 
 
-def check_beta(beta):
+def check_beta(beta: float):
     """`beta` as a float, checked: `beta_nll`'s exponent must be a number in [0, 1].
 
     Raises:
@@ -90,11 +93,11 @@ class BetaNLL(tfk.losses.Loss):
       beta: in [0, 1].
     """
 
-    def __init__(self, beta=DEFAULT_BETA, name="beta_nll", **kwargs):
+    def __init__(self, beta: float = DEFAULT_BETA, name: str = "beta_nll", **kwargs):
         super().__init__(name=name, **kwargs)
         self.beta = float(beta)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: tf.Tensor, y_pred: tfd.Distribution):
         pixels = _unwrapped(y_pred).distribution  # Independent over [H, W, C] of a univariate family
         lp = pixels.log_prob(tf.cast(y_true, pixels.dtype))
         weight = tf.pow(tf.stop_gradient(pixels.variance()), self.beta)
@@ -105,7 +108,7 @@ class BetaNLL(tfk.losses.Loss):
 
 
 @register
-def faithful_loss(y_true, y_pred):
+def faithful_loss(y_true: tf.Tensor, y_pred: tfd.Distribution):
     """Keras loss of `loss="faithful"` (Stirn et al., AISTATS 2023, "Faithful heteroscedastic
     regression with neural networks", Section 3): half the squared error of the location (the
     mean's parameter, which alone trains it) plus the NLL of the distribution built with that
@@ -118,7 +121,7 @@ def faithful_loss(y_true, y_pred):
     return se - d.faithful_dispersion.log_prob(y)
 
 
-def positive(x):
+def positive(x: tf.Tensor):
     """`1e-6 + softplus(x)`: the map of every strictly positive parameter (scale, df)."""
     return POSITIVE_SHIFT + tf.math.softplus(x)
 
@@ -179,7 +182,8 @@ class Head(Readouts, tfpl.DistributionLambda):
     has_location = False    # the first D = H*W*C parameters are a location (the mean or mode): faithful,
     #                         and every scale is multiplied by the non-trainable `sigma_scale` (`scaled`)
 
-    def __init__(self, event_shape, num_components=1, loss="nll", beta=None, **kwargs):
+    def __init__(self, event_shape: tuple[int, ...], num_components: int = 1, loss: str = "nll", beta: float | None = None,
+                 **kwargs):
         given = {k: kwargs.pop(k) for k in list(kwargs) if k in self.options}
         event_shape = tuple(int(d) for d in event_shape)
         if len(event_shape) != 3 or min(event_shape) < 1:
@@ -205,7 +209,7 @@ class Head(Readouts, tfpl.DistributionLambda):
                                                dtype="float32")
 
     @classmethod
-    def check_loss(cls, loss, beta=None, num_components=1):
+    def check_loss(cls, loss: str, beta: float | None = None, num_components: int = 1):
         """`(loss, beta)` checked for this head: beta is None unless the loss is `beta_nll`.
 
         Raises:
@@ -229,7 +233,7 @@ class Head(Readouts, tfpl.DistributionLambda):
                              f"take it with K = 1: {takes}")
         return loss, None
 
-    def scaled(self, scale):
+    def scaled(self, scale: tf.Tensor):
         """`scale` times the head's `sigma_scale` s (a non-trainable weight, 1 unless recalibrated;
         Laves et al., MELBA 2021, "Recalibration of aleatoric and epistemic regression uncertainty
         in medical imaging": sigma-scaling). Every family passes each scale factor (a pixel's scale,
@@ -256,13 +260,13 @@ class Head(Readouts, tfpl.DistributionLambda):
         return self._image_shape
 
     @classmethod
-    def component_params_size(cls, event_shape, **options):
+    def component_params_size(cls, event_shape: tuple[int, ...], **options):
         """Number of flat parameters of one component for images of shape `event_shape` with the
         head's `options` (validated, defaults filled)."""
         raise NotImplementedError
 
     @classmethod
-    def check_option(cls, name, value, event_shape):
+    def check_option(cls, name: str, value: object, event_shape: tuple[int, ...]):
         """Check one option's value for images of `event_shape` (or None: unknown); returns it.
         Families override this for their options.
 
@@ -271,13 +275,13 @@ class Head(Readouts, tfpl.DistributionLambda):
         """
         return value
 
-    def component(self, params):
+    def component(self, params: tf.Tensor):
         """Distribution from flat parameters `[..., P]`; batch `[...]`, event `natural_event_shape`."""
         raise NotImplementedError
 
     # ---- shared machinery ---------------------------------------------------------------------
     @classmethod
-    def check_options(cls, event_shape=None, **options):
+    def check_options(cls, event_shape: tuple[int, ...] | None = None, **options):
         """The head's options `{name: value}` with defaults filled in; a None value means the default.
         `event_shape` `(H, W, C)` or None (then checks that need the image size are skipped).
 
@@ -295,7 +299,7 @@ class Head(Readouts, tfpl.DistributionLambda):
         return {name: cls.check_option(name, v, shape) for name, v in values.items()}
 
     @classmethod
-    def params_size(cls, event_shape, num_components=1, **options):
+    def params_size(cls, event_shape: tuple[int, ...], num_components: int = 1, **options):
         """Flat parameter count the decoder must output: `P` for K=1, `K * (P + 1)` for K > 1."""
         p = cls.component_params_size(tuple(event_shape), **cls.check_options(event_shape, **options))
         return p if num_components == 1 else num_components * (p + 1)
@@ -305,7 +309,7 @@ class Head(Readouts, tfpl.DistributionLambda):
         """`params_size` of this instance."""
         return self.params_size(self._image_shape, self.num_components, **self.option_values)
 
-    def new(self, params):
+    def new(self, params: tf.Tensor):
         """Turn decoder outputs `[B, params_size]` into a distribution, event shape `[H, W, C]`.
 
         With `loss="faithful"` the distribution also carries `faithful_location` (the location,
@@ -361,5 +365,5 @@ class Head(Readouts, tfpl.DistributionLambda):
         return config
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict):
         return cls(**config)

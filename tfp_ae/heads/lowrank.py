@@ -15,6 +15,8 @@ it, since TFP has no multivariate t with a low-rank scale), then a `Head` subcla
 its parameter count and how a flat tensor becomes the distribution, then one line in the registry
 (`tfp_ae/heads/__init__.py`).
 """
+from __future__ import annotations
+
 import numpy as np
 from tensorflow_probability.python.internal import dtype_util
 
@@ -26,7 +28,7 @@ from tfp_ae.heads.elliptical import T_OPTIONS, _EllipticalHead
 DEFAULT_RANK = 10
 
 
-def low_rank_quadratic_log_det(r, sigma, factor):
+def low_rank_quadratic_log_det(r: tf.Tensor, sigma: tf.Tensor, factor: tf.Tensor):
     """`(q, log det S)`, each `[...]`, of `S = diag(sigma^2) + V V^T` at `r` `[..., D]`:
     `q = r^T S^{-1} r`. `sigma` `[..., D]` > 0 and `factor` V `[..., D, k]` broadcast against `r`.
 
@@ -67,8 +69,9 @@ class MultivariateStudentTDiagPlusLowRank(tfd.distribution.AutoCompositeTensorDi
     Args: df `[...]` > 0, loc `[..., D]`, scale_diag `[..., D]` > 0, scale_perturb_factor `[..., D, r]`.
     """
 
-    def __init__(self, df, loc, scale_diag, scale_perturb_factor, validate_args=False, allow_nan_stats=True,
-                 name="MultivariateStudentTDiagPlusLowRank"):
+    def __init__(self, df: tf.Tensor, loc: tf.Tensor, scale_diag: tf.Tensor, scale_perturb_factor: tf.Tensor,
+                 validate_args: bool = False, allow_nan_stats: bool = True,
+                 name: str = "MultivariateStudentTDiagPlusLowRank"):
         parameters = dict(locals())
         with tf.name_scope(name) as name:
             dtype = dtype_util.common_dtype([df, loc, scale_diag, scale_perturb_factor], tf.float32)
@@ -139,7 +142,7 @@ class NormalLowRank(_EllipticalHead):
     options = {"rank": DEFAULT_RANK}
 
     @classmethod
-    def check_option(cls, name, value, event_shape):
+    def check_option(cls, name: str, value: object, event_shape: tuple[int, ...]):
         """`rank`: an integer >= 1, and below D = H*W*C when the image shape is known."""
         if name == "rank":
             d = None if event_shape is None else int(np.prod(event_shape))
@@ -155,11 +158,11 @@ class NormalLowRank(_EllipticalHead):
         return (int(np.prod(self._image_shape)),)
 
     @classmethod
-    def component_params_size(cls, event_shape, rank=DEFAULT_RANK, **options):
+    def component_params_size(cls, event_shape: tuple[int, ...], rank: int = DEFAULT_RANK, **options):
         d = int(np.prod(event_shape))
         return d * (rank + 2) + int(cls.student_t)
 
-    def component(self, params):
+    def component(self, params: tf.Tensor):
         d = self.natural_event_shape[0]
         loc, s, v, df = _split(params, [d, d, d * self.rank, int(self.student_t)])
         factor = _unflatten(v, [d, self.rank])

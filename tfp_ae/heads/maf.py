@@ -1,4 +1,6 @@
 """The masked autoregressive flow head (Papamakarios et al. 2017) with the paper's one-layer MADE."""
+from __future__ import annotations
+
 import numpy as np
 
 from tfp_ae._tf import tf, tfb, tfd, tfk
@@ -19,7 +21,7 @@ class MAF(Head):
     point = "sample_mean"
     variance_note = "variance estimated from 50 samples"
 
-    def __init__(self, event_shape, num_components=1, hidden_units=10, **kwargs):
+    def __init__(self, event_shape: tuple[int, ...], num_components: int = 1, hidden_units: int = 10, **kwargs):
         super().__init__(event_shape, num_components, **kwargs)
         d = int(np.prod(self._image_shape))
         self.hidden_units = int(hidden_units)
@@ -32,10 +34,10 @@ class MAF(Head):
         return (int(np.prod(self._image_shape)),)
 
     @classmethod
-    def component_params_size(cls, event_shape, **options):
+    def component_params_size(cls, event_shape: tuple[int, ...], **options):
         return int(np.prod(event_shape))
 
-    def component(self, params):
+    def component(self, params: tf.Tensor):
         base = tfd.MultivariateNormalDiag(params, tf.ones_like(params))
         return tfd.TransformedDistribution(base, tfb.MaskedAutoregressiveFlow(self.made))
 
@@ -46,7 +48,7 @@ class MAF(Head):
         x = self.sample(dist, MAF_SAMPLES, seed=seed)
         return tf.reduce_mean(x, 0), tf.math.reduce_variance(x, 0)
 
-    def sample(self, dist, num_samples, seed=None):
+    def sample(self, dist: tfd.Distribution, num_samples: int, seed: tuple[int, int] | tf.Tensor | None = None):
         """Samples `[num_samples, B, H, W, C]` of the flow, exactly as `dist.sample` computes them
         (x_i = u_i exp(log_scale_i(x_<i)) + shift_i(x_<i), u ~ base), but in D cheap steps.
 
@@ -80,10 +82,10 @@ class MAF(Head):
                                  (0, tf.broadcast_to(b1, [n, h]), tf.TensorArray(u.dtype, size=d)))
         return tf.transpose(xs.stack())
 
-    def mean(self, dist, seed=SAMPLE_SEED):
+    def mean(self, dist: tfd.Distribution, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
         return self._mixture_moments(dist, seed)[0]
 
-    def point_and_variance(self, dist, seed=SAMPLE_SEED):
+    def point_and_variance(self, dist: tfd.Distribution, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
         mean, var = self._mixture_moments(dist, seed)
         return tf.clip_by_value(mean, 0.0, 1.0), var
 

@@ -2,6 +2,8 @@
 identity, diagonal or lower-triangular row and column scales (Ciobanu, Section 3; Dawid 1981;
 Gupta & Nagar 2000). `log_prob` works on the small row and column factors, never on the
 HW x HW Kronecker operator."""
+from __future__ import annotations
+
 import numpy as np
 
 from tfp_ae._tf import tf, tfd, tfp
@@ -90,11 +92,11 @@ class MatrixHead(_EllipticalHead):
         return self._image_shape[:2]
 
     @classmethod
-    def component_params_size(cls, event_shape, **options):
+    def component_params_size(cls, event_shape: tuple[int, ...], **options):
         h, w = event_shape[:2]
         return h * w + _scale_params_size(cls.scale, h) + _scale_params_size(cls.scale, w) + int(cls.student_t)
 
-    def component(self, params):
+    def component(self, params: tf.Tensor):
         h, w = self.natural_event_shape
         nr, nc = _scale_params_size(self.scale, h), _scale_params_size(self.scale, w)
         loc, r, c, df = _split(params, [h * w, nr, nc, int(self.student_t)])

@@ -1,5 +1,7 @@
 """Per-pixel heads: an `Independent` product over the H x W x C pixels of one univariate family
 (normal, Bernoulli, continuous Bernoulli, logistic), and the plain MSE autoencoder."""
+from __future__ import annotations
+
 import numpy as np
 
 from tfp_ae._tf import tf, tfd
@@ -12,19 +14,19 @@ class PixelHead(Head):
     n_pixel_params = 1
 
     @classmethod
-    def component_params_size(cls, event_shape, **options):
+    def component_params_size(cls, event_shape: tuple[int, ...], **options):
         return cls.n_pixel_params * int(np.prod(event_shape))
 
     def pixel_distribution(self, *params):
         """The univariate distribution of every pixel from its parameters, each `[..., H, W, C]`."""
         raise NotImplementedError
 
-    def component(self, params):
+    def component(self, params: tf.Tensor):
         d = int(np.prod(self._image_shape))
         parts = [_unflatten(t, self._image_shape) for t in _split(params, [d] * self.n_pixel_params)]
         return tfd.Independent(self.pixel_distribution(*parts), reinterpreted_batch_ndims=3)
 
-    def marginal(self, comp):
+    def marginal(self, comp: tfd.Distribution):
         """The per-pixel distribution itself."""
         return comp.distribution
 
@@ -34,7 +36,7 @@ class NormalIdentity(PixelHead):
     head_name, label = "normal_identity", "Nµ"
     takes_beta_nll = has_location = True
 
-    def pixel_distribution(self, loc):
+    def pixel_distribution(self, loc: tf.Tensor):
         return tfd.Normal(loc, self.scaled(tf.ones_like(loc)))
 
 
@@ -51,16 +53,18 @@ class MSE(NormalIdentity):
     nll_note = "mse head: NLL of the unit-variance normal N(mean, I) that MSE training implies"
     variance_note = "the MSE autoencoder models no variance"
 
-    def variance(self, dist, seed=SAMPLE_SEED):
+    def variance(self, dist: tfd.Distribution, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
         """NaN `[B, H, W, C]`: MSE training fixes no variance (its NLL assumes 1, which is not learned)."""
         return tf.fill(tf.shape(self.mean(dist)), np.nan)
 
-    def interval(self, dist, level=INTERVAL_LEVEL, seed=SAMPLE_SEED, num_samples=None):
+    def interval(self, dist: tfd.Distribution, level: float = INTERVAL_LEVEL,
+                 seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED, num_samples: int | None = None):
         """NaN bounds `[B, H, W, C]`, as `variance`."""
         nan = self.variance(dist)
         return nan, nan
 
-    def pit(self, dist, x, seed=SAMPLE_SEED, num_samples=None):
+    def pit(self, dist: tfd.Distribution, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED,
+            num_samples: int | None = None):
         """NaN `[B, H, W, C]`, as `variance`: no predictive spread to calibrate."""
         return self.variance(dist)
 
@@ -74,7 +78,7 @@ class NormalDiag(PixelHead):
     n_pixel_params = 2
     takes_beta_nll = has_location = True
 
-    def pixel_distribution(self, loc, s):
+    def pixel_distribution(self, loc: tf.Tensor, s: tf.Tensor):
         return tfd.Normal(loc, self.scaled(positive(s)))
 
 
@@ -89,10 +93,10 @@ class Bernoulli(PixelHead):
     is_density = False
     nll_note = "bernoulli: not a normalised density on [0, 1]; NLL not comparable, no bits/dim"
 
-    def pixel_distribution(self, logits):
+    def pixel_distribution(self, logits: tf.Tensor):
         return tfd.Bernoulli(logits=logits, dtype=tf.float32)
 
-    def marginal(self, comp):
+    def marginal(self, comp: tfd.Distribution):
         """None: a Bernoulli has no quantile function in TFP (its interval is read from samples)."""
         return None
 
@@ -101,7 +105,7 @@ class ContinuousBernoulli(PixelHead):
     """Continuous Bernoulli per pixel (Loaiza-Ganem & Cunningham 2019): a normalised density on [0, 1]."""
     head_name, label = "continuous_bernoulli", "CB"
 
-    def pixel_distribution(self, logits):
+    def pixel_distribution(self, logits: tf.Tensor):
         return tfd.ContinuousBernoulli(logits=logits)
 
 
@@ -111,5 +115,5 @@ class Logistic(PixelHead):
     n_pixel_params = 2
     takes_beta_nll = has_location = True
 
-    def pixel_distribution(self, loc, s):
+    def pixel_distribution(self, loc: tf.Tensor, s: tf.Tensor):
         return tfd.Logistic(loc, self.scaled(positive(s)))

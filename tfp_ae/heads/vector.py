@@ -1,5 +1,7 @@
 """Vector heads: one multivariate normal or Student-t over the D = H*W*C pixels of the image, with
 an identity, diagonal or full (lower-triangular) scale (Ciobanu, Section 3)."""
+from __future__ import annotations
+
 import numpy as np
 
 from tfp_ae._tf import tf, tfd
@@ -25,11 +27,11 @@ class VectorHead(_EllipticalHead):
         return (int(np.prod(self._image_shape)),)
 
     @classmethod
-    def component_params_size(cls, event_shape, **options):
+    def component_params_size(cls, event_shape: tuple[int, ...], **options):
         d = int(np.prod(event_shape))
         return d + _scale_params_size(cls.scale, d) + int(cls.student_t)
 
-    def component(self, params):
+    def component(self, params: tf.Tensor):
         d = self.natural_event_shape[0]
         n_scale = _scale_params_size(self.scale, d)
         loc, s, df = _split(params, [d, n_scale, int(self.student_t)])
