@@ -51,7 +51,7 @@ MAP_SAMPLES = 200    # draws per image for the maps of heads without exact margi
 GOOD = "good"        # MVTec AD's name of the defect-free test images' folder (test/good)
 
 
-def smoothing_sigma(image_shape: tuple[int, int, int]):
+def smoothing_sigma(image_shape: tuple[int, int, int]) -> float:
     """The Gaussian filter's standard deviation in pixels for images `[H, W, C]`: `min(H, W) / 28`,
     at least 1 (1 pixel on 28 x 28 images, about 2.3 on 64 x 64)."""
     return max(1.0, min(image_shape[:2]) / 28)
@@ -77,7 +77,7 @@ def _score_step(model):
     return steps["maps"]
 
 
-def smooth(amap: np.ndarray, sigma: float):
+def smooth(amap: np.ndarray, sigma: float) -> np.ndarray:
     """`amap` `[N, H, W, C]` filtered by a Gaussian of `sigma` pixels over H and W
     (`scipy.ndimage.gaussian_filter`, borders reflected). Non-finite values are first replaced by the
     map's largest finite value (NaN by its smallest), so one pixel cannot spread infinity."""
@@ -88,12 +88,12 @@ def smooth(amap: np.ndarray, sigma: float):
     return ndimage.gaussian_filter(a, sigma=(0, sigma, sigma, 0)).astype(np.float32)
 
 
-def multiscale(amap: np.ndarray, sigma: float, scales: Sequence[float] = SCALES):
+def multiscale(amap: np.ndarray, sigma: float, scales: Sequence[float] = SCALES) -> np.ndarray:
     """The mean of `smooth(amap, k * sigma)` over `k` in `scales`, `[N, H, W, C]`."""
     return np.mean([smooth(amap, k * sigma) for k in scales], axis=0).astype(np.float32)
 
 
-def pixel_maps(model: ProbabilisticModel, x: np.ndarray, batch_size: int | None = None):
+def pixel_maps(model: ProbabilisticModel, x: np.ndarray, batch_size: int | None = None) -> dict[str, np.ndarray]:
     """The anomaly maps (`MAPS`) of images `x` `[N, H, W, C]` in [0, 1]: dict of `[N, H, W, C]` arrays.
 
     Batches default to at most 100 images and `SAMPLE_FLOATS` drawn values (`MAP_SAMPLES` draws per
@@ -117,7 +117,7 @@ def pixel_maps(model: ProbabilisticModel, x: np.ndarray, batch_size: int | None 
     return maps
 
 
-def image_reductions(maps: dict[str, np.ndarray]):
+def image_reductions(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-image scores from pixel maps: for each map `m` `[N, H, W, C]` (channel mean, non-finite values
     as in `smooth`), `m_max` (its largest pixel) and `m_top1` (the mean of its top `TOP_FRACTION` of
     pixels, at least one pixel), `[N]` each. Higher = more anomalous."""
@@ -132,7 +132,7 @@ def image_reductions(maps: dict[str, np.ndarray]):
     return out
 
 
-def pro_score(masks: np.ndarray, amap: np.ndarray, max_fpr: float = PRO_MAX_FPR, thresholds: int = 100):
+def pro_score(masks: np.ndarray, amap: np.ndarray, max_fpr: float = PRO_MAX_FPR, thresholds: int = 100) -> float:
     """Per-region overlap (Bergmann et al., "MVTec AD", CVPR 2019): for thresholds of the map, the
     mean over connected defect regions of the fraction of the region above threshold, against the
     false-positive rate on defect-free pixels; the area under this curve up to `max_fpr`, divided by
@@ -161,7 +161,7 @@ def _regions(mask):
     return [labelled == k for k in range(1, n + 1)]
 
 
-def localisation_metrics(maps: dict[str, np.ndarray], masks: np.ndarray):
+def localisation_metrics(maps: dict[str, np.ndarray], masks: np.ndarray) -> dict[str, dict[str, float]]:
     """Pixel AUROC (scikit-learn) and PRO (`pro_score`) of each map against defect masks `[N, H, W]`
     (or `[N, H, W, C]`; a pixel is defective where any channel is). Maps are averaged over channels.
 
@@ -181,7 +181,7 @@ def localisation_metrics(maps: dict[str, np.ndarray], masks: np.ndarray):
     return out
 
 
-def defect_labels(split: Split, masks: np.ndarray | None = None):
+def defect_labels(split: Split, masks: np.ndarray | None = None) -> np.ndarray | None:
     """The defect type of each test image (`GOOD` for a defect-free one), `[N]` strings, or None when
     the split says nothing about defects.
 
@@ -202,7 +202,8 @@ def defect_labels(split: Split, masks: np.ndarray | None = None):
 DEFECT_KINDS = ("patch", "line", "blob")
 
 
-def synthetic_defects(x: np.ndarray, donors: np.ndarray, seed: int = 0, kinds: Sequence[str] = DEFECT_KINDS):
+def synthetic_defects(x: np.ndarray, donors: np.ndarray, seed: int = 0,
+                      kinds: Sequence[str] = DEFECT_KINDS) -> tuple[np.ndarray, np.ndarray]:
     """Paste one synthetic defect into each image, with its mask: the fixed localisation protocol of
     docs/results/ood.
 
@@ -263,7 +264,7 @@ def _write_png(path, img):
 
 
 def write_defect_folder(out: str | os.PathLike, train: np.ndarray, test_good: np.ndarray,
-                        defects: dict[str, tuple[np.ndarray, np.ndarray]]):
+                        defects: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
     """Write images in MVTec AD's layout, for `tfp-ae train --dataset OUT` and `tfp-ae score --data OUT
     --masks OUT/ground_truth`: `train/good/NNN.png`, `test/good/NNN.png`, `test/<defect>/NNN.png` and
     `ground_truth/<defect>/NNN_mask.png` (255 = defect), 8-bit PNGs.
@@ -296,7 +297,7 @@ def write_defect_folder(out: str | os.PathLike, train: np.ndarray, test_good: np
 
 
 def texture_defect_folder(out: str | os.PathLike, texture: np.ndarray, donor: np.ndarray, size: int = 64, train: int = 2000,
-                          good: int = 50, per_defect: int = 50, seed: int = 0):
+                          good: int = 50, per_defect: int = 50, seed: int = 0) -> Path:
     """An MVTec-AD-like folder (`write_defect_folder`) cut from one texture photograph: training
     crops from its top three quarters, test crops from its bottom quarter (no overlap), and
     `per_defect` test crops with each synthetic defect (`synthetic_defects`; patches from `donor`, a

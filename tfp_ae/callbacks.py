@@ -16,7 +16,7 @@ IMAGES_DIR = "images"     # the summaries' folder under the TensorBoard log fold
 VIRIDIS = colormaps["viridis"](np.linspace(0, 1, 256))[:, :3].astype(np.float32)   # [256, 3] RGB in [0, 1]
 
 
-def colour_map(maps: tf.Tensor, vmin: float = 0.0, vmax: float = 1.0):
+def colour_map(maps: tf.Tensor, vmin: float = 0.0, vmax: float = 1.0) -> tf.Tensor:
     """Viridis RGB images `[N, H, W, 3]` in [0, 1] of maps `[N, H, W, C]` (channels averaged) on the
     fixed scale `[vmin, vmax]` (values outside are clipped; NaN and inf show as the top colour), so
     that the colours of different epochs compare."""

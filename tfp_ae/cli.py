@@ -338,7 +338,7 @@ def cmd_heads(args: argparse.Namespace):
         print(f"{name:24s} {label:18s} {sizes[1]:>12d} {k10:>12s}")
 
 
-def main(argv: list[str] | None = None):
+def main(argv: list[str] | None = None) -> None:
     """The `tfp-ae` command line (`argv`: the arguments, default `sys.argv[1:]`); bad input exits with
     one `tfp-ae: error: ...` line."""
     parser = argparse.ArgumentParser(prog="tfp-ae", description="Probabilistic autoencoders (TFP + Keras).",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from tfp_ae.data import CROPS, Geometry
+from tfp_ae.data import CROPS, Geometry, SourceOptions
 from tfp_ae.errors import InputError
 from tfp_ae.heads import DEFAULT_BETA, LOSSES, check_beta, get_head
 
@@ -79,29 +79,29 @@ class RunConfig:
     verbose: int = 2
 
     @property
-    def source_options(self):
+    def source_options(self) -> SourceOptions:
         """The arguments of `tfp_ae.data.open_source` besides the dataset."""
         return dict(data_dir=self.data_dir, image_size=self.image_size, crop=self.crop, channels=self.channels,
                     test_fraction=self.test_fraction, download=self.download, skip_bad_images=self.skip_bad_images,
                     rescale=self.rescale, classes=self.classes, exclude_classes=self.exclude_classes)
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         """Every setting as a plain dict (`config.json`, `metrics.json`)."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict):
+    def from_dict(cls, d: dict) -> RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
     @property
-    def held_out_fraction(self):
+    def held_out_fraction(self) -> float:
         """The fraction of the training split held out of training (its last images, a fixed choice):
         `validation_split`, or `RECALIBRATION_FRACTION` when `recalibrate` needs images and it is 0."""
         return self.validation_split or (RECALIBRATION_FRACTION if self.recalibrate else 0.0)
 
     @property
-    def loss_options(self):
+    def loss_options(self) -> dict:
         """The training-loss arguments of `build_model` (`loss`, and `beta` / `dispersion_units` /
         `location_activation` where used)."""
         opts = dict(loss=self.loss)
@@ -112,11 +112,11 @@ class RunConfig:
         return opts
 
     @property
-    def head_options(self):
+    def head_options(self) -> dict:
         """The head's options that are set (`rank`, `min_df`), for `make_head` / `build_model`."""
         return {k: v for k, v in dict(rank=self.rank, min_df=self.min_df).items() if v is not None}
 
-    def validate(self, image_shape: tuple[int, int, int] | None = None):
+    def validate(self, image_shape: tuple[int, int, int] | None = None) -> RunConfig:
         """Check every setting against its allowed values; returns `self`.
 
         `image_shape` `(H, W, C)`, when known, also checks the head's options against it (a rank

@@ -84,20 +84,22 @@ def crps_from(kind: str, params: tf.Tensor, x: np.ndarray):
     return np.reshape(crps, np.shape(x))
 
 
-def pixel_crps(head: Head, dist: tfd.Distribution, x: np.ndarray, seed: int = SAMPLE_SEED, num_samples: int = PIT_SAMPLES):
+def pixel_crps(head: Head, dist: tfd.Distribution, x: np.ndarray, seed: int = SAMPLE_SEED,
+               num_samples: int = PIT_SAMPLES) -> np.ndarray:
     """Continuous ranked probability score of each pixel's marginal at `x` `[B, H, W, C]` (pixels,
     lower is better; numpy `[B, H, W, C]`): `crps_from(*crps_inputs(head, dist, seed, num_samples), x)`."""
     return crps_from(*crps_inputs(head, dist, seed, num_samples), x)
 
 
-def pit_batch_size(model: ProbabilisticModel):
+def pit_batch_size(model: ProbabilisticModel) -> int:
     """Images per batch of PIT values and CRPS (`pit_values`, `fit_sigma_scale` by CRPS): at most 50, and
     at most `SAMPLE_FLOATS` values for `PIT_SAMPLES` draws per image (`sample_batch_size`); the
     marginals of a full covariance (a D x D factor per image) fit the same bound."""
     return sample_batch_size(model, PIT_SAMPLES, 50)
 
 
-def pit_values(model: ProbabilisticModel, x: np.ndarray, seed: int = 0, batch_size: int | None = None):
+def pit_values(model: ProbabilisticModel, x: np.ndarray, seed: int = 0,
+               batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """PIT values u = F(x) `[N, H, W, C]` and per-pixel CRPS `[N, H, W, C]` of images `x` (pixels in
     [0, 1], e.g. dequantised) under `model(x)` (`Head.pit`, `pixel_crps`), batch by batch (at most
     `sample_batch_size` images, so that the sample-based heads stay within memory)."""
@@ -112,19 +114,19 @@ def pit_values(model: ProbabilisticModel, x: np.ndarray, seed: int = 0, batch_si
     return np.concatenate(us), np.concatenate(crps)
 
 
-def coverage_at(u: np.ndarray, levels: tuple[float, ...] = LEVELS):
+def coverage_at(u: np.ndarray, levels: tuple[float, ...] = LEVELS) -> list[float]:
     """The fraction of PIT values `u` (any shape) inside each central interval:
     mean(|u - 1/2| <= level / 2) per level, a list in the order of `levels`."""
     dev = np.abs(np.asarray(u, np.float64) - 0.5)
     return [float(np.mean(dev <= lv / 2)) for lv in levels]
 
 
-def calibration_error(coverage: Sequence[float], levels: tuple[float, ...] = LEVELS):
+def calibration_error(coverage: Sequence[float], levels: tuple[float, ...] = LEVELS) -> float:
     """mean |coverage - level| over the levels (0 when calibrated), of `coverage_at`'s list."""
     return float(np.mean(np.abs(np.asarray(coverage) - levels)))
 
 
-def calibration_by_std(u: np.ndarray, std: np.ndarray, bins: int = SPREAD_BINS):
+def calibration_by_std(u: np.ndarray, std: np.ndarray, bins: int = SPREAD_BINS) -> dict | None:
     """Calibration within groups of pixels of similar predicted spread: the pixels, ranked by their
     predicted std (`std`, same shape as the PIT values `u`), split into `bins` equal groups (ties in
     rank order); per group the `coverage` at `LEVELS` and its `calibration_error`. The calibration
@@ -150,7 +152,7 @@ def calibration_by_std(u: np.ndarray, std: np.ndarray, bins: int = SPREAD_BINS):
 
 
 def calibration(model: ProbabilisticModel, x: np.ndarray, point: np.ndarray | None = None, num_levels: int = 256,
-                seed: int = 0):
+                seed: int = 0) -> dict:
     """Can the predictive distribution (and so the variance and interval maps) be trusted? On
     images `x` `[N, H, W, C]` in [0, 1], dequantised with `seed` (`dequantize`, `num_levels` L) so
     that every head's CDF is continuous at the pixels:
@@ -194,7 +196,7 @@ MIN_RECALIBRATION_IMAGES = 100
 
 
 def fit_sigma_scale(model: ProbabilisticModel, pairs: tf.data.Dataset, criterion: str = "calibration",
-                    bounds: tuple[float, float] = SIGMA_SCALE_BOUNDS):
+                    bounds: tuple[float, float] = SIGMA_SCALE_BOUNDS) -> tuple[float, float, float]:
     """sigma-scaling (Laves et al., MELBA 2021, "Recalibration of aleatoric and epistemic regression
     uncertainty in medical imaging", Eq. 9): the one scalar s > 0 that, multiplying every scale of
     the head (`Head.scaled`: diagonal, Cholesky and low-rank factors, a matrix head's row scale, the
@@ -298,14 +300,14 @@ def _minimise_log_scale(f, bounds, step=LOG_2):
     return best, at(best), values[0.0]
 
 
-def l2_percent(x: np.ndarray, prediction: np.ndarray | float):
+def l2_percent(x: np.ndarray, prediction: np.ndarray | float) -> float:
     """The paper's L2 error (Ciobanu, Section 4): mean squared error x 100 between images `x`
     `[N, H, W, C]` in [0, 1] and `prediction` (point estimates, or anything that broadcasts to
     `x`: one image, a constant)."""
     return float(np.mean(np.square(x - prediction)) * 100)
 
 
-def psnr_ssim(x: np.ndarray, point: np.ndarray):
+def psnr_ssim(x: np.ndarray, point: np.ndarray) -> tuple[float, float]:
     """Mean PSNR (dB) and SSIM of point estimates against images, both `[N, H, W, C]` in [0, 1]
     (`tf.image.psnr` / `tf.image.ssim`, max_val 1; SSIM's window shrinks to the image size)."""
     x, point = tf.constant(x), tf.constant(point)
@@ -314,7 +316,7 @@ def psnr_ssim(x: np.ndarray, point: np.ndarray):
             float(tf.reduce_mean(tf.image.ssim(x, point, max_val=1.0, filter_size=window))))
 
 
-def fid_extractors(config: RunConfig, data: Dataset):
+def fid_extractors(config: RunConfig, data: Dataset) -> tuple[list[FeatureExtractor], list[str]]:
     """The FID feature extractors a run uses (`tfp_ae.fid`): `lenet` (trained once per dataset,
     cached) when `config.fid` and the data can train it (`fid.lenet_unavailable`); `inception` when `config.fid_inception` or
     its weights are already cached. Returns (extractors, notes)."""
@@ -329,7 +331,7 @@ def fid_extractors(config: RunConfig, data: Dataset):
     return extractors, notes
 
 
-def dequantized_batches(split: Split, num_levels: int, seed: int, batch_size: int):
+def dequantized_batches(split: Split, num_levels: int, seed: int, batch_size: int) -> tf.data.Dataset:
     """The images of a `tfp_ae.data.Split` in its fixed order as a `tf.data.Dataset` of batches
     `[B, H, W, C]`, batch i dequantised with the stateless seed `(seed, i)` (`tfp_ae.data.dequantize`)."""
     seed = tf.constant(int(seed), tf.int64)
@@ -338,7 +340,7 @@ def dequantized_batches(split: Split, num_levels: int, seed: int, batch_size: in
 
 
 def split_log_probs(model: ProbabilisticModel, test: Split, num_levels: int, seed: int = 0, batch_size: int | None = None,
-                    elbo: bool | None = None, raw: bool = True):
+                    elbo: bool | None = None, raw: bool = True) -> dict[str, np.ndarray]:
     """Per-image scores of a whole split, streamed in its fixed order (never held whole).
 
     Args:
@@ -364,7 +366,8 @@ def split_log_probs(model: ProbabilisticModel, test: Split, num_levels: int, see
     return out
 
 
-def bits_per_dim_summary(log_prob_dequantized: np.ndarray, num_dims: int, num_levels: int, is_density: bool = True):
+def bits_per_dim_summary(log_prob_dequantized: np.ndarray, num_dims: int, num_levels: int,
+                         is_density: bool = True) -> dict | None:
     """`{"bits_per_dim", "bits_per_dim_median", "bits_per_dim_finite"}` of per-image log-densities of
     dequantised images `[N]` (nats; `tfp_ae.heads.bits_per_dim`): the mean (of the NLL, as the
     field reports it), the median over images (the likelihood is heavy-tailed: a few images can move
@@ -378,7 +381,7 @@ def bits_per_dim_summary(log_prob_dequantized: np.ndarray, num_dims: int, num_le
 
 
 def evaluate(model: ProbabilisticModel, data: Dataset, eval_images: int = 1000, seed: int = 0,
-             extractors: Sequence[FeatureExtractor] = (), test: Split | None = None):
+             extractors: Sequence[FeatureExtractor] = (), test: Split | None = None) -> dict:
     """Test metrics of a trained model.
 
     Args:

@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from tfp_ae.models import ProbabilisticModel
 
 
-def checked_images(images: np.ndarray, image_shape: tuple[int, int, int]):
+def checked_images(images: np.ndarray, image_shape: tuple[int, int, int]) -> tf.Tensor:
     """`images` after in-graph checks, with the static shape `[None, H, W, C]`.
 
     Args:
@@ -97,14 +97,14 @@ def checked_images(images: np.ndarray, image_shape: tuple[int, int, int]):
                        lambda: tf.zeros([0, *image_shape]))
 
 
-def interval_outputs(head: Head, dist: tfd.Distribution, level: float):
+def interval_outputs(head: Head, dist: tfd.Distribution, level: float) -> dict[str, tf.Tensor]:
     """The `interval` signature's outputs: `{"lo", "hi", "width"}`, each `[B, H, W, C]`, of `dist`'s
     central `level` interval (`Head.interval`), for the SavedModel and the TFLite file alike."""
     lo, hi = head.interval(dist, level)
     return {"lo": lo, "hi": hi, "width": hi - lo}
 
 
-def score_outputs(model: ProbabilisticModel, images: np.ndarray):
+def score_outputs(model: ProbabilisticModel, images: np.ndarray) -> dict[str, tf.Tensor]:
     """The `score` signature's outputs (`tfp_ae.scoring`): `nll` `[B]`, -log p(x) in nats per image
     (the OOD score before any correction), and `neg_log_marginal` `[B, H, W, C]`, -log p(x_pixel |
     input) in nats (`Head.pixel_log_prob`, the anomaly map)."""
@@ -157,7 +157,7 @@ class ServingModule(tf.Module):
             names += ["component_means", "component_log_prob"]
         self.signature_names = tuple(names)
 
-    def signatures(self):
+    def signatures(self) -> dict:
         """Name -> function, with `serving_default` (the point estimate) for clients that name none;
         `interval` takes `images` and `level` (a signature has no default)."""
         sigs = {name: getattr(self, name) for name in self.signature_names}
@@ -168,7 +168,7 @@ class ServingModule(tf.Module):
 
 
 def export_saved_model(model: ProbabilisticModel, export_dir: str | os.PathLike, overwrite: bool = False,
-                       config: RunConfig | None = None):
+                       config: RunConfig | None = None) -> list[str]:
     """Write `model` as a SavedModel with tensor-returning serving signatures.
 
     Args:
@@ -202,7 +202,7 @@ TFLITE_DIR = "tflite"
 TFLITE_RTOL = 1e-5
 
 
-def tflite_functions(model: ProbabilisticModel):
+def tflite_functions(model: ProbabilisticModel) -> dict[str, tf.types.experimental.ConcreteFunction]:
     """The deterministic functions TensorFlow Lite may run, name -> function of float32 images
     `[B, H, W, C]` returning a dict of tensors (as the SavedModel signatures of the same name)."""
     head = model.head
@@ -226,7 +226,7 @@ class TFLiteMismatch(AssertionError):
     """A TensorFlow Lite function's output is not within rtol `TFLITE_RTOL` of TensorFlow's."""
 
 
-def check_tflite_output(name: str, key: str, got: np.ndarray, want: np.ndarray):
+def check_tflite_output(name: str, key: str, got: np.ndarray, want: np.ndarray) -> None:
     """Raise `TFLiteMismatch` unless `got` (TFLite) is within rtol `TFLITE_RTOL` of `want`
     (TensorFlow), with an absolute floor of `TFLITE_RTOL * max(1, max |want|)`. The message
     names the signature and output, the largest absolute and relative difference and the index
@@ -246,7 +246,7 @@ def check_tflite_output(name: str, key: str, got: np.ndarray, want: np.ndarray):
         f"{rel[at_rel]:.3g} relative at {tuple(map(int, at_rel))}; allowed: rtol {TFLITE_RTOL:g}")
 
 
-def export_tflite(model: ProbabilisticModel, out_dir: str | os.PathLike, probe: np.ndarray | None = None):
+def export_tflite(model: ProbabilisticModel, out_dir: str | os.PathLike, probe: np.ndarray | None = None) -> dict[str, str]:
     """Write `OUT_DIR/tflite/<name>.tflite` for each of `tflite_functions(model)` that TensorFlow
     Lite converts with its built-in ops and runs to within rtol 1e-5 of TensorFlow on `probe`
     images, and `report.json` (name -> "converted" or the reason it was refused, with the largest
@@ -304,7 +304,8 @@ def _tflite_quiet():
         yield
 
 
-def export_run(run_dir: str | os.PathLike, export_dir: str | os.PathLike, overwrite: bool = False, tflite: bool = False):
+def export_run(run_dir: str | os.PathLike, export_dir: str | os.PathLike, overwrite: bool = False,
+               tflite: bool = False) -> tuple[list[str], dict[str, str] | None]:
     """`export_saved_model` of the trained model in a run folder (see `tfp_ae.train.load_model`),
     and with `tflite` also `export_tflite` into the same folder.
 
@@ -319,7 +320,7 @@ def export_run(run_dir: str | os.PathLike, export_dir: str | os.PathLike, overwr
 TFLITE_PROBE_IMAGES = 8
 
 
-def tflite_probe(config: RunConfig):
+def tflite_probe(config: RunConfig) -> np.ndarray:
     """The images `export_run` checks TensorFlow Lite on: the run's first `TFLITE_PROBE_IMAGES` test
     images `[8, H, W, C]`, dequantised (seed 0) when the run trained on dequantised pixels."""
     source = open_source(config.dataset, **config.source_options)

@@ -47,7 +47,7 @@ INCEPTION_WEIGHTS = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
 NOISE_SEED = 1234
 
 
-def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray):
+def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
     """Fréchet distance between N(mu1, cov1) and N(mu2, cov2) (Heusel et al. 2017, Eq. 6).
 
     Args: means `[F]`, covariances `[F, F]`. Returns a float >= 0 (feature units squared).
@@ -65,7 +65,7 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     return float(max(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean), 0.0))
 
 
-def fid_from_features(a: np.ndarray, b: np.ndarray):
+def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
     """FID between two feature sets `[N, F]` and `[M, F]` (N, M >= 2).
     Raises ValueError for fewer than 2 rows or different feature sizes."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -74,7 +74,7 @@ def fid_from_features(a: np.ndarray, b: np.ndarray):
     return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 
-def noise_images(n: int, image_shape: tuple[int, int, int], seed: int = NOISE_SEED):
+def noise_images(n: int, image_shape: tuple[int, int, int], seed: int = NOISE_SEED) -> np.ndarray:
     """`n` images of uniform noise U[0, 1], `[n, H, W, C]` (the paper's FID reference set)."""
     return np.random.default_rng(seed).uniform(size=(n, *image_shape)).astype(np.float32)
 
@@ -89,18 +89,18 @@ class FeatureExtractor:
         self._fn = tf.function(lambda x: self.model(self._preprocess(x), training=False), autograph=False,
                                reduce_retracing=True)
 
-    def features(self, images: np.ndarray, batch_size: int = 250):
+    def features(self, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
         """Features `[N, F]` (float64) of images `[N, H, W, C]` in [0, 1]."""
         images = np.asarray(images, np.float32)
         return np.concatenate([self._fn(tf.constant(images[i:i + batch_size])).numpy()
                                for i in range(0, len(images), batch_size)]).astype(np.float64)
 
-    def fid(self, a: np.ndarray, b: np.ndarray):
+    def fid(self, a: np.ndarray, b: np.ndarray) -> float:
         """FID between image sets `a` `[N, H, W, C]` and `b` `[M, H, W, C]`, both in [0, 1]."""
         return fid_from_features(self.features(a), self.features(b))
 
 
-def cache_dir():
+def cache_dir() -> Path:
     """Where trained classifiers are kept: `$TFP_AE_CACHE_DIR`, else `~/.cache/tfp_ae`."""
     return Path(os.environ.get("TFP_AE_CACHE_DIR") or Path.home() / ".cache" / "tfp_ae")
 
@@ -124,7 +124,7 @@ def _data_key(data):
     return f"{Path(str(data.name)).stem}_{shape}_{h.hexdigest()[:10]}"
 
 
-def lenet_unavailable(data: Dataset):
+def lenet_unavailable(data: Dataset) -> str:
     """Why the `lenet` classifier cannot be trained on `data` (a sentence), or "" when it can:
     it needs labels for both splits with at least two classes, and images of at least 4 x 4
     pixels (its two 2 x 2 max-pooling layers)."""
@@ -137,7 +137,7 @@ def lenet_unavailable(data: Dataset):
     return ""
 
 
-def lenet_extractor(data: Dataset, epochs: int = CLASSIFIER_EPOCHS, seed: int = 0, verbose: int = 0):
+def lenet_extractor(data: Dataset, epochs: int = CLASSIFIER_EPOCHS, seed: int = 0, verbose: int = 0) -> FeatureExtractor:
     """The `lenet` extractor for a dataset: trains the classifier on `data.x_train` / `y_train`
     the first time (then loads it from the cache) and reports its accuracy on `data.x_test`.
 
@@ -179,12 +179,12 @@ def lenet_extractor(data: Dataset, epochs: int = CLASSIFIER_EPOCHS, seed: int = 
     return FeatureExtractor("lenet", features, dict(info, cache=str(weights)))
 
 
-def inception_available():
+def inception_available() -> bool:
     """True when Keras already holds the InceptionV3 weights (no download needed)."""
     return (Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / INCEPTION_WEIGHTS).exists()
 
 
-def inception_extractor():
+def inception_extractor() -> FeatureExtractor:
     """The standard InceptionV3 pool-feature extractor (2048 features; downloads the ImageNet
     weights through Keras if they are not cached, which needs the internet).
     Raises: whatever Keras raises when the weights cannot be had (e.g. no network)."""
@@ -198,7 +198,7 @@ def inception_extractor():
     return FeatureExtractor("inception", net, dict(classifier="inception_v3_imagenet"), preprocess)
 
 
-def fid_metrics(extractor: FeatureExtractor, reconstructions: np.ndarray, real: np.ndarray):
+def fid_metrics(extractor: FeatureExtractor, reconstructions: np.ndarray, real: np.ndarray) -> dict[str, float]:
     """FID numbers for `metrics.json`: `fid_{name}` (reconstructions vs real images),
     `fid_{name}_vs_noise` (reconstructions vs U[0, 1] noise, the paper's column) and
     `fid_{name}_real_vs_noise` (the real images vs noise: the paper's "test images" row).

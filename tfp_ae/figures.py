@@ -24,13 +24,15 @@ from tfp_ae.heads import SAMPLE_SEED
 from tfp_ae.predict import component_points, latents, point_estimates, uncertainty_maps
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from tfp_ae.data.arrays import Dataset
     from tfp_ae.models import ProbabilisticModel
 
 FULL_COVARIANCE_MAX = 512  # latent sizes up to this get a full-covariance Gaussian fit
 
 
-def model_label(model: ProbabilisticModel):
+def model_label(model: ProbabilisticModel) -> str:
     """`HEAD K=k [options] [loss [(ACTIVATION location)]] (arch)`: how figures name a model (the loss where
     it is not `nll`, a faithful location's activation where it is not linear)."""
     head = model.head
@@ -54,7 +56,7 @@ def _scale(uncertainty):
     return (0.0, 1.0) if uncertainty == "interval" else None
 
 
-def reconstruction_figure(model: ProbabilisticModel, images: np.ndarray, uncertainty: str = "interval"):
+def reconstruction_figure(model: ProbabilisticModel, images: np.ndarray, uncertainty: str = "interval") -> Figure:
     """Figures 1/2 for one model: inputs `[N, H, W, C]`, their point estimates and per-pixel
     uncertainty maps (`uncertainty`: `interval`, `std` or `variance`, see
     `tfp_ae.predict.uncertainty_maps`) with a colour bar."""
@@ -64,7 +66,8 @@ def reconstruction_figure(model: ProbabilisticModel, images: np.ndarray, uncerta
                                        label=plots.UNCERTAINTY_LABELS[uncertainty], scale=_scale(uncertainty))
 
 
-def heads_figure(models: list[ProbabilisticModel], images: np.ndarray, title: str = "", uncertainty: str = "interval"):
+def heads_figure(models: list[ProbabilisticModel], images: np.ndarray, title: str = "",
+                 uncertainty: str = "interval") -> Figure:
     """Figures 1 and 2: one input row, then for each model a point-estimate row and an
     uncertainty row (`uncertainty` as in `reconstruction_figure`). All uncertainty rows share one
     colour scale (0 to 1 for `interval`, else `plots.map_scale` of all maps), so the maps compare
@@ -89,7 +92,7 @@ LATENT_PRIORS = ("standard", "fitted")
 
 
 def latent_samples(model: ProbabilisticModel, num_images: int, reference_images: np.ndarray | None = None, seed: int = 0,
-                   prior: str = "standard"):
+                   prior: str = "standard") -> np.ndarray:
     """Point estimates of p(x|z) for sampled codes z, `[num_images, H, W, C]` in [0, 1].
 
     `prior`: `standard` draws z ~ N(0, I) (the paper's Figure 3, for any model; a VAE's prior).
@@ -116,14 +119,15 @@ def latent_samples(model: ProbabilisticModel, num_images: int, reference_images:
     return model.head.point_estimate(model.decode(z)).numpy()
 
 
-def output_samples(model: ProbabilisticModel, images: np.ndarray, num_samples: int = 5, seed: int = SAMPLE_SEED):
+def output_samples(model: ProbabilisticModel, images: np.ndarray, num_samples: int = 5,
+                   seed: int = SAMPLE_SEED) -> np.ndarray:
     """Samples of the output distribution p(x | input), clipped to [0, 1] for display,
     `[num_samples, N, H, W, C]` for images `[N, H, W, C]`."""
     images = check_images(images, "images", image_shape=model.image_shape)
     return np.clip(model.head.sample(model(images, training=False), num_samples, seed=seed).numpy(), 0, 1)
 
 
-def tsne(codes: np.ndarray, seed: int = 0):
+def tsne(codes: np.ndarray, seed: int = 0) -> np.ndarray | None:
     """2-D t-SNE embedding `[N, 2]` of codes `[N, L]` (scikit-learn, PCA initialisation; codes
     wider than 50 are first reduced to 50 principal components, the usual practice).
 
@@ -143,7 +147,7 @@ def tsne(codes: np.ndarray, seed: int = 0):
 
 
 def latent_figure(model: ProbabilisticModel, data: Dataset, num_samples: int = 16, num_inputs: int = 4,
-                  num_output_samples: int = 5, tsne_images: int = 1000, seed: int = 0):
+                  num_output_samples: int = 5, tsne_images: int = 1000, seed: int = 0) -> Figure:
     """Figure 3 for one model: (a) decoded latent samples (see `latent_samples`; an autoencoder's
     first half from N(0, I) as in the paper, the rest from the Gaussian fit), (b) inputs with
     samples of their output distribution, (c) t-SNE of the first `tsne_images` test latents
@@ -172,7 +176,7 @@ def latent_figure(model: ProbabilisticModel, data: Dataset, num_samples: int = 1
                                embedding_note=note, class_names=data.class_names)
 
 
-def components_figure(model: ProbabilisticModel, images: np.ndarray):
+def components_figure(model: ProbabilisticModel, images: np.ndarray) -> Figure:
     """Figure 4: for each input `[N, H, W, C]`, its K component means (modes for t heads) sorted
     by the mixture log-density at them (nats, printed above each image)."""
     pts, lps = component_points(model, images)
@@ -183,7 +187,7 @@ def components_figure(model: ProbabilisticModel, images: np.ndarray):
 
 
 def augment(model: ProbabilisticModel, images: np.ndarray, labels: np.ndarray | None = None,
-            min_log_prob: float | None = None, batch_size: int = 200):
+            min_log_prob: float | None = None, batch_size: int = 200) -> dict[str, np.ndarray]:
     """The paper's augmentation: component images of a mixture head whose mixture log-density
     is at least `min_log_prob` (nats; None keeps all).
 

@@ -59,7 +59,7 @@ class Cell:
         return f"{self.dataset}/{self.arch}/{self.model}_{self.head}_k{self.components}"
 
 
-def paper_table(arch: str):
+def paper_table(arch: str) -> list[dict]:
     """The paper's rows for `arch` (`mlp`: Table 1, `cnn` and `cnn_dense`: Table 2) as dicts keyed
     by CSV column (transcribed numbers shipped with the package); [] for other architectures."""
     if arch not in PAPER_TABLES:
@@ -73,7 +73,8 @@ def _paper_key(row):
     return (VAE_ROW if head.startswith("vae") else head), int(row["components"] or 0)
 
 
-def grid_cells(datasets: Sequence[str], arch: str, heads: Sequence[str] = ("all",), components: Sequence[int] = (1, 10)):
+def grid_cells(datasets: Sequence[str], arch: str, heads: Sequence[str] = ("all",),
+               components: Sequence[int] = (1, 10)) -> list[Cell]:
     """The cells of a grid, in order (dataset, then the paper's row order).
 
     Args:
@@ -150,7 +151,7 @@ def _fmt(v, digits=3):
         return str(v)
 
 
-def markdown_table(rows: list[dict], epochs: int | None = None):
+def markdown_table(rows: list[dict], epochs: int | None = None) -> str:
     """Markdown tables, one per (architecture, dataset), laid out like the paper's Tables 1/2:
     ours beside the paper's for L2 (%), FID, parameters and seconds per epoch. `fid_lenet`
     compares reconstructions with real test images; `fid_lenet_vs_noise` is the paper's kind of
@@ -182,7 +183,7 @@ def markdown_table(rows: list[dict], epochs: int | None = None):
     return "\n".join(out)
 
 
-def write_results(rows: list[dict], out: str | os.PathLike, epochs: int | None = None):
+def write_results(rows: list[dict], out: str | os.PathLike, epochs: int | None = None) -> None:
     """Write `results.csv` (columns `COLUMNS`) and `table.md` atomically."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, COLUMNS, extrasaction="ignore")
@@ -192,7 +193,7 @@ def write_results(rows: list[dict], out: str | os.PathLike, epochs: int | None =
     write_text(markdown_table(rows, epochs), Path(out) / "table.md")
 
 
-def merge_results(paths: Sequence[str | os.PathLike], out: str | os.PathLike, epochs: int | None = None):
+def merge_results(paths: Sequence[str | os.PathLike], out: str | os.PathLike, epochs: int | None = None) -> list[dict]:
     """Merge grid `results.csv` files (cells run in different folders, sessions or machines) into
     one `results.csv` + `table.md` in `out`.
 
@@ -233,7 +234,7 @@ def _cell_config(cell, base):
 
 
 def run_grid(out: str | os.PathLike, cells: Sequence[Cell], base: RunConfig | None = None, on_cell: Callable | None = None,
-             figures: bool = True):
+             figures: bool = True) -> list[dict]:
     """Run (or resume) every cell; finished cells are read from their `metrics.json`, not re-run.
 
     Args:
@@ -293,7 +294,7 @@ def _eta(state, left):
     return f", about {left * mean / 60:.0f} min left (mean {mean / 60:.1f} min per cell)"
 
 
-def write_head_figures(out: str | os.PathLike, rows: list[dict], base: RunConfig | None = None, num_images: int = 8):
+def write_head_figures(out: str | os.PathLike, rows: list[dict], base: RunConfig | None = None, num_images: int = 8) -> None:
     """Figures 1 (K = 1) and 2 (K > 1) of each (dataset, arch) from the finished cells
     (`base`: data_dir and rescale of the grid)."""
     base = base or RunConfig()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tfp_ae._tf import tf, tfd, tfk
@@ -52,7 +53,7 @@ class ProbabilisticModel(tfk.Model):
         self.build_args = dict(build_args)
 
     @property
-    def code_shape(self):
+    def code_shape(self) -> tuple[int, ...]:
         """Shape of one code (`encode`'s output without the batch axis)."""
         return tuple(self.encoder.output_shape[1:])
 
@@ -63,51 +64,53 @@ class ProbabilisticModel(tfk.Model):
         p = tf.reshape(p, tf.concat([tf.shape(z)[:tf.rank(z) - nd], [self.head.size]], 0))
         return tf.cast(p, self.head.compute_dtype)
 
-    def decode(self, z: tf.Tensor):
+    def decode(self, z: tf.Tensor) -> tfd.Distribution:
         """p(x | z): the head's distribution for codes `z` `[..., *code_shape]`; batch `z`'s leading
         shape (any rank: built by `head.new`, not through the Keras layer), event `[H, W, C]`."""
         return self.head.new(self._decoder_params(z))
 
-    def log_prob(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def log_prob(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tf.Tensor:
         """log p(x) `[B]` in nats of images `x` `[B, H, W, C]` in [0, 1] (`seed`: used only by
         models that estimate it by sampling, the VAE)."""
         return self(x, training=False).log_prob(x)
 
-    def prior(self):
+    def prior(self) -> tfd.Distribution:
         """The distribution of codes to sample from: N(0, I) over `code_shape` (the paper's
         Figure 3 for an autoencoder, whose codes were not trained to follow it; a VAE's prior)."""
         return tfd.Independent(tfd.Normal(tf.zeros(self.code_shape), 1.0), len(self.code_shape))
 
-    def sample_images(self, num_images: int, seed: tuple[int, int] | tf.Tensor | None = None):
+    def sample_images(self, num_images: int, seed: tuple[int, int] | tf.Tensor | None = None) -> tf.Tensor:
         """Point estimates of p(x|z) for z ~ `prior()`: `[num_images, H, W, C]` in [0, 1]
         (Figure 3, row 1); `seed`: stateless seed of the draw."""
         return self.head.point_estimate(self.decode(self.prior().sample(num_images, seed=seed)))
 
-    def point_estimate(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def point_estimate(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tf.Tensor:
         """The head's point estimate `[B, H, W, C]` in [0, 1] (mean; mode for t heads; mean of 50
         samples with the stateless `seed` for MAF), Ciobanu Section 3."""
         return self.head.point_estimate(self(x, training=False), seed=seed)
 
-    def variance(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def variance(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tf.Tensor:
         """Per-pixel variance `[B, H, W, C]` of p(x | input); NaN where it does not exist (`mse`;
         t heads with df <= 2)."""
         return self.head.variance(self(x, training=False), seed=seed)
 
-    def interval(self, x: tf.Tensor, level: float = INTERVAL_LEVEL, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def interval(self, x: tf.Tensor, level: float = INTERVAL_LEVEL,
+                 seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tuple[tf.Tensor, tf.Tensor]:
         """Per-pixel central `level` interval `(lo, hi)` of p(x | input), each `[B, H, W, C]` in pixel
         units (`tfp_ae.heads.Head.interval`); exists for every head but `mse`."""
         return self.head.interval(self(x, training=False), level, seed=seed)
 
-    def point_and_variance(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def point_and_variance(self, x: tf.Tensor,
+                           seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tuple[tf.Tensor, tf.Tensor]:
         """`point_estimate` and `variance` in one pass (MAF draws its samples once)."""
         return self.head.point_and_variance(self(x, training=False), seed=seed)
 
     @property
-    def keras_loss(self):
+    def keras_loss(self) -> Callable | None:
         """The loss `compile` gets: None for a model that trains on its own objective (the VAE)."""
         return None
 
-    def count_params(self):
+    def count_params(self) -> int:
         """The trainable parameters (the paper's counts; not the head's non-trainable `sigma_scale`)."""
         return int(sum(math.prod(w.shape) for w in self.trainable_weights))
 
@@ -119,7 +122,7 @@ class ProbabilisticModel(tfk.Model):
     def get_config(self):
         return dict(self.build_args, name=self.name)
 
-    def save(self, filepath: str | os.PathLike, *args, **kwargs):
+    def save(self, filepath: str | os.PathLike, *args, **kwargs) -> None:
         """Keras' `save`; HDF5 (`.h5`) cannot hold a subclassed model.
 
         Raises:
@@ -139,19 +142,19 @@ class Autoencoder(ProbabilisticModel):
     decoder's output (Ciobanu, Section 3). Trained by `fit(x, x)` on the head's loss (NLL in nats
     per image; MSE for the `mse` head). Build it with `build_model`."""
 
-    def call(self, x: tf.Tensor, training: bool | None = None):
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tfd.Distribution:
         return self.head(self.decoder(self.encoder(x, training=training), training=training))
 
     @property
-    def keras_loss(self):
+    def keras_loss(self) -> Callable:
         """The head's registered loss function (NLL in nats per image; MSE for `mse`)."""
         return self.head.loss
 
-    def encode(self, x: tf.Tensor):
+    def encode(self, x: tf.Tensor) -> tf.Tensor:
         """The code `[B, *code_shape]` (the bottleneck; the faithful `cnn`'s feature maps)."""
         return self.encoder(x, training=False)
 
-    def objective(self, x: tf.Tensor):
+    def objective(self, x: tf.Tensor) -> tf.Tensor:
         """The training loss of a batch `x` `[B, H, W, C]`: the head's loss averaged over images."""
         return tf.reduce_mean(self.head.loss(x, self(x, training=True)))
 
@@ -184,7 +187,7 @@ class StopGradient(L.Layer):
 
 
 def faithful_decoder(location_decoder: tfk.Model, code_shape: tuple[int, ...], dispersion_size: int, dispersion_units: int,
-                     location_activation: str = "linear"):
+                     location_activation: str = "linear") -> tfk.Model:
     """The decoder of `loss="faithful"` (Stirn et al., AISTATS 2023, Section 3 and their Figure 2):
     the arch's own decoder outputs only the location (the first D head parameters); a separate
     dispersion branch reads the code under stop_gradient (so the NLL cannot move the encoder or
@@ -219,7 +222,7 @@ def faithful_decoder(location_decoder: tfk.Model, code_shape: tuple[int, ...], d
     return tfk.Model(code, L.Concatenate()([location, dispersion]), name="decoder")
 
 
-def conv_relu_pool(filters: int = 320):
+def conv_relu_pool(filters: int = 320) -> list[tfk.layers.Layer]:
     """Ciobanu, Section 4's first block, Conv2D(filters, 3x3, same, ReLU) then MaxPool 2x2, computed
     as Conv2D without bias -> MaxPool 2x2 -> `BiasActivation` (bias, ReLU). The two are the same
     function: max(relu(a_i + b)) = relu(max(a_i) + b) exactly in floating point, since adding b
@@ -297,7 +300,7 @@ def cnn_features():
     return [*conv_relu_pool(), L.Conv2D(16, 1, activation="relu"), L.Flatten()]
 
 
-def check_image_shape(image_shape: tuple[int, int, int], arch: str):
+def check_image_shape(image_shape: tuple[int, int, int], arch: str) -> None:
     """Raises `InputError` unless H, W >= 2 for the convolutional architectures (their 2x2 max
     pooling). The head has already checked that `image_shape` is `(H, W, C)` with positive sizes."""
     if arch in ("cnn", "cnn_dense") and min(image_shape[:2]) < 2:

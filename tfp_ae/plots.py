@@ -14,13 +14,13 @@ HISTOGRAM_COLUMNS = 3  # score_histograms: panels a row (a grid, readable at pag
 UNCERTAINTY_LABELS = {"interval": "90 % interval width", "std": "standard deviation", "variance": "variance"}
 
 
-def subplots(rows: int, cols: int, figsize: tuple[float, float]):
+def subplots(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Figure, np.ndarray]:
     """A matplotlib `Figure` (constrained layout, no pyplot state) and its `[rows, cols]` axes."""
     fig = Figure(figsize=figsize, layout="constrained")  # leaves room for titles and colour bars
     return fig, fig.subplots(rows, cols, squeeze=False)
 
 
-def map_scale(*maps):
+def map_scale(*maps) -> tuple[float, float]:
     """(0, vmax) shared by uncertainty maps: vmax is the 99th percentile of their finite values
     (one extreme pixel does not flatten the rest; larger values show in the top colour), 1 when
     none is finite."""
@@ -30,7 +30,8 @@ def map_scale(*maps):
 
 
 def reconstruction_figure(images: np.ndarray, point: np.ndarray, uncertainty: np.ndarray | None = None, title: str = "",
-                          note: str | None = None, label: str = UNCERTAINTY_LABELS["interval"], scale: float | None = None):
+                          note: str | None = None, label: str = UNCERTAINTY_LABELS["interval"],
+                          scale: float | None = None) -> Figure:
     """Rows: inputs, point estimates and (if given) per-pixel uncertainty maps with a colour bar.
 
     Args:
@@ -77,7 +78,7 @@ def _fit_row_label(name):
     return "\n".join(textwrap.fill(line, ROW_LABEL_CHARS) for line in str(name).split("\n"))
 
 
-def image_rows(rows: list[tuple], title: str = ""):
+def image_rows(rows: list[tuple], title: str = "") -> Figure:
     """Rows of images: `rows` is a list of `(name, images [N, H, W, C], note or None)` for images
     in [0, 1], or `(name, maps [N, H, W, C], note or None, (vmin, vmax))` for uncertainty maps,
     which get a colour bar at the row's end (give rows the same scale to compare them); a row's
@@ -97,7 +98,7 @@ def image_rows(rows: list[tuple], title: str = ""):
     return fig
 
 
-def components_grid(images: np.ndarray, points: np.ndarray, log_probs: np.ndarray, title: str = ""):
+def components_grid(images: np.ndarray, points: np.ndarray, log_probs: np.ndarray, title: str = "") -> Figure:
     """Figure 4 layout: per row an input `[H, W, C]` then its K component images `points`
     `[N, K, H, W, C]` titled with `log_probs` `[N, K]` (nats)."""
     n, k = log_probs.shape
@@ -115,7 +116,7 @@ NO_EMBEDDING = "no t-SNE (no labels or disabled)"
 
 def latent_panels(samples: np.ndarray, inputs: np.ndarray, outputs: np.ndarray, embedding: np.ndarray | None = None,
                   labels: np.ndarray | None = None, title: str = "", prior_note: str = "",
-                  embedding_note: str = NO_EMBEDDING, class_names: list[str] | None = None):
+                  embedding_note: str = NO_EMBEDDING, class_names: list[str] | None = None) -> Figure:
     """Figure 3 layout: (a) decoded latent samples `[S, H, W, C]`, (b) inputs `[N, H, W, C]` with
     output samples `[M, N, H, W, C]` beside each, (c) a t-SNE scatter `[P, 2]` coloured by `labels`
     `[P]` (int), its legend naming each label by `class_names[label]` when given (`embedding_note`
@@ -149,7 +150,7 @@ def latent_panels(samples: np.ndarray, inputs: np.ndarray, outputs: np.ndarray, 
     return fig
 
 
-def image_grid(images: np.ndarray, title: str = "", columns: int = 8):
+def image_grid(images: np.ndarray, title: str = "", columns: int = 8) -> Figure:
     """A grid of images `[N, H, W, C]` in [0, 1] (e.g. decoded samples)."""
     n = len(images)
     rows = -(-n // columns)
@@ -162,12 +163,12 @@ def image_grid(images: np.ndarray, title: str = "", columns: int = 8):
     return fig
 
 
-def save(fig: Figure, path: str | os.PathLike):
+def save(fig: Figure, path: str | os.PathLike) -> None:
     """Write `fig` as PNG (or the format of `path`'s suffix)."""
     fig.savefig(path, dpi=100)
 
 
-def calibration_figure(calibration: dict, title: str = ""):
+def calibration_figure(calibration: dict, title: str = "") -> Figure:
     """The `calibration` dict of `tfp_ae.evaluate.calibration` as two panels: a reliability diagram
     (coverage of each central interval against its level, the diagonal = calibrated; above it
     under-confident, below over-confident; thin lines: the same within the quartiles of the predicted
@@ -198,7 +199,7 @@ def calibration_figure(calibration: dict, title: str = ""):
     return fig
 
 
-def roc_figure(scores: dict[str, tuple[np.ndarray, np.ndarray]]):
+def roc_figure(scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     """ROC curves of OOD scores: `scores` {name: (in-distribution `[N]`, OOD `[M]`)}, OOD positive;
     AUROC in the legend (scikit-learn's `roc_curve` / `roc_auc_score`)."""
     from sklearn.metrics import roc_auc_score, roc_curve
@@ -223,7 +224,7 @@ def _signed_log(v):
 
 
 def score_histograms(scores: dict[str, tuple[np.ndarray, np.ndarray]], bins: int = 50,
-                     labels: tuple[str, str] = ("in", "OOD"), columns: int = HISTOGRAM_COLUMNS):
+                     labels: tuple[str, str] = ("in", "OOD"), columns: int = HISTOGRAM_COLUMNS) -> Figure:
     """One panel per score, `columns` panels a row: histograms of the in-distribution and OOD scores
     (higher = more anomalous), `scores` {name: (in `[N]`, OOD `[M]`)}; bar heights are fractions of each
     set; `labels` name the two sets (e.g. normal / novel).
@@ -270,7 +271,7 @@ def score_histograms(scores: dict[str, tuple[np.ndarray, np.ndarray]], bins: int
 
 
 def anomaly_figure(images: np.ndarray, point: np.ndarray, amap: np.ndarray, masks: np.ndarray | None, names: list[str],
-                   map_name: str, top: int):
+                   map_name: str, top: int) -> Figure:
     """`anomaly_maps.png` of `tfp-ae score`: columns are test images; rows their input, point estimate,
     anomaly map (`UNCERTAINTY_CMAP`, one colour scale, `map_scale`) and, when known, defect mask.
 

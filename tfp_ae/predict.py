@@ -45,7 +45,8 @@ def _concatenate(outs):
     return np.concatenate([o.numpy() for o in outs])
 
 
-def map_batches(model: ProbabilisticModel, x: np.ndarray, quantity: str, batch_size: int | None = None):
+def map_batches(model: ProbabilisticModel, x: np.ndarray, quantity: str,
+                batch_size: int | None = None) -> np.ndarray | tuple[np.ndarray, ...]:
     """`QUANTITIES[quantity]` of `model` on images `x` `[N, H, W, C]` in [0, 1], batch by batch,
     concatenated as numpy (a tuple of arrays for quantities with several results).
 
@@ -60,35 +61,35 @@ def map_batches(model: ProbabilisticModel, x: np.ndarray, quantity: str, batch_s
     return _concatenate([step(tf.constant(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
 
 
-def map_dataset(model: ProbabilisticModel, batches: tf.data.Dataset, quantity: str):
+def map_dataset(model: ProbabilisticModel, batches: tf.data.Dataset, quantity: str) -> np.ndarray | tuple[np.ndarray, ...]:
     """`QUANTITIES[quantity]` of `model` on a `tf.data.Dataset` of image batches `[B, H, W, C]` in
     [0, 1] (a streamed split: never held whole), concatenated as numpy per image."""
     step = _step(model, quantity)
     return _concatenate([step(b) for b in batches])
 
 
-def nll_per_image(model: ProbabilisticModel, x: np.ndarray, batch_size: int | None = None):
+def nll_per_image(model: ProbabilisticModel, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """-log p(x) in nats for each image `[N]` of `x` `[N, H, W, C]` in [0, 1] (`model.log_prob`:
     the head's distribution, not its training loss; for a VAE the importance-sampled estimate)."""
     return -map_batches(model, x, "log_prob", batch_size)
 
 
-def elbo_per_image(vae: VAE, x: np.ndarray, batch_size: int | None = None):
+def elbo_per_image(vae: VAE, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """The ELBO of each image `[N]`, nats (one posterior sample, closed-form KL); VAE only."""
     return map_batches(vae, x, "elbo", batch_size)
 
 
-def point_estimates(model: ProbabilisticModel, x: np.ndarray, batch_size: int = 200):
+def point_estimates(model: ProbabilisticModel, x: np.ndarray, batch_size: int = 200) -> np.ndarray:
     """The head's point estimate of each image, `[N, H, W, C]` clipped to [0, 1]."""
     return map_batches(model, x, "point", batch_size)
 
 
-def variance_maps(model: ProbabilisticModel, x: np.ndarray, batch_size: int = 200):
+def variance_maps(model: ProbabilisticModel, x: np.ndarray, batch_size: int = 200) -> np.ndarray:
     """Per-pixel variance of each image's distribution, `[N, H, W, C]` (NaN where undefined)."""
     return map_batches(model, x, "variance", batch_size)
 
 
-def uncertainty_maps(model: ProbabilisticModel, x: np.ndarray, kind: str = "interval", batch_size: int = 100):
+def uncertainty_maps(model: ProbabilisticModel, x: np.ndarray, kind: str = "interval", batch_size: int = 100) -> np.ndarray:
     """Per-pixel uncertainty of each image's distribution p(x | input), `[N, H, W, C]`.
 
     `kind` (`tfp_ae.config.UNCERTAINTIES`):
@@ -111,18 +112,18 @@ def uncertainty_maps(model: ProbabilisticModel, x: np.ndarray, kind: str = "inte
     return np.sqrt(var) if kind == "std" else var
 
 
-def point_and_variance(model: ProbabilisticModel, x: np.ndarray, batch_size: int = 200):
+def point_and_variance(model: ProbabilisticModel, x: np.ndarray, batch_size: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """`point_estimates` and `variance_maps` of `x` in one pass (MAF: one draw of 50 samples)."""
     return map_batches(model, x, "point_variance", batch_size)
 
 
-def latents(model: ProbabilisticModel, x: np.ndarray, batch_size: int = 500):
+def latents(model: ProbabilisticModel, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """Codes `[N, prod(code_shape)]` of images `[N, H, W, C]` (`model.encode`: an autoencoder's
     bottleneck, a VAE's posterior mean), flattened."""
     return map_batches(model, x, "code", batch_size).reshape(len(x), -1)
 
 
-def component_points(model: ProbabilisticModel, x: np.ndarray, batch_size: int = 200):
+def component_points(model: ProbabilisticModel, x: np.ndarray, batch_size: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """Per-component point estimates `[N, K, H, W, C]` and mixture log-densities `[N, K]` (nats)
     of images `[N, H, W, C]` (see `tfp_ae.heads.Head.component_points`).
     Raises: ValueError for a head with K = 1 or bad images."""
@@ -134,7 +135,7 @@ def component_points(model: ProbabilisticModel, x: np.ndarray, batch_size: int =
 SAMPLE_FLOATS = 2 ** 23  # bound on the draws held per batch by sample-based quantities (32 MiB of float32)
 
 
-def sample_batch_size(model: ProbabilisticModel, num_samples: int, most: int):
+def sample_batch_size(model: ProbabilisticModel, num_samples: int, most: int) -> int:
     """Images per batch for a quantity that draws `num_samples` images per input image: at most
     `most`, and at most `SAMPLE_FLOATS` drawn values (large images: fewer per batch), at least 1."""
     return max(1, min(most, SAMPLE_FLOATS // (num_samples * int(np.prod(model.image_shape)))))

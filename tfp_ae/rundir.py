@@ -31,7 +31,7 @@ METRICS_FILE = "metrics.json"
 LOG_DIR = "logs"                   # TensorBoard logs (--tensorboard)
 
 
-def write_text(text: str, path: str | os.PathLike):
+def write_text(text: str, path: str | os.PathLike) -> None:
     """Write a text file atomically (temporary file + rename): a crash never leaves half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -39,7 +39,7 @@ def write_text(text: str, path: str | os.PathLike):
     os.replace(tmp, path)
 
 
-def write_json(obj: object, path: str | os.PathLike):
+def write_json(obj: object, path: str | os.PathLike) -> None:
     """Write JSON atomically (see `write_text`)."""
     write_text(json.dumps(obj, indent=2, default=float), path)
 
@@ -87,7 +87,7 @@ RESUME_IGNORED = ("out", "data_dir", "verbose", "strategy", "tensorboard", "unce
                   "steps_per_execution", "recalibration_criterion", "force_recalibration")  # none changes what is trained
 
 
-def load_state(run_dir: str | os.PathLike, config: RunConfig):
+def load_state(run_dir: str | os.PathLike, config: RunConfig) -> dict:
     """The saved progress of an unfinished run in `run_dir`, or a fresh state.
 
     Raises:
@@ -107,13 +107,13 @@ def load_state(run_dir: str | os.PathLike, config: RunConfig):
     return state
 
 
-def checkpoint_manager(model: ProbabilisticModel, run_dir: str | os.PathLike):
+def checkpoint_manager(model: ProbabilisticModel, run_dir: str | os.PathLike) -> tf.train.CheckpointManager:
     """`tf.train.CheckpointManager` of model + optimizer in `run_dir/checkpoints` (two kept)."""
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     return tf.train.CheckpointManager(ckpt, str(Path(run_dir) / CHECKPOINT_DIR), max_to_keep=2)
 
 
-def recalibrated_manager(model: ProbabilisticModel, run_dir: str | os.PathLike):
+def recalibrated_manager(model: ProbabilisticModel, run_dir: str | os.PathLike) -> tf.train.CheckpointManager:
     """`tf.train.CheckpointManager` of model + optimizer after σ-scaling, in `run_dir/recalibrated` (one kept).
     Apart from the training checkpoints: TensorFlow replaces a checkpoint's files one by one, and a run
     killed while the fitted model overwrote its last epoch's checkpoint could not resume (the index of
@@ -123,7 +123,7 @@ def recalibrated_manager(model: ProbabilisticModel, run_dir: str | os.PathLike):
     return tf.train.CheckpointManager(ckpt, str(Path(run_dir) / RECALIBRATED_DIR), max_to_keep=1)
 
 
-def restore(manager: tf.train.CheckpointManager, max_epoch: int):
+def restore(manager: tf.train.CheckpointManager, max_epoch: int) -> int:
     """Restore the newest checkpoint with at most `max_epoch` finished epochs; returns its epoch count."""
     numbers = {int(p.rsplit("-", 1)[1]): p for p in manager.checkpoints}
     usable = [n for n in numbers if n <= max_epoch]

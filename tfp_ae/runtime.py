@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from tfp_ae.models import ProbabilisticModel
 
 
-def make_strategy(name: str = "default"):
+def make_strategy(name: str = "default") -> tf.distribute.Strategy:
     """A `tf.distribute` strategy by name.
 
     `default`: one device (TensorFlow's placement: the GPU when there is one). `mirrored`:
@@ -40,7 +40,7 @@ def make_strategy(name: str = "default"):
     raise InputError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
 
 
-def num_workers(strategy: tf.distribute.Strategy | None = None):
+def num_workers(strategy: tf.distribute.Strategy | None = None) -> int:
     """How many worker processes train together (1 unless `MultiWorkerMirroredStrategy`)."""
     strategy = strategy or tf.distribute.get_strategy()
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -48,14 +48,14 @@ def num_workers(strategy: tf.distribute.Strategy | None = None):
     return 1
 
 
-def worker(strategy: tf.distribute.Strategy | None = None):
+def worker(strategy: tf.distribute.Strategy | None = None) -> tuple[int, int]:
     """`(index, count)` of this process among the workers that train together (`(0, 1)` alone)."""
     strategy = strategy or tf.distribute.get_strategy()
     count = num_workers(strategy)
     return (int(strategy.cluster_resolver.task_id or 0) if count > 1 else 0), count
 
 
-def device_summary(strategy: tf.distribute.Strategy | None = None):
+def device_summary(strategy: tf.distribute.Strategy | None = None) -> str:
     """Where training runs, e.g. `1 x CPU` or `2 x GPU (mirrored)`, for logs and metrics.json."""
     strategy = strategy or tf.distribute.get_strategy()
     gpus = tf.config.list_logical_devices("GPU")
@@ -85,7 +85,7 @@ RUNTIME_BYTES = 1 * GIB   # TensorFlow runtime + a cached 60k-image dataset (mea
 
 
 def estimate_train_memory(head: Head, image_shape: tuple[int, int, int], num_components: int = 1, batch_size: int = 128,
-                          latent_dim: int = 32, **head_options):
+                          latent_dim: int = 32, **head_options) -> dict[str, int]:
     """Rough peak host memory (bytes) of training an MLP autoencoder with `head`.
 
     weights x 4 (value, gradient, two Adam moments) x 4 bytes + batch x params_size x c x 4 bytes
@@ -104,7 +104,7 @@ def estimate_train_memory(head: Head, image_shape: tuple[int, int, int], num_com
     return dict(total=RUNTIME_BYTES + weights + activations, weights=weights, activations=activations)
 
 
-def available_memory():
+def available_memory() -> int | None:
     """Bytes of host memory available now (Linux `MemAvailable`), or None when unknown."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -115,7 +115,7 @@ def available_memory():
     return None
 
 
-def check_memory(config: RunConfig, image_shape: tuple[int, int, int]):
+def check_memory(config: RunConfig, image_shape: tuple[int, int, int]) -> None:
     """Refuse, before building anything, a CPU training run that cannot fit in host memory.
 
     Raises:
@@ -144,7 +144,7 @@ def check_memory(config: RunConfig, image_shape: tuple[int, int, int]):
         f"{free / GIB:.1f} GiB are available: {hint}, or run on a machine or GPU with more memory.")
 
 
-def probe_jit(model: ProbabilisticModel, images: np.ndarray):
+def probe_jit(model: ProbabilisticModel, images: np.ndarray) -> tuple[bool, str]:
     """Whether one training step of `model` (loss and gradients) compiles with XLA, traced with an
     unknown batch size as `model.fit` does (some ops need static shapes under XLA).
 

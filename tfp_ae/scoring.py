@@ -54,7 +54,7 @@ TRAIN_IMAGES = 2000  # training images: the reference of the p-values and the ce
 FIGURE_IMAGES = (4, 4)  # anomaly_maps.png: the highest-scored test images, then random others
 
 
-def png_bits_per_dim(x: np.ndarray, num_levels: int = 256):
+def png_bits_per_dim(x: np.ndarray, num_levels: int = 256) -> np.ndarray:
     """Bits per dimension of each image `[N, H, W, C]` (pixels `k / (L - 1)`) compressed losslessly
     as PNG (`tf.io.encode_png` of the levels k, zlib at its default level), `[N]`: the complexity
     L(x) of Serra et al. (ICLR 2020), who used PNG among their compressors."""
@@ -73,7 +73,7 @@ def _bits(model, split, num_levels, seed):
 
 def image_scores(model: ProbabilisticModel, split: Split | np.ndarray, num_levels: int = 256,
                  background: ProbabilisticModel | None = None, reference: dict[str, np.ndarray] | None = None,
-                 seed: int = 0):
+                 seed: int = 0) -> dict[str, np.ndarray]:
     """Every per-image score (`SCORES`) of the images of `split` (streamed), `[N]` each.
 
     Args:
@@ -107,7 +107,7 @@ def image_scores(model: ProbabilisticModel, split: Split | np.ndarray, num_level
     return out
 
 
-def p_values(scores: np.ndarray, reference: np.ndarray):
+def p_values(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """One-sided empirical p-values of `scores` `[N]` against `reference` `[M]` (scores of training
     images): (1 + #{reference >= score}) / (M + 1), the conformal p-value (Vovk et al. 2005), in
     [1 / (M + 1), 1]; small = unusually high. NaN counts as +infinity."""
@@ -116,7 +116,7 @@ def p_values(scores: np.ndarray, reference: np.ndarray):
     return (1 + len(ref) - np.searchsorted(ref, s, side="left")) / (len(ref) + 1)
 
 
-def min_p_score(scores: dict[str, np.ndarray], reference: dict[str, np.ndarray], of: Sequence[str] = COMBINED):
+def min_p_score(scores: dict[str, np.ndarray], reference: dict[str, np.ndarray], of: Sequence[str] = COMBINED) -> np.ndarray:
     """Tippett's combined test (L. H. C. Tippett, "The Methods of Statistics", 1931): the smallest of the
     p-values (`p_values`) of the scores `of` (default raw `nll` and `complexity`) against the training
     images', Bonferroni-adjusted (times `len(of)`, at most 1); returned as -log of that p-value, `[N]`
@@ -131,7 +131,8 @@ def min_p_score(scores: dict[str, np.ndarray], reference: dict[str, np.ndarray],
     return -np.log(np.minimum(1.0, len(of) * p))
 
 
-def fisher_score(scores: dict[str, np.ndarray], reference: dict[str, np.ndarray], of: Sequence[str] = COMBINED):
+def fisher_score(scores: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+                 of: Sequence[str] = COMBINED) -> np.ndarray:
     """Fisher's combined statistic -2 sum_k log p_k over the p-values (`p_values`) of the scores `of`
     (default raw `nll` and `complexity`) against the training images' (R. A. Fisher, "Statistical
     Methods for Research Workers", 1925, Sec. 21.1; Bergamin et al., AISTATS 2022, combine OOD test
@@ -144,13 +145,13 @@ def fisher_score(scores: dict[str, np.ndarray], reference: dict[str, np.ndarray]
     return -2 * sum(np.log(p_values(scores[c], reference[c])) for c in of)
 
 
-def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr: float = 0.95):
+def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr: float = 0.95) -> float:
     """False-positive rate at the first threshold whose true-positive rate reaches `tpr`."""
     fpr, tprs, _ = skm.roc_curve(labels, scores)
     return float(fpr[np.searchsorted(tprs, tpr, side="left")])
 
 
-def ood_metrics(scores_in: np.ndarray, scores_ood: np.ndarray):
+def ood_metrics(scores_in: np.ndarray, scores_ood: np.ndarray) -> dict[str, float]:
     """`{"auroc", "auprc", "fpr_at_95_tpr"}` of one score, OOD (or defective) as the positive class
     (scikit-learn).
 
@@ -167,7 +168,7 @@ def ood_metrics(scores_in: np.ndarray, scores_ood: np.ndarray):
                 fpr_at_95_tpr=fpr_at_tpr(labels, s))
 
 
-def detection_metrics(scores: dict[str, np.ndarray], labels: np.ndarray):
+def detection_metrics(scores: dict[str, np.ndarray], labels: np.ndarray) -> dict:
     """Image-level detection as MVTec AD users measure it: good test images against defective ones.
 
     Args:
@@ -189,7 +190,7 @@ def detection_metrics(scores: dict[str, np.ndarray], labels: np.ndarray):
                 per_defect={str(d): m for d, m in per_defect.items()})
 
 
-def grouped_metrics(scores: dict[str, np.ndarray], positive: np.ndarray, groups: np.ndarray):
+def grouped_metrics(scores: dict[str, np.ndarray], positive: np.ndarray, groups: np.ndarray) -> tuple[dict, dict]:
     """`ood_metrics` of every score, the positive images against all the others, overall and per group.
 
     Args:
@@ -211,7 +212,8 @@ def grouped_metrics(scores: dict[str, np.ndarray], positive: np.ndarray, groups:
 def score_run(run_dir: str | os.PathLike, data: str, ood: str | None = None, background: str | os.PathLike | None = None,
               out: str | os.PathLike | None = None, masks: np.ndarray | str | os.PathLike | None = None,
               limit: int | None = None, seed: int = 0, image_size: int | tuple[int, int] | None = None,
-              crop: str | None = None, channels: int | None = None, ood_test_fraction: float | None = None):
+              crop: str | None = None, channels: int | None = None,
+              ood_test_fraction: float | None = None) -> tuple[list[dict], dict]:
     """`tfp-ae score`: every score of a trained run on a dataset and (optionally) an OOD dataset, the
     detection of defective test images and the localisation of their defects.
 
@@ -308,7 +310,8 @@ def score_run(run_dir: str | os.PathLike, data: str, ood: str | None = None, bac
 
 
 def write_scores(out: str | os.PathLike, rows: list[dict], result: dict,
-                 pairs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, labels: tuple[str, str] = ("in", "OOD")):
+                 pairs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                 labels: tuple[str, str] = ("in", "OOD")) -> None:
     """Write `scores.csv` (`rows`, dicts with the same keys), `metrics.json` (`result`) and, with `pairs`
     `{score: (in-distribution or normal [N], OOD or novel [M])}`, `roc.png` and `histograms.png` (the two
     sets named by `labels`) into the folder `out` (created)."""

@@ -47,6 +47,8 @@ from tfp_ae.rundir import write_json
 from tfp_ae.vae import build_vae
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from tfp_ae.vae import VAE
 
 TOY_DATASETS = ("8gaussians", "checkerboard", "2spirals")
@@ -84,7 +86,7 @@ class ToySetup:
     batch_size: int = 200
     num_train: int = 100_000
 
-    def steps(self, objective: str):
+    def steps(self, objective: str) -> int:
         """Adam steps of the VAE (`elbo`) or the IWAE (`iwae`) in this set-up."""
         return self.vae_steps if objective == "elbo" else self.iwae_steps
 
@@ -104,7 +106,7 @@ TOY_SETUPS = {
 
 
 def resolve_setup(setup: str | ToySetup = "laptop", steps: int | None = None, growth: int | None = None,
-                  num_train: int | None = None):
+                  num_train: int | None = None) -> ToySetup:
     """A `ToySetup`: the preset `setup` (a name or a ToySetup) with overrides. `steps`: VAE steps
     (IWAE steps keep the preset's ratio); `growth`: the width of every hidden layer (the tutorial's
     dense-block growth); `num_train`: a fixed training set of that size.
@@ -137,7 +139,7 @@ def _check(name, scale="ffjord"):
         raise InputError(f"unknown toy scale {scale!r}; valid: {', '.join(TOY_SCALES)}")
 
 
-def sample_toy(name: str, num_points: int, seed: int = 0, scale: str = "ffjord"):
+def sample_toy(name: str, num_points: int, seed: int = 0, scale: str = "ffjord") -> np.ndarray:
     """`num_points` points `[N, 2]` float32 of a toy dataset, reproducible from `seed`; `scale`
     `ffjord` (the definitions above) or `tutorial` (divided by 8; spirals without u).
 
@@ -163,7 +165,7 @@ def sample_toy(name: str, num_points: int, seed: int = 0, scale: str = "ffjord")
     return (x / _TUTORIAL_DIVISOR if tutorial else x).astype(np.float32)
 
 
-def toy_log_prob(name: str, x: np.ndarray, scale: str = "ffjord"):
+def toy_log_prob(name: str, x: np.ndarray, scale: str = "ffjord") -> np.ndarray:
     """The exact log-density `[N]` (nats) of a toy dataset at points `x` `[N, 2]`.
 
     8gaussians: the mixture density; checkerboard: -log 32 on the squares, -inf elsewhere;
@@ -203,7 +205,7 @@ def _log_prob_unscaled(name, x, box):
     return out
 
 
-def toy_entropy(name: str, num_samples: int = 50_000, seed: int = 12345, scale: str = "ffjord"):
+def toy_entropy(name: str, num_samples: int = 50_000, seed: int = 12345, scale: str = "ffjord") -> dict:
     """Differential entropy H = -E[log p(x)] of a toy dataset, nats.
 
     Returns:
@@ -232,7 +234,7 @@ def _as_images(x):
 
 
 def toy_vae(objective: str = "elbo", iw_samples: int = 10, seed: int = 0, setup: ToySetup = TOY_SETUPS["laptop"],
-            steps: int | None = None):
+            steps: int | None = None) -> VAE:
     """A compiled VAE with a 2-d latent and a `normal_diag` decoder, built and optimised as `setup`
     says (`steps`: the length of its learning-rate schedule, default the setup's)."""
     tfk.utils.set_random_seed(seed)
@@ -243,7 +245,7 @@ def toy_vae(objective: str = "elbo", iw_samples: int = 10, seed: int = 0, setup:
 
 
 def train_toy_vae(name: str, objective: str = "elbo", setup: ToySetup = TOY_SETUPS["laptop"], seed: int = 0,
-                  iw_samples: int = 10, verbose: int = 2, epochs: int = 20):
+                  iw_samples: int = 10, verbose: int = 2, epochs: int = 20) -> VAE:
     """`toy_vae` trained with `model.fit` for `setup.steps(objective)` Adam steps at
     `setup.batch_size` on dataset `name` (a fixed set of `setup.num_train` points drawn with
     `seed`, shuffled every epoch, or a fresh batch per step); progress: Keras' line per epoch,
@@ -261,7 +263,7 @@ def train_toy_vae(name: str, objective: str = "elbo", setup: ToySetup = TOY_SETU
     return vae
 
 
-def toy_scores(vae: VAE, x: np.ndarray, num_samples: int = 250, batch_size: int = 1000):
+def toy_scores(vae: VAE, x: np.ndarray, num_samples: int = 250, batch_size: int = 1000) -> tuple[float, float, float]:
     """(-ELBO, -IWAE_k training bound, importance-sampled NLL) averaged over points `x` `[N, 2]`, nats."""
     xs = _as_images(x)
     elbo, bound, nll = [], [], []
@@ -273,7 +275,7 @@ def toy_scores(vae: VAE, x: np.ndarray, num_samples: int = 250, batch_size: int 
     return -float(np.concatenate(elbo).mean()), -float(np.concatenate(bound).mean()), float(np.concatenate(nll).mean())
 
 
-def model_log_density(vae: VAE, points: np.ndarray, num_samples: int = 250, batch_size: int = 1000):
+def model_log_density(vae: VAE, points: np.ndarray, num_samples: int = 250, batch_size: int = 1000) -> np.ndarray:
     """log p(x) `[N]` of a toy VAE at points `[N, 2]` by importance sampling."""
     xs = _as_images(points)
     return -np.concatenate([vae.importance_nll(xs[i:i + batch_size], num_samples).numpy()
@@ -282,7 +284,7 @@ def model_log_density(vae: VAE, points: np.ndarray, num_samples: int = 250, batc
 
 def run_study(out: str | os.PathLike, setup: str | ToySetup = "laptop", steps: int | None = None, growth: int | None = None,
               num_train: int | None = None, datasets: Sequence[str] = TOY_DATASETS, num_test: int = 10_000, seed: int = 0,
-              log: Callable[[str], None] = print):
+              log: Callable[[str], None] = print) -> list[dict]:
     """Train a VAE and an IWAE (k=10) per dataset as the set-up says (`resolve_setup(setup, steps,
     growth, num_train)`); write `results.json` (with the set-up) and the weights of each finished
     cell (so an interrupted study resumes without retraining them), `table.md` and `toy2d.png`.
@@ -325,7 +327,7 @@ def run_study(out: str | os.PathLike, setup: str | ToySetup = "laptop", steps: i
     return rows
 
 
-def study_table(results: dict, datasets: Sequence[str] = TOY_DATASETS, scale: str = "ffjord"):
+def study_table(results: dict, datasets: Sequence[str] = TOY_DATASETS, scale: str = "ffjord") -> list[dict]:
     """One row per dataset: H and our scores (`results`: nats) in bits, with the tutorial's (bits)."""
     rows = []
     bits = 1 / math.log(2)
@@ -339,7 +341,7 @@ def study_table(results: dict, datasets: Sequence[str] = TOY_DATASETS, scale: st
     return rows
 
 
-def markdown_table(rows: list[dict], setup: ToySetup = TOY_SETUPS["laptop"]):
+def markdown_table(rows: list[dict], setup: ToySetup = TOY_SETUPS["laptop"]) -> str:
     """The study as Markdown, all in bits: ours (H, -ELBO, NLL at the set-up's data scale), our gaps
     to H, and the tutorial's numbers and gaps (at its scale; gaps do not depend on the scale)."""
     note = ("at the tutorial's data scale" if setup.scale == "tutorial" else
@@ -365,7 +367,7 @@ LOG_DENSITY_RANGE = 12.0  # nats shown below a row's highest log-density (the re
 
 
 def study_figure(models: dict[str, VAE], datasets: Sequence[str] = TOY_DATASETS, seed: int = 0, grid: int = 100,
-                 scale: str = "ffjord"):
+                 scale: str = "ffjord") -> Figure:
     """Per dataset: ground-truth, VAE and IWAE log-densities log p(x) (nats) on a grid, on one colour
     scale per row (from the row's highest value down `LOG_DENSITY_RANGE` nats, with a colour bar;
     a density panel scaled to its own maximum is black but for its one hottest pixel), and the VAE's

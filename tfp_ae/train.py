@@ -58,7 +58,7 @@ class DivergedError(RuntimeError):
     """Training hit a NaN/inf loss in every attempt."""
 
 
-def build_and_compile(config: RunConfig, image_shape: tuple[int, int, int]):
+def build_and_compile(config: RunConfig, image_shape: tuple[int, int, int]) -> ProbabilisticModel:
     """The compiled model a `RunConfig` describes: an `Autoencoder` (`build_model`) or a `VAE`
     (`build_vae`), its layers under `config.precision`, with Adam's state built (so a checkpoint
     can be restored into it).
@@ -79,7 +79,7 @@ def build_and_compile(config: RunConfig, image_shape: tuple[int, int, int]):
     return model
 
 
-def hold_out(split: Split, config: RunConfig):
+def hold_out(split: Split, config: RunConfig) -> tuple[Split, Split | None]:
     """(the images trained on, the held-out images) of a training `Split`: its last
     `config.held_out_fraction` images are held out (validation loss, sigma-scaling), a fixed choice."""
     n = int(split.count * config.held_out_fraction)
@@ -300,7 +300,7 @@ def run(config: RunConfig, callbacks: tuple | list = (), overwrite: bool = False
 
 
 def recalibrate(model: ProbabilisticModel, held_out: Split, num_levels: int, seed: int, test_images: np.ndarray, test: Split,
-                criterion: str = "calibration", force: bool = False):
+                criterion: str = "calibration", force: bool = False) -> dict:
     """sigma-scaling of a trained autoencoder (`tfp_ae.evaluate.fit_sigma_scale`, minimising
     `criterion`) on the held-out `Split` (its images dequantised with the stateless seeds
     (seed + `HELD_OUT_SEED`, i), both input and target). Returns `{"sigma_scale", "criterion",
@@ -387,7 +387,7 @@ def load_model(run_dir: str | Path) -> tuple[ProbabilisticModel, RunConfig]:
     return model, config
 
 
-def tensorboard_callback(log_dir: str | os.PathLike):
+def tensorboard_callback(log_dir: str | os.PathLike) -> tfk.callbacks.TensorBoard:
     """Keras' `TensorBoard` callback writing to `log_dir`.
 
     Raises:

@@ -90,33 +90,33 @@ class VAE(ProbabilisticModel):
     def metrics(self):
         return self._trackers
 
-    def count_params(self):
+    def count_params(self) -> int:
         """Trainable weights of encoder, decoder and head (not the loss trackers' counters, the boolean
         `initialized` flags of weight normalisation or the head's non-trainable `sigma_scale`)."""
         return int(sum(np.prod(w.shape) for w in self.encoder.weights + self.decoder.weights + self.head.weights
                        if w.trainable and w.dtype != tf.bool))
 
-    def prior(self):
+    def prior(self) -> tfd.Distribution:
         """p(z) = N(0, I), event `[latent_dim]`."""
         return tfd.MultivariateNormalDiag(tf.zeros([self.latent_dim]))
 
-    def posterior(self, x: tf.Tensor):
+    def posterior(self, x: tf.Tensor) -> tfd.Distribution:
         """q(z|x) = N(mu, diag sigma^2), batch `[B]`, event `[latent_dim]`."""
         loc, scale = tf.split(tf.cast(self.encoder(x), self.head.compute_dtype), 2, axis=-1)
         return tfd.MultivariateNormalDiag(loc, positive(scale))
 
     @property
-    def code_shape(self):
+    def code_shape(self) -> tuple[int, ...]:
         return (self.latent_dim,)
 
-    def call(self, x: tf.Tensor, training: bool | None = None):
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tfd.Distribution:
         return self.head(self._decoder_params(self.posterior(x).mean()))
 
-    def encode(self, x: tf.Tensor):
+    def encode(self, x: tf.Tensor) -> tf.Tensor:
         """The posterior mean `[B, latent_dim]`."""
         return self.posterior(x).mean()
 
-    def log_prob(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def log_prob(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tf.Tensor:
         """log p(x) `[B]` nats, by importance sampling (`importance_nll`, stateless `seed`)."""
         return -self.importance_nll(x, seed=seed)
 
@@ -124,12 +124,13 @@ class VAE(ProbabilisticModel):
     def log_prob_note(self):
         return f"VAE: test_nll_nats is -log p(x) by importance sampling ({NLL_SAMPLES} samples)"
 
-    def objective(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def objective(self, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tf.Tensor:
         """The training loss of a batch: -ELBO or -IWAE_k averaged over images (nats); `seed`:
         stateless seed of the posterior draws."""
         return self._objective(x, seed)[0]
 
-    def elbo(self, x: tf.Tensor, z: tf.Tensor | None = None, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def elbo(self, x: tf.Tensor, z: tf.Tensor | None = None,
+             seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """(elbo, log p(x|z), KL) per image, `[B]` each, nats. One reparameterised sample z ~ q
         drawn with the stateless `seed` (or the given `z` `[B, L]`) for the reconstruction term,
         the KL in closed form (`tfd.kl_divergence`, the tutorial's Eq. 7)."""
@@ -140,7 +141,7 @@ class VAE(ProbabilisticModel):
         return rec - kl, rec, kl
 
     def log_weights(self, x: tf.Tensor, num_samples: int, z: tf.Tensor | None = None,
-                    seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+                    seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tf.Tensor:
         """log p(x|z_i) + log p(z_i) - log q(z_i|x), `[num_samples, B]`, z_i ~ q (or `z` `[S, B, L]`);
         `seed`: stateless seed of the draw."""
         q = self.posterior(x)
@@ -153,15 +154,16 @@ class VAE(ProbabilisticModel):
         return rec, rec + self.prior().log_prob(z) - q.log_prob(z)
 
     def iwae_bound(self, x: tf.Tensor, num_samples: int, z: tf.Tensor | None = None,
-                   seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+                   seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tf.Tensor:
         """IWAE_k lower bound on log p(x), `[B]` nats (Burda et al. 2016, Eq. 8)."""
         return _log_mean_exp(self.log_weights(x, num_samples, z, seed), num_samples)
 
-    def importance_nll(self, x: tf.Tensor, num_samples: int = NLL_SAMPLES, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def importance_nll(self, x: tf.Tensor, num_samples: int = NLL_SAMPLES,
+                       seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tf.Tensor:
         """-log p(x) estimated by importance sampling with q as proposal, `[B]` nats (tutorial Eq. 15)."""
         return -self.iwae_bound(x, num_samples, seed=seed)
 
-    def step_seed(self):
+    def step_seed(self) -> tf.Tensor:
         """The stateless seed of this training step's draws, int64 `[2]`: `(seed, t)` folded with
         the replica id (t = `optimizer.iterations`, restored with the checkpoint)."""
         seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
@@ -190,7 +192,7 @@ class VAE(ProbabilisticModel):
             tracker.update_state(v)
         return {t.name: t.result() for t in self._trackers}
 
-    def train_step(self, data: tuple):
+    def train_step(self, data: tuple) -> dict[str, tf.Tensor]:
         x = data[0] if isinstance(data, tuple) else data
         with tf.GradientTape() as tape:
             values = self._objective(x, self.step_seed())
@@ -200,7 +202,7 @@ class VAE(ProbabilisticModel):
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         return self._log(values)
 
-    def test_step(self, data: tuple):
+    def test_step(self, data: tuple) -> dict[str, tf.Tensor]:
         return self._log(self._objective(data[0] if isinstance(data, tuple) else data, SAMPLE_SEED))
 
 

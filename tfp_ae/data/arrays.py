@@ -32,11 +32,11 @@ class Dataset:
     class_names: list | None = None
 
     @property
-    def image_shape(self):
+    def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])
 
 
-def check_images(x: np.ndarray, name: str = "images", image_shape: tuple[int, int, int] | None = None):
+def check_images(x: np.ndarray, name: str = "images", image_shape: tuple[int, int, int] | None = None) -> np.ndarray:
     """Validate a batch of images for the models of this package.
 
     Args:
@@ -70,7 +70,7 @@ def check_images(x: np.ndarray, name: str = "images", image_shape: tuple[int, in
 
 
 def prepare_images(x: np.ndarray, rescale: bool = False, name: str = "images",
-                   image_shape: tuple[int, int, int] | None = None):
+                   image_shape: tuple[int, int, int] | None = None) -> np.ndarray:
     """`check_images` after an optional `x / 255` (`rescale`, for 8-bit data given as 0-255).
 
     Raises:

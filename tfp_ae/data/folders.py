@@ -27,22 +27,22 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SPLIT_SEED = 0  # the fixed shuffle of a folder without train/ and test/ before its test fraction is cut off
 
 
-def claims(spec: str):
+def claims(spec: str) -> bool:
     """A folder that holds no TFRecord shards (`tfp_ae.data.shards` is asked first)."""
     return Path(spec).is_dir()
 
 
-def has_split_folders(folder: str | os.PathLike):
+def has_split_folders(folder: str | os.PathLike) -> bool:
     """True when `folder` has both `train/` and `test/` subfolders (they are then its splits)."""
     return all((Path(folder) / s).is_dir() for s in SPLITS)
 
 
-def open_source(spec: str, geometry: Geometry, options: SourceOptions):
+def open_source(spec: str, geometry: Geometry, options: SourceOptions) -> Source:
     """The `Source` of the image folder `spec` (see the module docstring)."""
     return folder_source(Path(spec), geometry, options.test_fraction, options.skip_bad_images)
 
 
-def image_files(folder: str | os.PathLike):
+def image_files(folder: str | os.PathLike) -> list[str]:
     """Image files under `folder`, recursively, sorted by path."""
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
@@ -87,7 +87,7 @@ def _folder_labels(root, paths):
     return np.array([index[q[0]] for q in parts], np.int64), classes
 
 
-def folder_source(folder: str | os.PathLike, geometry: Geometry, test_fraction: float, skip_bad_images: bool):
+def folder_source(folder: str | os.PathLike, geometry: Geometry, test_fraction: float, skip_bad_images: bool) -> Source:
     """The `Source` of an image folder (module docstring): checks every file (`scan_images`), splits,
     labels from class subfolders.
 

@@ -44,12 +44,12 @@ class Geometry:
             raise InputError(f"channels must be 1 (grey) or 3 (RGB); got {channels!r}")
         return cls(size, crop, channels)
 
-    def shape(self, source_shape: tuple[int, int, int]):
+    def shape(self, source_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         """The `(H, W, C)` of a source image of shape `source_shape` after this geometry."""
         h, w, c = source_shape
         return (*(self.size or (h, w)), self.channels or c)
 
-    def apply(self, x: tf.Tensor, num_levels: int = 256):
+    def apply(self, x: tf.Tensor, num_levels: int = 256) -> tf.Tensor:
         """Float32 images `[..., h, w, c]` in [0, 1] -> `[..., H, W, C]`, re-quantised when resized."""
         if self.channels and x.shape[-1] != self.channels:
             x = tf.image.grayscale_to_rgb(x) if self.channels == 3 else tf.image.rgb_to_grayscale(x)
@@ -65,7 +65,7 @@ class Geometry:
         return tf.round(tf.clip_by_value(x, 0.0, 1.0) * (num_levels - 1)) / (num_levels - 1)
 
 
-def decode_image(encoded: tf.Tensor, channels: int, num_levels: int = 256):
+def decode_image(encoded: tf.Tensor, channels: int, num_levels: int = 256) -> tf.Tensor:
     """Encoded PNG / JPEG / BMP / GIF bytes -> float32 `[h, w, channels]`, pixels `k / (L - 1)`.
 
     Alpha is dropped; grey is repeated to RGB or RGB averaged to grey (`rgb_to_grayscale`) to reach

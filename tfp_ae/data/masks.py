@@ -42,7 +42,7 @@ def _read_mask(path, split):
     return m > 0.5
 
 
-def load_masks(spec: str | os.PathLike, split: Split):
+def load_masks(spec: str | os.PathLike, split: Split) -> np.ndarray:
     """Defect masks of a test split, for the pixel AUROC and PRO of anomaly maps.
 
     Args:

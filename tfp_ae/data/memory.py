@@ -18,19 +18,19 @@ if TYPE_CHECKING:
     from tfp_ae.data.geometry import Geometry
 
 
-def claims(spec: str):
+def claims(spec: str) -> bool:
     """Every spec: the in-memory kind is the registry's last resort (an unknown name is then an error)."""
     return True
 
 
-def open_source(spec: str, geometry: Geometry, options: SourceOptions):
+def open_source(spec: str, geometry: Geometry, options: SourceOptions) -> Source:
     """The `Source` of a named dataset or an `.npz` file."""
     if (spec.endswith(".npz") or os.sep in spec) and not Path(spec).exists():
         raise InputError(f"dataset {spec} does not exist (no such file or folder)")
     return array_source(load_dataset(spec, options.data_dir), geometry, options.rescale)
 
 
-def array_source(data: Dataset, geometry: Geometry, rescale: bool):
+def array_source(data: Dataset, geometry: Geometry, rescale: bool) -> Source:
     """A `Source` over a loaded `tfp_ae.data.Dataset` (named datasets, `.npz`); the geometry is
     applied as the images stream (a resized copy is never held)."""
     splits = {}

@@ -40,7 +40,7 @@ class DataNotFoundError(FileNotFoundError):
     """No copy of a dataset was found; the message lists where we looked and how to get it."""
 
 
-def read_idx(path: str | os.PathLike):
+def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (optionally gzip-compressed) into a uint8 array.
 
     Format (LeCun et al.): big-endian magic `0x000008NN` (0x08 = unsigned byte, NN = number of
@@ -106,7 +106,7 @@ def find_idx_dir(name: str, data_dir: str | os.PathLike | None = None):
     return None
 
 
-def dataset_available(name: str, data_dir: str | os.PathLike | None = None):
+def dataset_available(name: str, data_dir: str | os.PathLike | None = None) -> bool:
     """True when `name` can be loaded without a download."""
     if name == "digits":
         return True
@@ -117,7 +117,7 @@ def _keras_npz(name):
     return Path.home() / ".keras" / "datasets" / f"{name}.npz"
 
 
-def network_reachable(address: tuple[str, int] = DOWNLOAD_PROBE, timeout: float = PROBE_SECONDS):
+def network_reachable(address: tuple[str, int] = DOWNLOAD_PROBE, timeout: float = PROBE_SECONDS) -> bool:
     """One short probe, no retries: can a TCP connection to `address` `(host, port)` be opened
     within `timeout` seconds (name lookup included)? Offline, a tensorflow-datasets download
     retries for minutes before it fails; this answers in at most `timeout` seconds."""

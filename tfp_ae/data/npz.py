@@ -12,7 +12,7 @@ from tfp_ae.data.arrays import Dataset
 from tfp_ae.errors import InputError
 
 
-def load_npz(path: str | os.PathLike):
+def load_npz(path: str | os.PathLike) -> Dataset:
     """A user's dataset: an `.npz` file with `x_train`, `x_test` (`[N, H, W, C]`, real numbers) and
     optional integer labels `y_train`, `y_test` (`[N]`). Pixels in [0, 1] (or 0-255 with
     `--rescale`); assumed 8-bit (L = 256). An optional string array `class_names` names the

@@ -42,7 +42,7 @@ def dequantize(x: np.ndarray, num_levels: int = 256, seed: int | None = None) ->
     return (tf.round(x * (num_levels - 1)) + u) / num_levels
 
 
-def array_images(x: np.ndarray, shuffle: bool = True, seed: int = 0):
+def array_images(x: np.ndarray, shuffle: bool = True, seed: int = 0) -> tf.data.Dataset:
     """Images `[N, H, W, C]` as a cached `tf.data.Dataset`, shuffled with a buffer of 1024 (the
     paper's; reshuffled every pass, op seed `seed`) when `shuffle`."""
     ds = tf.data.Dataset.from_tensor_slices(x).cache()
@@ -50,7 +50,7 @@ def array_images(x: np.ndarray, shuffle: bool = True, seed: int = 0):
 
 
 def make_pipeline(x: np.ndarray, batch_size: int = BATCH_SIZE, shuffle: bool = True, num_levels: int | None = None,
-                  seed: int = 0, repeat: bool = False, skip_epochs: int = 0):
+                  seed: int = 0, repeat: bool = False, skip_epochs: int = 0) -> tf.data.Dataset:
     """A `tf.data` pipeline of `(images, images)` pairs for `model.fit`, from images in memory.
 
     The images are cached, shuffled with a buffer of 1024 (reshuffled each epoch, op seed
@@ -68,7 +68,7 @@ def make_pipeline(x: np.ndarray, batch_size: int = BATCH_SIZE, shuffle: bool = T
     return batch_stream(array_images(x, shuffle, seed), len(x), batch_size, num_levels, seed, repeat, skip_epochs)
 
 
-def perturb(x: tf.Tensor, rate: float, num_levels: int = 256, seed: tf.Tensor | None = None):
+def perturb(x: tf.Tensor, rate: float, num_levels: int = 256, seed: tf.Tensor | None = None) -> tf.Tensor:
     """Replace each pixel, with probability `rate`, by a level drawn uniformly from the `L` levels
     `k / (L - 1)`: the input perturbation of the background model of Ren et al. (NeurIPS 2019,
     Section 3), with the stateless `seed` (int tensor `[2]`). Same shape as `x` `[..., H, W, C]`."""
@@ -81,7 +81,7 @@ def perturb(x: tf.Tensor, rate: float, num_levels: int = 256, seed: tf.Tensor | 
 def batch_stream(images: tf.data.Dataset, count: int, batch_size: int = BATCH_SIZE, num_levels: int | None = None,
                  seed: int = 0, repeat: bool = False, skip_epochs: int = 0,
                  shard_policy: tf.data.experimental.AutoShardPolicy | None = None, perturb_rate: float = 0.0,
-                 perturb_levels: int = 256):
+                 perturb_levels: int = 256) -> tf.data.Dataset:
     """The end of every training pipeline: a stream of `count` images `[H, W, C]` (one epoch, in
     the order of `images`) -> batched `(images, images)` pairs for `model.fit`, prefetched.
 

@@ -28,7 +28,7 @@ SHARD_SCHEMA = {  # one tf.train.Example per image
 }
 
 
-def claims(spec: str):
+def claims(spec: str) -> bool:
     """A folder holding `*.tfrecord*` files, or a glob pattern that is not an existing path."""
     path = Path(spec)
     if path.is_dir():
@@ -36,7 +36,7 @@ def claims(spec: str):
     return any(ch in spec for ch in "*?[") and not path.exists()
 
 
-def open_source(spec: str, geometry: Geometry, options: SourceOptions):
+def open_source(spec: str, geometry: Geometry, options: SourceOptions) -> Source:
     """The `Source` of the shard folder or glob `spec`."""
     return shard_source(spec, geometry, options.skip_bad_images)
 
@@ -63,7 +63,7 @@ def _shard_files(spec):
     return by_split
 
 
-def shard_source(spec: str, geometry: Geometry, skip_bad_images: bool = False):
+def shard_source(spec: str, geometry: Geometry, skip_bad_images: bool = False) -> Source:
     """The `Source` of TFRecord shards (`SHARD_SCHEMA`) in a folder or matching a glob, with the counts,
     shape, levels and class names of their `SHARDS_INFO` when present.
 

@@ -50,11 +50,11 @@ class Split:
     keep: tuple = ()         # records: the class indices kept (filtered as they stream; `select`); () keeps all
 
     @property
-    def has_labels(self):
+    def has_labels(self) -> bool:
         return self.y is not None if self.kind == "array" else self.labels is not None if self.kind == "files" \
             else self.parse is not None and getattr(self.parse, "has_labels", False)
 
-    def subset(self, start: int = 0, stop: int | None = None):
+    def subset(self, start: int = 0, stop: int | None = None) -> Split:
         """Images `start..stop` of this split (in its fixed order), without reading any."""
         stop = self.count if stop is None else min(stop, self.count)
         start = min(start, stop)
@@ -67,12 +67,12 @@ class Split:
         return replace(self, count=stop - start, start=self.start + start)
 
     @property
-    def whole_files(self):
+    def whole_files(self) -> bool:
         """True when this split is all the records of its files (so files can be shuffled and sharded)."""
         return self.kind == "records" and self.start == 0 and self.count == self.records_total
 
     @property
-    def reshaped(self):
+    def reshaped(self) -> bool:
         """True when the geometry changes the images (arrays are then reshaped as they stream)."""
         return self.geometry != Geometry()
 
@@ -95,7 +95,7 @@ class Split:
         keep = tf.constant(self.keep, tf.int64)
         return ds.filter(lambda e, y: tf.reduce_any(tf.equal(tf.cast(y, tf.int64), keep)))
 
-    def label_values(self):
+    def label_values(self) -> np.ndarray | None:
         """The label of every image in the fixed order, int64 `[count]`, or None without labels (records
         are read once for their labels; the images are not decoded)."""
         if not self.has_labels:
@@ -107,7 +107,7 @@ class Split:
         labels = self._records(list(self.files)).skip(self.start).take(self.count).map(lambda e, y: y)
         return np.concatenate([np.zeros(0, np.int64), *labels.batch(8192).as_numpy_iterator()]).astype(np.int64)
 
-    def select(self, keep: Sequence[int], labels: np.ndarray | None = None):
+    def select(self, keep: Sequence[int], labels: np.ndarray | None = None) -> Split:
         """This split restricted to the images whose label is in `keep` (class indices), in the same
         order: arrays and file lists are indexed (no image is read); records are filtered as they
         stream (`keep`), after one pass over their labels to count them (`labels`: those already read
@@ -130,7 +130,7 @@ class Split:
             raise InputError("select classes before cutting records to a range or selecting again")
         return replace(self, count=n, records_total=n, keep=keep)
 
-    def elements(self):
+    def elements(self) -> tf.data.Dataset:
         """`tf.data.Dataset` of `(image float32 [H, W, C], label int64 (-1: none))` in the fixed order."""
         if self.kind == "array":
             y = np.full(self.count, -1, np.int64) if self.y is None else self.y
@@ -149,7 +149,7 @@ class Split:
         labels = np.full(self.count, -1, np.int64) if self.labels is None else self.labels
         return tf.data.Dataset.from_tensor_slices((self.paths, labels)).map(lambda p, y: (tf.io.read_file(p), y))
 
-    def shuffled_images(self, seed: int, worker: tuple[int, int] = (0, 1)):
+    def shuffled_images(self, seed: int, worker: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
         """Images `[H, W, C]` (no labels) in a seeded order, reshuffled on every pass: file paths are
         shuffled whole; records by shuffling the file order, interleaving four files and a buffer
         of `SHUFFLE_BUFFER`; arrays with that buffer (the paper's 1024) over the cached images.
@@ -193,7 +193,8 @@ class Split:
                              "files (sharded by FILE)")
 
     def pipeline(self, batch_size: int = BATCH_SIZE, shuffle: bool = True, num_levels: int | None = None, seed: int = 0,
-                 repeat: bool = False, skip_epochs: int = 0, worker: tuple[int, int] = (0, 1), perturb_rate: float = 0.0):
+                 repeat: bool = False, skip_epochs: int = 0, worker: tuple[int, int] = (0, 1),
+                 perturb_rate: float = 0.0) -> tf.data.Dataset:
         """`(images, images)` batches for `model.fit` (`tfp_ae.data.batch_stream`): `shuffled_images`
         when `shuffle`, else the fixed order. `worker` `(index, count)` of a multi-worker run: with
         `shard_policy` FILE the worker reads only its files; `perturb_rate`: see `tfp_ae.data.perturb`
@@ -209,7 +210,7 @@ class Split:
         return batch_stream(images, self.count, batch_size, num_levels, seed, repeat, skip_epochs, policy,
                             perturb_rate, self.num_levels)
 
-    def take(self, n: int | None = None):
+    def take(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """The first `n` images (all when None) as arrays: (x float32 `[n, H, W, C]`, y int64 `[n]` or None)."""
         n = self.count if n is None else min(n, self.count)
         if self.kind == "array" and not self.reshaped:
@@ -248,10 +249,10 @@ class Source:
     selected_classes: dict | None = None
 
     @property
-    def has_labels(self):
+    def has_labels(self) -> bool:
         return all(s.has_labels for s in self.splits.values())
 
-    def all_images(self):
+    def all_images(self) -> Split:
         """One `Split` of every image of an image-file source, train and test together, sorted by path
         (e.g. a flat folder of OOD images, scored whole).
 
@@ -264,13 +265,13 @@ class Source:
         paths = np.sort(np.concatenate([train.paths, test.paths]))
         return replace(train, count=len(paths), paths=paths, labels=None)
 
-    def print_skipped(self):
+    def print_skipped(self) -> None:
         """Print one line per image file left out by `skip_bad_images` (path and reason)."""
         for path, reason in self.skipped:
             print(f"skipped unreadable image {path}: {reason}", flush=True)
 
     @property
-    def streamed(self):
+    def streamed(self) -> bool:
         return any(s.kind != "array" for s in self.splits.values())
 
     @contextlib.contextmanager
@@ -287,7 +288,7 @@ class Source:
                              "`tfp-ae convert`, pass --image-size/--channels for mixed shapes, or --skip-bad-images "
                              "to leave unreadable records out") from None
 
-    def sample(self, test_images: int, train_bytes: int = SAMPLE_BYTES):
+    def sample(self, test_images: int, train_bytes: int = SAMPLE_BYTES) -> Dataset:
         """A bounded in-memory `tfp_ae.data.Dataset`: the first `test_images` test images and as many
         training images as fit in `train_bytes` of float32 (all of MNIST's 60,000; none when 0), for
         what needs arrays: L2 %, calibration, figures, the FID classifier and its features."""
@@ -299,6 +300,6 @@ class Source:
                        self.class_names if ytr is not None else None)
 
 
-def array_split(x: np.ndarray, num_levels: int = 256, y: np.ndarray | None = None):
+def array_split(x: np.ndarray, num_levels: int = 256, y: np.ndarray | None = None) -> Split:
     """A `Split` over images in memory, float32 `[N, H, W, C]` in [0, 1] (labels `y` `[N]` or None)."""
     return Split("array", len(x), tuple(x.shape[1:]), num_levels, x=x, y=y)

@@ -17,17 +17,18 @@ if TYPE_CHECKING:
 PREFIX = "tfds:"
 
 
-def claims(spec: str):
+def claims(spec: str) -> bool:
     """`tfds:NAME[/CONFIG]`."""
     return spec.startswith(PREFIX)
 
 
-def open_source(spec: str, geometry: Geometry, options: SourceOptions):
+def open_source(spec: str, geometry: Geometry, options: SourceOptions) -> Source:
     """The `Source` of `tfds:NAME`; `options.download` downloads and prepares it when it is not prepared."""
     return tfds_source(spec, options.data_dir, geometry, options.download, options.skip_bad_images)
 
 
-def tfds_source(spec: str, data_dir: str | os.PathLike, geometry: Geometry, download: bool, skip_bad_images: bool = False):
+def tfds_source(spec: str, data_dir: str | os.PathLike, geometry: Geometry, download: bool,
+                skip_bad_images: bool = False) -> Source:
     """The `Source` of a TFDS dataset prepared in `data_dir` (`download`: prepare it first).
 
     Raises:

@@ -91,7 +91,7 @@ HEADS = {cls.head_name: register(cls) for cls in [
 ]}
 
 
-def mixable_heads():
+def mixable_heads() -> list[str]:
     """The names of the heads that take K > 1 (`Head.mixable`)."""
     return [n for n, c in HEADS.items() if c.mixable]
 
@@ -123,7 +123,8 @@ def make_head(name: str, event_shape: tuple[int, ...], num_components: int = 1, 
     return cls(event_shape, num_components, loss=loss, beta=beta, **{k: v for k, v in options.items() if v is not None})
 
 
-def describe_heads(event_shape: tuple[int, ...] = (28, 28, 1), components: tuple[int, ...] = (1, 10), **options):
+def describe_heads(event_shape: tuple[int, ...] = (28, 28, 1), components: tuple[int, ...] = (1, 10),
+                   **options) -> list[tuple[str, str, dict[int, int | None]]]:
     """Rows `(name, label, {K: params_size or None})` for every registered head; each option in
     `options` (e.g. `rank=4`) applies to the heads that take it, the others use their defaults."""
     rows = []
@@ -134,7 +135,8 @@ def describe_heads(event_shape: tuple[int, ...] = (28, 28, 1), components: tuple
     return rows
 
 
-def bits_per_dim(nll_nats: float | np.ndarray | tf.Tensor, num_dims: int, num_levels: int = 256):
+def bits_per_dim(nll_nats: float | np.ndarray | tf.Tensor, num_dims: int,
+                 num_levels: int = 256) -> float | np.ndarray | tf.Tensor:
     """Bits per dimension of a density on dequantised pixels: `nll / (D ln 2) + log2(L)`.
 
     `nll_nats` is -log p(x_deq) per image (nats) for a density on [0, 1]^D evaluated at uniformly

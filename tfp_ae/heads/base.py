@@ -39,14 +39,14 @@ POSITIVE_SHIFT = 1e-6
 MAF_SAMPLES = 50
 
 
-def register(obj: Callable):
+def register(obj: Callable) -> Callable:
     """Register a class or function with Keras as `tfp_ae>Name`, so `tf_keras.models.load_model`
     finds it after `import tfp_ae` with default arguments."""
     return tfk.saving.register_keras_serializable(package="tfp_ae")(obj)
 
 
 @register
-def negative_log_likelihood(y_true: tf.Tensor, y_pred: tfd.Distribution):
+def negative_log_likelihood(y_true: tf.Tensor, y_pred: tfd.Distribution) -> tf.Tensor:
     """Keras loss: `-log p(y_true)` under the distribution `y_pred` (a head's output), nats per
     image `[B]`; `y_true` `[B, H, W, C]`. Computed in the distribution's dtype (float32 under a
     mixed precision policy)."""
@@ -54,7 +54,7 @@ def negative_log_likelihood(y_true: tf.Tensor, y_pred: tfd.Distribution):
 
 
 @register
-def squared_error(y_true: tf.Tensor, y_pred: tfd.Distribution):
+def squared_error(y_true: tf.Tensor, y_pred: tfd.Distribution) -> tf.Tensor:
     """Keras loss of the `mse` head: mean squared error per image `[B]` between `y_true`
     `[B, H, W, C]` and the mean of the distribution `y_pred` (pixels in [0, 1])."""
     mean = y_pred.mean()
@@ -65,7 +65,7 @@ LOSSES = ("nll", "beta_nll", "faithful")  # how a head's parameters are trained 
 DEFAULT_BETA = 0.5
 
 
-def check_beta(beta: float):
+def check_beta(beta: float) -> float:
     """`beta` as a float, checked: `beta_nll`'s exponent must be a number in [0, 1].
 
     Raises:
@@ -108,7 +108,7 @@ class BetaNLL(tfk.losses.Loss):
 
 
 @register
-def faithful_loss(y_true: tf.Tensor, y_pred: tfd.Distribution):
+def faithful_loss(y_true: tf.Tensor, y_pred: tfd.Distribution) -> tf.Tensor:
     """Keras loss of `loss="faithful"` (Stirn et al., AISTATS 2023, "Faithful heteroscedastic
     regression with neural networks", Section 3): half the squared error of the location (the
     mean's parameter, which alone trains it) plus the NLL of the distribution built with that
@@ -121,7 +121,7 @@ def faithful_loss(y_true: tf.Tensor, y_pred: tfd.Distribution):
     return se - d.faithful_dispersion.log_prob(y)
 
 
-def positive(x: tf.Tensor):
+def positive(x: tf.Tensor) -> tf.Tensor:
     """`1e-6 + softplus(x)`: the map of every strictly positive parameter (scale, df)."""
     return POSITIVE_SHIFT + tf.math.softplus(x)
 
@@ -209,7 +209,7 @@ class Head(Readouts, tfpl.DistributionLambda):
                                                dtype="float32")
 
     @classmethod
-    def check_loss(cls, loss: str, beta: float | None = None, num_components: int = 1):
+    def check_loss(cls, loss: str, beta: float | None = None, num_components: int = 1) -> tuple[str, float | None]:
         """`(loss, beta)` checked for this head: beta is None unless the loss is `beta_nll`.
 
         Raises:
@@ -233,7 +233,7 @@ class Head(Readouts, tfpl.DistributionLambda):
                              f"take it with K = 1: {takes}")
         return loss, None
 
-    def scaled(self, scale: tf.Tensor):
+    def scaled(self, scale: tf.Tensor) -> tf.Tensor:
         """`scale` times the head's `sigma_scale` s (a non-trainable weight, 1 unless recalibrated;
         Laves et al., MELBA 2021, "Recalibration of aleatoric and epistemic regression uncertainty
         in medical imaging": sigma-scaling). Every family passes each scale factor (a pixel's scale,
@@ -250,23 +250,23 @@ class Head(Readouts, tfpl.DistributionLambda):
         pass
 
     @property
-    def event_shape(self):
+    def event_shape(self) -> tuple[int, ...]:
         """The image shape `(H, W, C)` this head's distributions are over."""
         return self._image_shape
 
     @property
-    def natural_event_shape(self):
+    def natural_event_shape(self) -> tuple[int, ...]:
         """Event shape of the component before the reshape to the image: `[H,W,C]`, `[D]` or `[H,W]`."""
         return self._image_shape
 
     @classmethod
-    def component_params_size(cls, event_shape: tuple[int, ...], **options):
+    def component_params_size(cls, event_shape: tuple[int, ...], **options) -> int:
         """Number of flat parameters of one component for images of shape `event_shape` with the
         head's `options` (validated, defaults filled)."""
         raise NotImplementedError
 
     @classmethod
-    def check_option(cls, name: str, value: object, event_shape: tuple[int, ...]):
+    def check_option(cls, name: str, value: object, event_shape: tuple[int, ...]) -> object:
         """Check one option's value for images of `event_shape` (or None: unknown); returns it.
         Families override this for their options.
 
@@ -275,13 +275,13 @@ class Head(Readouts, tfpl.DistributionLambda):
         """
         return value
 
-    def component(self, params: tf.Tensor):
+    def component(self, params: tf.Tensor) -> tfd.Distribution:
         """Distribution from flat parameters `[..., P]`; batch `[...]`, event `natural_event_shape`."""
         raise NotImplementedError
 
     # ---- shared machinery ---------------------------------------------------------------------
     @classmethod
-    def check_options(cls, event_shape: tuple[int, ...] | None = None, **options):
+    def check_options(cls, event_shape: tuple[int, ...] | None = None, **options) -> dict:
         """The head's options `{name: value}` with defaults filled in; a None value means the default.
         `event_shape` `(H, W, C)` or None (then checks that need the image size are skipped).
 
@@ -299,17 +299,17 @@ class Head(Readouts, tfpl.DistributionLambda):
         return {name: cls.check_option(name, v, shape) for name, v in values.items()}
 
     @classmethod
-    def params_size(cls, event_shape: tuple[int, ...], num_components: int = 1, **options):
+    def params_size(cls, event_shape: tuple[int, ...], num_components: int = 1, **options) -> int:
         """Flat parameter count the decoder must output: `P` for K=1, `K * (P + 1)` for K > 1."""
         p = cls.component_params_size(tuple(event_shape), **cls.check_options(event_shape, **options))
         return p if num_components == 1 else num_components * (p + 1)
 
     @property
-    def size(self):
+    def size(self) -> int:
         """`params_size` of this instance."""
         return self.params_size(self._image_shape, self.num_components, **self.option_values)
 
-    def new(self, params: tf.Tensor):
+    def new(self, params: tf.Tensor) -> tfd.Distribution:
         """Turn decoder outputs `[B, params_size]` into a distribution, event shape `[H, W, C]`.
 
         With `loss="faithful"` the distribution also carries `faithful_location` (the location,
@@ -340,7 +340,7 @@ class Head(Readouts, tfpl.DistributionLambda):
     nll_loss = staticmethod(negative_log_likelihood)
 
     @property
-    def loss(self):
+    def loss(self) -> Callable:
         """The Keras loss `compile` gets: `nll_loss`, `BetaNLL(beta)` or `faithful_loss` (`training_loss`)."""
         if self.training_loss == "beta_nll":
             return BetaNLL(self.beta)
@@ -349,7 +349,7 @@ class Head(Readouts, tfpl.DistributionLambda):
         return self.nll_loss
 
     @property
-    def loss_description(self):
+    def loss_description(self) -> str:
         """What the training loss is, with its units (`metrics.json` `loss_units`)."""
         if self.training_loss == "beta_nll":
             return f"beta-NLL (beta={self.beta:g}; Seitzer et al. 2022), nats per image weighted per pixel"

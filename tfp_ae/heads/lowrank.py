@@ -28,7 +28,7 @@ from tfp_ae.heads.elliptical import T_OPTIONS, _EllipticalHead
 DEFAULT_RANK = 10
 
 
-def low_rank_quadratic_log_det(r: tf.Tensor, sigma: tf.Tensor, factor: tf.Tensor):
+def low_rank_quadratic_log_det(r: tf.Tensor, sigma: tf.Tensor, factor: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """`(q, log det S)`, each `[...]`, of `S = diag(sigma^2) + V V^T` at `r` `[..., D]`:
     `q = r^T S^{-1} r`. `sigma` `[..., D]` > 0 and `factor` V `[..., D, k]` broadcast against `r`.
 
@@ -119,7 +119,7 @@ class MultivariateStudentTDiagPlusLowRank(tfd.distribution.AutoCompositeTensorDi
         noise = self._scale_diag * z1 + tf.linalg.matvec(self._scale_perturb_factor, z2)
         return self._loc + tf.sqrt(df / g)[..., None] * noise
 
-    def squared_scale(self):
+    def squared_scale(self) -> tf.Tensor:
         """`diag(S)`, `[..., D]`: each pixel's squared scale (its marginal is t(df, loc_i, sqrt(S_ii)))."""
         return tf.square(self._scale_diag) + tf.reduce_sum(tf.square(self._scale_perturb_factor), axis=-1)
 
@@ -142,7 +142,7 @@ class NormalLowRank(_EllipticalHead):
     options = {"rank": DEFAULT_RANK}
 
     @classmethod
-    def check_option(cls, name: str, value: object, event_shape: tuple[int, ...]):
+    def check_option(cls, name: str, value: object, event_shape: tuple[int, ...]) -> object:
         """`rank`: an integer >= 1, and below D = H*W*C when the image shape is known."""
         if name == "rank":
             d = None if event_shape is None else int(np.prod(event_shape))
@@ -154,15 +154,15 @@ class NormalLowRank(_EllipticalHead):
         return super().check_option(name, value, event_shape)
 
     @property
-    def natural_event_shape(self):
+    def natural_event_shape(self) -> tuple[int, ...]:
         return (int(np.prod(self._image_shape)),)
 
     @classmethod
-    def component_params_size(cls, event_shape: tuple[int, ...], rank: int = DEFAULT_RANK, **options):
+    def component_params_size(cls, event_shape: tuple[int, ...], rank: int = DEFAULT_RANK, **options) -> int:
         d = int(np.prod(event_shape))
         return d * (rank + 2) + int(cls.student_t)
 
-    def component(self, params: tf.Tensor):
+    def component(self, params: tf.Tensor) -> tfd.Distribution:
         d = self.natural_event_shape[0]
         loc, s, v, df = _split(params, [d, d, d * self.rank, int(self.student_t)])
         factor = _unflatten(v, [d, self.rank])

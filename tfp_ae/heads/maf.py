@@ -30,14 +30,14 @@ class MAF(Head):
         self.made.build([None, d])
 
     @property
-    def natural_event_shape(self):
+    def natural_event_shape(self) -> tuple[int, ...]:
         return (int(np.prod(self._image_shape)),)
 
     @classmethod
-    def component_params_size(cls, event_shape: tuple[int, ...], **options):
+    def component_params_size(cls, event_shape: tuple[int, ...], **options) -> int:
         return int(np.prod(event_shape))
 
-    def component(self, params: tf.Tensor):
+    def component(self, params: tf.Tensor) -> tfd.Distribution:
         base = tfd.MultivariateNormalDiag(params, tf.ones_like(params))
         return tfd.TransformedDistribution(base, tfb.MaskedAutoregressiveFlow(self.made))
 
@@ -48,7 +48,7 @@ class MAF(Head):
         x = self.sample(dist, MAF_SAMPLES, seed=seed)
         return tf.reduce_mean(x, 0), tf.math.reduce_variance(x, 0)
 
-    def sample(self, dist: tfd.Distribution, num_samples: int, seed: tuple[int, int] | tf.Tensor | None = None):
+    def sample(self, dist: tfd.Distribution, num_samples: int, seed: tuple[int, int] | tf.Tensor | None = None) -> tf.Tensor:
         """Samples `[num_samples, B, H, W, C]` of the flow, exactly as `dist.sample` computes them
         (x_i = u_i exp(log_scale_i(x_<i)) + shift_i(x_<i), u ~ base), but in D cheap steps.
 
@@ -82,10 +82,11 @@ class MAF(Head):
                                  (0, tf.broadcast_to(b1, [n, h]), tf.TensorArray(u.dtype, size=d)))
         return tf.transpose(xs.stack())
 
-    def mean(self, dist: tfd.Distribution, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def mean(self, dist: tfd.Distribution, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tf.Tensor:
         return self._mixture_moments(dist, seed)[0]
 
-    def point_and_variance(self, dist: tfd.Distribution, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def point_and_variance(self, dist: tfd.Distribution,
+                           seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tuple[tf.Tensor, tf.Tensor]:
         mean, var = self._mixture_moments(dist, seed)
         return tf.clip_by_value(mean, 0.0, 1.0), var
 

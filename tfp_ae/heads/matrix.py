@@ -88,15 +88,15 @@ class MatrixHead(_EllipticalHead):
             raise InputError(f"{self.head_name}: matrix heads need one channel, got event_shape {event_shape}")
 
     @property
-    def natural_event_shape(self):
+    def natural_event_shape(self) -> tuple[int, ...]:
         return self._image_shape[:2]
 
     @classmethod
-    def component_params_size(cls, event_shape: tuple[int, ...], **options):
+    def component_params_size(cls, event_shape: tuple[int, ...], **options) -> int:
         h, w = event_shape[:2]
         return h * w + _scale_params_size(cls.scale, h) + _scale_params_size(cls.scale, w) + int(cls.student_t)
 
-    def component(self, params: tf.Tensor):
+    def component(self, params: tf.Tensor) -> tfd.Distribution:
         h, w = self.natural_event_shape
         nr, nc = _scale_params_size(self.scale, h), _scale_params_size(self.scale, w)
         loc, r, c, df = _split(params, [h * w, nr, nc, int(self.student_t)])

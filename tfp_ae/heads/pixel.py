@@ -14,19 +14,19 @@ class PixelHead(Head):
     n_pixel_params = 1
 
     @classmethod
-    def component_params_size(cls, event_shape: tuple[int, ...], **options):
+    def component_params_size(cls, event_shape: tuple[int, ...], **options) -> int:
         return cls.n_pixel_params * int(np.prod(event_shape))
 
-    def pixel_distribution(self, *params):
+    def pixel_distribution(self, *params) -> tfd.Distribution:
         """The univariate distribution of every pixel from its parameters, each `[..., H, W, C]`."""
         raise NotImplementedError
 
-    def component(self, params: tf.Tensor):
+    def component(self, params: tf.Tensor) -> tfd.Distribution:
         d = int(np.prod(self._image_shape))
         parts = [_unflatten(t, self._image_shape) for t in _split(params, [d] * self.n_pixel_params)]
         return tfd.Independent(self.pixel_distribution(*parts), reinterpreted_batch_ndims=3)
 
-    def marginal(self, comp: tfd.Distribution):
+    def marginal(self, comp: tfd.Distribution) -> tfd.Distribution:
         """The per-pixel distribution itself."""
         return comp.distribution
 
@@ -36,7 +36,7 @@ class NormalIdentity(PixelHead):
     head_name, label = "normal_identity", "Nµ"
     takes_beta_nll = has_location = True
 
-    def pixel_distribution(self, loc: tf.Tensor):
+    def pixel_distribution(self, loc: tf.Tensor) -> tfd.Distribution:
         return tfd.Normal(loc, self.scaled(tf.ones_like(loc)))
 
 
@@ -53,18 +53,19 @@ class MSE(NormalIdentity):
     nll_note = "mse head: NLL of the unit-variance normal N(mean, I) that MSE training implies"
     variance_note = "the MSE autoencoder models no variance"
 
-    def variance(self, dist: tfd.Distribution, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def variance(self, dist: tfd.Distribution, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tf.Tensor:
         """NaN `[B, H, W, C]`: MSE training fixes no variance (its NLL assumes 1, which is not learned)."""
         return tf.fill(tf.shape(self.mean(dist)), np.nan)
 
     def interval(self, dist: tfd.Distribution, level: float = INTERVAL_LEVEL,
-                 seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED, num_samples: int | None = None):
+                 seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED,
+                 num_samples: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """NaN bounds `[B, H, W, C]`, as `variance`."""
         nan = self.variance(dist)
         return nan, nan
 
     def pit(self, dist: tfd.Distribution, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED,
-            num_samples: int | None = None):
+            num_samples: int | None = None) -> tf.Tensor:
         """NaN `[B, H, W, C]`, as `variance`: no predictive spread to calibrate."""
         return self.variance(dist)
 
@@ -78,7 +79,7 @@ class NormalDiag(PixelHead):
     n_pixel_params = 2
     takes_beta_nll = has_location = True
 
-    def pixel_distribution(self, loc: tf.Tensor, s: tf.Tensor):
+    def pixel_distribution(self, loc: tf.Tensor, s: tf.Tensor) -> tfd.Distribution:
         return tfd.Normal(loc, self.scaled(positive(s)))
 
 
@@ -93,10 +94,10 @@ class Bernoulli(PixelHead):
     is_density = False
     nll_note = "bernoulli: not a normalised density on [0, 1]; NLL not comparable, no bits/dim"
 
-    def pixel_distribution(self, logits: tf.Tensor):
+    def pixel_distribution(self, logits: tf.Tensor) -> tfd.Distribution:
         return tfd.Bernoulli(logits=logits, dtype=tf.float32)
 
-    def marginal(self, comp: tfd.Distribution):
+    def marginal(self, comp: tfd.Distribution) -> None:
         """None: a Bernoulli has no quantile function in TFP (its interval is read from samples)."""
         return None
 
@@ -105,7 +106,7 @@ class ContinuousBernoulli(PixelHead):
     """Continuous Bernoulli per pixel (Loaiza-Ganem & Cunningham 2019): a normalised density on [0, 1]."""
     head_name, label = "continuous_bernoulli", "CB"
 
-    def pixel_distribution(self, logits: tf.Tensor):
+    def pixel_distribution(self, logits: tf.Tensor) -> tfd.Distribution:
         return tfd.ContinuousBernoulli(logits=logits)
 
 
@@ -115,5 +116,5 @@ class Logistic(PixelHead):
     n_pixel_params = 2
     takes_beta_nll = has_location = True
 
-    def pixel_distribution(self, loc: tf.Tensor, s: tf.Tensor):
+    def pixel_distribution(self, loc: tf.Tensor, s: tf.Tensor) -> tfd.Distribution:
         return tfd.Logistic(loc, self.scaled(positive(s)))

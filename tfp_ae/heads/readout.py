@@ -15,14 +15,14 @@ INTERVAL_SAMPLES = 1000  # draws per pixel where the interval is estimated from 
 PIT_SAMPLES = 100  # draws per pixel for the randomised-rank PIT of heads without a closed-form CDF
 
 
-def sample_interval(samples: tf.Tensor, level: float):
+def sample_interval(samples: tf.Tensor, level: float) -> tuple[tf.Tensor, tf.Tensor]:
     """Empirical central `level` interval `(lo, hi)` of draws `samples` `[S, ...]` along axis 0: the
     `(1 - level) / 2` and `(1 + level) / 2` percentiles (linear interpolation), each `[...]`."""
     return tf.unstack(tfp.stats.percentile(samples, [50 * (1 - level), 50 * (1 + level)], axis=0,
                                            interpolation="linear"))
 
 
-def central_quantiles(marginal: tfd.Distribution, level: float | tf.Tensor):
+def central_quantiles(marginal: tfd.Distribution, level: float | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """`(F^-1((1 - level) / 2), F^-1((1 + level) / 2))` of the distribution `marginal` (any batch).
 
     For a normal and a number `level`, `loc -/+ scale * Phi^-1((1 + level) / 2)` with the standard
@@ -57,15 +57,15 @@ class Readouts:
         pixels in the natural event shape."""
         return tf.reshape(weights, tf.concat([tf.shape(weights), tf.ones_like(self.natural_event_shape)], 0))
 
-    def component_mean(self, comp: tfd.Distribution):
+    def component_mean(self, comp: tfd.Distribution) -> tf.Tensor:
         """Mean of each component, `[..., *natural_event_shape]`."""
         return comp.mean()
 
-    def component_variance(self, comp: tfd.Distribution):
+    def component_variance(self, comp: tfd.Distribution) -> tf.Tensor:
         """Per-pixel variance of each component, `[..., *natural_event_shape]` (NaN where it does not exist)."""
         return comp.variance()
 
-    def component_mode(self, comp: tfd.Distribution):
+    def component_mode(self, comp: tfd.Distribution) -> tf.Tensor:
         """Mode of each component, `[..., *natural_event_shape]`."""
         return comp.mode()
 
@@ -79,7 +79,7 @@ class Readouts:
         m = tf.reduce_sum(w * mean, axis=-4)
         return m, tf.reduce_sum(w * (var + tf.square(mean)), axis=-4) - tf.square(m)
 
-    def mean(self, dist: tfd.Distribution, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def mean(self, dist: tfd.Distribution, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tf.Tensor:
         """Mean of the distribution, `[B, H, W, C]` (pixels, unclipped). `seed` is used only by
         heads whose mean is estimated from samples (MAF)."""
         _, logits, comp = self._parts(dist)
@@ -94,19 +94,20 @@ class Readouts:
         w = tf.reshape(tf.nn.softmax(logits), tf.concat([tf.shape(logits), [1, 1, 1]], 0))
         return tf.reduce_sum(w * x, axis=-4)
 
-    def variance(self, dist: tfd.Distribution, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def variance(self, dist: tfd.Distribution, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tf.Tensor:
         """Per-pixel variance `[B, H, W, C]`; NaN where it does not exist (t with df <= 2, the
         `mse` head, which models no variance). `seed`: as in `mean`."""
         return self._mixture_moments(dist, seed)[1]
 
-    def marginal(self, comp: tfd.Distribution):
+    def marginal(self, comp: tfd.Distribution) -> tfd.Distribution | None:
         """Each pixel's marginal distribution under the component distribution `comp`: batch
         `[..., *natural_event_shape]`, scalar event, with a `quantile`; None where it has no
         closed form (`interval` then samples). Overridden by the families."""
         return None
 
     def interval(self, dist: tfd.Distribution, level: float = INTERVAL_LEVEL,
-                 seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED, num_samples: int = INTERVAL_SAMPLES):
+                 seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED,
+                 num_samples: int = INTERVAL_SAMPLES) -> tuple[tf.Tensor, tf.Tensor]:
         """Per-pixel central `level` interval of p(x_pixel | input): `(lo, hi)`, each `[B, H, W, C]`
         in pixel units (pixels in [0, 1]; the bounds may lie outside, and are infinite where the
         quantile overflows float32, e.g. a t with df ~ 0.01), `lo = F^-1((1 - level) / 2)`,
@@ -135,7 +136,7 @@ class Readouts:
         return sample_interval(self.sample(dist, num_samples, seed=seed), level)
 
     def pixel_log_prob(self, dist: tfd.Distribution, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED,
-                       num_samples: int = 200):
+                       num_samples: int = 200) -> tf.Tensor:
         """log p(x_pixel | input) of each pixel's marginal at images `x` `[B, H, W, C]`, nats, `[B, H, W, C]`.
 
         Exact where the head has closed-form marginals (`marginal`; for a mixture, the log-sum-exp
@@ -161,7 +162,7 @@ class Readouts:
         return tf.reduce_logsumexp(kernel.log_prob(x), axis=0) - tf.math.log(float(num_samples))
 
     def pit(self, dist: tfd.Distribution, x: tf.Tensor, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED,
-            num_samples: int = PIT_SAMPLES):
+            num_samples: int = PIT_SAMPLES) -> tf.Tensor:
         """Probability integral transform of each pixel: u = F(x_pixel) under its marginal given the
         input, `[B, H, W, C]` in [0, 1], for images `x` `[B, H, W, C]` (dequantised pixels, so that F
         is continuous there). When x is drawn from the model itself, u ~ U[0, 1], so the fraction
@@ -192,7 +193,7 @@ class Readouts:
         return (below + v * (ties + 1)) / (num_samples + 1)
 
     def interval_width(self, dist: tfd.Distribution, level: float = INTERVAL_LEVEL,
-                       seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED, num_samples: int = INTERVAL_SAMPLES):
+                       seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED, num_samples: int = INTERVAL_SAMPLES) -> tf.Tensor:
         """`hi - lo` of `interval`, `[B, H, W, C]`, pixel units (may exceed 1, or be inf)."""
         lo, hi = self.interval(dist, level, seed, num_samples)
         return hi - lo
@@ -205,7 +206,7 @@ class Readouts:
         lp = inner.log_prob(tf.transpose(points, perm))  # [K, B]
         return tf.transpose(lp, list(range(1, lp.shape.rank)) + [0])
 
-    def mode(self, dist: tfd.Distribution):
+    def mode(self, dist: tfd.Distribution) -> tf.Tensor:
         """Mode `[B, H, W, C]`. For a mixture: the mode of the component with the highest mixture
         density at its own mode (Ciobanu, Section 3), exact for K=1."""
         inner, logits, comp = self._parts(dist)
@@ -215,7 +216,7 @@ class Readouts:
             modes = tf.gather(modes, best, axis=1, batch_dims=1)
         return self._to_image(modes)
 
-    def component_points(self, dist: tfd.Distribution):
+    def component_points(self, dist: tfd.Distribution) -> tuple[tf.Tensor, tf.Tensor]:
         """Every mixture component's point estimate and the mixture's log-density there.
 
         For Figure 4 of the paper (and the `component_means` / `component_log_prob` serving
@@ -232,7 +233,7 @@ class Readouts:
         pts = tf.clip_by_value(pts, 0.0, 1.0)
         return self._to_image(pts), self._mixture_log_prob_at(inner, pts)
 
-    def point_estimate(self, dist: tfd.Distribution, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def point_estimate(self, dist: tfd.Distribution, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tf.Tensor:
         """The paper's point estimate `[B, H, W, C]` clipped to [0, 1]: mean for normals and
         per-pixel heads, mode for t heads, mean of 50 samples for MAF (drawn with the stateless
         `seed`, so the estimate is reproducible; None draws fresh samples)."""
@@ -242,7 +243,8 @@ class Readouts:
             x = self.mean(dist, seed=seed)
         return tf.clip_by_value(x, 0.0, 1.0)
 
-    def point_and_variance(self, dist: tfd.Distribution, seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED):
+    def point_and_variance(self, dist: tfd.Distribution,
+                           seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tuple[tf.Tensor, tf.Tensor]:
         """`point_estimate` and `variance` together, both `[B, H, W, C]` (heads that estimate
         them from samples draw the samples once)."""
         return self.point_estimate(dist, seed=seed), self.variance(dist, seed=seed)
@@ -257,6 +259,6 @@ class Readouts:
         _, logits, comp = self._parts(dist)
         return self._weighted(logits, self._to_image(self.component_mode(comp)))
 
-    def sample(self, dist: tfd.Distribution, num_samples: int, seed: tuple[int, int] | tf.Tensor | None = None):
+    def sample(self, dist: tfd.Distribution, num_samples: int, seed: tuple[int, int] | tf.Tensor | None = None) -> tf.Tensor:
         """`num_samples` draws of `dist`, `[num_samples, B, H, W, C]` (`seed`: int or stateless pair)."""
         return dist.sample(num_samples, seed=seed)

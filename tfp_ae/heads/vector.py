@@ -23,15 +23,15 @@ class VectorHead(_EllipticalHead):
     full (lower-triangular, `FillScaleTriL`) scale. Student-t heads add one df per component."""
 
     @property
-    def natural_event_shape(self):
+    def natural_event_shape(self) -> tuple[int, ...]:
         return (int(np.prod(self._image_shape)),)
 
     @classmethod
-    def component_params_size(cls, event_shape: tuple[int, ...], **options):
+    def component_params_size(cls, event_shape: tuple[int, ...], **options) -> int:
         d = int(np.prod(event_shape))
         return d + _scale_params_size(cls.scale, d) + int(cls.student_t)
 
-    def component(self, params: tf.Tensor):
+    def component(self, params: tf.Tensor) -> tfd.Distribution:
         d = self.natural_event_shape[0]
         n_scale = _scale_params_size(self.scale, d)
         loc, s, df = _split(params, [d, n_scale, int(self.student_t)])
