@@ -56,7 +56,7 @@ def before_scaling(run_dir):
     import numpy as np
 
     from tfp_ae.data import open_source
-    from tfp_ae.evaluate import bits_per_dim_summary, split_log_probs
+    from tfp_ae.predict import bits_per_dim_summary, split_log_probs
     from tfp_ae.train import load_model
     model, cfg = load_model(run_dir)
     model.head.sigma_scale.assign(1.0)

@@ -189,7 +189,7 @@ def test_fuzz_image_folders_and_shards(tmp_path_factory, files, mixed_sizes, geo
     (read, converted to TFRecord shards and read back, scored by a model: the evaluation stage), or
     an `InputError`."""
     from tfp_ae.data import convert, open_source
-    from tfp_ae.evaluate import split_log_probs
+    from tfp_ae.predict import split_log_probs
     image_size, crop = geometry
     rng = np.random.default_rng(seed)
     root = tmp_path_factory.mktemp("folder")

@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
+from tfp_ae.calibration import fit_sigma_scale
 from tfp_ae.cli import main
 from tfp_ae.config import RunConfig
-from tfp_ae.evaluate import fit_sigma_scale
 from tfp_ae.heads import make_head
 from tfp_ae.models import build_model
 from tfp_ae.train import load_model, run
@@ -117,9 +117,9 @@ def test_recalibrate_writes_the_scale_and_it_survives_load_model(tmp_path):
 def test_recalibration_by_crps_bounds_its_batches_like_pit_values(digits, monkeypatch):
     """A full covariance ran out of memory in sigma-scaling's batches of 500 images (1.2 GB a tensor at
     28 x 28): the CRPS batches are `pit_batch_size`'s, bounded by `SAMPLE_FLOATS`."""
-    from tfp_ae import predict, train
+    from tfp_ae import predict
+    from tfp_ae.calibration import pit_batch_size, scaling
     from tfp_ae.data import array_split
-    from tfp_ae.evaluate import pit_batch_size
     model = build_model("normal_full", (8, 8, 1))
     monkeypatch.setattr(predict, "SAMPLE_FLOATS", 3 * 100 * 64)  # 3 images of 8 x 8 with 100 draws each
     assert pit_batch_size(model) == 3
@@ -129,12 +129,12 @@ def test_recalibration_by_crps_bounds_its_batches_like_pit_values(digits, monkey
         sizes.extend(len(x) for x, _ in pairs)
         scales.append(float(model.head.sigma_scale.numpy()))
         return 1.0, 0.0, 0.0
-    monkeypatch.setattr(train, "fit_sigma_scale", fit)
+    monkeypatch.setattr(scaling, "fit_sigma_scale", fit)
     split = array_split(digits.x_train[:10], 17)
     model.head.sigma_scale.assign(7.0)  # a resumed run whose checkpoint holds a fitted s: fitted afresh from 1
     for criterion in ("calibration", "crps"):
         sizes.clear()
-        train.recalibrate(model, split, 17, 0, digits.x_test[:4], array_split(digits.x_test[:4], 17), criterion)
+        scaling.recalibrate(model, split, 17, 0, digits.x_test[:4], array_split(digits.x_test[:4], 17), criterion)
         assert sizes == [3, 3, 3, 1]
     assert scales == [1.0, 1.0]
 
@@ -173,7 +173,7 @@ def test_the_scale_search_finds_the_minimum_anywhere_in_the_range(target):
     pixels), where a bounded search over the whole range was lost (a digits run kept s = 1 at error
     0.119; bracketed: s = 0.57, 0.015). Stepping from s = 1 by factors of 2 downhill to a bracket
     finds the minimum of a V that is flat beyond a factor e^8 of it, up to the range's bound."""
-    from tfp_ae.evaluate import SIGMA_SCALE_BOUNDS, _minimise_log_scale
+    from tfp_ae.calibration.scaling import SIGMA_SCALE_BOUNDS, _minimise_log_scale
     bounds = tuple(np.log(SIGMA_SCALE_BOUNDS))
     f = lambda x: min(0.5, abs(x - np.log(target)) / 16)  # noqa: E731
     log_s, best, at_one = _minimise_log_scale(f, bounds)
@@ -187,13 +187,13 @@ def test_a_scale_that_wrecks_the_held_out_likelihood_is_not_applied(scale, force
     load_model and export prefer. A fitted s = 50 (forced here) costs the held-out images far more than
     0.1 bits/dim: the run keeps s = 1 and says so, unless --force-recalibration; a scale whose likelihood
     is not finite (NaN) is not applied either."""
-    import tfp_ae.train
+    import tfp_ae.calibration.scaling
 
     def wrecking(model, pairs, criterion="calibration", bounds=None):
         model.head.sigma_scale.assign(scale)
         return scale, 0.2, 0.1
 
-    monkeypatch.setattr(tfp_ae.train, "fit_sigma_scale", wrecking)
+    monkeypatch.setattr(tfp_ae.calibration.scaling, "fit_sigma_scale", wrecking)
     out = tmp_path / "run"
     _, m = run(RunConfig(dataset="digits", head="normal_diag", dequantize=True, recalibrate=True, epochs=2, fid=False,
                          extra_figures=False, eval_images=50, verbose=0, out=str(out), force_recalibration=force))

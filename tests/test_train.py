@@ -158,7 +158,7 @@ def test_pixels_drawn_from_the_model_itself_cover_every_level(name, k, digits):
     """Issue 41: the PIT of a draw of the model's own distribution is uniform, so the coverage of
     every central interval equals its level (exact CDFs, mixtures of them, and the randomised ranks
     of the sample-based MAF), and the PIT histogram is flat."""
-    from tfp_ae.evaluate import LEVELS, coverage_at
+    from tfp_ae.calibration import LEVELS, coverage_at
     tf.keras.utils.set_random_seed(1)
     model = build_model(name, digits.image_shape, num_components=k, min_df=3.0 if "student" in name else None)
     x = tf.constant(digits.x_test[:200])
@@ -176,7 +176,7 @@ def test_pit_and_crps_against_scipy_references(digits):
     (scipy.integrate.quad), for one-component normal and Student-t heads and a normal mixture."""
     from scipy import integrate, stats
 
-    from tfp_ae.evaluate import pixel_crps
+    from tfp_ae.calibration import pixel_crps
     x = tf.constant(digits.x_test[:3])
     for name, k in (("normal_diag", 1), ("student_t_diag", 1), ("normal_diag", 2)):
         tf.keras.utils.set_random_seed(2)
@@ -205,7 +205,8 @@ def test_pit_and_crps_against_scipy_references(digits):
 
 
 def test_psnr_ssim_and_calibration_metrics(digits):
-    from tfp_ae.evaluate import calibration, psnr_ssim
+    from tfp_ae.calibration import calibration
+    from tfp_ae.evaluate import psnr_ssim
     from tfp_ae.predict import point_estimates
     x = digits.x_test[:50]
     tf.keras.utils.set_random_seed(0)
@@ -232,7 +233,7 @@ def test_calibration_by_std_shows_errors_that_cancel_over_all_pixels():
     narrow (u in the outer quarters): over all pixels the PIT is uniform and the calibration error about
     0, but within the std groups it is large; pixels whose u is uniform in every group are calibrated in
     every group."""
-    from tfp_ae.evaluate import LEVELS, calibration_by_std, coverage_at
+    from tfp_ae.calibration import LEVELS, calibration_by_std, coverage_at
     rng = np.random.default_rng(0)
     n = 200_000
     std = np.r_[rng.uniform(0.01, 0.02, n), rng.uniform(0.1, 0.2, n)]

@@ -98,6 +98,13 @@ def _add_settings(p):
                    "(the calibration error itself: mean |coverage - level|)")
     p.add_argument("--force-recalibration", action="store_true", help="--recalibrate: apply the fitted scale even "
                    "where it makes the held-out bits/dim worse by more than 0.1 (by default such a scale is not applied)")
+    p.add_argument("--risk", type=float, default=d.risk, metavar="ALPHA",
+                   help="conformal risk control (RCPS, Angelopoulos et al. 2022): after training, fit one λ "
+                   "scaling every 90 %% interval on held-out images (--validation-split, or 0.1 when 0) so that at "
+                   "most this fraction of a new image's pixels fall outside, with probability 1 - DELTA; saved "
+                   "with the model (the conformal_interval signature, the reconstructions' maps), e.g. 0.1")
+    p.add_argument("--delta", type=float, default=d.delta,
+                   help="--risk: the probability that the fitted λ's risk exceeds ALPHA")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/logs "
                    "(pip install 'tfp_ae[tensorboard]')")
     p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,

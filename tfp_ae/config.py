@@ -16,11 +16,21 @@ MODELS = ("ae", "vae")
 OBJECTIVES = ("elbo", "iwae")
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-UNCERTAINTIES = ("interval", "std", "variance")  # per-pixel uncertainty maps: 90 % interval width, std, variance
+UNCERTAINTIES = ("interval", "conformal", "std", "variance")  # maps: 90 % / conformal interval width, std, variance
 LOCATION_ACTIVATIONS = ("linear", "sigmoid")  # faithful: of the location output (tfp_ae.models.faithful_decoder)
-RECALIBRATION_CRITERIA = ("crps", "nll", "calibration")  # tfp_ae.evaluate.fit_sigma_scale
+RECALIBRATION_CRITERIA = ("crps", "nll", "calibration")  # tfp_ae.calibration.fit_sigma_scale
 RECALIBRATION_FRACTION = 0.1  # --recalibrate without --validation-split: the held-out fraction of the training split
+DEFAULT_RISK = 0.1   # conformal risk control: α, the fraction of a new image's pixels allowed outside their intervals
+DEFAULT_DELTA = 0.1  # δ: the probability that the held-out images give a λ whose risk exceeds α
 STEPS_PER_EXECUTION = 32  # training steps per call of Keras' compiled train function (docs/benchmarks/cpu_mlp_bounds.md)
+
+
+def check_risk(alpha: float, delta: float) -> None:
+    """Raises `InputError` unless the risk level `alpha` (`--risk`) and the failure probability `delta`
+    (`--delta`) are numbers in (0, 1)."""
+    for name, flag, v in (("alpha", "--risk", alpha), ("delta", "--delta", delta)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise InputError(f"{flag} ({name}) must be a number in (0, 1); got {v!r}")
 
 
 @dataclass
@@ -52,7 +62,9 @@ class RunConfig:
     validation_split: float = 0.0      # hold out the last fraction of the training images (val_loss; recalibration)
     recalibrate: bool = False          # sigma-scaling on the held-out images (validation_split, or 0.1 when 0)
     recalibration_criterion: str = "calibration"  # RECALIBRATION_CRITERIA: what sigma-scaling minimises
-    force_recalibration: bool = False  # apply sigma-scaling even where it costs held-out bits/dim (tfp_ae.train.recalibrate)
+    force_recalibration: bool = False  # apply sigma-scaling where it costs held-out bits/dim (calibration.recalibrate)
+    risk: float | None = None          # conformal risk control (RCPS) at this α: λ fitted on the held-out images
+    delta: float = DEFAULT_DELTA       # RCPS: the probability that the fitted λ's risk exceeds α
     eval_images: int = 1000            # test images for l2_percent (the paper's 1000)
     data_dir: str | None = None     # IDX folder of the named datasets; TFDS's data_dir for tfds: sources
     image_size: str | None = None   # "H" or "HxW": resize every image (antialiased; tfp_ae.data.Geometry)
@@ -97,8 +109,8 @@ class RunConfig:
     @property
     def held_out_fraction(self) -> float:
         """The fraction of the training split held out of training (its last images, a fixed choice):
-        `validation_split`, or `RECALIBRATION_FRACTION` when `recalibrate` needs images and it is 0."""
-        return self.validation_split or (RECALIBRATION_FRACTION if self.recalibrate else 0.0)
+        `validation_split`, or `RECALIBRATION_FRACTION` when `recalibrate` or `risk` needs images and it is 0."""
+        return self.validation_split or (RECALIBRATION_FRACTION if self.recalibrate or self.risk is not None else 0.0)
 
     @property
     def loss_options(self) -> dict:
@@ -172,6 +184,13 @@ class RunConfig:
         if self.recalibrate and (self.model != "ae" or not head.has_location):
             raise InputError("--recalibrate (sigma-scaling) takes an autoencoder (--model ae) whose head has a location "
                              f"and scales (normal, Student-t, low-rank, matrix, logistic); got {self.model} {self.head}")
+        if self.risk is not None:
+            check_risk(self.risk, self.delta)
+            if not head.has_variance:
+                raise InputError(f"--risk (conformal risk control) needs a head with intervals; {self.head!r} models no "
+                                 "spread")
+        elif self.delta != DEFAULT_DELTA:
+            raise InputError("--delta applies to conformal risk control: give --risk too")
         if self.model == "ae" and self.objective != "elbo":
             raise InputError(f"objective {self.objective!r} needs --model vae (model='vae'); autoencoders train on "
                              "the NLL")

@@ -14,6 +14,9 @@ variables and these `tf.function`s, which need nothing but TensorFlow to run (im
   draws with a fixed stateless seed for mixtures, MAF and Bernoulli, so the output is
   deterministic); `level` is a scalar float32 in (0, 1), 0.9 when a Python caller omits it
   (`loaded.interval(images)`); not for `mse`;
+- `conformal_interval(images)` -> `{"lo", "hi", "width"}`: the risk-controlled interval
+  (`Head.conformal_interval`: the 90 % interval scaled by the `conformal_lambda` that `tfp-ae train
+  --risk` fitted; the 90 % interval itself when none was fitted); not for `mse`;
 - `log_prob(images)` -> `{"log_prob": [B]}` in nats per image (a VAE: log p(x) by importance
   sampling with `NLL_SAMPLES` = 250 samples and a fixed seed; `reconstruct` etc. decode the
   posterior mean);
@@ -34,7 +37,7 @@ Load with `tf.saved_model.load(path)` and call `loaded.reconstruct(images)`, or 
 `loaded.signatures["reconstruct"](images=images)` from any TensorFlow runtime.
 
 `export_tflite` (`tfp-ae export RUN --out OUT --tflite`) also writes `OUT/tflite/<name>.tflite`
-for the deterministic functions: `reconstruct`, `interval` (level 0.9, fixed) and `log_prob`
+for the deterministic functions: `reconstruct`, `interval` (level 0.9, fixed), `conformal_interval` and `log_prob`
 where it is closed-form (not for a VAE). Each is converted with TensorFlow Lite's built-in ops
 only, then run by `tf.lite.Interpreter` on the run's own first test images (dequantised for a
 `--dequantize` run) and compared with the SavedModel function (rtol 1e-5); a function that does
@@ -97,10 +100,12 @@ def checked_images(images: np.ndarray, image_shape: tuple[int, int, int]) -> tf.
                        lambda: tf.zeros([0, *image_shape]))
 
 
-def interval_outputs(head: Head, dist: tfd.Distribution, level: float) -> dict[str, tf.Tensor]:
+def interval_outputs(head: Head, dist: tfd.Distribution, level: float | None) -> dict[str, tf.Tensor]:
     """The `interval` signature's outputs: `{"lo", "hi", "width"}`, each `[B, H, W, C]`, of `dist`'s
-    central `level` interval (`Head.interval`), for the SavedModel and the TFLite file alike."""
-    lo, hi = head.interval(dist, level)
+    central `level` interval (`Head.interval`), or with `level` None its risk-controlled interval
+    (`Head.conformal_interval`, the `conformal_interval` signature), for the SavedModel and the TFLite
+    file alike."""
+    lo, hi = head.conformal_interval(dist) if level is None else head.interval(dist, level)
     return {"lo": lo, "hi": hi, "width": hi - lo}
 
 
@@ -147,8 +152,9 @@ class ServingModule(tf.Module):
             self.interval = tf.function(interval, autograph=False)
             self.interval.get_concrete_function(images)                                  # level = 0.9
             self.interval.get_concrete_function(images, tf.TensorSpec([], tf.float32, name="level"))
+            self.conformal_interval = signature(lambda images: interval_outputs(head, dist(images), None))
             self.score = signature(lambda images: score_outputs(model, checked_images(images, shape)))
-            names += ["variance", "interval", "score"]
+            names += ["variance", "interval", "conformal_interval", "score"]
         if head.num_components > 1:
             self.component_means = signature(lambda images: {
                 "component_means": head.component_points(dist(images))[0]})
@@ -209,6 +215,7 @@ def tflite_functions(model: ProbabilisticModel) -> dict[str, tf.types.experiment
     fns = {"reconstruct": lambda images: {"reconstruction": model.point_estimate(images)}}
     if head.has_variance:
         fns["interval"] = lambda images: interval_outputs(head, model(images, training=False), INTERVAL_LEVEL)
+        fns["conformal_interval"] = lambda images: interval_outputs(head, model(images, training=False), None)
     if model.log_prob_note is None:  # closed form (a VAE's is an importance-sampled estimate)
         fns["log_prob"] = lambda images: {"log_prob": model.log_prob(images)}
     return fns

@@ -45,20 +45,24 @@ def model_label(model: ProbabilisticModel) -> str:
 
 
 def _uncertainty_note(head, kind):
+    if kind in ("interval", "conformal") and not head.has_variance:
+        return "the MSE autoencoder models no spread"
     if kind == "interval":
-        return ("the MSE autoencoder models no spread" if not head.has_variance
-                else "part of the pixel range [0, 1] inside each pixel's 5-95 % quantile range")
+        return "part of the pixel range [0, 1] inside each pixel's 5-95 % quantile range"
+    if kind == "conformal":
+        return (f"part of the pixel range [0, 1] inside each pixel's 90 % interval scaled by "
+                f"λ = {float(head.conformal_lambda.numpy()):.3g} (conformal risk control)")
     return head.variance_note
 
 
 def _scale(uncertainty):
     """The fixed colour range of `interval` maps (a fraction of the pixel range); None: from the data."""
-    return (0.0, 1.0) if uncertainty == "interval" else None
+    return (0.0, 1.0) if uncertainty in ("interval", "conformal") else None
 
 
 def reconstruction_figure(model: ProbabilisticModel, images: np.ndarray, uncertainty: str = "interval") -> Figure:
     """Figures 1/2 for one model: inputs `[N, H, W, C]`, their point estimates and per-pixel
-    uncertainty maps (`uncertainty`: `interval`, `std` or `variance`, see
+    uncertainty maps (`uncertainty`: `interval`, `conformal`, `std` or `variance`, see
     `tfp_ae.predict.uncertainty_maps`) with a colour bar."""
     return plots.reconstruction_figure(images, point_estimates(model, images),
                                        uncertainty_maps(model, images, uncertainty), title=model_label(model),

@@ -100,6 +100,13 @@ class ProbabilisticModel(tfk.Model):
         units (`tfp_ae.heads.Head.interval`); exists for every head but `mse`."""
         return self.head.interval(self(x, training=False), level, seed=seed)
 
+    def conformal_interval(self, x: tf.Tensor,
+                           seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tuple[tf.Tensor, tf.Tensor]:
+        """Per-pixel risk-controlled interval `(lo, hi)` of p(x | input), each `[B, H, W, C]` in pixel
+        units (`tfp_ae.heads.Head.conformal_interval`: the 90 % interval scaled by the head's fitted
+        `conformal_lambda`; the central 90 % interval until `tfp_ae.calibration.fit_conformal` runs)."""
+        return self.head.conformal_interval(self(x, training=False), seed=seed)
+
     def point_and_variance(self, x: tf.Tensor,
                            seed: tuple[int, int] | tf.Tensor = SAMPLE_SEED) -> tuple[tf.Tensor, tf.Tensor]:
         """`point_estimate` and `variance` in one pass (MAF draws its samples once)."""

@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 
 UNCERTAINTY_CMAP = "viridis"  # perceptually uniform, readable in grey and by colour-blind readers
 HISTOGRAM_COLUMNS = 3  # score_histograms: panels a row (a grid, readable at page scale)
-UNCERTAINTY_LABELS = {"interval": "90 % interval width", "std": "standard deviation", "variance": "variance"}
+UNCERTAINTY_LABELS = {"interval": "90 % interval width", "conformal": "risk-controlled interval width",
+                      "std": "standard deviation", "variance": "variance"}
 
 
 def subplots(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Figure, np.ndarray]:
@@ -169,7 +170,7 @@ def save(fig: Figure, path: str | os.PathLike) -> None:
 
 
 def calibration_figure(calibration: dict, title: str = "") -> Figure:
-    """The `calibration` dict of `tfp_ae.evaluate.calibration` as two panels: a reliability diagram
+    """The `calibration` dict of `tfp_ae.calibration.calibration` as two panels: a reliability diagram
     (coverage of each central interval against its level, the diagonal = calibrated; above it
     under-confident, below over-confident; thin lines: the same within the quartiles of the predicted
     std, `by_std`) and the PIT histogram (density of u = F(x) in 20 bins;

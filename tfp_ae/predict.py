@@ -10,11 +10,12 @@ import numpy as np
 
 from tfp_ae._tf import tf
 from tfp_ae.config import UNCERTAINTIES
-from tfp_ae.data import check_images
+from tfp_ae.data import check_images, dequantize
 from tfp_ae.errors import InputError
-from tfp_ae.heads import SAMPLE_SEED
+from tfp_ae.heads import SAMPLE_SEED, bits_per_dim
 
 if TYPE_CHECKING:
+    from tfp_ae.data.split import Split
     from tfp_ae.models import ProbabilisticModel
     from tfp_ae.vae import VAE
 
@@ -25,6 +26,7 @@ QUANTITIES = {  # fn(model, images [B, H, W, C]) -> per-image result(s)
     "variance": lambda m, b: m.variance(b),
     "point_variance": lambda m, b: m.point_and_variance(b),
     "interval": lambda m, b: m.interval(b),
+    "conformal_interval": lambda m, b: m.conformal_interval(b),
     "code": lambda m, b: m.encode(b),
     "component_points": lambda m, b: m.head.component_points(m(b, training=False)),
 }
@@ -98,6 +100,9 @@ def uncertainty_maps(model: ProbabilisticModel, x: np.ndarray, kind: str = "inte
       covers, `clip(hi, 0, 1) - clip(lo, 0, 1)` with `(lo, hi)` from `model.interval`; in [0, 1]
       for every head but `mse` (NaN), so maps compare across heads on one fixed scale (1: the
       interval spans every possible pixel value, e.g. a t head whose learned df ~ 0.01);
+    - `conformal`: the same of the risk-controlled interval (`model.conformal_interval`: the 90 %
+      interval scaled by the λ that `tfp_ae.calibration.fit_conformal` fitted; the 90 % interval itself
+      until then);
     - `std`: the standard deviation (pixels); `variance` (pixels^2). Both are NaN where the variance
       does not exist (t with df <= 2).
     Raises:
@@ -105,8 +110,8 @@ def uncertainty_maps(model: ProbabilisticModel, x: np.ndarray, kind: str = "inte
     """
     if kind not in UNCERTAINTIES:
         raise InputError(f"unknown uncertainty {kind!r}; valid: {', '.join(UNCERTAINTIES)}")
-    if kind == "interval":
-        lo, hi = map_batches(model, x, "interval", batch_size)
+    if kind in ("interval", "conformal"):
+        lo, hi = map_batches(model, x, "interval" if kind == "interval" else "conformal_interval", batch_size)
         return np.clip(hi, 0, 1) - np.clip(lo, 0, 1)
     var = map_batches(model, x, "variance", batch_size)
     return np.sqrt(var) if kind == "std" else var
@@ -140,3 +145,51 @@ def sample_batch_size(model: ProbabilisticModel, num_samples: int, most: int) ->
     `most`, and at most `SAMPLE_FLOATS` drawn values (large images: fewer per batch), at least 1."""
     return max(1, min(most, SAMPLE_FLOATS // (num_samples * int(np.prod(model.image_shape)))))
 
+
+def dequantized_batches(split: Split, num_levels: int, seed: int, batch_size: int) -> tf.data.Dataset:
+    """The images of a `tfp_ae.data.Split` in its fixed order as a `tf.data.Dataset` of batches
+    `[B, H, W, C]`, batch i dequantised with the stateless seed `(seed, i)` (`tfp_ae.data.dequantize`)."""
+    seed = tf.constant(int(seed), tf.int64)
+    return (split.elements().map(lambda x, y: x).batch(batch_size).enumerate()
+            .map(lambda i, b: dequantize(b, num_levels, tf.stack([seed, i]))))
+
+
+def split_log_probs(model: ProbabilisticModel, test: Split, num_levels: int, seed: int = 0, batch_size: int | None = None,
+                    elbo: bool | None = None, raw: bool = True) -> dict[str, np.ndarray]:
+    """Per-image scores of a whole split, streamed in its fixed order (never held whole).
+
+    Args:
+      test: a `tfp_ae.data.Split`.
+      num_levels: L of the pixels, for the dequantised pass.
+      seed: batch i is dequantised with the stateless seed `(seed, i)` (`dequantized_batches`).
+      raw: also score the pixels as they are (False: only the dequantised pass).
+    Returns:
+      dict of `[N]` arrays, nats: `log_prob` (`model.log_prob` of the pixels in [0, 1]; with `raw`),
+      `log_prob_dequantized` (of the uniformly dequantised pixels) and, for a VAE (unless `elbo` is
+      False), `elbo`.
+    """
+    batch_size = batch_size or model.eval_batch_size
+    batches = test.elements().map(lambda x, y: x).batch(batch_size)
+    deq = dequantized_batches(test, num_levels, seed, batch_size)
+    out = dict(log_prob_dequantized=map_dataset(model, deq.prefetch(2), "log_prob"))
+    if raw:
+        out["log_prob"] = map_dataset(model, batches.prefetch(2), "log_prob")
+    if elbo is None:
+        elbo = model.kind == "vae"
+    if elbo:
+        out["elbo"] = map_dataset(model, batches.prefetch(2), "elbo")
+    return out
+
+
+def bits_per_dim_summary(log_prob_dequantized: np.ndarray, num_dims: int, num_levels: int,
+                         is_density: bool = True) -> dict | None:
+    """`{"bits_per_dim", "bits_per_dim_median", "bits_per_dim_finite"}` of per-image log-densities of
+    dequantised images `[N]` (nats; `tfp_ae.heads.bits_per_dim`): the mean (of the NLL, as the
+    field reports it), the median over images (the likelihood is heavy-tailed: a few images can move
+    the mean by orders of magnitude) and whether every image's value is finite. None for heads that
+    are not densities (`is_density` False)."""
+    per_image = bits_per_dim(-np.asarray(log_prob_dequantized, np.float64), num_dims, num_levels)
+    return dict(bits_per_dim=bits_per_dim(float(-np.mean(log_prob_dequantized)), num_dims, num_levels)
+                if is_density else None,
+                bits_per_dim_median=float(np.median(per_image)) if is_density else None,
+                bits_per_dim_finite=bool(np.all(np.isfinite(per_image))))

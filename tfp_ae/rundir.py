@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 STATE_FILE = "state.json"          # progress of a run: seed, attempts, finished epochs
 CHECKPOINT_DIR = "checkpoints"     # tf.train checkpoints of model + optimizer, one per epoch
+OPTIONAL_WEIGHTS = {"sigma_scale", "conformal_lambda"}  # restore_checkpoint: absent from older checkpoints
 RECALIBRATED_DIR = "recalibrated"  # the model with its fitted sigma_scale (written apart: see recalibrated_manager)
 CONFIG_FILE = "config.json"        # RunConfig + image shape: what `load_model` rebuilds from
 METRICS_FILE = "metrics.json"
@@ -135,8 +137,9 @@ def restore(manager: tf.train.CheckpointManager, max_epoch: int) -> int:
 
 
 def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str):
-    """`checkpoint.restore(path)`, asserting that every object of the model was in the file, except a
-    head's `sigma_scale` (added in 0.2.0: a checkpoint written before has none, and it stays 1).
+    """`checkpoint.restore(path)`, asserting that every object of the model was in the file, except the
+    head's `OPTIONAL_WEIGHTS` (`sigma_scale`, added in 0.2.0, and `conformal_lambda`, added in 0.6.0: a
+    checkpoint written before has none, and they stay 1).
 
     Raises:
       AssertionError: any other object of the model is missing from the checkpoint.
@@ -145,6 +148,8 @@ def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str):
     try:
         status.assert_existing_objects_matched()
     except AssertionError as e:
-        if "sigma_scale" not in str(e) or "Found 1 Python objects" not in str(e):
+        found = re.search(r"Found (\d+) Python objects", str(e))
+        names = re.findall(r"<tf\.Variable '(?:[^']*/)?([^'/:]+)(?::\d+)?'", str(e))
+        if not found or int(found.group(1)) != len(names) or not set(names) <= OPTIONAL_WEIGHTS:
             raise
     return status

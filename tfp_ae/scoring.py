@@ -39,9 +39,8 @@ from tfp_ae._tf import tf
 from tfp_ae.anomaly import GOOD, RECOMMENDED_MAP, defect_labels, image_reductions, localisation_metrics, pixel_maps
 from tfp_ae.data import Split, array_split, folders, load_masks, open_source
 from tfp_ae.errors import InputError
-from tfp_ae.evaluate import split_log_probs
 from tfp_ae.heads import bits_per_dim
-from tfp_ae.predict import point_estimates
+from tfp_ae.predict import point_estimates, split_log_probs
 from tfp_ae.train import load_model
 
 if TYPE_CHECKING:
@@ -66,7 +65,7 @@ def png_bits_per_dim(x: np.ndarray, num_levels: int = 256) -> np.ndarray:
 
 def _bits(model, split, num_levels, seed):
     """Per-image NLL (nats) and bits/dim of the dequantised images of `split`, streamed
-    (`tfp_ae.evaluate.split_log_probs`)."""
+    (`tfp_ae.predict.split_log_probs`)."""
     s = split_log_probs(model, split, num_levels, seed, elbo=False)
     return -s["log_prob"], bits_per_dim(-s["log_prob_dequantized"], int(np.prod(split.image_shape)), num_levels)
 

@@ -15,22 +15,12 @@ import numpy as np
 
 from tfp_ae import figures, plots
 from tfp_ae._tf import tf, tfk
+from tfp_ae.calibration import CALIBRATION_IMAGES, calibrate, check_held_out, conformal_report
 from tfp_ae.callbacks import ImageSummaries
 from tfp_ae.config import RunConfig
 from tfp_ae.data import SAMPLE_BYTES, Split, array_split, describe_classes, open_source
 from tfp_ae.errors import InputError
-from tfp_ae.evaluate import (
-    CALIBRATION_IMAGES,
-    MIN_RECALIBRATION_IMAGES,
-    bits_per_dim_summary,
-    calibration,
-    dequantized_batches,
-    evaluate,
-    fid_extractors,
-    fit_sigma_scale,
-    pit_batch_size,
-    split_log_probs,
-)
+from tfp_ae.evaluate import evaluate, fid_extractors
 from tfp_ae.models import ProbabilisticModel, build_model, compile_model
 from tfp_ae.rundir import (
     CHECKPOINT_DIR,
@@ -49,9 +39,6 @@ from tfp_ae.rundir import (
 )
 from tfp_ae.runtime import check_memory, device_summary, make_strategy, precision_policy, probe_jit, worker
 from tfp_ae.vae import build_vae
-
-MAX_BITS_PER_DIM_LOSS = 0.1  # recalibrate: a scale that costs the held-out images more bits/dim is not applied
-HELD_OUT_SEED = 104729  # recalibrate: the held-out images are dequantised with the stateless seeds (seed + this, i)
 
 
 class DivergedError(RuntimeError):
@@ -224,10 +211,7 @@ def run(config: RunConfig, callbacks: tuple | list = (), overwrite: bool = False
               f"{source.splits['test'].count} test images", flush=True)
     config.validate(source.image_shape)  # the head's options against the image size, before the folder is made
     held_out = hold_out(train, config)[1]
-    if config.recalibrate and held_out.count < MIN_RECALIBRATION_IMAGES:
-        raise InputError(f"--recalibrate needs at least {MIN_RECALIBRATION_IMAGES} held-out validation images; "
-                         f"{config.held_out_fraction:g} of {train.count} training images is {held_out.count} "
-                         "(raise --validation-split or train on more images)")
+    check_held_out(held_out, config)
     # in memory: the first test images (L2 %, calibration, figures, FID) and a bounded part of the
     # training split (the FID classifier's data); the NLL streams over the whole test split
     with source.reading():
@@ -260,16 +244,14 @@ def run(config: RunConfig, callbacks: tuple | list = (), overwrite: bool = False
         metrics["class_names"] = list(source.class_names)
     if source.selected_classes is not None:
         metrics["classes"] = dict(indices=list(source.selected_classes), names=list(source.selected_classes.values()))
-    recalibration = None
-    if config.recalibrate:
-        with source.reading():
-            recalibration = recalibrate(model, held_out, source.num_levels, config.seed,
-                                        data.x_test[:CALIBRATION_IMAGES], source.splits["test"],
-                                        config.recalibration_criterion, config.force_recalibration)
-        if out and recalibration["applied"]:  # the fitted sigma_scale for load_model and export, apart from training's
-            recalibrated_manager(model, out).save(checkpoint_number=len(history["loss"]))
-        elif out:  # not applied: load_model and export use the last epoch's checkpoint (no stale scale of a resume)
-            shutil.rmtree(out / RECALIBRATED_DIR, ignore_errors=True)
+    with source.reading():
+        calibrated = calibrate(model, config, held_out, source.num_levels, data.x_test[:CALIBRATION_IMAGES],
+                               source.splits["test"])
+    recalibration = calibrated["recalibration"]
+    if out and calibrated["fitted"]:  # the fitted sigma_scale and λ for load_model and export, apart from training's
+        recalibrated_manager(model, out).save(checkpoint_number=len(history["loss"]))
+    elif out:  # nothing fitted: load_model and export use the last epoch's checkpoint (no stale scale of a resume)
+        shutil.rmtree(out / RECALIBRATED_DIR, ignore_errors=True)
     extractors, notes = fid_extractors(config, data)
     if config.verbose:
         print(f"evaluating on {source.splits['test'].count} test images (NLL, bits/dim, L2 %, calibration"
@@ -282,10 +264,14 @@ def run(config: RunConfig, callbacks: tuple | list = (), overwrite: bool = False
     if recalibration:
         metrics["calibration"]["before_recalibration"] = recalibration.pop("before")
         metrics["recalibration"] = recalibration
+    if calibrated["conformal"]:
+        metrics["conformal"] = dict(calibrated["conformal"], **conformal_report(
+            model, data.x_test[:config.eval_images], config.risk, config.delta, seed=config.seed))
     if model.kind == "vae":
         metrics.update(objective=config.objective, iw_samples=config.iw_samples if config.objective == "iwae" else 1)
     if out:
-        plots.save(figures.reconstruction_figure(model, data.x_test[:10], config.uncertainty),
+        uncertainty = "conformal" if calibrated["conformal"] and config.uncertainty == "interval" else config.uncertainty
+        plots.save(figures.reconstruction_figure(model, data.x_test[:10], uncertainty),
                    out / "reconstructions.png")
         if config.extra_figures:
             plots.save(figures.latent_figure(model, data, tsne_images=config.tsne_images, seed=config.seed),
@@ -297,61 +283,6 @@ def run(config: RunConfig, callbacks: tuple | list = (), overwrite: bool = False
             plots.save(figures.components_figure(model, data.x_test[:6]), out / "components.png")
         write_json(dict(metrics, config=config.to_dict()), out / METRICS_FILE)
     return model, metrics
-
-
-def recalibrate(model: ProbabilisticModel, held_out: Split, num_levels: int, seed: int, test_images: np.ndarray, test: Split,
-                criterion: str = "calibration", force: bool = False) -> dict:
-    """sigma-scaling of a trained autoencoder (`tfp_ae.evaluate.fit_sigma_scale`, minimising
-    `criterion`) on the held-out `Split` (its images dequantised with the stateless seeds
-    (seed + `HELD_OUT_SEED`, i), both input and target). Returns `{"sigma_scale", "criterion",
-    "validation_images", "validation_score_before", "validation_score"}` (the criterion's value:
-    mean CRPS in pixels, mean NLL in nats per image, or the calibration error), the test split's `bits_per_dim_before` and
-    `bits_per_dim_median_before` (s = 1; `evaluate` reports them after), and `"before"`: the
-    calibration (`coverage`, `calibration_error`) of `test_images` before the scale was applied.
-    Starts from s = 1 (a run resumed after it saved a fitted s is fitted afresh).
-
-    The guard: the held-out images' dequantised bits/dim (`validation_bits_per_dim_before` / `_after`,
-    mean and `_median_`) are measured at s = 1 and at the fitted s; a scale that makes the mean worse by
-    more than `MAX_BITS_PER_DIM_LOSS` is not applied (s goes back to 1, `"applied": False`, one line says
-    so) unless `force`. A head that is not a density (no bits/dim) is not guarded."""
-    model.head.sigma_scale.assign(1.0)
-    cal = calibration(model, test_images, num_levels=num_levels, seed=seed)
-    before = dict(coverage=cal["coverage"], calibration_error=cal["calibration_error"])
-    scores = split_log_probs(model, test, num_levels, seed, elbo=False, raw=False)["log_prob_dequantized"]
-    bpd = bits_per_dim_summary(scores, int(np.prod(test.image_shape)), num_levels, model.head.is_density)
-    held_before = _held_out_bits(model, held_out, num_levels, seed)
-    # the CRPS and the PIT hold each image's marginals or draws: batches bounded like `pit_values`' (a full covariance
-    # ran out of memory in batches of 500: 1.2 GB a tensor)
-    batch_size = pit_batch_size(model) if criterion in ("crps", "calibration") else model.eval_batch_size
-    pairs = dequantized_batches(held_out, num_levels, seed + HELD_OUT_SEED, batch_size).map(lambda b: (b, b))
-    pairs = pairs.prefetch(2)
-    print(f"recalibrating: sigma-scaling by {criterion} on {held_out.count} held-out training images", flush=True)
-    s, score_before, score_after = fit_sigma_scale(model, pairs, criterion)
-    print(f"sigma_scale {s:.4f}: held-out {criterion} {score_before:.5g} -> {score_after:.5g}", flush=True)
-    held_after = _held_out_bits(model, held_out, num_levels, seed)
-    worse = held_after["bits_per_dim"] - held_before["bits_per_dim"] if model.head.is_density else 0.0
-    applied = force or worse <= MAX_BITS_PER_DIM_LOSS  # NaN (a non-finite likelihood) is not an improvement
-    if not applied:
-        model.head.sigma_scale.assign(1.0)
-        print(f"sigma-scaling not applied: it makes the held-out likelihood worse by {worse:.3g} bits/dim "
-              f"({held_before['bits_per_dim']:.4g} -> {held_after['bits_per_dim']:.4g}; more than "
-              f"{MAX_BITS_PER_DIM_LOSS}); the model keeps s = 1 (--force-recalibration applies it anyway)", flush=True)
-    return dict(sigma_scale=s if applied else 1.0, fitted_sigma_scale=s, applied=applied, criterion=criterion,
-                validation_images=held_out.count, validation_score_before=score_before, validation_score=score_after,
-                **{f"validation_{k}_before": v for k, v in held_before.items()},
-                **{f"validation_{k}_after": v for k, v in held_after.items()},
-                bits_per_dim_before=bpd["bits_per_dim"], bits_per_dim_median_before=bpd["bits_per_dim_median"],
-                before=before)
-
-
-def _held_out_bits(model, held_out, num_levels, seed):
-    """Mean and median dequantised bits/dim of the held-out images (the dequantisation of `recalibrate`)."""
-    if not model.head.is_density:
-        return dict(bits_per_dim=None, bits_per_dim_median=None)
-    scores = split_log_probs(model, held_out, num_levels, seed + HELD_OUT_SEED, elbo=False, raw=False)
-    scores = scores["log_prob_dequantized"]
-    summary = bits_per_dim_summary(scores, int(np.prod(held_out.image_shape)), num_levels)
-    return dict(bits_per_dim=summary["bits_per_dim"], bits_per_dim_median=summary["bits_per_dim_median"])
 
 
 def _loss_units(config, head):

@@ -204,9 +204,12 @@ class Head(Readouts, tfpl.DistributionLambda):
         kwargs.setdefault("name", f"{self.head_name}_head")
         kwargs.setdefault("dtype", "float32")  # the distribution and loss stay float32 under mixed precision
         super().__init__(self.new, convert_to_tensor_fn=self._tensor, **kwargs)
-        if self.has_location:  # sigma-scaling (`tfp_ae.evaluate.fit_sigma_scale`): 1 until recalibrated
+        if self.has_location:  # sigma-scaling (`tfp_ae.calibration.fit_sigma_scale`): 1 until recalibrated
             self.sigma_scale = self.add_weight(name="sigma_scale", shape=[], initializer="ones", trainable=False,
                                                dtype="float32")
+        if self.has_variance:  # conformal risk control (`tfp_ae.calibration.fit_conformal`): 1 until fitted
+            self.conformal_lambda = self.add_weight(name="conformal_lambda", shape=[], initializer="ones",
+                                                    trainable=False, dtype="float32")
 
     @classmethod
     def check_loss(cls, loss: str, beta: float | None = None, num_components: int = 1) -> tuple[str, float | None]:
