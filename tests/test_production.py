@@ -364,7 +364,8 @@ def test_tflite_files_match_the_saved_model_or_are_refused_with_a_reason(tmp_pat
     main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "export"), "--tflite"])
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "export" / "tflite" / "report.json").read_text())
-    assert report == dict(reconstruct="converted", interval="converted", log_prob="converted")
+    assert report == dict(reconstruct="converted", interval="converted", conformal_interval="converted",
+                          log_prob="converted")
     served = tf.saved_model.load(str(tmp_path / "export"))
     x = digits.x_test[:7]
     for name in report:
@@ -376,7 +377,7 @@ def test_tflite_files_match_the_saved_model_or_are_refused_with_a_reason(tmp_pat
             np.testing.assert_allclose(got[key], want[key].numpy(), rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want[key]).max()))
     t_report = export_tflite(build_model("student_t_diag", digits.image_shape), tmp_path / "t", probe=x[:4])
     assert t_report["reconstruct"] == "converted" and (tmp_path / "t" / "tflite" / "reconstruct.tflite").exists()
-    for name in ("interval", "log_prob"):
+    for name in ("interval", "conformal_interval", "log_prob"):
         assert t_report[name].startswith("refused: ") and len(t_report[name]) > 30, t_report[name]
         assert not (tmp_path / "t" / "tflite" / f"{name}.tflite").exists()
 
@@ -392,7 +393,8 @@ def test_a_faithful_beta_nll_run_exports_with_every_signature_and_tflite(tmp_pat
                       eval_images=10, fid=False, extra_figures=False, verbose=0, dequantize=True, out=str(out / "run")))
         names, report = export_run(out / "run", out / "export", tflite=True)
         assert {"reconstruct", "log_prob", "interval", "variance"} <= set(names)
-        assert report == dict(reconstruct="converted", interval="converted", log_prob="converted"), report
+        assert report == dict(reconstruct="converted", interval="converted", conformal_interval="converted",
+                              log_prob="converted"), report
         model, _ = load_model(out / "run")
         served = tf.saved_model.load(str(out / "export"))
         x = digits.x_test[:5]

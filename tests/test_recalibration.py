@@ -156,7 +156,8 @@ def test_sigma_scaling_builds_no_distribution_eagerly(digits, monkeypatch):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--recalibrate", "--train-limit", "500"], r"needs at least 100 held-out validation images; 0.1 of 500 .* is 50"),
+    (["--recalibrate", "--train-limit", "500"],
+     r"--recalibrate needs at least 100 held-out images; 0.1 of the training images gives 50"),
     (["--recalibrate", "--head", "maf"], r"--recalibrate \(sigma-scaling\) takes an autoencoder"),
     (["--recalibrate", "--head", "continuous_bernoulli"], r"takes an autoencoder .* got ae continuous_bernoulli"),
     (["--recalibrate", "--model", "vae"], r"takes an autoencoder \(--model ae\)"),

@@ -133,9 +133,8 @@ def fit_conformal(model: ProbabilisticModel, x: np.ndarray, alpha: float = DEFAU
     if not hasattr(model.head, "conformal_lambda"):
         raise InputError(f"head {model.head.head_name!r} has no intervals for conformal risk control (--risk)")
     model.head.conformal_lambda.assign(1.0)
-    lam = rcps_lambda(interval_losses(model, x), alpha, delta)
-    model.head.conformal_lambda.assign(lam)
-    return lam
+    model.head.conformal_lambda.assign(rcps_lambda(interval_losses(model, x), alpha, delta))
+    return float(model.head.conformal_lambda.numpy())  # as stored (float32)
 
 
 def conformal_report(model: ProbabilisticModel, x: np.ndarray, alpha: float, delta: float,
