@@ -146,12 +146,15 @@ def sample_batch_size(model: ProbabilisticModel, num_samples: int, most: int) ->
     return max(1, min(most, SAMPLE_FLOATS // (num_samples * int(np.prod(model.image_shape)))))
 
 
-def dequantized_batches(split: Split, num_levels: int, seed: int, batch_size: int) -> tf.data.Dataset:
+def dequantized_batches(split: Split, num_levels: int, seed: int, batch_size: int,
+                        with_raw: bool = False) -> tf.data.Dataset:
     """The images of a `tfp_ae.data.Split` in its fixed order as a `tf.data.Dataset` of batches
-    `[B, H, W, C]`, batch i dequantised with the stateless seed `(seed, i)` (`tfp_ae.data.dequantize`)."""
+    `[B, H, W, C]`, batch i dequantised with the stateless seed `(seed, i)` (`tfp_ae.data.dequantize`);
+    with `with_raw`, `(raw batch, dequantised batch)` pairs (the input a user gives, the target scored)."""
     seed = tf.constant(int(seed), tf.int64)
-    return (split.elements().map(lambda x, y: x).batch(batch_size).enumerate()
-            .map(lambda i, b: dequantize(b, num_levels, tf.stack([seed, i]))))
+    deq = lambda i, b: dequantize(b, num_levels, tf.stack([seed, i]))  # noqa: E731
+    batches = split.elements().map(lambda x, y: x).batch(batch_size).enumerate()
+    return batches.map(lambda i, b: (b, deq(i, b))) if with_raw else batches.map(deq)
 
 
 def split_log_probs(model: ProbabilisticModel, test: Split, num_levels: int, seed: int = 0, batch_size: int | None = None,

@@ -89,19 +89,22 @@ def pit_batch_size(model: ProbabilisticModel) -> int:
     return sample_batch_size(model, PIT_SAMPLES, 50)
 
 
-def pit_values(model: ProbabilisticModel, x: np.ndarray, seed: int = 0,
-               batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """PIT values u = F(x) `[N, H, W, C]` and per-pixel CRPS `[N, H, W, C]` of images `x` (pixels in
-    [0, 1], e.g. dequantised) under `model(x)` (`Head.pit`, `pixel_crps`), batch by batch (at most
-    `sample_batch_size` images, so that the sample-based heads stay within memory)."""
+def pit_values(model: ProbabilisticModel, x: np.ndarray, seed: int = 0, batch_size: int | None = None,
+               targets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """PIT values u = F(t) `[N, H, W, C]` and per-pixel CRPS `[N, H, W, C]` of targets `t` (pixels in
+    [0, 1], e.g. dequantised; default `x` itself) under `model(x)`, the predictive distribution given the
+    input images `x` (`Head.pit`, `pixel_crps`), batch by batch (at most `sample_batch_size` images, so
+    that the sample-based heads stay within memory)."""
     batch_size = batch_size or pit_batch_size(model)
+    targets = x if targets is None else targets
     us, crps = [], []
     for i, start in enumerate(range(0, len(x), batch_size)):
         b = tf.constant(x[start:start + batch_size])
+        t = tf.constant(targets[start:start + batch_size])
         dist = model(b, training=False)
         step_seed = tf.constant([int(seed), i], tf.int32)
-        us.append(model.head.pit(dist, b, seed=step_seed).numpy())
-        crps.append(pixel_crps(model.head, dist, b.numpy(), seed=step_seed))
+        us.append(model.head.pit(dist, t, seed=step_seed).numpy())
+        crps.append(pixel_crps(model.head, dist, t.numpy(), seed=step_seed))
     return np.concatenate(us), np.concatenate(crps)
 
 
@@ -144,9 +147,11 @@ def calibration_by_std(u: np.ndarray, std: np.ndarray, bins: int = SPREAD_BINS) 
 
 def calibration(model: ProbabilisticModel, x: np.ndarray, point: np.ndarray | None = None, num_levels: int = 256,
                 seed: int = 0) -> dict:
-    """Can the predictive distribution (and so the variance and interval maps) be trusted? On
-    images `x` `[N, H, W, C]` in [0, 1], dequantised with `seed` (`dequantize`, `num_levels` L) so
-    that every head's CDF is continuous at the pixels:
+    """Can the predictive distribution (and so the variance and interval maps) be trusted? The model
+    is given the images `x` `[N, H, W, C]` in [0, 1] as they are (`inputs` "raw": what `predict`, the
+    maps and the exported signatures are given, whatever the training's `--dequantize`), and its
+    distribution is scored at the same pixels dequantised with `seed` (`dequantize`, `num_levels` L;
+    `targets` "dequantized"), so that every head's CDF is continuous there:
 
     - `levels` `[0.5, 0.8, 0.9, 0.95, 0.99]` and `coverage`: the fraction of pixels inside each
       central interval, from the PIT values u = F(x) (`Head.pit`: exact marginal CDFs, randomised
@@ -168,11 +173,12 @@ def calibration(model: ProbabilisticModel, x: np.ndarray, point: np.ndarray | No
     else:
         variance = variance_maps(model, x)
     std = np.sqrt(variance)
-    u, crps = pit_values(model, dequantize(np.asarray(x, np.float32), num_levels, seed=seed), seed)
+    x = np.asarray(x, np.float32)
+    u, crps = pit_values(model, x, seed, targets=dequantize(x, num_levels, seed=seed))
     coverage = coverage_at(u)
     hist = np.histogram(np.clip(u, 0, 1), bins=PIT_BINS, range=(0, 1))[0] / u.size
     mean_crps = float(np.mean(crps))
-    return dict(levels=list(LEVELS), coverage=coverage,
+    return dict(levels=list(LEVELS), coverage=coverage, inputs="raw", targets="dequantized",
                 calibration_error=calibration_error(coverage),
                 pit_histogram=[float(h) for h in hist], by_std=calibration_by_std(u, std), images=int(len(x)),
                 sigma_scale=float(model.head.sigma_scale.numpy()) if model.head.has_location else 1.0,

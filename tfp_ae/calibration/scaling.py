@@ -54,7 +54,7 @@ def fit_sigma_scale(model: ProbabilisticModel, pairs: tf.data.Dataset, criterion
 
     Args:
       pairs: a `tf.data.Dataset` of `(inputs, targets)` batches `[B, H, W, C]` (pixels in [0, 1];
-        a run passes its validation images, dequantised, as both), iterated once per evaluation.
+        a run passes its held-out images, raw as inputs and dequantised as targets), iterated once per evaluation.
       criterion: `calibration`, `crps` (pixels) or `nll` (nats per image).
       bounds: the range of s searched.
     Returns:
@@ -135,7 +135,7 @@ def recalibrate(model: ProbabilisticModel, held_out: Split, num_levels: int, see
                 criterion: str = "calibration", force: bool = False) -> dict:
     """sigma-scaling of a trained autoencoder (`fit_sigma_scale`, minimising
     `criterion`) on the held-out `Split` (its images dequantised with the stateless seeds
-    (seed + `HELD_OUT_SEED`, i), both input and target). Returns `{"sigma_scale", "criterion",
+    (seed + `HELD_OUT_SEED`, i) as targets; the inputs raw, as users give them). Returns `{"sigma_scale", "criterion",
     "validation_images", "validation_score_before", "validation_score"}` (the criterion's value:
     mean CRPS in pixels, mean NLL in nats per image, or the calibration error), the test split's `bits_per_dim_before` and
     `bits_per_dim_median_before` (s = 1; `evaluate` reports them after), and `"before"`: the
@@ -155,8 +155,8 @@ def recalibrate(model: ProbabilisticModel, held_out: Split, num_levels: int, see
     # the CRPS and the PIT hold each image's marginals or draws: batches bounded like `pit_values`' (a full covariance
     # ran out of memory in batches of 500: 1.2 GB a tensor)
     batch_size = pit_batch_size(model) if criterion in ("crps", "calibration") else model.eval_batch_size
-    pairs = dequantized_batches(held_out, num_levels, seed + HELD_OUT_SEED, batch_size).map(lambda b: (b, b))
-    pairs = pairs.prefetch(2)
+    # the inputs as users give them (raw), the targets dequantised (as `calibration` scores them)
+    pairs = dequantized_batches(held_out, num_levels, seed + HELD_OUT_SEED, batch_size, with_raw=True).prefetch(2)
     print(f"recalibrating: sigma-scaling by {criterion} on {held_out.count} held-out training images", flush=True)
     s, score_before, score_after = fit_sigma_scale(model, pairs, criterion)
     print(f"sigma_scale {s:.4f}: held-out {criterion} {score_before:.5g} -> {score_after:.5g}", flush=True)
