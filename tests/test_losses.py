@@ -2,6 +2,10 @@
 (Stirn et al. 2023), checked against their definitions: beta = 0 is the NLL bit for bit, beta = 1
 gives the mean the squared error's gradient, faithful's location gradient is the squared error's
 and its dispersion gradient the NLL's; short fits lower the loss; bad settings are refused."""
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -106,9 +110,43 @@ def test_a_sigmoid_location_lies_in_the_unit_interval_and_the_default_is_linear(
     assert model_label(models["linear"]) == "normal_diag K=1 faithful (mlp)"
     with pytest.raises(ValueError, match=r"location_activation must be one of linear, sigmoid; got 'tanh'"):
         build_model("normal_diag", digits.image_shape, loss="faithful", location_activation="tanh")
-    for loss in ("nll", "beta_nll"):  # issue 50: it was accepted and silently ignored outside faithful
-        with pytest.raises(ValueError, match=f"applies to loss 'faithful' only.*got loss '{loss}'"):
-            build_model("normal_diag", digits.image_shape, loss=loss, location_activation="sigmoid")
+    for head, k in (("maf", 1), ("normal_diag", 3), ("bernoulli", 1)):  # no single location: refused, not ignored
+        with pytest.raises(ValueError, match=f"needs a head whose first outputs are its location.*got {head} K={k}"):
+            build_model(head, digits.image_shape, k, location_activation="sigmoid")
+
+
+@pytest.mark.parametrize("head,loss", [("mse", "nll"), ("normal_diag", "nll"), ("logistic", "beta_nll"),
+                                       ("normal_lowrank", "nll")])
+def test_a_sigmoid_location_is_honoured_under_every_loss(head, loss, digits, tmp_path):
+    """Issue 50, item 5: `--location-activation sigmoid` was silently ignored outside `faithful`. Now the
+    decoder's first D outputs (the location) pass through the sigmoid and the rest (scales) unchanged:
+    the same weights give sigmoid(linear location) and identical other parameters; the mean lies in
+    (0, 1) for inputs far outside the pixels; the setting survives save / load_model in a fresh process."""
+    x = tf.constant(np.concatenate([digits.x_test[:3], 50 * digits.x_test[3:6] - 25]))
+    opts = dict(rank=2) if "lowrank" in head else {}
+    sigmoid = build_model(head, digits.image_shape, loss=loss, location_activation="sigmoid", **opts)
+    linear = build_model(head, digits.image_shape, loss=loss, **opts)
+    linear.set_weights(sigmoid.get_weights())
+    d = int(np.prod(digits.image_shape))
+    p_lin = linear.decoder(linear.encoder(x)).numpy()
+    p_sig = sigmoid.decoder(sigmoid.encoder(x)).numpy()
+    np.testing.assert_allclose(p_sig[:, :d], 1 / (1 + np.exp(-p_lin[:, :d])), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(p_sig[:, d:], p_lin[:, d:])
+    mean = sigmoid(x).mean().numpy()
+    assert 0 <= mean.min() and mean.max() <= 1 and sigmoid.get_config()["location_activation"] == "sigmoid"
+    from tfp_ae.figures import model_label
+    assert "(sigmoid location)" in model_label(sigmoid)
+    sigmoid.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", x.numpy())
+    code = textwrap.dedent(f"""
+        import numpy as np, tf_keras, tfp_ae
+        m = tf_keras.models.load_model({str(tmp_path / 'm.keras')!r})
+        np.save({str(tmp_path / 'mean.npy')!r}, m(np.load({str(tmp_path / 'x.npy')!r})).mean().numpy())
+        print(m.get_config()["location_activation"])
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.split()[-1] == "sigmoid", r.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "mean.npy"), mean, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name,loss", [("normal_diag", "beta_nll"), ("logistic", "beta_nll"), ("normal_diag", "faithful"),
@@ -129,9 +167,10 @@ def test_a_short_fit_lowers_the_loss(name, loss, digits):
     (["--loss", "faithful", "-K", "3"], "mixtures have no single location"),
     (["--loss", "faithful", "--dispersion-units", "-1"], r"dispersion_units must be an integer >= 0; got -1"),
     (["--loss", "faithful", "--model", "vae"], "a vae trains on its bound"),
-    (["--location-activation", "sigmoid"], r"--location-activation sigmoid applies to --loss faithful only.*--loss nll"),
-    (["--loss", "beta_nll", "--location-activation", "sigmoid"], "applies to --loss faithful only.*would be ignored"),
-    (["--head", "mse", "--location-activation", "sigmoid"], "applies to --loss faithful only"),
+    (["--head", "maf", "--location-activation", "sigmoid"], r"--location-activation sigmoid applies to an autoencoder "
+     r"whose head has a location output.*--head maf .*would be ignored"),
+    (["-K", "3", "--location-activation", "sigmoid"], r"--components 3, where it would be ignored"),
+    (["--model", "vae", "--location-activation", "sigmoid"], r"got --model vae"),
 ])
 def test_bad_loss_settings_are_refused_before_anything_is_written(argv, match, tmp_path):
     with pytest.raises(SystemExit, match=match):

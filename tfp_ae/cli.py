@@ -144,8 +144,9 @@ def _add_train_args(p):
     p.add_argument("--dispersion-units", type=int, default=d.dispersion_units, help="--loss faithful: hidden "
                    "units of the dispersion branch (0: a linear readout of the code, as the paper's decoder)")
     p.add_argument("--location-activation", default=d.location_activation, choices=LOCATION_ACTIVATIONS,
-                   help="--loss faithful: the location's output; sigmoid keeps it in (0, 1): near-NLL bits/dim and "
-                   "sharper means, a larger calibration error (docs/results/uncertainty)")
+                   help="the location's output (K = 1 heads with a location, mse included, under every loss); "
+                   "sigmoid keeps it in (0, 1): with --loss faithful near-NLL bits/dim and sharper means, a larger "
+                   "calibration error (docs/results/uncertainty)")
     _add_settings(p)
     p.add_argument("--out", default=None, help="run folder (default runs/DATASET_ARCH_HEAD_kK); an unfinished "
                    "run there is resumed from its last finished epoch")

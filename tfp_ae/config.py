@@ -48,7 +48,7 @@ class RunConfig:
     loss: str = "nll"                  # LOSSES; ae only: nll (the paper's) | beta_nll | faithful (tfp_ae.heads.Head)
     beta: float = DEFAULT_BETA         # beta_nll: pixel weights stop_gradient(variance)^beta, in [0, 1]
     dispersion_units: int = 256        # faithful: hidden units of the dispersion branch (0: linear readout)
-    location_activation: str = "linear"  # LOCATION_ACTIVATIONS; faithful: sigmoid puts the location in (0, 1)
+    location_activation: str = "linear"  # LOCATION_ACTIVATIONS: sigmoid puts the location (first D outputs) in (0, 1)
     objective: str = "elbo"            # OBJECTIVES; vae only: elbo | iwae
     iw_samples: int = 10               # vae with objective iwae: k importance samples
     epochs: int = 20
@@ -120,7 +120,9 @@ class RunConfig:
         if self.loss == "beta_nll":
             opts["beta"] = self.beta
         if self.loss == "faithful":
-            opts.update(dispersion_units=self.dispersion_units, location_activation=self.location_activation)
+            opts.update(dispersion_units=self.dispersion_units)
+        if self.loss == "faithful" or self.location_activation != "linear":
+            opts.update(location_activation=self.location_activation)
         return opts
 
     @property
@@ -173,10 +175,10 @@ class RunConfig:
         if not (isinstance(self.validation_split, (int, float)) and 0 <= self.validation_split < 1):
             raise InputError(f"validation_split must be in [0, 1); got {self.validation_split!r}")
         check_beta(self.beta)  # whatever the loss: a bad --beta is refused, not ignored
-        if self.location_activation != "linear" and (self.loss != "faithful" or self.model != "ae"):
-            raise InputError(f"--location-activation {self.location_activation} applies to --loss faithful only (the "
-                             f"location output of its decoder); got --model {self.model} --loss {self.loss}, where it "
-                             "would be ignored")
+        if self.location_activation != "linear" and (self.model != "ae" or not head.location_output or self.components > 1):
+            raise InputError(f"--location-activation {self.location_activation} applies to an autoencoder whose head has "
+                             "a location output (K = 1: mse, normal, Student-t, low-rank, matrix, logistic); got --model "
+                             f"{self.model} --head {self.head} --components {self.components}, where it would be ignored")
         if self.model == "vae" and self.loss != "nll":
             raise InputError(f"loss {self.loss!r} is for autoencoders: a vae trains on its bound (--objective elbo|iwae), "
                              "whose decoder term is the head's log-likelihood")

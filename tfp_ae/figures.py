@@ -34,7 +34,7 @@ FULL_COVARIANCE_MAX = 512  # latent sizes up to this get a full-covariance Gauss
 
 def model_label(model: ProbabilisticModel) -> str:
     """`HEAD K=k [options] [loss [(ACTIVATION location)]] (arch)`: how figures name a model (the loss where
-    it is not `nll`, a faithful location's activation where it is not linear)."""
+    it is not `nll`, the location's activation where it is not linear)."""
     head = model.head
     kind = "VAE" if model.kind == "vae" else model.build_args["arch"]
     options = "".join(f" {k}={v:g}" for k, v in head.option_values.items() if v != head.options[k])  # not defaults

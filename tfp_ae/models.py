@@ -193,6 +193,23 @@ class StopGradient(L.Layer):
         return tf.stop_gradient(x)
 
 
+@register
+class LeadingActivation(L.Layer):
+    """`activation` on the first `n` features of the last axis, the others passed unchanged: a location
+    output in (0, 1) (`sigmoid`) ahead of a head's other parameters."""
+
+    def __init__(self, n: int, activation: str, **kwargs):
+        super().__init__(**kwargs)
+        self.n, self.activation = int(n), activation
+        self._fn = tfk.activations.get(activation)
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.concat([self._fn(x[..., :self.n]), x[..., self.n:]], axis=-1)
+
+    def get_config(self) -> dict:
+        return dict(super().get_config(), n=self.n, activation=self.activation)
+
+
 def faithful_decoder(location_decoder: tfk.Model, code_shape: tuple[int, ...], dispersion_size: int, dispersion_units: int,
                      location_activation: str = "linear") -> tfk.Model:
     """The decoder of `loss="faithful"` (Stirn et al., AISTATS 2023, Section 3 and their Figure 2):
@@ -335,8 +352,11 @@ def build_model(head: str, image_shape: tuple[int, int, int], num_components: in
         `faithful` (Stirn et al. 2023: the location by squared error, the dispersion by the NLL
         through its own branch, `faithful_decoder`); see `tfp_ae.heads.Head`.
       dispersion_units: `faithful` only: hidden units of the dispersion branch (0: linear readout).
-      location_activation: `faithful` only: the activation of the location output, `linear` (the
-        default) or `sigmoid` (`faithful_decoder`: better bits/dim and L2, worse calibration).
+      location_activation: the activation of the location output (the first D head parameters),
+        `linear` (the default) or `sigmoid`, which keeps it in (0, 1) where pixels lie: under `faithful`
+        the location branch's output (`faithful_decoder`: better bits/dim and L2, worse calibration);
+        under `nll` and `beta_nll` the first D outputs of the decoder (`LeadingActivation`; K = 1 heads
+        with a location, `mse` included: the sigmoid baseline of docs/results/uncertainty).
       **head_options: the head's options (`Head.options`): `rank` (low-rank heads, default 10),
         `min_df` (Student-t heads, default 0); None means the default.
     Returns:
@@ -344,17 +364,21 @@ def build_model(head: str, image_shape: tuple[int, int, int], num_components: in
     Raises:
       ValueError: unknown head or architecture, invalid K, an option the head does not take, a
         loss the head cannot take, a bad beta, a negative `dispersion_units`, an unknown
-        `location_activation` or one other than `linear` with a loss other than `faithful`.
+        `location_activation` or one other than `linear` for a head without a location or with K > 1.
     """
     image_shape = tuple(int(d) for d in image_shape)
     if arch not in ARCHS:
         raise InputError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
     if isinstance(dispersion_units, bool) or not isinstance(dispersion_units, int) or dispersion_units < 0:
         raise InputError(f"dispersion_units must be an integer >= 0; got {dispersion_units!r}")
-    if location_activation != "linear" and loss != "faithful":
-        raise InputError(f"location_activation {location_activation!r} applies to loss 'faithful' only (its location "
-                         f"output); got loss {loss!r}, whose head reads the decoder's outputs as it is")
+    if location_activation not in LOCATION_ACTIVATIONS:
+        raise InputError(f"location_activation must be one of {', '.join(LOCATION_ACTIVATIONS)}; "
+                         f"got {location_activation!r}")
     head_obj = make_head(head, image_shape, num_components, loss=loss, beta=beta, **head_options)
+    if location_activation != "linear" and (not head_obj.location_output or head_obj.num_components > 1):
+        raise InputError(f"location_activation {location_activation!r} needs a head whose first outputs are its "
+                         f"location (K = 1: mse, normal, Student-t, low-rank, matrix, logistic); got {head} "
+                         f"K={head_obj.num_components}")
     check_image_shape(image_shape, arch)
     faithful = head_obj.training_loss == "faithful"
     size = int(math.prod(image_shape)) if faithful else head_obj.size  # faithful: the arch decodes the location
@@ -367,12 +391,18 @@ def build_model(head: str, image_shape: tuple[int, int, int], num_components: in
     if faithful:
         decoder = faithful_decoder(decoder, encoder.output_shape[1:], head_obj.size - size, dispersion_units,
                                    location_activation)
+    elif location_activation != "linear":  # the first D outputs, the location, through the activation
+        code = L.Input(encoder.output_shape[1:])
+        location = LeadingActivation(math.prod(image_shape), location_activation, name="location")
+        decoder = tfk.Model(code, location(decoder(code)), name="decoder")
     args = dict(head=head_obj.head_name, image_shape=list(image_shape), num_components=head_obj.num_components,
                 arch=arch, latent_dim=int(latent_dim), **head_obj.option_values)
     if head_obj.training_loss != "nll":  # only then, so the configs of nll models stay as they were
         args.update(loss=head_obj.training_loss, beta=head_obj.beta)
     if faithful:
         args.update(dispersion_units=int(dispersion_units), location_activation=location_activation)
+    elif location_activation != "linear":
+        args.update(location_activation=location_activation)
     model = Autoencoder(encoder, decoder, head_obj, args,
                         name=name or f"{arch}_{head_obj.head_name}_k{head_obj.num_components}")
     model(tf.zeros([1, *image_shape]))  # build

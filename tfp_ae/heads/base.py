@@ -181,6 +181,8 @@ class Head(Readouts, tfpl.DistributionLambda):
     takes_beta_nll = False  # log-density a sum over pixels of a family with a variance (beta_nll)
     has_location = False    # the first D = H*W*C parameters are a location (the mean or mode): faithful,
     #                         and every scale is multiplied by the non-trainable `sigma_scale` (`scaled`)
+    location_output = False  # the first D parameters are the location (has_location heads, and mse):
+    #                          `--location-activation` applies to them
 
     def __init__(self, event_shape: tuple[int, ...], num_components: int = 1, loss: str = "nll", beta: float | None = None,
                  **kwargs):

@@ -173,7 +173,7 @@ class _EllipticalHead(Head):
     outer product. Student-t heads take `min_df` (`T_OPTIONS`): df = min_df + 1e-6 + softplus."""
     scale = "identity"
     student_t = False
-    has_location = True  # loc (the mean; the mode of a t) is the first D parameters
+    has_location = location_output = True  # loc (the mean; the mode of a t) is the first D parameters
 
     @classmethod
     def check_option(cls, name, value, event_shape):

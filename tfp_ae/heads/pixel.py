@@ -34,7 +34,7 @@ class PixelHead(Head):
 class NormalIdentity(PixelHead):
     """N(mu, I): multivariate normal with identity covariance (the paper's Nµ)."""
     head_name, label = "normal_identity", "Nµ"
-    takes_beta_nll = has_location = True
+    takes_beta_nll = has_location = location_output = True
 
     def pixel_distribution(self, loc: tf.Tensor) -> tfd.Distribution:
         return tfd.Normal(loc, self.scaled(tf.ones_like(loc)))
@@ -77,7 +77,7 @@ class NormalDiag(PixelHead):
     """N(mu, diag(sigma^2)), sigma = 1e-6 + softplus (the paper's Nµ,diag(Σ))."""
     head_name, label = "normal_diag", "Nµ,diag(Σ)"
     n_pixel_params = 2
-    takes_beta_nll = has_location = True
+    takes_beta_nll = has_location = location_output = True
 
     def pixel_distribution(self, loc: tf.Tensor, s: tf.Tensor) -> tfd.Distribution:
         return tfd.Normal(loc, self.scaled(positive(s)))
@@ -114,7 +114,7 @@ class Logistic(PixelHead):
     """Logistic(mu, s) per pixel, s = 1e-6 + softplus (Kingma et al. 2016, VAE-IAF)."""
     head_name, label = "logistic", "Logistic"
     n_pixel_params = 2
-    takes_beta_nll = has_location = True
+    takes_beta_nll = has_location = location_output = True
 
     def pixel_distribution(self, loc: tf.Tensor, s: tf.Tensor) -> tfd.Distribution:
         return tfd.Logistic(loc, self.scaled(positive(s)))
