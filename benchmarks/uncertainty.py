@@ -1,7 +1,8 @@
 """Sharp means and calibrated intervals (docs/results/uncertainty): the paper's Table 1 K = 1 MLP heads on
 MNIST and Fashion-MNIST, trained with every loss each head takes (`nll`, the paper's; `beta_nll`,
-Seitzer et al. 2022; `faithful`, Stirn et al. 2023), all with `--dequantize` and `--recalibrate`
-(sigma-scaling on the last 10 % of the training split, which is then not trained on).
+Seitzer et al. 2022; `faithful`, Stirn et al. 2023; `mse` also with a sigmoid location), all with
+`--dequantize`, `--recalibrate` (sigma-scaling on the last 10 % of the training split, which is then
+not trained on) and `--risk 0.1` (conformal risk control, on the other half of those images).
 
 Each cell is one `tfp-ae train` in its own process, its folder kept in RUNS (an interrupted benchmark
 resumes: finished cells are read, the unfinished one continues from its last epoch). Writes
@@ -20,7 +21,7 @@ from pathlib import Path
 
 FAITHFUL = ["faithful", "faithful_sigmoid"]
 HEADS = {  # head -> (extra flags, the losses it takes here)
-    "mse": ([], ["nll"]),
+    "mse": ([], ["nll", "nll_sigmoid"]),  # nll_sigmoid: the sigmoid location of faithful_sigmoid, by MSE
     "normal_diag": ([], ["nll", "beta_nll", *FAITHFUL]),
     "normal_full": ([], ["nll"]),  # faithful diverges in its first epoch (docs/results/uncertainty)
     "normal_lowrank": (["--rank", "4"], ["nll", *FAITHFUL]),
@@ -28,11 +29,15 @@ HEADS = {  # head -> (extra flags, the losses it takes here)
     "matrix_normal_full": ([], ["nll", *FAITHFUL]),
     "logistic": ([], ["nll", "beta_nll", *FAITHFUL]),
 }
-LOSS_FLAGS = {"faithful_sigmoid": ["--loss", "faithful", "--location-activation", "sigmoid"]}  # else --loss LOSS
+LOSS_FLAGS = {"faithful_sigmoid": ["--loss", "faithful", "--location-activation", "sigmoid"],  # else --loss LOSS
+              "nll_sigmoid": ["--loss", "nll", "--location-activation", "sigmoid"]}
+RISK = "0.1"  # --risk of every head with intervals: conformal risk control at α = δ = 0.1
 COLUMNS = ["dataset", "head", "loss", "l2_percent", "bits_per_dim_before", "bits_per_dim_median_before", "bits_per_dim",
            "bits_per_dim_median", "bits_per_dim_finite", "crps", "calibration_error_before", "calibration_error",
            "calibration_error_by_std",
-           "sigma_scale", "coverage_50", "coverage_90", "seconds_per_epoch", "run_dir"]
+           "sigma_scale", "coverage_50", "coverage_90", "calibration_inputs", "conformal_lambda", "conformal_risk",
+           "conformal_mean_width", "conformal_width_over_oracle", "conformal_splits_over_alpha", "seconds_per_epoch",
+           "run_dir"]
 
 
 def cell(runs, dataset, head, loss, epochs):
@@ -44,7 +49,7 @@ def cell(runs, dataset, head, loss, epochs):
                 *LOSS_FLAGS.get(loss, ["--loss", loss]), "--epochs", str(epochs), "--dequantize",
                 "--no-fid", "--tsne-images", "0", "--out", str(out), *flags]
         if head != "mse":
-            argv.append("--recalibrate")
+            argv += ["--recalibrate", "--risk", RISK]
         print(" ".join(argv[2:]), flush=True)
         subprocess.run(argv, check=True)
     return json.loads((out / "metrics.json").read_text())
@@ -73,6 +78,7 @@ def row(dataset, head, loss, m):
         rec = dict(rec, **before_scaling(m["config"]["out"]))
     cover = dict(zip(cal.get("levels", []), cal.get("coverage", []), strict=True))
     before = cal.get("before_recalibration") or {}
+    conf = m.get("conformal") or {}
     return dict(dataset=dataset, head=head, loss=loss, l2_percent=m["l2_percent"],
                 bits_per_dim_before=rec.get("bits_per_dim_before", m["bits_per_dim"]),
                 bits_per_dim_median_before=rec.get("bits_per_dim_median_before", m.get("bits_per_dim_median")),
@@ -82,6 +88,10 @@ def row(dataset, head, loss, m):
                 calibration_error=cal.get("calibration_error"), sigma_scale=cal.get("sigma_scale"),
                 calibration_error_by_std=(cal.get("by_std") or {}).get("mean_calibration_error"),
                 coverage_50=cover.get(0.5), coverage_90=cover.get(0.9),
+                calibration_inputs=cal.get("inputs", "dequantized" if m.get("dequantize") else "raw") if cal else None,
+                conformal_lambda=conf.get("lambda"), conformal_risk=conf.get("risk"),
+                conformal_mean_width=conf.get("mean_width"), conformal_width_over_oracle=conf.get("width_over_oracle"),
+                conformal_splits_over_alpha=conf.get("splits_over_alpha"),
                 seconds_per_epoch=statistics.median(m["seconds_per_epoch"]), run_dir=m.get("config", {}).get("out"))
 
 
@@ -91,15 +101,19 @@ def fmt(v, digits=3):
 
 def table(rows):
     lines = ["| dataset | head | loss | L2 % | bits/dim (median) before σ-scaling | after | CRPS "
-             "| cal. error before -> after σ-scaling | within std quartiles | s | cover 50 % / 90 % | s/epoch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| cal. error before -> after σ-scaling | within std quartiles | s | cover 50 % / 90 % "
+             "| conformal λ | risk (α 0.1) | width (x oracle) | splits > α | s/epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['head']} | {r['loss']} | {fmt(r['l2_percent'])} "
                      f"| {fmt(r['bits_per_dim_before'])} ({fmt(r['bits_per_dim_median_before'])}) "
                      f"| {fmt(r['bits_per_dim'])} ({fmt(r['bits_per_dim_median'])}) | {fmt(r['crps'], 4)} "
                      f"| {fmt(r['calibration_error_before'])} -> {fmt(r['calibration_error'])} "
                      f"| {fmt(r['calibration_error_by_std'])} | {fmt(r['sigma_scale'])} "
-                     f"| {fmt(r['coverage_50'])} / {fmt(r['coverage_90'])} | {fmt(r['seconds_per_epoch'], 2)} |")
+                     f"| {fmt(r['coverage_50'])} / {fmt(r['coverage_90'])} | {fmt(r.get('conformal_lambda'))} "
+                     f"| {fmt(r.get('conformal_risk'), 4)} | {fmt(r.get('conformal_mean_width'))} "
+                     f"({fmt(r.get('conformal_width_over_oracle'), 2)}) | {fmt(r.get('conformal_splits_over_alpha'), 2)} "
+                     f"| {fmt(r['seconds_per_epoch'], 2)} |")
     return "\n".join(lines)
 
 

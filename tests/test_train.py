@@ -116,6 +116,28 @@ def test_documented_commands_print_only_the_package_lines(tmp_path):
     assert (tmp_path / "export" / "tflite" / "log_prob.tflite").exists()
 
 
+def test_the_other_commands_print_only_the_package_lines(tmp_path):
+    """Issue 48: `grid`, `table`, `convert`, `toy2d` and `augment` (of a mixture run) also write no
+    TensorFlow, TensorFlow Lite or absl line, in fresh processes in a user's environment."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFP_AE_TF_LOGS")}
+    quick = ["--epochs", "1", "--no-fid", "--tsne-images", "0", "--eval-images", "20"]
+    for argv in (["grid", "--dataset", "digits", "--heads", "mse", "-K", "1", "--out", "grid", *quick],
+                 ["table", "grid/results.csv", "--out", "table"],
+                 ["convert", "digits", "shards"],
+                 ["toy2d", "--steps", "20", "--datasets", "8gaussians", "--out", "toy"],
+                 ["train", "--dataset", "digits", "--head", "normal_diag", "-K", "2", "--out", "mix", *quick],
+                 ["augment", "mix", "--out", "augmented.npz", "--limit", "20"]):
+        done = subprocess.run([sys.executable, "-m", "tfp_ae", *argv], capture_output=True, text=True, env=env,
+                              timeout=600, cwd=tmp_path)
+        assert done.returncode == 0, (argv[0], done.stderr[-3000:])
+        for stream in (done.stdout, done.stderr):
+            assert not FOREIGN_LINE.search(stream), (argv[0], stream[-3000:])
+    assert (tmp_path / "augmented.npz").exists() and list((tmp_path / "shards").glob("*.tfrecord"))
+
+
 class _PoisonWeights(tf.keras.callbacks.Callback):
     """Sets the decoder bias to NaN at the start of epoch 2, as a diverging run would."""
 
