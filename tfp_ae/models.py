@@ -223,7 +223,7 @@ def faithful_decoder(location_decoder: tfk.Model, code_shape: tuple[int, ...], d
     where the pixels' mean lies. Trained by squared error alone, a linear location misses the black
     pixels (half of Fashion-MNIST's) by a median 0.027, 24 times the spread of a dequantised level
     (1 / (256 sqrt(12)) = 0.0011), so the precise variances the likelihood rewards there cannot be
-    used; a saturating sigmoid gets within 0.0037 (NLL training: 0.0012).
+    used; a saturating sigmoid gets within 0.006 (NLL training: 0.0027; docs/results/conformal/black_pixels.csv).
     Measured (docs/results/uncertainty, `normal_diag`, 20 epochs): bits/dim 6.25 -> 5.25 on
     Fashion-MNIST, L2 1.53 % -> 1.27 %; but a normal cannot match a dequantised constant pixel's
     uniform spread, and the calibration error grows from about 0.005 to 0.014-0.025.

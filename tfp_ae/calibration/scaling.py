@@ -36,11 +36,7 @@ def fit_sigma_scale(model: ProbabilisticModel, pairs: tf.data.Dataset, criterion
     - `calibration` (the default): the calibration error itself, mean |coverage - level| over
       `LEVELS` of the held-out pixels' PIT values (`Head.pit`; the metric of `calibration`): the one
       s whose central intervals cover what they say. Not a proper scoring rule; the two below give
-      a calibrated s only when the head's shape is right. Measured on the test images
-      (docs/results/uncertainty): better than `crps` in 17 of the 24 earlier cells, the same in 6 (within ±0.001),
-      worse in 1 (MNIST `student_t_diag`: 0.011 against 0.006), and much better where the shape is
-      wrong (MNIST `logistic`: 0.011 against 0.062; a sigmoid-location faithful `normal_diag`, whose
-      scales CRPS shrank to s = 0.52: 0.025 against 0.173);
+      a calibrated s only when the head's shape is right (docs/results/uncertainty compares them);
     - `crps`: the mean per-pixel CRPS (`pixel_crps`), minimum-CRPS estimation (Gneiting, Raftery,
       Westveld & Goldman, Monthly Weather Review 2005, "Calibrated probabilistic forecasting using
       ensemble model output statistics and minimum CRPS estimation"): the CRPS grows linearly in an
