@@ -20,6 +20,7 @@ from tfp_ae.config import (
     OBJECTIVES,
     PRECISIONS,
     RECALIBRATION_CRITERIA,
+    RECALIBRATION_METHODS,
     STRATEGIES,
     UNCERTAINTIES,
     RunConfig,
@@ -96,6 +97,10 @@ def _add_settings(p):
                    help="what sigma-scaling minimises on the held-out images: crps (minimum-CRPS estimation, "
                    "Gneiting et al. 2005; robust to outlying pixels), nll (Laves et al. 2021) or calibration "
                    "(the calibration error itself: mean |coverage - level|)")
+    p.add_argument("--recalibration-method", default=d.recalibration_method, choices=RECALIBRATION_METHODS,
+                   help="--recalibrate: scale (one factor on every scale) or local (then a factor per pixel that "
+                   "depends on its scale, fitted within octiles of the scales: for the heads with per-pixel scales; "
+                   "guarded like sigma-scaling)")
     p.add_argument("--force-recalibration", action="store_true", help="--recalibrate: apply the fitted scale even "
                    "where it makes the held-out bits/dim worse by more than 0.1 (by default such a scale is not applied)")
     p.add_argument("--risk", type=float, default=d.risk, metavar="ALPHA",

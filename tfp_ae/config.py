@@ -19,6 +19,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 UNCERTAINTIES = ("interval", "conformal", "std", "variance")  # maps: 90 % / conformal interval width, std, variance
 LOCATION_ACTIVATIONS = ("linear", "sigmoid")  # faithful: of the location output (tfp_ae.models.faithful_decoder)
 RECALIBRATION_CRITERIA = ("crps", "nll", "calibration")  # tfp_ae.calibration.fit_sigma_scale
+RECALIBRATION_METHODS = ("scale", "local")  # σ-scaling only, or then local factors of the pixel scales
 RECALIBRATION_FRACTION = 0.1  # --recalibrate without --validation-split: the held-out fraction of the training split
 DEFAULT_RISK = 0.1   # conformal risk control: α, the fraction of a new image's pixels allowed outside their intervals
 DEFAULT_DELTA = 0.1  # δ: the probability that the held-out images give a λ whose risk exceeds α
@@ -62,6 +63,7 @@ class RunConfig:
     validation_split: float = 0.0      # hold out the last fraction of the training images (val_loss; recalibration)
     recalibrate: bool = False          # sigma-scaling on the held-out images (validation_split, or 0.1 when 0)
     recalibration_criterion: str = "calibration"  # RECALIBRATION_CRITERIA: what sigma-scaling minimises
+    recalibration_method: str = "scale"  # RECALIBRATION_METHODS: local adds calibration.fit_local_scales
     force_recalibration: bool = False  # apply sigma-scaling where it costs held-out bits/dim (calibration.recalibrate)
     risk: float | None = None          # conformal risk control (RCPS) at this α: λ fitted on the held-out images
     delta: float = DEFAULT_DELTA       # RCPS: the probability that the fitted λ's risk exceeds α
@@ -141,7 +143,8 @@ class RunConfig:
         """
         choices = dict(model=MODELS, arch=VAE_ARCHS if self.model == "vae" else ARCHS, objective=OBJECTIVES,
                        strategy=STRATEGIES, precision=PRECISIONS, uncertainty=UNCERTAINTIES, crop=CROPS,
-                       recalibration_criterion=RECALIBRATION_CRITERIA, loss=LOSSES,
+                       recalibration_criterion=RECALIBRATION_CRITERIA, recalibration_method=RECALIBRATION_METHODS,
+                       loss=LOSSES,
                        location_activation=LOCATION_ACTIVATIONS)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -186,6 +189,12 @@ class RunConfig:
         if self.recalibrate and (self.model != "ae" or not head.has_location):
             raise InputError("--recalibrate (sigma-scaling) takes an autoencoder (--model ae) whose head has a location "
                              f"and scales (normal, Student-t, low-rank, matrix, logistic); got {self.model} {self.head}")
+        if self.recalibration_method == "local" and not (self.recalibrate and head.per_pixel_scales
+                                                          and head.has_location and self.components == 1):
+            raise InputError("--recalibration-method local takes --recalibrate and a K = 1 head whose scales are per "
+                             "pixel (normal_identity, normal_diag, logistic, student_t_identity, student_t_diag); got "
+                             f"--head {self.head} --components {self.components}"
+                             + ("" if self.recalibrate else " without --recalibrate"))
         if self.risk is not None:
             check_risk(self.risk, self.delta)
             if not head.has_variance:

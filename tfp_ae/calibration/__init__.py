@@ -5,6 +5,8 @@
   spread, the CRPS (`calibration`, the `calibration` entry of `metrics.json`);
 - `tfp_ae.calibration.scaling`: σ-scaling, one scalar on every scale of the head fitted on
   held-out images, refused when it breaks the likelihood (`recalibrate`, `--recalibrate`);
+- `tfp_ae.calibration.local`: local recalibration, a factor on each pixel's scale that depends on the
+  scale (`fit_local_scales`, `--recalibration-method local`);
 - `tfp_ae.calibration.conformal`: a guarantee: conformal risk control (RCPS) of the per-pixel
   intervals, one λ fitted on held-out images so that at most a fraction α of a new image's pixels
   fall outside their intervals, with probability 1 - δ (`fit_conformal`, `--risk`, `--delta`);
@@ -21,6 +23,7 @@ from tfp_ae.calibration.conformal import (
     rcps_lambda,
 )
 from tfp_ae.calibration.fit import calibrate, check_held_out, held_out_parts
+from tfp_ae.calibration.local import check_local, fit_local_scales, reset_local_scales
 from tfp_ae.calibration.pit import (
     CALIBRATION_IMAGES,
     LEVELS,
@@ -46,7 +49,8 @@ from tfp_ae.calibration.scaling import (
 )
 
 __all__ = ["calibrate", "calibration", "calibration_by_std", "calibration_error", "CALIBRATION_IMAGES", "check_held_out",
-           "check_risk", "conformal_report", "coverage_at", "crps_from", "crps_inputs", "DEFAULT_DELTA", "DEFAULT_RISK",
-           "fit_conformal", "fit_sigma_scale", "hb_p_value", "held_out_parts", "HELD_OUT_SEED", "LEVELS",
-           "MAX_BITS_PER_DIM_LOSS", "min_calibration_images", "MIN_RECALIBRATION_IMAGES", "pit_batch_size", "PIT_BINS",
-           "pit_values", "pixel_crps", "rcps_lambda", "recalibrate", "SIGMA_SCALE_BOUNDS", "SPREAD_BINS"]
+           "check_local", "check_risk", "conformal_report", "coverage_at", "crps_from", "crps_inputs", "DEFAULT_DELTA",
+           "DEFAULT_RISK", "fit_conformal", "fit_local_scales", "fit_sigma_scale", "hb_p_value", "held_out_parts",
+           "HELD_OUT_SEED", "LEVELS", "MAX_BITS_PER_DIM_LOSS", "min_calibration_images", "MIN_RECALIBRATION_IMAGES",
+           "pit_batch_size", "PIT_BINS", "pit_values", "pixel_crps", "rcps_lambda", "recalibrate", "reset_local_scales",
+           "SIGMA_SCALE_BOUNDS", "SPREAD_BINS"]

@@ -52,12 +52,14 @@ def calibrate(model: ProbabilisticModel, config: RunConfig, held_out: Split, num
     out = dict(recalibration=None, conformal=None)
     if scaling is not None:
         out["recalibration"] = recalibrate(model, scaling, num_levels, config.seed, test_images, test,
-                                           config.recalibration_criterion, config.force_recalibration)
+                                           config.recalibration_criterion, config.force_recalibration,
+                                           config.recalibration_method)
     if conformal is not None:
         print(f"conformal risk control: λ by RCPS (α {config.risk:g}, δ {config.delta:g}) on {conformal.count} "
               "held-out training images", flush=True)
         lam = fit_conformal(model, conformal.take()[0], config.risk, config.delta)
         print(f"conformal_lambda {lam:.4g}: the 90 % intervals scaled by it", flush=True)
         out["conformal"] = {"lambda": lam, "calibration_images": conformal.count}
-    out["fitted"] = bool(out["recalibration"] and out["recalibration"]["applied"]) or conformal is not None
+    rec = out["recalibration"] or {}
+    out["fitted"] = bool(rec.get("applied") or (rec.get("local") or {}).get("applied")) or conformal is not None
     return out

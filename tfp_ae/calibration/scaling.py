@@ -10,6 +10,7 @@ import numpy as np
 from scipy import optimize
 
 from tfp_ae._tf import tf
+from tfp_ae.calibration.local import fit_local_scales, reset_local_scales
 from tfp_ae.calibration.pit import calibration, calibration_error, coverage_at, crps_from, crps_inputs, pit_batch_size
 from tfp_ae.config import RECALIBRATION_CRITERIA
 from tfp_ae.errors import InputError
@@ -128,7 +129,7 @@ def _minimise_log_scale(f, bounds, step=LOG_2):
 
 
 def recalibrate(model: ProbabilisticModel, held_out: Split, num_levels: int, seed: int, test_images: np.ndarray, test: Split,
-                criterion: str = "calibration", force: bool = False) -> dict:
+                criterion: str = "calibration", force: bool = False, method: str = "scale") -> dict:
     """sigma-scaling of a trained autoencoder (`fit_sigma_scale`, minimising
     `criterion`) on the held-out `Split` (its images dequantised with the stateless seeds
     (seed + `HELD_OUT_SEED`, i) as targets; the inputs raw, as users give them). Returns `{"sigma_scale", "criterion",
@@ -141,8 +142,15 @@ def recalibrate(model: ProbabilisticModel, held_out: Split, num_levels: int, see
     The guard: the held-out images' dequantised bits/dim (`validation_bits_per_dim_before` / `_after`,
     mean and `_median_`) are measured at s = 1 and at the fitted s; a scale that makes the mean worse by
     more than `MAX_BITS_PER_DIM_LOSS` is not applied (s goes back to 1, `"applied": False`, one line says
-    so) unless `force`. A head that is not a density (no bits/dim) is not guarded."""
+    so) unless `force`. A head that is not a density (no bits/dim) is not guarded.
+
+    `method` `local`: then also local recalibration (`fit_local_scales`, on the same pairs), under the same
+    guard measured against the held-out bits/dim before any recalibration; `"local"` in the result: its
+    knots, log-factors, held-out calibration error within the scale quartiles before and after, held-out
+    bits/dim after, and `applied`."""
     model.head.sigma_scale.assign(1.0)
+    if model.head.per_pixel_scales:
+        reset_local_scales(model)
     cal = calibration(model, test_images, num_levels=num_levels, seed=seed)
     before = dict(coverage=cal["coverage"], calibration_error=cal["calibration_error"])
     scores = split_log_probs(model, test, num_levels, seed, elbo=False, raw=False)["log_prob_dequantized"]
@@ -164,7 +172,24 @@ def recalibrate(model: ProbabilisticModel, held_out: Split, num_levels: int, see
         print(f"sigma-scaling not applied: it makes the held-out likelihood worse by {worse:.3g} bits/dim "
               f"({held_before['bits_per_dim']:.4g} -> {held_after['bits_per_dim']:.4g}; more than "
               f"{MAX_BITS_PER_DIM_LOSS}); the model keeps s = 1 (--force-recalibration applies it anyway)", flush=True)
+    local = None
+    if method == "local":
+        print(f"recalibrating: local factors of the pixel scales on {held_out.count} held-out training images", flush=True)
+        local = fit_local_scales(model, pairs)
+        held_local = _held_out_bits(model, held_out, num_levels, seed)
+        worse = held_local["bits_per_dim"] - held_before["bits_per_dim"] if model.head.is_density else 0.0
+        local.update(applied=bool(force or worse <= MAX_BITS_PER_DIM_LOSS),
+                     **{f"validation_{k}_after": v for k, v in held_local.items()})
+        print(f"local recalibration: held-out calibration error within the scale quartiles "
+              f"{np.round(local['calibration_error_by_std_before'], 3).tolist()} -> "
+              f"{np.round(local['calibration_error_by_std_after'], 3).tolist()}", flush=True)
+        if not local["applied"]:
+            reset_local_scales(model)
+            print(f"local recalibration not applied: it makes the held-out likelihood worse by {worse:.3g} bits/dim "
+                  f"than before recalibrating (more than {MAX_BITS_PER_DIM_LOSS}; --force-recalibration applies it)",
+                  flush=True)
     return dict(sigma_scale=s if applied else 1.0, fitted_sigma_scale=s, applied=applied, criterion=criterion,
+                method=method, local=local,
                 validation_images=held_out.count, validation_score_before=score_before, validation_score=score_after,
                 **{f"validation_{k}_before": v for k, v in held_before.items()},
                 **{f"validation_{k}_after": v for k, v in held_after.items()},

@@ -37,6 +37,7 @@ from tfp_ae.heads.readout import Readouts
 
 POSITIVE_SHIFT = 1e-6
 MAF_SAMPLES = 50
+LOCAL_KNOTS = 8  # local recalibration: knots of its piecewise-linear log-factor (one per octile of the scales)
 
 
 def register(obj: Callable) -> Callable:
@@ -181,6 +182,7 @@ class Head(Readouts, tfpl.DistributionLambda):
     takes_beta_nll = False  # log-density a sum over pixels of a family with a variance (beta_nll)
     has_location = False    # the first D = H*W*C parameters are a location (the mean or mode): faithful,
     #                         and every scale is multiplied by the non-trainable `sigma_scale` (`scaled`)
+    per_pixel_scales = False  # every scale passed to `scaled` is one pixel's marginal scale: local recalibration
     location_output = False  # the first D parameters are the location (has_location heads, and mse):
     #                          `--location-activation` applies to them
 
@@ -209,6 +211,11 @@ class Head(Readouts, tfpl.DistributionLambda):
         if self.has_location:  # sigma-scaling (`tfp_ae.calibration.fit_sigma_scale`): 1 until recalibrated
             self.sigma_scale = self.add_weight(name="sigma_scale", shape=[], initializer="ones", trainable=False,
                                                dtype="float32")
+            # local recalibration (`tfp_ae.calibration.fit_local_scales`): log-factors at knots of log scale, 0 until fitted
+            self.local_knots = self.add_weight(name="local_knots", shape=[LOCAL_KNOTS], trainable=False, dtype="float32",
+                                               initializer=tfk.initializers.Constant(np.arange(LOCAL_KNOTS, dtype=float)))
+            self.local_log_factors = self.add_weight(name="local_log_factors", shape=[LOCAL_KNOTS], initializer="zeros",
+                                                     trainable=False, dtype="float32")
         if self.has_variance:  # conformal risk control (`tfp_ae.calibration.fit_conformal`): 1 until fitted
             self.conformal_lambda = self.add_weight(name="conformal_lambda", shape=[], initializer="ones",
                                                     trainable=False, dtype="float32")
@@ -245,10 +252,31 @@ class Head(Readouts, tfpl.DistributionLambda):
         a diagonal or Cholesky factor, a low-rank factor, a matrix head's row scale) through it, so
         the covariance of every component is multiplied by s^2 and each pixel's marginal is the
         same family with its scale multiplied by s. Heads without a location (`mse` included) have
-        no `sigma_scale`: `scale` itself."""
+        no `sigma_scale`: `scale` itself.
+
+        Heads whose scales are per pixel (`per_pixel_scales`: normal identity/diag, logistic, Student-t
+        identity/diag) then multiply each pixel's scale by `exp(local_log_factor(scale))`, a function of
+        the scale itself (local recalibration, `tfp_ae.calibration.fit_local_scales`; 1 until fitted)."""
         if not self.has_location:
             return scale
-        return scale * tf.cast(self.sigma_scale, scale.dtype)
+        scale = scale * tf.cast(self.sigma_scale, scale.dtype)
+        if self.per_pixel_scales:
+            scale = scale * tf.exp(self.local_log_factor(scale))
+        return scale
+
+    def local_log_factor(self, scale: tf.Tensor) -> tf.Tensor:
+        """The log of local recalibration's factor for pixel scales `scale` (any shape, > 0): piecewise
+        linear in log scale through `(local_knots[k], local_log_factors[k])`, constant beyond the first
+        and last knot (`numpy.interp`'s rule), written with elementwise ops only (TensorFlow Lite
+        runs it). 0 everywhere until fitted."""
+        x = tf.math.log(scale)
+        t = tf.cast(self.local_knots, x.dtype)
+        v = tf.cast(self.local_log_factors, x.dtype)
+        h = v[0] + tf.zeros_like(x)
+        for k in range(LOCAL_KNOTS - 1):
+            step = tf.maximum(t[k + 1] - t[k], tf.constant(1e-6, x.dtype))
+            h = h + (v[k + 1] - v[k]) * tf.clip_by_value((x - t[k]) / step, 0.0, 1.0)
+        return h
 
     # ---- declaration, overridden by families -------------------------------------------------
     def _check_event_shape(self, event_shape):

@@ -12,6 +12,7 @@ from tfp_ae.heads.readout import INTERVAL_LEVEL, SAMPLE_SEED
 class PixelHead(Head):
     """A factorised head: `Independent` over the H x W x C pixels of one univariate family."""
     n_pixel_params = 1
+    per_pixel_scales = True  # its scale is each pixel's (local recalibration applies)
 
     @classmethod
     def component_params_size(cls, event_shape: tuple[int, ...], **options) -> int:

@@ -21,6 +21,7 @@ from tfp_ae.heads.elliptical import (
 class VectorHead(_EllipticalHead):
     """Multivariate normal / Student-t over the flattened image, with an identity, diagonal or
     full (lower-triangular, `FillScaleTriL`) scale. Student-t heads add one df per component."""
+    per_pixel_scales = True  # identity and diagonal scales are each pixel's (the full ones say False)
 
     @property
     def natural_event_shape(self) -> tuple[int, ...]:
@@ -55,6 +56,7 @@ class VectorHead(_EllipticalHead):
 class NormalFull(VectorHead):
     """N(mu, L L^T), L from `FillScaleTriL` (the paper's Nµ,Σ; D(D+1)/2 scale parameters)."""
     head_name, label, scale = "normal_full", "Nµ,Σ", "full"
+    per_pixel_scales = False  # a full scale is not each pixel's
     full_covariance = True
 
 
@@ -73,4 +75,5 @@ class StudentTDiag(StudentTIdentity):
 class StudentTFull(StudentTIdentity):
     """Multivariate t(df, mu, L L^T) with L from `FillScaleTriL` (the paper's tdf,µ,Σ)."""
     head_name, label, scale = "student_t_full", "tdf,µ,Σ", "full"
+    per_pixel_scales = False
     full_covariance = True
