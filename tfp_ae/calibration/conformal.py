@@ -152,11 +152,11 @@ def conformal_report(model: ProbabilisticModel, x: np.ndarray, alpha: float, del
       one half, the fraction of splits whose risk on the other half exceeds α (at most about δ).
     """
     lam = float(model.head.conformal_lambda.numpy())
-    losses = interval_losses(model, x)
+    losses = interval_losses(model, x, np.append(LAMBDA_GRID, lam))  # one pass: the grid's and the fitted λ's
+    losses, risk = losses[:, :-1], losses[:, -1]
     mean_loss = losses.mean(axis=0)
     ok = np.flatnonzero(mean_loss <= alpha)
     oracle = float(LAMBDA_GRID[ok[0]]) if len(ok) else float("nan")
-    risk = interval_losses(model, x, np.array([lam]))[:, 0]
     widths = interval_widths(model, x, [lam] + ([oracle] if np.isfinite(oracle) else []))
     width = widths[:, 0]
     edges = np.quantile(width, [0, 0.25, 0.5, 0.75, 1])

@@ -32,13 +32,17 @@ def check_held_out(held_out: Split, config: RunConfig) -> None:
     """Raises `InputError`, before training, when a calibration step has too few held-out images:
     `MIN_RECALIBRATION_IMAGES` for σ-scaling, `min_calibration_images(risk, delta)` for RCPS."""
     scaling, conformal = held_out_parts(held_out, config)
-    for part, need, flag in ((scaling, MIN_RECALIBRATION_IMAGES, "--recalibrate"),
-                             (conformal, config.risk is not None and min_calibration_images(config.risk, config.delta),
-                              f"--risk {config.risk:g} --delta {config.delta:g}" if config.risk is not None else "")):
-        if part is not None and part.count < need:
-            shared = " (half of the held-out images: the other half is σ-scaling's)" if scaling and conformal else ""
+    shared = " (half of the held-out images: the other half is σ-scaling's)" if scaling and conformal else ""
+
+    def check(part, need, flag):
+        if part.count < need:
             raise InputError(f"{flag} needs at least {need} held-out images{shared}; {config.held_out_fraction:g} of "
                              f"the training images gives {part.count} (raise --validation-split or train on more images)")
+    if scaling is not None:
+        check(scaling, MIN_RECALIBRATION_IMAGES, "--recalibrate")
+    if conformal is not None:
+        check(conformal, min_calibration_images(config.risk, config.delta),
+              f"--risk {config.risk:g} --delta {config.delta:g}")
 
 
 def calibrate(model: ProbabilisticModel, config: RunConfig, held_out: Split, num_levels: int, test_images: np.ndarray,
