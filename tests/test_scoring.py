@@ -119,6 +119,30 @@ def test_every_map_exists_and_is_finite(head, k, digits):
     assert set(maps) == set(MAPS)
 
 
+@pytest.mark.parametrize("shape", [(28, 28, 1), (8, 8, 3), (5, 9, 1)])
+def test_the_ssim_map_is_one_minus_the_local_ssim_of_its_definition(shape):
+    """Issue 51, item 3: `ssim` = 1 - local SSIM (Wang et al. 2004) of x and its point estimate with a
+    Gaussian window (σ 1.5, truncated at 3.5 σ: 11 x 11; smaller images the largest that fits), checked
+    against the definition written with scipy's Gaussian filter; identical images give 0."""
+    from scipy import ndimage
+
+    from tfp_ae.anomaly import SSIM_SIGMA, ssim_map
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(2, *shape)).astype(np.float32)
+    y = np.clip(x + 0.2 * rng.standard_normal(x.shape), 0, 1).astype(np.float32)
+    sigma = min(SSIM_SIGMA, (min(shape[:2]) - 2) / 7)
+    g = lambda a: ndimage.gaussian_filter(a, sigma=(sigma, sigma), truncate=3.5, mode="reflect")  # noqa: E731
+    for i in range(2):
+        for c in range(shape[2]):
+            a, b = x[i, ..., c].astype(np.float64), y[i, ..., c].astype(np.float64)
+            ma, mb = g(a), g(b)
+            va, vb, cov = g(a * a) - ma ** 2, g(b * b) - mb ** 2, g(a * b) - ma * mb
+            c1, c2 = 0.01 ** 2, 0.03 ** 2
+            want = (2 * ma * mb + c1) * (2 * cov + c2) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
+            np.testing.assert_allclose(ssim_map(x, y)[i, ..., c], 1 - want, atol=1e-5)
+    np.testing.assert_allclose(ssim_map(x, x), 0, atol=1e-6)
+
+
 def test_pixel_maps_bound_their_batches_by_the_draws_they_hold(digits, monkeypatch):
     """Large images get fewer images per batch (`SAMPLE_FLOATS` / `MAP_SAMPLES` draws); maps with
     exact marginals do not depend on the batching."""

@@ -9,6 +9,10 @@ Per-pixel maps (`MAPS`), `[N, H, W, C]`, higher = more anomalous:
   (the standard deviation for a normal; exists for every head but `mse`);
 - `outside_interval`: distance of x outside the central 95 % interval (0 inside), pixel units;
 - `abs_error`: |x - point estimate|, the baseline;
+- `ssim`: 1 - the local structural similarity of x and its point estimate (Wang et al., IEEE TIP 2004;
+  `skimage.metrics.structural_similarity` with `full=True`: an 11 x 11 Gaussian window of σ 1.5, as
+  the AE-SSIM baseline of Bergmann et al., VISAPP 2019; the window shrinks on images under 11 pixels;
+  channels separately), in [0, 2];
 - `<map>_smooth` (`SMOOTHED`): the mean of the map filtered by Gaussians of s and 2s pixels over
   height and width, s = `smoothing_sigma(image_shape)` (`multiscale`; the MVTec AD baselines smooth
   their maps with a Gaussian: Bergmann et al., IJCV 2021; a defect covers many pixels, pixel noise
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from skimage.metrics import structural_similarity
 from sklearn import metrics as skm
 
 from tfp_ae._tf import tf
@@ -38,8 +43,9 @@ if TYPE_CHECKING:
     from tfp_ae.data.split import Split
     from tfp_ae.models import ProbabilisticModel
 
-RAW_MAPS = ("neg_log_marginal", "standardized_error", "outside_interval", "abs_error")
-SMOOTHED = ("neg_log_marginal", "abs_error")  # the maps that are also given smoothed, as `<map>_smooth`
+RAW_MAPS = ("neg_log_marginal", "standardized_error", "outside_interval", "abs_error", "ssim")
+SMOOTHED = ("neg_log_marginal", "abs_error", "ssim")  # the maps that are also given smoothed, as `<map>_smooth`
+SSIM_SIGMA, SSIM_TRUNCATE = 1.5, 3.5  # the Gaussian window of `ssim_map`: 2 * int(3.5 * 1.5 + 0.5) + 1 = 11 pixels
 SCALES = (1, 2)  # `multiscale` averages the map smoothed at these multiples of `smoothing_sigma`
 MAPS = RAW_MAPS + tuple(f"{m}_smooth" for m in SMOOTHED)
 RECOMMENDED_MAP = "neg_log_marginal_smooth"
@@ -72,7 +78,7 @@ def _score_step(model):
             return dict(neg_log_marginal=-head.pixel_log_prob(dist, x, num_samples=MAP_SAMPLES),
                         standardized_error=tf.abs(x - point) / scale,
                         outside_interval=tf.maximum(lo95 - x, 0.0) + tf.maximum(x - hi95, 0.0),
-                        abs_error=tf.abs(x - point))
+                        abs_error=tf.abs(x - point), point=point)
         steps["maps"] = tf.function(fn, input_signature=[spec], autograph=False)
     return steps["maps"]
 
@@ -111,10 +117,29 @@ def pixel_maps(model: ProbabilisticModel, x: np.ndarray, batch_size: int | None 
     batch_size = batch_size or sample_batch_size(model, MAP_SAMPLES, 100)
     step = _score_step(model)
     outs = [step(tf.constant(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
-    maps = {k: np.concatenate([o[k].numpy() for o in outs]) for k in RAW_MAPS}
+    maps = {k: np.concatenate([o[k].numpy() for o in outs]) for k in RAW_MAPS if k != "ssim"}
+    maps["ssim"] = ssim_map(x, np.concatenate([o["point"].numpy() for o in outs]))
     sigma = smoothing_sigma(model.image_shape)
     maps.update({f"{k}_smooth": multiscale(maps[k], sigma) for k in SMOOTHED})
     return maps
+
+
+def ssim_map(x: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """1 - the local SSIM of each image `x` `[N, H, W, C]` in [0, 1] and its point estimate `point` (same
+    shape), per pixel and channel, `[N, H, W, C]` in [0, 2] (0: identical neighbourhoods), by scikit-image
+    (`structural_similarity(..., gaussian_weights=True, sigma=SSIM_SIGMA, use_sample_covariance=False,
+    data_range=1, full=True)`, Wang et al. 2004's constants). Images smaller than the 11-pixel window
+    get the largest Gaussian window that fits (σ = (min(H, W) - 2) / 7)."""
+    x, point = np.asarray(x, np.float64), np.asarray(point, np.float64)
+    sigma = min(SSIM_SIGMA, (min(x.shape[1:3]) - 2) / (2 * SSIM_TRUNCATE))
+    if sigma <= 0:
+        raise InputError(f"the ssim map needs images of at least 3 x 3 pixels; got {tuple(x.shape[1:3])}")
+    out = np.empty_like(x)
+    for i in range(len(x)):
+        _, s = structural_similarity(x[i], point[i], gaussian_weights=True, sigma=sigma,
+                                     use_sample_covariance=False, data_range=1.0, full=True, channel_axis=-1)
+        out[i] = 1.0 - s
+    return out.astype(np.float32)
 
 
 def image_reductions(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
