@@ -245,7 +245,7 @@ def test_local_recalibration_fixes_a_known_miscalibration_in_every_group(digits)
     import tensorflow as tf
 
     from tfp_ae.calibration import fit_local_scales
-    model = build_model("normal_diag", digits.image_shape)
+    model = build_model("normal_diag", digits.image_shape, local_scales=True)
     x = digits.x_train[:400]
     dist = model(x)
     loc, scale = dist.mean().numpy(), dist.stddev().numpy()

@@ -338,7 +338,7 @@ DISPERSION_UNITS = 256  # hidden units of the faithful dispersion branch (0: a l
 def build_model(head: str, image_shape: tuple[int, int, int], num_components: int = 1, arch: str = "mlp",
                 latent_dim: int = 32, name: str | None = None, loss: str = "nll", beta: float | None = None,
                 dispersion_units: int = DISPERSION_UNITS, location_activation: str = "linear",
-                **head_options) -> Autoencoder:
+                local_scales: bool = False, **head_options) -> Autoencoder:
     """Build a probabilistic autoencoder (built: its weights exist).
 
     Args:
@@ -357,6 +357,8 @@ def build_model(head: str, image_shape: tuple[int, int, int], num_components: in
         the location branch's output (`faithful_decoder`: better bits/dim and L2, worse calibration);
         under `nll` and `beta_nll` the first D outputs of the decoder (`LeadingActivation`; K = 1 heads
         with a location, `mse` included: the sigmoid baseline of docs/results/uncertainty).
+      local_scales: give the head local recalibration's weights (`tfp_ae.calibration.fit_local_scales`;
+        `--recalibration-method local`).
       **head_options: the head's options (`Head.options`): `rank` (low-rank heads, default 10),
         `min_df` (Student-t heads, default 0); None means the default.
     Returns:
@@ -374,7 +376,8 @@ def build_model(head: str, image_shape: tuple[int, int, int], num_components: in
     if location_activation not in LOCATION_ACTIVATIONS:
         raise InputError(f"location_activation must be one of {', '.join(LOCATION_ACTIVATIONS)}; "
                          f"got {location_activation!r}")
-    head_obj = make_head(head, image_shape, num_components, loss=loss, beta=beta, **head_options)
+    head_obj = make_head(head, image_shape, num_components, loss=loss, beta=beta, local_scales=local_scales,
+                         **head_options)
     if location_activation != "linear" and (not head_obj.location_output or head_obj.num_components > 1):
         raise InputError(f"location_activation {location_activation!r} needs a head whose first outputs are its "
                          f"location (K = 1: mse, normal, Student-t, low-rank, matrix, logistic); got {head} "
@@ -403,6 +406,8 @@ def build_model(head: str, image_shape: tuple[int, int, int], num_components: in
         args.update(dispersion_units=int(dispersion_units), location_activation=location_activation)
     elif location_activation != "linear":
         args.update(location_activation=location_activation)
+    if local_scales:
+        args.update(local_scales=True)
     model = Autoencoder(encoder, decoder, head_obj, args,
                         name=name or f"{arch}_{head_obj.head_name}_k{head_obj.num_components}")
     model(tf.zeros([1, *image_shape]))  # build

@@ -40,13 +40,12 @@ FIT_PIXELS = 50_000  # pixels of each group the coordinate steps are measured on
 
 
 def check_local(model: ProbabilisticModel) -> None:
-    """Raises `InputError` unless the model's head takes local recalibration (`Head.per_pixel_scales`,
-    K = 1, an autoencoder's or a VAE's head with a location)."""
+    """Raises `InputError` unless the model's head was built with local recalibration's weights
+    (`local_scales`: K = 1 heads with per-pixel scales)."""
     head = model.head
-    if not (head.has_location and head.per_pixel_scales and head.num_components == 1):
-        raise InputError(f"local recalibration takes K = 1 heads whose scales are per pixel (normal_identity, "
-                         f"normal_diag, logistic, student_t_identity, student_t_diag); got {head.head_name} "
-                         f"K={head.num_components} (use the default σ-scaling, or --risk)")
+    if not getattr(head, "local_scales", False):
+        raise InputError(f"local recalibration needs a head built with local_scales=True (build_model(..., "
+                         f"local_scales=True), --recalibration-method local); got {head.head_name} K={head.num_components}")
 
 
 def _standard_quantiles(marginal, df):

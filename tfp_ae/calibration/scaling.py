@@ -149,7 +149,7 @@ def recalibrate(model: ProbabilisticModel, held_out: Split, num_levels: int, see
     knots, log-factors, held-out calibration error within the scale quartiles before and after, held-out
     bits/dim after, and `applied`."""
     model.head.sigma_scale.assign(1.0)
-    if model.head.per_pixel_scales:
+    if model.head.local_scales:
         reset_local_scales(model)
     cal = calibration(model, test_images, num_levels=num_levels, seed=seed)
     before = dict(coverage=cal["coverage"], calibration_error=cal["calibration_error"])

@@ -187,7 +187,7 @@ class Head(Readouts, tfpl.DistributionLambda):
     #                          `--location-activation` applies to them
 
     def __init__(self, event_shape: tuple[int, ...], num_components: int = 1, loss: str = "nll", beta: float | None = None,
-                 **kwargs):
+                 local_scales: bool = False, **kwargs):
         given = {k: kwargs.pop(k) for k in list(kwargs) if k in self.options}
         event_shape = tuple(int(d) for d in event_shape)
         if len(event_shape) != 3 or min(event_shape) < 1:
@@ -211,7 +211,12 @@ class Head(Readouts, tfpl.DistributionLambda):
         if self.has_location:  # sigma-scaling (`tfp_ae.calibration.fit_sigma_scale`): 1 until recalibrated
             self.sigma_scale = self.add_weight(name="sigma_scale", shape=[], initializer="ones", trainable=False,
                                                dtype="float32")
-            # local recalibration (`tfp_ae.calibration.fit_local_scales`): log-factors at knots of log scale, 0 until fitted
+        self.local_scales = bool(local_scales)
+        if self.local_scales:  # local recalibration (`tfp_ae.calibration.fit_local_scales`): log-factors, 0 until fitted
+            if not (self.has_location and self.per_pixel_scales and self.num_components == 1):
+                raise InputError(f"local_scales (--recalibration-method local) takes K = 1 heads whose scales are per "
+                                 f"pixel (normal_identity, normal_diag, logistic, student_t_identity, student_t_diag); "
+                                 f"got {self.head_name} K={self.num_components}")
             self.local_knots = self.add_weight(name="local_knots", shape=[LOCAL_KNOTS], trainable=False, dtype="float32",
                                                initializer=tfk.initializers.Constant(np.arange(LOCAL_KNOTS, dtype=float)))
             self.local_log_factors = self.add_weight(name="local_log_factors", shape=[LOCAL_KNOTS], initializer="zeros",
@@ -254,13 +259,15 @@ class Head(Readouts, tfpl.DistributionLambda):
         same family with its scale multiplied by s. Heads without a location (`mse` included) have
         no `sigma_scale`: `scale` itself.
 
-        Heads whose scales are per pixel (`per_pixel_scales`: normal identity/diag, logistic, Student-t
-        identity/diag) then multiply each pixel's scale by `exp(local_log_factor(scale))`, a function of
-        the scale itself (local recalibration, `tfp_ae.calibration.fit_local_scales`; 1 until fitted)."""
+        A head built with `local_scales` (a head whose scales are per pixel, `per_pixel_scales`: normal
+        identity/diag, logistic, Student-t identity/diag) then multiplies each pixel's scale by
+        `exp(local_log_factor(scale))`, a function of the scale itself (local recalibration,
+        `tfp_ae.calibration.fit_local_scales`; 1 until fitted). Only then: its ops doubled the time of a
+        `normal_diag` MLP's training step on a CPU, so the other heads do not carry them."""
         if not self.has_location:
             return scale
         scale = scale * tf.cast(self.sigma_scale, scale.dtype)
-        if self.per_pixel_scales:
+        if self.local_scales:
             scale = scale * tf.exp(self.local_log_factor(scale))
         return scale
 
@@ -395,6 +402,8 @@ class Head(Readouts, tfpl.DistributionLambda):
         config.update(event_shape=list(self._image_shape), num_components=self.num_components, **self.option_values)
         if self.training_loss != "nll":
             config.update(loss=self.training_loss, beta=self.beta)
+        if self.local_scales:
+            config.update(local_scales=True)
         return config
 
     @classmethod
