@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tfp_ae.calibration import HELD_OUT_SEED, MAX_BITS_PER_DIM_LOSS, calibration, fit_local_scales
 from tfp_ae.data import array_split, load_dataset
+from tfp_ae.models import build_model
 from tfp_ae.predict import bits_per_dim_summary, dequantized_batches, split_log_probs
 from tfp_ae.train import load_model
 
@@ -26,6 +27,16 @@ def bits(model, split, seed):
     return bits_per_dim_summary(s, 784, 256)["bits_per_dim"]
 
 
+def with_local_scales(model, cfg):
+    """The run's model rebuilt with local recalibration's weights (`local_scales=True`; the runs were
+    trained without them), its trained weights and σ-scale copied."""
+    local = build_model(**dict(model.build_args, local_scales=True))
+    local.encoder.set_weights(model.encoder.get_weights())
+    local.decoder.set_weights(model.decoder.get_weights())
+    local.head.sigma_scale.assign(model.head.sigma_scale)
+    return local, cfg
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs/conformal")
@@ -36,7 +47,7 @@ def main():
         held, test = array_split(data.x_train[54000:57000], 256), array_split(data.x_test, 256)
         for head in HEADS:
             for loss in LOSSES:
-                model, cfg = load_model(Path(a.runs) / f"{dataset}_{head}_{loss}")
+                model, cfg = with_local_scales(*load_model(Path(a.runs) / f"{dataset}_{head}_{loss}"))
                 cal0 = calibration(model, data.x_test[:200], num_levels=256)
                 test0, held0 = bits(model, test, 0), bits(model, held, cfg.seed + HELD_OUT_SEED)
                 pairs = dequantized_batches(held, 256, cfg.seed + HELD_OUT_SEED, 100, with_raw=True)
