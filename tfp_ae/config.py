@@ -189,8 +189,7 @@ class RunConfig:
         if self.recalibrate and (self.model != "ae" or not head.has_location):
             raise InputError("--recalibrate (sigma-scaling) takes an autoencoder (--model ae) whose head has a location "
                              f"and scales (normal, Student-t, low-rank, matrix, logistic); got {self.model} {self.head}")
-        if self.recalibration_method == "local" and not (self.recalibrate and head.per_pixel_scales
-                                                          and head.has_location and self.components == 1):
+        if self.recalibration_method == "local" and not (self.recalibrate and head.takes_local_scales(self.components)):
             raise InputError("--recalibration-method local takes --recalibrate and a K = 1 head whose scales are per "
                              "pixel (normal_identity, normal_diag, logistic, student_t_identity, student_t_diag); got "
                              f"--head {self.head} --components {self.components}"

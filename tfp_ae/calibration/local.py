@@ -112,8 +112,7 @@ def fit_local_scales(model: ProbabilisticModel, pairs: tf.data.Dataset) -> dict:
     """
     check_local(model)
     head = model.head
-    head.local_knots.assign(np.arange(LOCAL_KNOTS, dtype=np.float32))
-    head.local_log_factors.assign(np.zeros(LOCAL_KNOTS, np.float32))
+    reset_local_scales(model)
     log_scale, ratios = pixel_deviations(model, pairs)
     order = np.argsort(log_scale, kind="stable")
     groups = np.array_split(order, LOCAL_KNOTS)  # one knot per group, at its median log scale

@@ -213,7 +213,7 @@ class Head(Readouts, tfpl.DistributionLambda):
                                                dtype="float32")
         self.local_scales = bool(local_scales)
         if self.local_scales:  # local recalibration (`tfp_ae.calibration.fit_local_scales`): log-factors, 0 until fitted
-            if not (self.has_location and self.per_pixel_scales and self.num_components == 1):
+            if not self.takes_local_scales(self.num_components):
                 raise InputError(f"local_scales (--recalibration-method local) takes K = 1 heads whose scales are per "
                                  f"pixel (normal_identity, normal_diag, logistic, student_t_identity, student_t_diag); "
                                  f"got {self.head_name} K={self.num_components}")
@@ -224,6 +224,11 @@ class Head(Readouts, tfpl.DistributionLambda):
         if self.has_variance:  # conformal risk control (`tfp_ae.calibration.fit_conformal`): 1 until fitted
             self.conformal_lambda = self.add_weight(name="conformal_lambda", shape=[], initializer="ones",
                                                     trainable=False, dtype="float32")
+
+    @classmethod
+    def takes_local_scales(cls, num_components: int = 1) -> bool:
+        """Whether local recalibration applies: K = 1 and every scale is a pixel's (`per_pixel_scales`)."""
+        return cls.has_location and cls.per_pixel_scales and num_components == 1
 
     @classmethod
     def check_loss(cls, loss: str, beta: float | None = None, num_components: int = 1) -> tuple[str, float | None]:
