@@ -25,7 +25,7 @@ CASES = [(kind, name, k) for kind in ("ae", "vae") for name, cls in HEADS.items(
 # mixtures (the head saves through the same config either way)
 SAVE_CASES = [(*c, "mlp") for c in CASES if c[0] == "ae" or c[2] == 1 or c[1] in ("normal_diag", "student_t_diag")]
 SAVE_CASES += [("ae", "matrix_normal_diag", 1, "cnn"), ("ae", "normal_diag", 2, "cnn_dense"),
-               ("vae", "normal_diag", 1, "cnn_dense")]
+               ("vae", "normal_diag", 1, "cnn_dense"), ("ae", "normal_lowrank", 2, "conv"), ("vae", "logistic", 1, "conv")]
 
 
 SAVED_MODEL_HEADS = ("normal_diag", "student_t_full", "normal_lowrank", "student_t_lowrank", "matrix_t_full", "maf",
@@ -106,7 +106,7 @@ def test_every_model_saves_and_loads_with_default_arguments_in_a_fresh_process(t
 
 
 LOSS_CASES = [("normal_diag", "faithful", "mlp"), ("student_t_diag", "faithful", "cnn_dense"),
-              ("logistic", "beta_nll", "mlp")]
+              ("logistic", "beta_nll", "mlp"), ("normal_diag", "faithful", "conv")]
 
 
 def test_models_trained_with_beta_nll_and_faithful_save_load_and_clone_in_a_fresh_process(tmp_path, digits):

@@ -23,6 +23,7 @@ KINDS = {
     "vae_iwae": dict(model="vae", head="normal_diag", objective="iwae", iw_samples=3),
     "ae_faithful": dict(model="ae", head="normal_diag", loss="faithful", dispersion_units=16, dequantize=True),
     "ae_beta_nll": dict(model="ae", head="logistic", loss="beta_nll", beta=0.7),
+    "ae_conv": dict(model="ae", head="normal_diag", arch="conv", dequantize=True),
 }
 
 

@@ -71,6 +71,11 @@ def _add_settings(p):
     p.add_argument("--objective", default=d.objective, choices=OBJECTIVES, help="vae: train on the elbo or the iwae bound")
     p.add_argument("--iw-samples", type=int, default=d.iw_samples, help="vae --objective iwae: importance samples k")
     p.add_argument("--latent-dim", type=int, default=d.latent_dim, help="units of the code (the paper's 32)")
+    p.add_argument("--conv-width", type=int, default=None, help="--arch conv: filters of its first level, doubled "
+                   "at each level up to 256 (default 16; 32 takes about 4x the time)")
+    p.add_argument("--conv-depth", type=int, default=None, help="--arch conv: stride-2 levels (default: halve the "
+                   "shorter side down to 4-7 pixels; sizes not a multiple of 2^depth are zero-padded, and the output "
+                   "cropped back)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (all replicas together)")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="Adam's learning rate")
@@ -136,7 +141,8 @@ def _add_train_args(p):
     p.add_argument("--head", default=d.head, help=f"output head, one of: {', '.join(HEADS)}")
     p.add_argument("--components", "-K", type=int, default=d.components, help="mixture components K (>= 1)")
     p.add_argument("--arch", default=d.arch, choices=ARCHS, help="mlp and cnn: the paper's; cnn_dense: every "
-                   "decoder output used")
+                   "decoder output used; conv: a deep convolutional autoencoder for 16-256 pixel images (per-pixel "
+                   "and low-rank heads)")
     p.add_argument("--rank", type=int, default=None, help=f"low-rank heads ({', '.join(_heads_with('rank'))}): "
                    f"rank r of the covariance's V (default {DEFAULT_RANK})")
     p.add_argument("--min-df", type=float, default=None, help="Student-t heads: df = MIN_DF + 1e-6 + softplus "

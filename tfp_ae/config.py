@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from tfp_ae.architectures import ARCHITECTURES, ArchSettings, check_arch
 from tfp_ae.data import CROPS, Geometry, SourceOptions
 from tfp_ae.errors import InputError
 from tfp_ae.heads import DEFAULT_BETA, LOSSES, check_beta, get_head
 
-ARCHS = ("mlp", "cnn", "cnn_dense")
-VAE_ARCHS = ("mlp", "cnn_dense", "dense_block")   # the paper's `cnn` decoder has no latent bottleneck;
+ARCHS = tuple(ARCHITECTURES)  # mlp, cnn, cnn_dense (the paper's and its learning decoder), conv
+VAE_ARCHS = ("mlp", "cnn_dense", "conv", "dense_block")   # the paper's `cnn` decoder has no latent bottleneck;
 #   dense_block: the VAE tutorial's weight-normalised DenseNet-style MLPs (its 2D study)
 MODELS = ("ae", "vae")
 OBJECTIVES = ("elbo", "iwae")
@@ -46,6 +47,8 @@ class RunConfig:
     min_df: float | None = None     # Student-t heads: df = min_df + 1e-6 + softplus (None: 0, the paper's)
     arch: str = "mlp"                  # ARCHS (VAE_ARCHS for a vae)
     latent_dim: int = 32
+    conv_width: int | None = None      # arch conv: filters of the first level (None: 16; tfp_ae.architectures.conv)
+    conv_depth: int | None = None      # arch conv: stride-2 levels (None: the shorter side halved down to 4-7 pixels)
     loss: str = "nll"                  # LOSSES; ae only: nll (the paper's) | beta_nll | faithful (tfp_ae.heads.Head)
     beta: float = DEFAULT_BETA         # beta_nll: pixel weights stop_gradient(variance)^beta, in [0, 1]
     dispersion_units: int = 256        # faithful: hidden units of the dispersion branch (0: linear readout)
@@ -128,6 +131,11 @@ class RunConfig:
         return opts
 
     @property
+    def arch_options(self) -> dict:
+        """`conv_width` and `conv_depth` where set (`build_model` / `build_vae`; `tfp_ae.architectures.conv`)."""
+        return {k: v for k, v in dict(conv_width=self.conv_width, conv_depth=self.conv_depth).items() if v is not None}
+
+    @property
     def head_options(self) -> dict:
         """The head's options that are set (`rank`, `min_df`), for `make_head` / `build_model`."""
         return {k: v for k, v in dict(rank=self.rank, min_df=self.min_df).items() if v is not None}
@@ -160,6 +168,9 @@ class RunConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise InputError(f"{name} must be an integer >= {low}; got {v!r}")
         head.check_options(image_shape, **self.head_options)
+        if self.arch != "dense_block":
+            check_arch(self.arch, image_shape, ArchSettings(self.latent_dim, self.conv_width, self.conv_depth), head,
+                       self.components)
         if self.components > 1 and not head.mixable:
             raise InputError(f"head {self.head!r} does not mix: components must be 1, got {self.components}")
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < float("inf")):

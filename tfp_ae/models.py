@@ -14,13 +14,23 @@ over images (its head's), registered with Keras, so after `import tfp_ae`:
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tfp_ae._tf import tf, tfd, tfk
-from tfp_ae.config import ARCHS, LOCATION_ACTIVATIONS, STEPS_PER_EXECUTION
+from tfp_ae.architectures import (
+    ArchSettings,
+    LeadingActivation,
+    ParamLayout,
+    StopGradient,
+    check_arch,
+    dispersion_branch,
+    get_arch,
+)
+from tfp_ae.config import LOCATION_ACTIVATIONS, STEPS_PER_EXECUTION
 from tfp_ae.errors import InputError
 from tfp_ae.heads import INTERVAL_LEVEL, SAMPLE_SEED, make_head, register
 
@@ -171,53 +181,15 @@ class Autoencoder(ProbabilisticModel):
         return build_model(**config)
 
 
-def _mlp(image_shape, size, latent_dim):
-    """Ciobanu, Section 4: flatten, Dense(32, ReLU, Glorot uniform), Dense(size), head."""
-    encoder = tfk.Sequential([L.InputLayer(image_shape), L.Flatten(),
-                              L.Dense(latent_dim, "relu", kernel_initializer="glorot_uniform")],
-                             name="encoder")
-    return encoder, _dense_decoder(size, latent_dim)
-
-
-def _dense_decoder(size, latent_dim):
-    """Dense(latent_dim -> size, Glorot uniform): the head's parameters."""
-    return tfk.Sequential([L.InputLayer((latent_dim,)), L.Dense(size, kernel_initializer="glorot_uniform")],
-                          name="decoder")
-
-
-@register
-class StopGradient(L.Layer):
-    """`tf.stop_gradient`: the input passes forward, no gradient flows back to it."""
-
-    def call(self, x: tf.Tensor):
-        return tf.stop_gradient(x)
-
-
-@register
-class LeadingActivation(L.Layer):
-    """`activation` on the first `n` features of the last axis, the others passed unchanged: a location
-    output in (0, 1) (`sigmoid`) ahead of a head's other parameters."""
-
-    def __init__(self, n: int, activation: str, **kwargs):
-        super().__init__(**kwargs)
-        self.n, self.activation = int(n), activation
-        self._fn = tfk.activations.get(activation)
-
-    def call(self, x: tf.Tensor) -> tf.Tensor:
-        return tf.concat([self._fn(x[..., :self.n]), x[..., self.n:]], axis=-1)
-
-    def get_config(self) -> dict:
-        return dict(super().get_config(), n=self.n, activation=self.activation)
-
-
-def faithful_decoder(location_decoder: tfk.Model, code_shape: tuple[int, ...], dispersion_size: int, dispersion_units: int,
+def faithful_decoder(location_decoder: tfk.Model, code_shape: tuple[int, ...], dispersion: Callable | None,
                      location_activation: str = "linear") -> tfk.Model:
     """The decoder of `loss="faithful"` (Stirn et al., AISTATS 2023, Section 3 and their Figure 2):
     the arch's own decoder outputs only the location (the first D head parameters); a separate
     dispersion branch reads the code under stop_gradient (so the NLL cannot move the encoder or
-    the location) through Dense(`dispersion_units`, ReLU) (none when 0: a linear readout, like
-    the paper's decoder) and a Dense layer to the `dispersion_size` remaining head parameters
-    (scales, df, covariance factors). Code `[B, *code_shape]` -> `[B, D + dispersion_size]`.
+    the location) and outputs the remaining head parameters (scales, df, covariance factors):
+    `dispersion(code)`, the arch's (`tfp_ae.architectures.dispersion_branch`: Dense(`dispersion_units`,
+    ReLU) and a Dense layer for the dense archs, a second convolutional decoder for `conv`), or None
+    when there is nothing to disperse. Code `[B, *code_shape]` -> `[B, D + dispersion_size]`.
 
     `location_activation`: `linear` (the default) or `sigmoid`, which puts the location in (0, 1),
     where the pixels' mean lies. Trained by squared error alone, a linear location misses the black
@@ -237,99 +209,9 @@ def faithful_decoder(location_decoder: tfk.Model, code_shape: tuple[int, ...], d
     location = location_decoder(code)
     if location_activation != "linear":
         location = L.Activation(location_activation, name="location")(location)
-    if not dispersion_size:  # e.g. normal_identity: nothing to disperse (faithful = squared error)
+    if dispersion is None:  # e.g. normal_identity: nothing to disperse (faithful = squared error)
         return tfk.Model(code, location, name="decoder")
-    h = L.Flatten()(StopGradient()(code))
-    if dispersion_units:
-        h = L.Dense(dispersion_units, "relu", kernel_initializer="glorot_uniform", name="dispersion_hidden")(h)
-    dispersion = L.Dense(dispersion_size, kernel_initializer="glorot_uniform", name="dispersion")(h)
-    return tfk.Model(code, L.Concatenate()([location, dispersion]), name="decoder")
-
-
-def conv_relu_pool(filters: int = 320) -> list[tfk.layers.Layer]:
-    """Ciobanu, Section 4's first block, Conv2D(filters, 3x3, same, ReLU) then MaxPool 2x2, computed
-    as Conv2D without bias -> MaxPool 2x2 -> `BiasActivation` (bias, ReLU). The two are the same
-    function: max(relu(a_i + b)) = relu(max(a_i) + b) exactly in floating point, since adding b
-    (rounded) and ReLU are monotone; the gradients agree except where a pooled pre-activation ties
-    or is exactly 0. The bias and ReLU then run, forward and backward, on the pooled tensor, 4x
-    smaller than the conv output: a CNN training step 1.1-1.3x faster on a CPU
-    (docs/benchmarks/cpu_cnn.md). Same parameters as Conv2D with bias (3x3xCxfilters + filters)."""
-    return [L.Conv2D(filters, 3, padding="same", use_bias=False), L.MaxPool2D(2), BiasActivation("relu")]
-
-
-@register
-class BiasActivation(L.Layer):
-    """`activation(x + bias)` with one bias per channel (the last axis), initialised to zeros as
-    Conv2D's: `[..., C]` -> `[..., C]`."""
-
-    def __init__(self, activation: str | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.activation = tfk.activations.get(activation)
-
-    def build(self, input_shape: tf.TensorShape):
-        self.bias = self.add_weight(name="bias", shape=[input_shape[-1]], initializer="zeros")
-        super().build(input_shape)
-
-    def call(self, x: tf.Tensor):
-        return self.activation(tf.nn.bias_add(x, tf.cast(self.bias, x.dtype)))
-
-    def get_config(self):
-        return dict(super().get_config(), activation=tfk.activations.serialize(self.activation))
-
-
-def _cnn(image_shape, size):
-    """Ciobanu, Section 4: Conv2D(320, 3x3, same, ReLU), MaxPool 2x2 (`conv_relu_pool`) |
-    Conv2D(F, 3x3, same), UpSampling 2x2, flatten, the first `size` (params_size) values;
-    F = ceil(size / (H'*W')) with H' = 2 floor(H/2), W' = 2 floor(W/2) the upsampled size
-    (H*W for even sizes, as in the paper)."""
-    h, w, _ = image_shape
-    filters = math.ceil(size / ((2 * (h // 2)) * (2 * (w // 2))))
-    encoder = tfk.Sequential([L.InputLayer(image_shape), *conv_relu_pool()], name="encoder")
-    decoder = tfk.Sequential([L.InputLayer(encoder.output_shape[1:]), L.Conv2D(filters, 3, padding="same"),
-                              L.UpSampling2D(2), L.Flatten(), TakeFirst(size)], name="decoder")
-    return encoder, decoder
-
-
-@register
-class TakeFirst(L.Layer):
-    """The first `n` values of the last axis, `[B, m]` -> `[B, n]` (the faithful `cnn` discards the
-    conv outputs beyond `params_size`)."""
-
-    def __init__(self, n: int, **kwargs):
-        super().__init__(**kwargs)
-        self.n = int(n)
-
-    def call(self, x: tf.Tensor):
-        return x[:, :self.n]
-
-    def get_config(self):
-        return dict(super().get_config(), n=self.n)
-
-
-def _cnn_dense(image_shape, size, latent_dim):
-    """The paper's CNN front end with a decoder that learns: Conv2D(320, 3x3, same, ReLU),
-    MaxPool 2x2, a 1x1 Conv2D to 16 channels (ReLU), flatten, Dense(latent_dim, ReLU) | Dense to
-    exactly `params_size`, head. Every decoder output is used (the paper's `cnn` discards the conv
-    outputs beyond `params_size`, and a 2x2 upsampling makes its means blocky); the 1x1 reduction
-    keeps the dense layer at 16*(H/2)*(W/2)*latent_dim weights instead of 320*(H/2)*(W/2)*params_size
-    (about 100k instead of 98M for a 28x28 `normal_diag`)."""
-    encoder = tfk.Sequential([L.InputLayer(image_shape), *cnn_features(),
-                              L.Dense(latent_dim, "relu", kernel_initializer="glorot_uniform")], name="encoder")
-    return encoder, _dense_decoder(size, latent_dim)
-
-
-def cnn_features():
-    """The `cnn_dense` front end: Conv2D(320, 3x3, same, ReLU), MaxPool 2x2 (`conv_relu_pool`),
-    Conv2D(16, 1x1, ReLU), flatten."""
-    return [*conv_relu_pool(), L.Conv2D(16, 1, activation="relu"), L.Flatten()]
-
-
-def check_image_shape(image_shape: tuple[int, int, int], arch: str) -> None:
-    """Raises `InputError` unless H, W >= 2 for the convolutional architectures (their 2x2 max
-    pooling). The head has already checked that `image_shape` is `(H, W, C)` with positive sizes."""
-    if arch in ("cnn", "cnn_dense") and min(image_shape[:2]) < 2:
-        raise InputError(f"arch {arch!r} pools 2x2: images must be at least 2x2, got {tuple(image_shape[:2])}; "
-                         "use --arch mlp")
+    return tfk.Model(code, L.Concatenate()([location, dispersion(StopGradient()(code))]), name="decoder")
 
 
 DISPERSION_UNITS = 256  # hidden units of the faithful dispersion branch (0: a linear readout)
@@ -338,15 +220,17 @@ DISPERSION_UNITS = 256  # hidden units of the faithful dispersion branch (0: a l
 def build_model(head: str, image_shape: tuple[int, int, int], num_components: int = 1, arch: str = "mlp",
                 latent_dim: int = 32, name: str | None = None, loss: str = "nll", beta: float | None = None,
                 dispersion_units: int = DISPERSION_UNITS, location_activation: str = "linear",
-                local_scales: bool = False, **head_options) -> Autoencoder:
+                local_scales: bool = False, conv_width: int | None = None, conv_depth: int | None = None,
+                **head_options) -> Autoencoder:
     """Build a probabilistic autoencoder (built: its weights exist).
 
     Args:
       head: a head name from `tfp_ae.heads.HEADS`.
       image_shape: `(H, W, C)`.
       num_components: K, mixture components of the head.
-      arch: `mlp`, `cnn` (the paper's, faithful) or `cnn_dense` (a CNN whose decoder learns).
-      latent_dim: bottleneck width of `mlp` and `cnn_dense` (32 in the paper).
+      arch: `mlp`, `cnn` (the paper's, faithful), `cnn_dense` (a CNN whose decoder learns) or `conv`
+        (a deep convolutional autoencoder for 16-256 pixel images); `tfp_ae.architectures`.
+      latent_dim: bottleneck width of `mlp`, `cnn_dense` and `conv` (32 in the paper).
       name: the model's name (default `ARCH_HEAD_kK`).
       loss: `nll` (the paper's), `beta_nll` (Seitzer et al. 2022; `beta` in [0, 1], default 0.5) or
         `faithful` (Stirn et al. 2023: the location by squared error, the dispersion by the NLL
@@ -359,18 +243,20 @@ def build_model(head: str, image_shape: tuple[int, int, int], num_components: in
         with a location, `mse` included: the sigmoid baseline of docs/results/uncertainty).
       local_scales: give the head local recalibration's weights (`tfp_ae.calibration.fit_local_scales`;
         `--recalibration-method local`).
+      conv_width, conv_depth: `conv` only: filters of its first level and its number of stride-2
+        levels (None: 32, and as many as keep the shorter side >= 4 pixels; `tfp_ae.architectures.conv`).
       **head_options: the head's options (`Head.options`): `rank` (low-rank heads, default 10),
         `min_df` (Student-t heads, default 0); None means the default.
     Returns:
       an uncompiled `Autoencoder`; `model.head` is the head.
     Raises:
       ValueError: unknown head or architecture, invalid K, an option the head does not take, a
-        loss the head cannot take, a bad beta, a negative `dispersion_units`, an unknown
+        loss the head cannot take, images or settings the arch cannot take (`check_arch`: too small,
+        `latent_dim` <= 0, D x D heads on `conv`), a bad beta, a negative `dispersion_units`, an unknown
         `location_activation` or one other than `linear` for a head without a location or with K > 1.
     """
     image_shape = tuple(int(d) for d in image_shape)
-    if arch not in ARCHS:
-        raise InputError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+    get_arch(arch)
     if isinstance(dispersion_units, bool) or not isinstance(dispersion_units, int) or dispersion_units < 0:
         raise InputError(f"dispersion_units must be an integer >= 0; got {dispersion_units!r}")
     if location_activation not in LOCATION_ACTIVATIONS:
@@ -382,24 +268,27 @@ def build_model(head: str, image_shape: tuple[int, int, int], num_components: in
         raise InputError(f"location_activation {location_activation!r} needs a head whose first outputs are its "
                          f"location (K = 1: mse, normal, Student-t, low-rank, matrix, logistic); got {head} "
                          f"K={head_obj.num_components}")
-    check_image_shape(image_shape, arch)
+    settings = ArchSettings(latent_dim, conv_width, conv_depth)
+    check_arch(arch, image_shape, settings, head_obj, head_obj.num_components)
+    module, layout = get_arch(arch), ParamLayout.of(head_obj)
     faithful = head_obj.training_loss == "faithful"
-    size = int(math.prod(image_shape)) if faithful else head_obj.size  # faithful: the arch decodes the location
-    if arch == "mlp":
-        encoder, decoder = _mlp(image_shape, size, latent_dim)
-    elif arch == "cnn":
-        encoder, decoder = _cnn(image_shape, size)
-    else:
-        encoder, decoder = _cnn_dense(image_shape, size, latent_dim)
-    if faithful:
-        decoder = faithful_decoder(decoder, encoder.output_shape[1:], head_obj.size - size, dispersion_units,
-                                   location_activation)
+    encoder = module.encoder(image_shape, settings)
+    code_shape = tuple(encoder.output_shape[1:])
+    decoder = module.decoder(image_shape, code_shape, layout.location() if faithful else layout, settings)
+    if faithful:  # the arch decodes the location; the dispersion has its own branch
+        rest = layout.dispersion()
+        dispersion = (None if not rest.size else
+                      functools.partial(dispersion_branch, arch, image_shape=image_shape, layout=rest, settings=settings,
+                                        hidden_units=dispersion_units))
+        decoder = faithful_decoder(decoder, code_shape, dispersion, location_activation)
     elif location_activation != "linear":  # the first D outputs, the location, through the activation
-        code = L.Input(encoder.output_shape[1:])
+        code = L.Input(code_shape)
         location = LeadingActivation(math.prod(image_shape), location_activation, name="location")
         decoder = tfk.Model(code, location(decoder(code)), name="decoder")
     args = dict(head=head_obj.head_name, image_shape=list(image_shape), num_components=head_obj.num_components,
                 arch=arch, latent_dim=int(latent_dim), **head_obj.option_values)
+    if arch == "conv":
+        args.update(conv_width=conv_width, conv_depth=conv_depth)
     if head_obj.training_loss != "nll":  # only then, so the configs of nll models stay as they were
         args.update(loss=head_obj.training_loss, beta=head_obj.beta)
     if faithful:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tfp_ae._tf import tf, tfk
+from tfp_ae.architectures import ARCHITECTURES, ArchSettings, ParamLayout
 from tfp_ae.config import STRATEGIES
 from tfp_ae.errors import InputError
 from tfp_ae.heads import get_head
@@ -82,25 +83,34 @@ def precision_policy(name: str):
 
 GIB = 2 ** 30
 RUNTIME_BYTES = 1 * GIB   # TensorFlow runtime + a cached 60k-image dataset (measured: ~0.9 GiB)
+ACTIVATION_COPIES = 3     # an activation, its gradient and the op's workspace
 
 
 def estimate_train_memory(head: Head, image_shape: tuple[int, int, int], num_components: int = 1, batch_size: int = 128,
-                          latent_dim: int = 32, **head_options) -> dict[str, int]:
-    """Rough peak host memory (bytes) of training an MLP autoencoder with `head`.
+                          latent_dim: int = 32, arch: str = "mlp", conv_width: int | None = None,
+                          conv_depth: int | None = None, **head_options) -> dict[str, int]:
+    """Rough peak host memory (bytes) of training an autoencoder with `head` on `arch`.
 
-    weights x 4 (value, gradient, two Adam moments) x 4 bytes + batch x params_size x c x 4 bytes
-    + the runtime, with c = 14 floats of working memory per decoder output for full-scale heads
-    (the dense n x n scale matrices and their gradients) and 8 otherwise; calibrated on this
-    package's `normal_full` K=1 / 2 / 10 at batch 128 (measured peaks 2.4 / 4.2 / 22.6 GiB with
-    benchmarks/epoch_time.py; the estimate is 3.2 / 5.3 / 23.1 GiB).
+    weights x 4 (value, gradient, two Adam moments) x 4 bytes + batch x (params_size x c +
+    `ACTIVATION_COPIES` x the arch's activation values per image, `activation_values`) x 4 bytes + the
+    runtime, with c = 14 floats of working memory per decoder output for full-scale heads (the dense
+    n x n scale matrices and their gradients) and 8 otherwise; calibrated on this package's
+    `normal_full` K=1 / 2 / 10 at batch 128 with the MLP (measured peaks 2.4 / 4.2 / 22.6 GiB with
+    benchmarks/epoch_time.py; the estimate is 3.2 / 5.3 / 23.1 GiB) and on `conv` and `cnn_dense`
+    (benchmarks/conv.py). The weights are counted as the MLP's (the convolutions' are fewer).
     Returns:
       dict(total, weights, activations) in bytes.
     """
     cls = head if isinstance(head, type) else type(head)
-    size = cls.params_size(tuple(image_shape), num_components, **head_options)
+    options = cls.check_options(tuple(image_shape), **head_options)
+    size = cls.params_size(tuple(image_shape), num_components, **options)
     weights = 16 * ((latent_dim + 1) * size + (int(np.prod(image_shape)) + 1) * latent_dim)
     per_output = 14 if cls.full_covariance else 8
-    activations = 4 * per_output * size * batch_size
+    widths, n_global = cls.pixel_layout(tuple(image_shape), **options)
+    layout = ParamLayout(tuple(image_shape), tuple(widths), n_global, num_components)
+    module = ARCHITECTURES.get(arch, ARCHITECTURES["mlp"])  # a VAE's dense_block: dense layers
+    maps = module.activation_values(tuple(image_shape), layout, ArchSettings(latent_dim, conv_width, conv_depth))
+    activations = 4 * batch_size * (per_output * size + ACTIVATION_COPIES * maps)
     return dict(total=RUNTIME_BYTES + weights + activations, weights=weights, activations=activations)
 
 
@@ -126,21 +136,23 @@ def check_memory(config: RunConfig, image_shape: tuple[int, int, int]) -> None:
         return  # device memory: TensorFlow reports an out-of-memory error itself
     free = available_memory()
     head = get_head(config.head)
-    opts = config.head_options
-    need = estimate_train_memory(head, image_shape, config.components, config.batch_size, config.latent_dim, **opts)
+    opts = dict(config.head_options, latent_dim=config.latent_dim, arch=config.arch, conv_width=config.conv_width,
+                conv_depth=config.conv_depth)
+    need = estimate_train_memory(head, image_shape, config.components, config.batch_size, **opts)
     if free is None or need["total"] <= 0.9 * free:
         return
     batch = config.batch_size
-    while batch > 1 and estimate_train_memory(head, image_shape, config.components, batch,
-                                              config.latent_dim, **opts)["total"] > 0.9 * free:
+    while batch > 1 and estimate_train_memory(head, image_shape, config.components, batch, **opts)["total"] > 0.9 * free:
         batch //= 2
-    fits = estimate_train_memory(head, image_shape, config.components, batch, config.latent_dim, **opts)["total"]
+    fits = estimate_train_memory(head, image_shape, config.components, batch, **opts)["total"]
     hint = (f"use --batch-size {batch} (about {fits / GIB:.1f} GiB)" if fits <= 0.9 * free
             else "even one image per batch does not fit")
     raise MemoryError(
         f"{config.head} with K={config.components} at batch {config.batch_size} needs about {need['total'] / GIB:.1f} GiB "
         f"to train ({need['weights'] / GIB:.1f} GiB for weights, gradients and Adam; {need['activations'] / GIB:.1f} GiB "
-        f"for {head.params_size(tuple(image_shape), config.components, **opts)} decoder outputs per image), but only "
+        f"for {config.arch}'s activations and "
+        f"{head.params_size(tuple(image_shape), config.components, **config.head_options)} decoder outputs per image), "
+        "but only "
         f"{free / GIB:.1f} GiB are available: {hint}, or run on a machine or GPU with more memory.")
 
 

@@ -57,11 +57,12 @@ def build_and_compile(config: RunConfig, image_shape: tuple[int, int, int]) -> P
     with precision_policy(config.precision):
         if config.model == "vae":
             model = build_vae(config.head, image_shape, config.components, config.arch, config.latent_dim,
-                              config.objective, config.iw_samples, seed=config.seed, **config.head_options)
+                              config.objective, config.iw_samples, seed=config.seed, **config.arch_options,
+                              **config.head_options)
         else:
             model = build_model(config.head, image_shape, config.components, config.arch, config.latent_dim,
                                 local_scales=config.recalibration_method == "local", **config.loss_options,
-                                **config.head_options)
+                                **config.arch_options, **config.head_options)
         compile_model(model, config.learning_rate, config.jit_compile, config.steps_per_execution)
     model.optimizer.build(model.trainable_variables)
     return model

@@ -19,22 +19,25 @@ with sigma = 1e-6 + softplus; likelihood p(x|z) = the head's distribution of the
 
 Architectures: `mlp` (the paper's VAE: Dense(2L) encoder, Dense(params) decoder; 101984 parameters
 for MNIST with `normal_diag`, as in Table 1; `hidden` adds ReLU layers to both), `cnn_dense`
-(the convolutional front end of `tfp_ae.models`) and `dense_block` (the VAE tutorial's 2D
+(the convolutional front end of `tfp_ae.architectures.cnn_dense`), `conv` (the deep convolutional
+encoder and decoder of `tfp_ae.architectures.conv`) and `dense_block` (the VAE tutorial's 2D
 networks: each hidden layer sees the concatenation of the input and all earlier hidden outputs,
 DenseNet style, and every Dense layer is weight-normalised, Salimans & Kingma 2016).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tfp_ae._tf import tf, tfd, tfk, tfp
+from tfp_ae.architectures import ArchSettings, ParamLayout, check_arch, cnn_dense, conv
 from tfp_ae.config import OBJECTIVES, VAE_ARCHS
 from tfp_ae.errors import InputError
 from tfp_ae.heads import SAMPLE_SEED, make_head, positive, register
-from tfp_ae.models import ProbabilisticModel, check_image_shape, cnn_features
+from tfp_ae.models import ProbabilisticModel
 
 if TYPE_CHECKING:
     from tfp_ae.heads.base import Head
@@ -226,14 +229,17 @@ def _dense_block(inputs, hidden, outputs, name):
 
 def build_vae(head: str, image_shape: tuple[int, int, int], num_components: int = 1, arch: str = "mlp",
               latent_dim: int = 32, objective: str = "elbo", iw_samples: int = 1, hidden: tuple = (),
-              name: str | None = None, seed: int = 0, free_bits: float = 0.0, **head_options) -> VAE:
+              name: str | None = None, seed: int = 0, free_bits: float = 0.0, conv_width: int | None = None,
+              conv_depth: int | None = None, **head_options) -> VAE:
     """Build a `VAE` (built: its weights exist; compile it with `tfp_ae.models.compile_model`).
 
     Args:
       head: head name (any registered head: `normal_diag` as in the paper, `continuous_bernoulli`,
         `logistic`, mixtures with `num_components` > 1, ...) or a `Head`.
       image_shape: `(H, W, C)`.
-      arch: `mlp` or `cnn_dense` (the encoder's front end; the decoder is dense), or `dense_block`
+      arch: `mlp` or `cnn_dense` (the encoder's front end; the decoder is dense), `conv` (the deep
+        convolutional encoder and decoder of `tfp_ae.architectures.conv`, `conv_width` and
+        `conv_depth` as in `tfp_ae.models.build_model`; `hidden` is not used), or `dense_block`
         (encoder and decoder are weight-normalised dense blocks with layer widths `hidden`; the
         VAE tutorial's 2D study uses 6 layers of 1024).
       hidden: widths of extra ReLU layers in encoder and decoder (none in the paper).
@@ -251,12 +257,20 @@ def build_vae(head: str, image_shape: tuple[int, int, int], num_components: int 
         raise InputError(f"unknown VAE arch {arch!r}; valid: {', '.join(VAE_ARCHS)} (the paper's `cnn` decoder "
                          "has no latent bottleneck to put a posterior on)")
     head = make_head(head, image_shape, num_components, **head_options)
-    check_image_shape(image_shape, arch)
+    settings = ArchSettings(latent_dim, conv_width, conv_depth)
+    if arch != "dense_block":
+        check_arch(arch, image_shape, settings, head, head.num_components)
+    if arch == "conv" and hidden:
+        raise InputError("hidden layers (--hidden) belong to the dense VAE archs (mlp, cnn_dense, dense_block); "
+                         "--arch conv sets its depth with --conv-depth")
     if arch == "dense_block":
         encoder = _dense_block(L.Input(image_shape), hidden, 2 * latent_dim, "encoder")
         decoder = _dense_block(L.Input((latent_dim,)), hidden, head.size, "decoder")
+    elif arch == "conv":  # the posterior's loc and raw scale are the conv encoder's 2L-unit linear code
+        encoder = conv.encoder(image_shape, replace(settings, latent_dim=2 * latent_dim))
+        decoder = conv.decoder(image_shape, (latent_dim,), ParamLayout.of(head), settings)
     else:
-        front = cnn_features() if arch == "cnn_dense" else [L.Flatten()]
+        front = cnn_dense.features() if arch == "cnn_dense" else [L.Flatten()]
         dense = [L.Dense(h, "relu", kernel_initializer="glorot_uniform") for h in hidden]
         encoder = tfk.Sequential([L.InputLayer(image_shape), *front, *dense,
                                   L.Dense(2 * latent_dim, kernel_initializer="glorot_uniform")], name="encoder")
@@ -266,6 +280,8 @@ def build_vae(head: str, image_shape: tuple[int, int, int], num_components: int 
     args = dict(head=head.head_name, image_shape=list(image_shape), num_components=head.num_components, arch=arch,
                 latent_dim=int(latent_dim), objective=objective, iw_samples=iw_samples, hidden=[int(h) for h in hidden],
                 seed=int(seed), free_bits=float(free_bits), **head.option_values)
+    if arch == "conv":
+        args.update(conv_width=conv_width, conv_depth=conv_depth)
     model = VAE(encoder, decoder, head, args, name=name or f"vae_{arch}_{head.head_name}_k{head.num_components}")
     model(tf.zeros([1, *image_shape]))  # build
     return model

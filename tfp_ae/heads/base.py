@@ -5,6 +5,8 @@ Each head is a `tfp.layers.DistributionLambda` subclass that declares, once:
 - `head_name` (the registry key used by the CLI, the tables and the tests) and the paper's `label`;
 - `component_params_size(event_shape, **options)`: how many numbers one component needs;
 - `component(params)`: how a flat tensor `[..., P]` becomes one distribution (a batch of them);
+- `pixel_layout(event_shape, **options)`: which of those numbers belong to each pixel (the parameter
+  maps a convolutional decoder outputs, `tfp_ae.architectures.ParamLayout`) and which are global;
 - how its point estimate is read (`point`: mean, mode or mean of samples);
 - `options`: the settings it takes beyond the image shape and K, with their defaults (`rank` of the
   low-rank heads, `min_df` of the Student-t heads), checked by `check_options`.
@@ -319,6 +321,16 @@ class Head(Readouts, tfpl.DistributionLambda):
           InputError: a bad value, naming the option's flag and what is allowed.
         """
         return value
+
+    @classmethod
+    def pixel_layout(cls, event_shape: tuple[int, ...], **options) -> tuple[tuple[int, ...], int]:
+        """Where one component's flat parameters sit on the image, for decoders that output
+        parameter maps (`--arch conv`): `(widths, n_global)`. The component's `component_params_size`
+        values are first one segment per width w, each `[H, W, C, w]` flattened (w values for every
+        pixel value: a location or scale is w = 1, a low-rank factor's row w = rank), then `n_global`
+        values that belong to no pixel (df, a matrix head's row and column scales, a full scale), so
+        `sum(widths) * H*W*C + n_global == component_params_size`."""
+        raise NotImplementedError
 
     def component(self, params: tf.Tensor) -> tfd.Distribution:
         """Distribution from flat parameters `[..., P]`; batch `[...]`, event `natural_event_shape`."""

@@ -162,6 +162,11 @@ class NormalLowRank(_EllipticalHead):
         d = int(np.prod(event_shape))
         return d * (rank + 2) + int(cls.student_t)
 
+    @classmethod
+    def pixel_layout(cls, event_shape: tuple[int, ...], rank: int = DEFAULT_RANK, **options) -> tuple[tuple[int, ...], int]:
+        """mu and sigma per pixel, V's row (`rank` values) per pixel; df global."""
+        return (1, 1, rank), int(cls.student_t)
+
     def component(self, params: tf.Tensor) -> tfd.Distribution:
         d = self.natural_event_shape[0]
         loc, s, v, df = _split(params, [d, d, d * self.rank, int(self.student_t)])

@@ -37,6 +37,11 @@ class MAF(Head):
     def component_params_size(cls, event_shape: tuple[int, ...], **options) -> int:
         return int(np.prod(event_shape))
 
+    @classmethod
+    def pixel_layout(cls, event_shape: tuple[int, ...], **options) -> tuple[tuple[int, ...], int]:
+        """The base normal's mean per pixel."""
+        return (1,), 0
+
     def component(self, params: tf.Tensor) -> tfd.Distribution:
         base = tfd.MultivariateNormalDiag(params, tf.ones_like(params))
         return tfd.TransformedDistribution(base, tfb.MaskedAutoregressiveFlow(self.made))

@@ -96,6 +96,12 @@ class MatrixHead(_EllipticalHead):
         h, w = event_shape[:2]
         return h * w + _scale_params_size(cls.scale, h) + _scale_params_size(cls.scale, w) + int(cls.student_t)
 
+    @classmethod
+    def pixel_layout(cls, event_shape: tuple[int, ...], **options) -> tuple[tuple[int, ...], int]:
+        """The location per pixel; the row and column scales and df are global."""
+        h, w = event_shape[:2]
+        return (1,), _scale_params_size(cls.scale, h) + _scale_params_size(cls.scale, w) + int(cls.student_t)
+
     def component(self, params: tf.Tensor) -> tfd.Distribution:
         h, w = self.natural_event_shape
         nr, nc = _scale_params_size(self.scale, h), _scale_params_size(self.scale, w)

@@ -18,6 +18,11 @@ class PixelHead(Head):
     def component_params_size(cls, event_shape: tuple[int, ...], **options) -> int:
         return cls.n_pixel_params * int(np.prod(event_shape))
 
+    @classmethod
+    def pixel_layout(cls, event_shape: tuple[int, ...], **options) -> tuple[tuple[int, ...], int]:
+        """One segment per pixel parameter (location, scale, ...), nothing global."""
+        return (1,) * cls.n_pixel_params, 0
+
     def pixel_distribution(self, *params) -> tfd.Distribution:
         """The univariate distribution of every pixel from its parameters, each `[..., H, W, C]`."""
         raise NotImplementedError

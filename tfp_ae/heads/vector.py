@@ -32,6 +32,13 @@ class VectorHead(_EllipticalHead):
         d = int(np.prod(event_shape))
         return d + _scale_params_size(cls.scale, d) + int(cls.student_t)
 
+    @classmethod
+    def pixel_layout(cls, event_shape: tuple[int, ...], **options) -> tuple[tuple[int, ...], int]:
+        """The location, then a diagonal scale per pixel; a full scale and df are global."""
+        d = int(np.prod(event_shape))
+        widths = (1, 1) if cls.scale == "diag" else (1,)
+        return widths, (_scale_params_size("full", d) if cls.scale == "full" else 0) + int(cls.student_t)
+
     def component(self, params: tf.Tensor) -> tfd.Distribution:
         d = self.natural_event_shape[0]
         n_scale = _scale_params_size(self.scale, d)
