@@ -156,7 +156,11 @@ def layer_counts(model):
     for layer in model.encoder.layers + model.decoder.layers:
         out = layer.output_shape[1:]
         activations += int(np.prod(out))
-        if isinstance(layer, tfk.layers.Conv2D):
+        if isinstance(layer, tfk.layers.Conv2DTranspose):  # each input pixel scatters a kh x kw x cout block
+            kh, kw, cout, cin = layer.kernel.shape
+            h_in, w_in = layer.input_shape[1:3]
+            flops += 2 * h_in * w_in * kh * kw * cin * cout
+        elif isinstance(layer, tfk.layers.Conv2D):
             kh, kw, cin, cout = layer.kernel.shape
             flops += 2 * out[0] * out[1] * kh * kw * cin * cout
         elif isinstance(layer, tfk.layers.Dense):

@@ -142,7 +142,7 @@ def test_cli_vae_run(tmp_path, capsys):
 @pytest.mark.parametrize("argv,match", [
     (["--objective", "iwae"], "needs --model vae"),
     (["--model", "vae", "--objective", "iwae", "--iw-samples", "0"], "iw_samples"),
-    (["--model", "vae", "--arch", "cnn"], "arch must be one of mlp, cnn_dense, dense_block; got 'cnn'"),
+    (["--model", "vae", "--arch", "cnn"], "arch must be one of mlp, cnn_dense, conv, dense_block; got 'cnn'"),
 ])
 def test_cli_vae_bad_arguments(argv, match, tmp_path):
     with pytest.raises(SystemExit, match=match):

@@ -1,0 +1,148 @@
+"""Real images (issue 51): `mlp`, `cnn_dense` and `conv` with `normal_diag` on textures and photographs.
+
+1. Textures: three photographs of scikit-image (`brick`, `grass`, `gravel`, 512 x 512 grey), each an
+   MVTec-AD-like folder of 128 x 128 crops (`tfp_ae.anomaly.texture_defect_folder`: TRAIN training crops
+   from the top three quarters, 50 good and 50 of each synthetic defect kind from the bottom quarter, the
+   patches pasted from the next texture). Each model is trained on the good crops and scored with the
+   masks (`tfp-ae score`): pixel AUROC and PRO of every anomaly map, image AUROC of every score.
+2. Photographs: scikit-learn's two sample photos (427 x 640 colour), 128 x 128 crops (train from the
+   left three quarters of each, test from the right quarter), trained at 128 and resized to 64.
+
+Every run: `tfp-ae train --dequantize --latent-dim 100 --epochs EPOCHS` in its own process (its peak RSS
+measured by /usr/bin/time), `--loss nll` and `--loss faithful`; metrics.json gives bits/dim, L2, SSIM
+and seconds per epoch. Runs are kept in RUNS and reused (delete a folder to retrain it).
+
+    python docs/results/real_images/real_images.py --runs runs/real_images --out docs/results/real_images
+    python docs/results/real_images/real_images.py --archs conv --losses nll --parts textures   # a subset
+"""
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+TEXTURES = ("brick", "grass", "gravel")
+SIZE, TRAIN, GOOD, PER_DEFECT = 128, 4000, 50, 50
+PHOTO_TRAIN, PHOTO_TEST = 2000, 200
+ARCHS, LOSSES = ("mlp", "cnn_dense", "conv"), ("nll", "faithful")
+DETECTION = ("nll", "min_p", "neg_log_marginal_smooth_max", "abs_error_max", "ssim_smooth_max")
+
+
+def texture_folder(root, i, name):
+    import skimage.data
+
+    from tfp_ae.anomaly import texture_defect_folder
+    folder = Path(root) / "data" / name
+    if not (folder / "ground_truth").exists():
+        donor = TEXTURES[(i + 1) % len(TEXTURES)]
+        texture_defect_folder(folder, getattr(skimage.data, name)() / 255.0, getattr(skimage.data, donor)() / 255.0,
+                              size=SIZE, train=TRAIN, good=GOOD, per_defect=PER_DEFECT, seed=i)
+    return folder
+
+
+def photo_folder(root):
+    """128 x 128 colour crops of the two sample photographs, flipped at random: train/ from the left three
+    quarters of each photo, test/ from its right quarter (no overlap)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+    folder = Path(root) / "data" / "photos"
+    if (folder / "test").exists():
+        return folder
+    rng = np.random.default_rng(0)
+    for split, n in (("train", PHOTO_TRAIN), ("test", PHOTO_TEST)):
+        (folder / split).mkdir(parents=True, exist_ok=True)
+        for j in range(n):
+            photo = load_sample_images().images[j % 2]
+            h, w = photo.shape[:2]
+            cut = w * 3 // 4
+            left, right = (0, cut - SIZE) if split == "train" else (cut, w - SIZE)
+            top, x0 = rng.integers(0, h - SIZE + 1), rng.integers(left, right + 1)
+            crop = photo[top:top + SIZE, x0:x0 + SIZE]
+            Image.fromarray(crop[:, ::-1] if rng.random() < 0.5 else crop).save(folder / split / f"{j:05d}.png")
+    return folder
+
+
+def train(runs, data, arch, loss, epochs, extra=()):
+    """The run folder of one model (trained unless it has metrics.json) and its peak RSS in GiB."""
+    out = Path(runs) / f"{Path(data).name}{'_'.join([''] + list(extra)).replace('--', '')}_{arch}_{loss}"
+    rss_file = out.parent / f"{out.name}.rss"
+    if not (out / "metrics.json").exists():
+        args = ["train", "--dataset", str(data), "--arch", arch, "--head", "normal_diag", "--loss", loss,
+                "--dequantize", "--latent-dim", "100", "--epochs", str(epochs), "--eval-images", "200", "--no-fid",
+                "--tsne-images", "0", "--no-extra-figures", "--out", str(out), "--overwrite", *extra]
+        if loss == "faithful":
+            args += ["--location-activation", "sigmoid"]
+        print("training", out, flush=True)
+        r = subprocess.run(["/usr/bin/time", "-f", "RSS %M", sys.executable, "-m", "tfp_ae", *args],
+                           capture_output=True, text=True)
+        rss = [ln for ln in r.stderr.splitlines() if ln.startswith("RSS ")]
+        if r.returncode:
+            raise SystemExit(f"{out}: {r.stderr[-2000:]}")
+        rss_file.write_text(str(int(rss[-1].split()[1]) * 1024 / 2 ** 30))
+    return out, float(rss_file.read_text()) if rss_file.exists() else float("nan")
+
+
+def row(data, arch, loss, run_dir, rss):
+    m = json.loads((run_dir / "metrics.json").read_text())
+    return dict(data=data, arch=arch, loss=loss, params=m["num_params"], bits_per_dim=round(m["bits_per_dim"], 4),
+                l2_percent=round(m["l2_percent"], 3), ssim=round(m["ssim"], 4),
+                seconds_per_epoch=round(m["seconds_per_epoch"], 1), peak_rss_gib=round(rss, 2),
+                train_images=m["train_images"])
+
+
+def write(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", default="runs/real_images")
+    p.add_argument("--out", default=str(Path(__file__).parent))
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    p.add_argument("--parts", nargs="+", default=["textures", "photos"], choices=["textures", "photos"])
+    args = p.parse_args()
+
+    from tfp_ae.scoring import score_run
+    out = Path(args.out)
+    rows, loc_rows, det_rows = [], [], []
+    for i, name in enumerate(TEXTURES if "textures" in args.parts else ()):
+        folder = texture_folder(args.runs, i, name)
+        for arch in args.archs:
+            for loss in args.losses:
+                run_dir, rss = train(args.runs, folder, arch, loss, args.epochs)
+                rows.append(row(name, arch, loss, run_dir, rss))
+                _, m = score_run(run_dir, str(folder), masks=str(folder / "ground_truth"),
+                                 out=Path(args.runs) / "scores" / f"{name}_{arch}_{loss}")
+                for map_name, v in m["localisation"].items():
+                    loc_rows.append(dict(data=name, arch=arch, loss=loss, map=map_name,
+                                         pixel_auroc=round(v["pixel_auroc"], 4), pro=round(v["pro"], 4)))
+                d = m["detection"]["overall"]
+                det_rows.append(dict(data=name, arch=arch, loss=loss,
+                                     **{c: round(d[c]["auroc"], 4) for c in DETECTION if c in d}))
+                print(rows[-1], det_rows[-1], flush=True)
+    if "photos" in args.parts:
+        folder = photo_folder(args.runs)
+        for size in (64, 128):
+            extra = ("--image-size", "64") if size == 64 else ()
+            for arch in args.archs:
+                for loss in args.losses:
+                    run_dir, rss = train(args.runs, folder, arch, loss, args.epochs, extra)
+                    rows.append(row(f"photos_{size}", arch, loss, run_dir, rss))
+                    print(rows[-1], flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, r in (("results.csv", rows), ("localisation.csv", loc_rows), ("detection.csv", det_rows)):
+        if r:
+            write(out / name, r)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
