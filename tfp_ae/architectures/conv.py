@@ -13,6 +13,10 @@ mirrored decoder).
   head reads them. Every pixel's location and scale come from the maps at that pixel.
 - Sizes that are not a multiple of 2^depth are zero-padded at the bottom and right inside the
   encoder, and the decoder's maps are cropped back to H x W: the head's event shape is the image's.
+- The ReLU layers start from He et al.'s (ICCV 2015) uniform initialisation: with Keras' Glorot default an
+  MSE autoencoder of 1,024 brick tiles (128 x 128, batch 32) stayed at the mean image (MSE = the pixel
+  variance, 0.0108) for 18 of 20 epochs; with He's it left it after 9 (test MSE 0.0067 against
+  0.0080). BatchNorm did not help (0.0122).
 - ReLU, not Bergmann et al.'s LeakyReLU(0.2): TensorFlow's CPU graph optimiser fails on the
   gradient of Conv2D + LeakyReLU and prints an error line in every run (TF 2.21).
 - Heads whose parameters grow as D x D (`normal_full`, `student_t_full`) are refused (`check_head`).
@@ -32,6 +36,7 @@ MAX_FILTERS = 256    # the doubling stops here
 MAX_DEPTH = 7        # 2^7 = 128: a 256-pixel image down to 2 x 2
 SMALLEST_SIDE = 4    # the automatic depth halves the shorter side down to 4-7 pixels
 ACTIVATION = "relu"  # LeakyReLU after Conv2D trips grappler's remapper on CPU (an error line per run)
+INIT = "he_uniform"  # of the ReLU layers (He et al. 2015): Glorot's halves the signal at each of the ~12 layers
 
 
 def depth(image_shape: tuple[int, int, int], settings: ArchSettings) -> int:
@@ -66,7 +71,7 @@ def encoder(image_shape: tuple[int, int, int], settings: ArchSettings) -> tfk.Mo
     pad = padding(image_shape, settings)
     layers = [L.InputLayer(image_shape)] + ([L.ZeroPadding2D(((0, pad[0]), (0, pad[1])))] if any(pad) else [])
     for f in filters(image_shape, settings):
-        layers += [L.Conv2D(f, 4, strides=2, padding="same", activation=ACTIVATION)]
+        layers += [L.Conv2D(f, 4, strides=2, padding="same", activation=ACTIVATION, kernel_initializer=INIT)]
     layers += [L.Flatten(), L.Dense(settings.latent_dim)]
     return tfk.Sequential(layers, name="encoder")
 
@@ -83,11 +88,11 @@ def decoder(image_shape: tuple[int, int, int], code_shape: tuple[int, ...], layo
     if not layout.channels_per_pixel:  # only global values (a faithful student_t_identity's df)
         return tfk.Model(code, L.Dense(layout.global_size)(h), name=name)
     rows, cols, top = smallest_maps(image_shape, settings)
-    x = L.Dense(rows * cols * top, activation=ACTIVATION)(h)
+    x = L.Dense(rows * cols * top, activation=ACTIVATION, kernel_initializer=INIT)(h)
     x = L.Reshape((rows, cols, top))(x)
     sizes = filters(image_shape, settings)
     for f in [*sizes[-2::-1], sizes[0]]:  # mirrored: f_{depth-2}, ..., f_0, then f_0 at full size
-        x = L.Conv2DTranspose(f, 4, strides=2, padding="same", activation=ACTIVATION)(x)
+        x = L.Conv2DTranspose(f, 4, strides=2, padding="same", activation=ACTIVATION, kernel_initializer=INIT)(x)
     x = L.Conv2D(image_shape[2] * layout.channels_per_pixel, 3, padding="same")(x)
     pad = padding(image_shape, settings)
     if any(pad):
