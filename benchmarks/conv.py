@@ -4,6 +4,7 @@
     python benchmarks/conv.py --channels 3 --sizes 64 256      # colour
     python benchmarks/conv.py --jit                            # also with XLA (compile_model(jit_compile=True))
     python benchmarks/conv.py --out docs/benchmarks/cpu_conv.md
+    python benchmarks/conv.py --stream 256 --channels 3                # peak RSS of `tfp-ae train` from a folder
 
 Each configuration (`normal_diag`, `--loss nll`, batch `--batch-size`) runs in a fresh process (its peak
 memory is its own): `model.fit` on `--images` random images for one warm-up epoch, then one timed epoch.
@@ -13,6 +14,11 @@ x the Dense, Conv2D and Conv2DTranspose FLOPs per image / the float32 matmul rat
 limit), the peak resident memory of the process, and the package's estimate of it
 (`tfp_ae.runtime.estimate_train_memory`). A configuration whose estimate exceeds the memory available
 is skipped with the estimate. The same script runs unchanged on a GPU (`--device gpu`).
+
+`--stream SIZE` instead writes a folder of `--images` SIZE x SIZE crops of scikit-learn's two sample
+photographs (PNG, grey or colour by `--channels`) and runs `tfp-ae train --arch conv --head normal_diag
+--dequantize` on it for one epoch under /usr/bin/time: the peak resident memory of a streamed run
+(training decodes each batch from the files; nothing is loaded whole).
 """
 import argparse
 import json
@@ -49,6 +55,35 @@ def one(args):
                                       peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
 
 
+def stream(args):
+    """Peak RSS of a one-epoch `tfp-ae train --arch conv` streamed from a folder of photo crops."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+    size, rng = args.stream, np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for j in range(args.images):
+            photo = load_sample_images().images[j % 2]
+            top, left = rng.integers(0, photo.shape[0] - size + 1), rng.integers(0, photo.shape[1] - size + 1)
+            crop = Image.fromarray(photo[top:top + size, left:left + size])
+            (crop if args.channels == 3 else crop.convert("L")).save(f"{tmp}/{j:05d}.png")
+        argv = ["/usr/bin/time", "-f", "RSS %M", sys.executable, "-m", "tfp_ae", "train", "--dataset", tmp, "--arch",
+                "conv", "--head", "normal_diag", "--dequantize", "--epochs", "1", "--batch-size", str(args.batch_size),
+                "--latent-dim", str(args.latent_dim), "--no-fid", "--no-extra-figures", "--tsne-images", "0",
+                "--eval-images", "50", "--out", f"{tmp}/run"]
+        t = time.perf_counter()
+        r = subprocess.run(argv, capture_output=True, text=True)
+        rss = [int(ln.split()[1]) * 1024 for ln in r.stderr.splitlines() if ln.startswith("RSS ")]
+        if r.returncode or not rss:
+            raise SystemExit(r.stderr[-2000:])
+        m = json.loads(Path(f"{tmp}/run/metrics.json").read_text())
+        print(f"tfp-ae train --arch conv, {args.images} images of {size} x {size} x {args.channels} streamed from PNG "
+              f"files, batch {args.batch_size}: peak RSS {rss[-1] / GIB:.2f} GiB, {m['seconds_per_epoch'][0]:.1f} s for "
+              f"the epoch, {time.perf_counter() - t:.0f} s in all (evaluation included)")
+
+
 def machine_flops(device):
     """The float32 matmul rate (FLOP/s), from `epoch_time.py --machine` in a child process."""
     r = subprocess.run([sys.executable, str(Path(__file__).parent / "epoch_time.py"), "--machine", "--device", device],
@@ -68,12 +103,16 @@ def main():
     p.add_argument("--jit", action="store_true", help="also time each configuration with XLA")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    p.add_argument("--stream", type=int, default=None, metavar="SIZE",
+                   help="peak RSS of one streamed `tfp-ae train --arch conv` epoch on SIZE x SIZE photo crops")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--arch", default="conv", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=32, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return one(args)
+    if args.stream:
+        return stream(args)
 
     from tfp_ae.heads import get_head
     from tfp_ae.runtime import available_memory, estimate_train_memory

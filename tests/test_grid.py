@@ -24,6 +24,9 @@ def test_grid_cells_follow_the_paper():
         paper = grid.grid_cells(["mnist", "fashion_mnist"], arch, ["paper"], [1, 10])
         assert len(paper) == 24 and not any(c.skip for c in paper), arch
         assert {c.head for c in paper} == {h for h in HEADS if h.startswith("matrix_")}
+    conv = grid.grid_cells(["mnist"], "conv", ["all", "normal_full"], [1])  # named or not, D x D heads skip on conv
+    assert {c.head for c in conv if c.skip} == {"normal_full", "student_t_full"}
+    assert all("parameter maps" in c.skip for c in conv if c.skip) and not any(c.model == "vae" for c in conv)
     with pytest.raises(ValueError, match="unknown head.*valid: all, paper, vae"):
         grid.grid_cells(["mnist"], "mlp", ["gauss"], [1])
     with pytest.raises(ValueError, match="components must be >= 1"):

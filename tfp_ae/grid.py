@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tfp_ae import figures, plots, train
 from tfp_ae._tf import tfk
+from tfp_ae.architectures import PARAMETER_MAP_ARCHS
 from tfp_ae.config import RunConfig
 from tfp_ae.data import open_source
 from tfp_ae.errors import InputError
@@ -84,7 +85,8 @@ def grid_cells(datasets: Sequence[str], arch: str, heads: Sequence[str] = ("all"
     Returns: a list of `Cell`. Combinations that do not exist are left out (K > 1 for `mse` and
       `maf`; the VAE row other than mlp with K = 1); the full-scale heads with K > 1 carry a
       `skip` reason unless named explicitly (the paper left them out; they need ~22 GiB and
-      ~77 min per epoch on a 2-core CPU).
+      ~77 min per epoch on a 2-core CPU); on `conv` every full-scale head carries one (its decoder outputs
+      per-pixel parameter maps).
     Raises: ValueError for an unknown head name, K < 1, or a selection with no cell.
     """
     if any(int(k) < 1 for k in components):
@@ -110,6 +112,8 @@ def grid_cells(datasets: Sequence[str], arch: str, heads: Sequence[str] = ("all"
                     skip = ""
                     if k > 1 and HEADS[h].full_covariance and h not in named:
                         skip = "full scale with K > 1: not in the paper, ~22 GiB and ~77 min/epoch on a 2-core CPU"
+                    if arch in PARAMETER_MAP_ARCHS and HEADS[h].full_covariance:
+                        skip = f"D x D parameters: {arch} decodes per-pixel parameter maps (tfp_ae.architectures.check_arch)"
                     cells.append(Cell(dataset, arch, "ae", h, int(k), skip))
     if not cells:
         raise InputError(f"no grid cells for heads {list(heads)} with arch {arch!r} and components {list(components)}")
