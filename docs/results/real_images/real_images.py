@@ -74,7 +74,7 @@ def train(runs, data, arch, loss, epochs, extra=()):
     if not (out / "metrics.json").exists():
         args = ["train", "--dataset", str(data), "--arch", arch, "--head", "normal_diag", "--loss", loss,
                 "--dequantize", "--latent-dim", "100", "--epochs", str(epochs), "--batch-size", "32", "--eval-images", "200", "--no-fid",
-                "--tsne-images", "0", "--no-extra-figures", "--out", str(out), "--overwrite", *extra]
+                "--tsne-images", "0", "--no-extra-figures", "--out", str(out), *extra]  # an unfinished run resumes
         if loss == "faithful":
             args += ["--location-activation", "sigmoid"]
         if arch == "conv" and loss == "nll":  # at 1e-3 the brick model's NLL jumped from -13,693 to +18,871 nats
