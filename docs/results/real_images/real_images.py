@@ -145,7 +145,37 @@ def main():
     for name, r in (("results.csv", rows), ("localisation.csv", loc_rows), ("detection.csv", det_rows)):
         if r:
             write(out / name, r)
-    print(f"wrote {out}")
+    (out / "tables.md").write_text(markdown(out))
+    print(f"wrote {out}: results.csv, localisation.csv, detection.csv, tables.md")
+
+
+def read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def markdown(out):
+    """tables.md: every run's likelihood, reconstruction and cost; the localisation of the recommended
+    map, `abs_error_smooth` and `ssim_smooth`; the image AUROC of each detection score."""
+    lines = ["# Real images: the measured tables", "",
+             "Written by `real_images.py` from results.csv, localisation.csv and detection.csv.", "",
+             "| data | arch | loss | params | bits/dim | L2 % | SSIM | s/epoch | peak RSS GiB |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['data']} | {r['arch']} | {r['loss']} | {int(r['params']):,} | {r['bits_per_dim']} | {r['l2_percent']} | "
+              f"{r['ssim']} | {r['seconds_per_epoch']} | {r['peak_rss_gib']} |" for r in read(Path(out) / "results.csv")]
+    if (Path(out) / "localisation.csv").exists():
+        maps = ("neg_log_marginal_smooth", "abs_error_smooth", "ssim_smooth", "neg_log_marginal", "abs_error", "ssim")
+        lines += ["", "Pixel AUROC / PRO of each map (`neg_log_marginal_smooth` is the recommended one):", "",
+                  "| texture | arch | loss | " + " | ".join(maps) + " |", "|---|---|---|" + "---|" * len(maps)]
+        loc = {(r["data"], r["arch"], r["loss"], r["map"]): r for r in read(Path(out) / "localisation.csv")}
+        for key in dict.fromkeys(k[:3] for k in loc):
+            cells = [f"{loc[(*key, m)]['pixel_auroc']} / {loc[(*key, m)]['pro']}" if (*key, m) in loc else "" for m in maps]
+            lines.append(f"| {' | '.join(key)} | " + " | ".join(cells) + " |")
+    if (Path(out) / "detection.csv").exists():
+        lines += ["", "Image AUROC (50 good against 150 defective test images):", "",
+                  "| texture | arch | loss | " + " | ".join(DETECTION) + " |", "|---|---|---|" + "---|" * len(DETECTION)]
+        lines += [f"| {r['data']} | {r['arch']} | {r['loss']} | " + " | ".join(r.get(c, "") for c in DETECTION) + " |"
+                  for r in read(Path(out) / "detection.csv")]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
