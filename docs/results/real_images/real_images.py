@@ -11,7 +11,8 @@
 Every run: `tfp-ae train --dequantize --latent-dim 100 --batch-size 32 --epochs EPOCHS` in its own process (its peak RSS
 measured by /usr/bin/time), `--loss nll` and `--loss faithful`; metrics.json gives bits/dim, L2, SSIM
 and seconds per epoch. `conv` trained by NLL uses Adam at CONV_NLL_LEARNING_RATE (at the default 1e-3
-its loss jumped up by 32,000 nats in epoch 8 on brick and did not recover). Runs are kept in RUNS and reused (delete a folder to retrain it).
+its loss jumped up by 32,000 nats in epoch 8 on brick and did not recover). Runs are kept in RUNS and
+reused (delete a folder to retrain it).
 
     python docs/results/real_images/real_images.py --runs runs/real_images --out docs/results/real_images
     python docs/results/real_images/real_images.py --archs conv --losses nll --parts textures   # a subset
@@ -73,7 +74,8 @@ def train(runs, data, arch, loss, epochs, extra=()):
     rss_file = out.parent / f"{out.name}.rss"
     if not (out / "metrics.json").exists():
         args = ["train", "--dataset", str(data), "--arch", arch, "--head", "normal_diag", "--loss", loss,
-                "--dequantize", "--latent-dim", "100", "--epochs", str(epochs), "--batch-size", "32", "--eval-images", "200", "--no-fid",
+                "--dequantize", "--latent-dim", "100", "--epochs", str(epochs), "--batch-size", "32", "--eval-images", "200",
+                "--no-fid",
                 "--tsne-images", "0", "--no-extra-figures", "--out", str(out), *extra]  # an unfinished run resumes
         if loss == "faithful":
             args += ["--location-activation", "sigmoid"]
@@ -159,9 +161,11 @@ def markdown(out):
     map, `abs_error_smooth` and `ssim_smooth`; the image AUROC of each detection score."""
     lines = ["# Real images: the measured tables", "",
              "Written by `real_images.py` from results.csv, localisation.csv and detection.csv.", "",
-             "| data | arch | loss | params | bits/dim | L2 % | SSIM | s/epoch | peak RSS GiB |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['data']} | {r['arch']} | {r['loss']} | {int(r['params']):,} | {r['bits_per_dim']} | {r['l2_percent']} | "
-              f"{r['ssim']} | {r['seconds_per_epoch']} | {r['peak_rss_gib']} |" for r in read(Path(out) / "results.csv")]
+             "| data | arch | loss | params | bits/dim | L2 % | SSIM | s/epoch | peak RSS GiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['data']} | {r['arch']} | {r['loss']} | {int(r['params']):,} | {r['bits_per_dim']} | "
+              f"{r['l2_percent']} | {r['ssim']} | {r['seconds_per_epoch']} | {r['peak_rss_gib']} |"
+              for r in read(Path(out) / "results.csv")]
     if (Path(out) / "localisation.csv").exists():
         maps = ("neg_log_marginal_smooth", "abs_error_smooth", "ssim_smooth", "neg_log_marginal", "abs_error", "ssim")
         lines += ["", "Pixel AUROC / PRO of each map (`neg_log_marginal_smooth` is the recommended one):", "",
