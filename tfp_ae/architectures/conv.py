@@ -109,12 +109,14 @@ def dispersion_decoder(image_shape: tuple[int, int, int], code_shape: tuple[int,
 
 
 def activation_values(image_shape: tuple[int, int, int], layout: ParamLayout, settings: ArchSettings) -> int:
-    """Values of every layer's output per image (encoder maps, decoder maps, parameter maps): what
-    training keeps for the backward pass, with its gradients, is a small multiple of it."""
+    """Values of every layer's output per image, each counted once: the encoder's maps, the decoder's
+    (the same sizes, then `conv_width` maps at full size) and the parameter maps. What training keeps
+    for the backward pass, with its gradients, is a small multiple of it (`tfp_ae.runtime.ACTIVATION_COPIES`;
+    the resulting estimate is 1.3-1.7x the peak RSS measured in docs/benchmarks/cpu_conv.md)."""
     h, w = image_shape[0] + padding(image_shape, settings)[0], image_shape[1] + padding(image_shape, settings)[1]
     sizes = filters(image_shape, settings)
     maps = sum((h // 2 ** (i + 1)) * (w // 2 ** (i + 1)) * f for i, f in enumerate(sizes))
-    return 2 * (2 * maps + h * w * sizes[0]) + h * w * image_shape[2] * layout.channels_per_pixel
+    return 2 * maps + h * w * sizes[0] + h * w * image_shape[2] * layout.channels_per_pixel
 
 
 def check(image_shape: tuple[int, int, int] | None, settings: ArchSettings) -> None:
