@@ -243,8 +243,9 @@ def build_model(head: str, image_shape: tuple[int, int, int], num_components: in
         with a location, `mse` included: the sigmoid baseline of docs/results/uncertainty).
       local_scales: give the head local recalibration's weights (`tfp_ae.calibration.fit_local_scales`;
         `--recalibration-method local`).
-      conv_width, conv_depth: `conv` only: filters of its first level and its number of stride-2
-        levels (None: 32, and as many as keep the shorter side >= 4 pixels; `tfp_ae.architectures.conv`).
+      conv_width: `conv` only: filters of its first level (None: 16; `tfp_ae.architectures.conv`).
+      conv_depth: `conv` only: its number of stride-2 levels (None: as many as keep the shorter side
+        at least 4 pixels).
       **head_options: the head's options (`Head.options`): `rank` (low-rank heads, default 10),
         `min_df` (Student-t heads, default 0); None means the default.
     Returns:

@@ -113,6 +113,7 @@ def main():
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    p.add_argument("--textures", nargs="+", default=list(TEXTURES), choices=TEXTURES)
     p.add_argument("--parts", nargs="+", default=["textures", "photos"], choices=["textures", "photos"])
     args = p.parse_args()
 
@@ -120,13 +121,18 @@ def main():
     out = Path(args.out)
     rows, loc_rows, det_rows = [], [], []
     for i, name in enumerate(TEXTURES if "textures" in args.parts else ()):
+        if name not in args.textures:
+            continue
         folder = texture_folder(args.runs, i, name)
         for arch in args.archs:
             for loss in args.losses:
                 run_dir, rss = train(args.runs, folder, arch, loss, args.epochs)
                 rows.append(row(name, arch, loss, run_dir, rss))
-                _, m = score_run(run_dir, str(folder), masks=str(folder / "ground_truth"),
-                                 out=Path(args.runs) / "scores" / f"{name}_{arch}_{loss}")
+                scores = Path(args.runs) / "scores" / f"{name}_{arch}_{loss}"
+                if (scores / "metrics.json").exists():  # scored before: reused
+                    m = json.loads((scores / "metrics.json").read_text())
+                else:
+                    _, m = score_run(run_dir, str(folder), masks=str(folder / "ground_truth"), out=scores)
                 for map_name, v in m["localisation"].items():
                     loc_rows.append(dict(data=name, arch=arch, loss=loss, map=map_name,
                                          pixel_auroc=round(v["pixel_auroc"], 4), pro=round(v["pro"], 4)))
