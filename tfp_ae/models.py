@@ -189,7 +189,7 @@ def faithful_decoder(location_decoder: tfk.Model, code_shape: tuple[int, ...], d
     the location) and outputs the remaining head parameters (scales, df, covariance factors):
     `dispersion(code)`, the arch's (`tfp_ae.architectures.dispersion_branch`: Dense(`dispersion_units`,
     ReLU) and a Dense layer for the dense archs, a second convolutional decoder for `conv`), or None
-    when there is nothing to disperse. Code `[B, *code_shape]` -> `[B, D + dispersion_size]`.
+    when there is nothing to disperse. Code `[B, *code_shape]` -> `[B, D + the dispersion outputs]` (the head's size).
 
     `location_activation`: `linear` (the default) or `sigmoid`, which puts the location in (0, 1),
     where the pixels' mean lies. Trained by squared error alone, a linear location misses the black
