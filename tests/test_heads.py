@@ -7,7 +7,8 @@ import scipy.stats as st
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_ae.heads import DEFAULT_RANK, HEADS, bits_per_dim, get_head, make_head, mixable_heads
+from tfp_ae.errors import InputError
+from tfp_ae.heads import DEFAULT_RANK, HEADS, PARAMETERIZATIONS, bits_per_dim, get_head, make_head, mixable_heads
 
 SHAPE = (3, 4, 1)          # non-square, so rows and columns cannot be confused
 H, W, _ = SHAPE
@@ -336,12 +337,14 @@ def test_matrix_samples_match_mean_and_variance_in_graph_mode(name, rng):
     np.testing.assert_allclose(samples.var(0), head.variance(dist).numpy(), rtol=0.08, atol=0.02)
 
 
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
 @pytest.mark.parametrize("name,k", [("normal_full", 1), ("normal_full", 2), ("student_t_full", 1), ("student_t_full", 2)])
-def test_full_scale_log_prob_and_gradient_equal_tfp(name, k, rng):
-    """The packed-parameter gradient (`_tril_quadratic_log_det`) equals autodiff through TFP's
-    FillScaleTriL distributions, also for x broadcast against the batch (extra sample axis)."""
+def test_full_scale_log_prob_and_gradient_equal_tfp(name, k, parameterization, rng):
+    """The packed-parameter gradient (`_tril_quadratic_log_det`, `_precision_quadratic_log_det`)
+    equals autodiff through TFP's FillScaleTriL distributions (precision: the scale operator
+    (L^T)^{-1}), also for x broadcast against the batch (extra sample axis)."""
     from tfp_ae._tf import tfb, tfd
-    head = make_head(name, (3, 3, 1), k)
+    head = make_head(name, (3, 3, 1), k, parameterization=parameterization)
     params = tf.constant(random_params(rng, head.size, batch=4))
     x = tf.constant(rng.uniform(size=(5, 4, 3, 3, 1)), tf.float32)  # [sample, batch, H, W, C]
 
@@ -353,12 +356,14 @@ def test_full_scale_log_prob_and_gradient_equal_tfp(name, k, rng):
         else:
             comp = p
         loc, s = comp[..., :d], comp[..., d:d + m]
-        tril = tfb.FillScaleTriL(diag_bijector=tfb.Softplus(), diag_shift=1e-6)(s)
+        tril = tf.linalg.LinearOperatorLowerTriangular(tfb.FillScaleTriL(diag_bijector=tfb.Softplus(),
+                                                                         diag_shift=1e-6)(s))
+        if parameterization == "precision":
+            tril = tf.linalg.LinearOperatorInversion(tf.linalg.LinearOperatorAdjoint(tril))
         if head.student_t:
-            dist = tfd.MultivariateStudentTLinearOperator(
-                1e-6 + tf.math.softplus(comp[..., -1]), loc, tf.linalg.LinearOperatorLowerTriangular(tril))
+            dist = tfd.MultivariateStudentTLinearOperator(1e-6 + tf.math.softplus(comp[..., -1]), loc, tril)
         else:
-            dist = tfd.MultivariateNormalTriL(loc, tril)
+            dist = tfd.MultivariateNormalLinearOperator(loc, tril)
         if k > 1:
             dist = tfd.MixtureSameFamily(tfd.Categorical(logits=logits), dist)
         return dist.log_prob(tf.reshape(x, [5, 4, 9]))
@@ -372,6 +377,41 @@ def test_full_scale_log_prob_and_gradient_equal_tfp(name, k, rng):
         results.append((lp.numpy(), tape.gradient(total, params).numpy()))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["normal_full", "student_t_full"])
+def test_precision_parameterization_matches_scipy(name, rng):
+    """`parameterization="precision"`: L L^T is the precision (Dorta et al. 2018), so the covariance
+    (scale matrix of a t) is (L L^T)^{-1}: log_prob against SciPy, the pixel variances against its
+    diagonal, and samples' mean and variance against both."""
+    head = make_head(name, SHAPE, parameterization="precision")
+    p, x = random_params(rng, head.size), random_images(rng)
+    p[:, -1] = 3.0  # the t's df: 3 + 1e-6 (the variance exists)
+    dist = head.new(tf.constant(p))
+    m = D * (D + 1) // 2
+    covs = [np.linalg.inv(tril(p[i, D:D + m].astype(np.float64), D) @ tril(p[i, D:D + m].astype(np.float64), D).T)
+            for i in range(len(p))]
+    if head.student_t:
+        df = softplus(np.float64(p[0, -1]))
+        want = [st.multivariate_t(p[i, :D], covs[i], df=df).logpdf(x[i].ravel()) for i in range(len(p))]
+        var = [np.diag(c) * df / (df - 2) for c in covs]
+    else:
+        want = [st.multivariate_normal(p[i, :D], covs[i]).logpdf(x[i].ravel()) for i in range(len(p))]
+        var = [np.diag(c) for c in covs]
+    np.testing.assert_allclose(dist.log_prob(x).numpy(), want, rtol=RTOL)
+    np.testing.assert_allclose(head.variance(dist).numpy().reshape(len(p), D), var, rtol=1e-4)
+    n = 20000
+    samples = head.sample(dist, n, seed=(1, 2)).numpy().reshape(n, len(p), D)
+    assert np.all(np.abs(samples.mean(0) - p[:, :D]) < 5 * np.sqrt(np.array(var) / n))  # 5 standard errors
+    if not head.student_t:  # a t with df 3 has no fourth moment: its sample variance does not settle
+        np.testing.assert_allclose(samples.var(0), var, rtol=0.08)
+
+
+def test_parameterization_bad_value_is_named():
+    with pytest.raises(InputError, match="parameterization .*scale, precision.*'cholesky'"):
+        make_head("normal_full", SHAPE, parameterization="cholesky")
+    with pytest.raises(InputError, match="has no parameterization"):
+        make_head("normal_diag", SHAPE, parameterization="precision")
 
 
 # ---- uncertainty maps: central-interval width (issue 18) ---------------------------------------

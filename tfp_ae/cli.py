@@ -30,7 +30,7 @@ from tfp_ae.errors import InputError
 from tfp_ae.export import export_run
 from tfp_ae.figures import augment
 from tfp_ae.grid import grid_cells, merge_results, run_grid
-from tfp_ae.heads import DEFAULT_RANK, HEADS, LOSSES, describe_heads
+from tfp_ae.heads import DEFAULT_RANK, HEADS, LOSSES, PARAMETERIZATIONS, describe_heads
 from tfp_ae.novelty import score_novelty
 from tfp_ae.runtime import device_summary, make_strategy
 from tfp_ae.scoring import score_run
@@ -147,6 +147,10 @@ def _add_train_args(p):
                    f"rank r of the covariance's V (default {DEFAULT_RANK})")
     p.add_argument("--min-df", type=float, default=None, help="Student-t heads: df = MIN_DF + 1e-6 + softplus "
                    "(default 0, the paper's; 2 or more makes the variance exist)")
+    p.add_argument("--parameterization", default=None, choices=PARAMETERIZATIONS, help="full-scale heads "
+                   f"({', '.join(_heads_with('parameterization'))}): scale: the packed lower-triangular L gives the "
+                   "covariance L L^T (the paper's FillScaleTriL); precision: the precision L L^T (Dorta et al. 2018), "
+                   "which --loss faithful needs (the paper's diverges) (default: scale)")
     p.add_argument("--loss", default=d.loss, choices=LOSSES, help="nll: the paper's; beta_nll: each pixel's "
                    "log-density weighted by stop_gradient(variance)^beta (Seitzer et al. 2022; normal_identity, "
                    "normal_diag, logistic); faithful: the location by squared error, the dispersion by the NLL through "
@@ -168,7 +172,8 @@ def _config(args):
     fields = {k.replace("-", "_"): v for k, v in vars(args).items() if k not in ("command", "func", "overwrite", "verbose")}
     cfg = RunConfig.from_dict(fields)
     prefix = "" if cfg.model == "ae" else f"{cfg.model}_{cfg.objective}_"
-    options = "".join(f"_{k}{v:g}" for k, v in cfg.head_options.items()) + ("" if cfg.loss == "nll" else f"_{cfg.loss}")
+    options = "".join(f"_{k}{v:g}" if isinstance(v, (int, float)) else f"_{v}" for k, v in cfg.head_options.items())
+    options += "" if cfg.loss == "nll" else f"_{cfg.loss}"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.dataset.rstrip("/*")).stem).strip("_")
     cfg.out = cfg.out or f"runs/{slug}_{prefix}{cfg.arch}_{cfg.head}_k{cfg.components}{options}"
     cfg.verbose = 1 if sys.stdout.isatty() else 2

@@ -45,6 +45,7 @@ class RunConfig:
     components: int = 1
     rank: int | None = None         # low-rank heads: rank r of V (None: the head's default, 10)
     min_df: float | None = None     # Student-t heads: df = min_df + 1e-6 + softplus (None: 0, the paper's)
+    parameterization: str | None = None  # full-scale heads: L L^T is the covariance (None: scale) or the precision
     arch: str = "mlp"                  # ARCHS (VAE_ARCHS for a vae)
     latent_dim: int = 32
     conv_width: int | None = None      # arch conv: filters of the first level (None: 16; tfp_ae.architectures.conv)
@@ -137,8 +138,9 @@ class RunConfig:
 
     @property
     def head_options(self) -> dict:
-        """The head's options that are set (`rank`, `min_df`), for `make_head` / `build_model`."""
-        return {k: v for k, v in dict(rank=self.rank, min_df=self.min_df).items() if v is not None}
+        """The head's options that are set (`rank`, `min_df`, `parameterization`), for `make_head` / `build_model`."""
+        return {k: v for k, v in dict(rank=self.rank, min_df=self.min_df, parameterization=self.parameterization).items()
+                if v is not None}
 
     def validate(self, image_shape: tuple[int, int, int] | None = None) -> RunConfig:
         """Check every setting against its allowed values; returns `self`.

@@ -30,6 +30,7 @@ from tfp_ae.heads.base import (
     register,
     squared_error,
 )
+from tfp_ae.heads.elliptical import PARAMETERIZATIONS
 from tfp_ae.heads.lowrank import DEFAULT_RANK, MultivariateStudentTDiagPlusLowRank, NormalLowRank, StudentTLowRank
 from tfp_ae.heads.maf import MAF
 from tfp_ae.heads.matrix import (
@@ -55,6 +56,7 @@ __all__ = [  # the public names (the head classes are reached through HEADS)
     "check_beta",
     "faithful_loss",
     "DEFAULT_RANK",
+    "PARAMETERIZATIONS",
     "INTERVAL_LEVEL",
     "INTERVAL_SAMPLES",
     "PIT_SAMPLES",

@@ -13,6 +13,9 @@ from tfp_ae.errors import InputError
 from tfp_ae.heads.base import Head, positive
 
 T_OPTIONS = {"min_df": 0.0}  # the Student-t heads' option: df = min_df + 1e-6 + softplus (0: the paper's)
+# the full-scale vector heads' option: what the packed lower-triangular L factors (`PARAMETERIZATIONS`)
+FULL_OPTIONS = {"parameterization": "scale"}
+PARAMETERIZATIONS = ("scale", "precision")  # covariance L L^T (the paper's FillScaleTriL) | precision L L^T
 
 
 def _tril_size(n):
@@ -93,10 +96,50 @@ def _tril_quadratic_log_det(params, tril, d, r):
     return (q, log_det), grad
 
 
+@tf.custom_gradient
+def _precision_quadratic_log_det(params, tril, d, r):
+    """(q, log det S) `[...]` for r `[..., n]` when `tril` (from `_full_scale`) is a precision factor
+    P: the covariance is (P P^T)^{-1}, the scale S = P^{-T}, q = ||P^T r||^2 and log det S = -sum log P_ii
+    (Dorta et al., CVPR 2018, "Structured Uncertainty Prediction Networks", Section 3: no solve, so
+    no overflow when the pixels are strongly correlated, and -q/2 + log det P is concave in P).
+
+    Differentiated on the packed `params` like `_tril_quadratic_log_det`: with u = P^T r,
+    dq/dP = 2 r u^T (lower part), dq/dr = 2 P u, d log det S / dP_ii = -1 / P_ii, the diagonal
+    chained through dP_ii/dp = sigmoid(p).
+    """
+    with tf.name_scope("precision_log_prob"):
+        u = tf.linalg.matvec(tril, r, adjoint_a=True)                        # P^T r, [..., n]
+        pos = tf.linalg.diag_part(tril)
+        q = tf.reduce_sum(tf.square(u), axis=-1)
+        log_det = -tf.reduce_sum(tf.math.log(pos), axis=-1)
+
+    def grad(gq, g_log_det):
+        with tf.name_scope("precision_log_prob_grad"):
+            big = _unbroadcast((2.0 * gq)[..., None, None] * r[..., :, None] * u[..., None, :], tf.shape(tril))
+            diag = (tf.linalg.diag_part(big) - g_log_det[..., None] / pos) * tf.sigmoid(d)
+            d_params = tfp.math.fill_triangular_inverse(tf.linalg.band_part(tf.linalg.set_diag(big, diag), -1, 0))
+            d_r = (2.0 * gq)[..., None] * tf.linalg.matvec(tril, u)
+            return d_params, None, None, _unbroadcast(d_r, tf.shape(r))
+
+    return (q, log_det), grad
+
+
+def full_scale_operator(tril: tf.Tensor, f: tf.Tensor, parameterization: str) -> tf.linalg.LinearOperator:
+    """The scale operator S (covariance S S^T) of a full-scale head from L `[..., n, n]` (`_full_scale`)
+    and the sigma-scaling factor f: `scale`: S = f L (the paper's); `precision`: L is a factor of the
+    precision, S = f L^{-T} (`tf.linalg.LinearOperatorInversion` of (L / f)^T: samples solve, no
+    inverse is formed)."""
+    if parameterization == "precision":
+        factor = tf.linalg.LinearOperatorLowerTriangular(tril / f, is_non_singular=True)
+        return tf.linalg.LinearOperatorInversion(tf.linalg.LinearOperatorAdjoint(factor))
+    return tf.linalg.LinearOperatorLowerTriangular(f * tril, is_non_singular=True)
+
+
 class _FastFullScale:
     """Mixin for the full-scale heads' distributions: `log_prob` through
-    `_tril_quadratic_log_det` when the scale operator carries its packed parameters (`_packed`,
-    kept on the operator because TFP rebuilds distributions from their parameters), else TFP's."""
+    `_tril_quadratic_log_det` (or `_precision_quadratic_log_det`) when the scale operator carries its
+    packed parameters (`_packed`, kept on the operator because TFP rebuilds distributions from their
+    parameters), else TFP's."""
 
     @property
     def _packed(self):
@@ -110,10 +153,12 @@ class _FastFullScale:
         return self.log_prob(x), tangent_spaces.FullSpace()
 
     def _quadratic_log_det(self, x):
-        """(q, log det) of the scale f L, where the operator is f L (f: the head's sigma-scaling) and
-        `_packed` = (params, L, raw diagonal, f): q(r) = ||L^{-1} r / f||^2, log det = log det L + n log f."""
-        params, tril, d, f = self._packed
-        q, log_det = _tril_quadratic_log_det(params, tril, d, (x - self.loc) / f)
+        """(q, log det) of the scale S (`full_scale_operator`), where `_packed` = (params, L, raw
+        diagonal, f, parameterization): q(r) = ||S^{-1} r||^2 computed as ||L^{-1} r / f||^2 (scale) or
+        ||L^T r / f||^2 (precision), log det S = +-log det L + n log f."""
+        params, tril, d, f, parameterization = self._packed
+        quadratic = _precision_quadratic_log_det if parameterization == "precision" else _tril_quadratic_log_det
+        q, log_det = quadratic(params, tril, d, (x - self.loc) / f)
         return q, log_det + tf.cast(tf.shape(x)[-1], x.dtype) * tf.math.log(f)
 
 
@@ -177,7 +222,13 @@ class _EllipticalHead(Head):
 
     @classmethod
     def check_option(cls, name, value, event_shape):
-        """`min_df`: a finite number >= 0 (0: the paper's df = 1e-6 + softplus; 2: the variance exists)."""
+        """`min_df`: a finite number >= 0 (0: the paper's df = 1e-6 + softplus; 2: the variance exists);
+        `parameterization`: one of `PARAMETERIZATIONS` (full-scale heads: what L L^T is)."""
+        if name == "parameterization":
+            if value not in PARAMETERIZATIONS:
+                raise InputError(f"parameterization (--parameterization) must be one of {', '.join(PARAMETERIZATIONS)}; "
+                                 f"got {value!r}")
+            return value
         if name == "min_df":
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
                     or not np.isfinite(value) or value < 0:

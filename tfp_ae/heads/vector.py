@@ -7,6 +7,7 @@ import numpy as np
 from tfp_ae._tf import tf, tfd
 from tfp_ae.heads.base import _split
 from tfp_ae.heads.elliptical import (
+    FULL_OPTIONS,
     T_OPTIONS,
     MultivariateNormalFullScale,
     MultivariateStudentTFullScale,
@@ -15,6 +16,7 @@ from tfp_ae.heads.elliptical import (
     _row_variance,
     _scale_operator,
     _scale_params_size,
+    full_scale_operator,
 )
 
 
@@ -46,8 +48,8 @@ class VectorHead(_EllipticalHead):
         if self.scale == "full":  # log_prob differentiated on the packed parameters
             tril, diag = _full_scale(s)
             f = self.scaled(tf.ones([], tril.dtype))  # sigma-scaling
-            scale = tf.linalg.LinearOperatorLowerTriangular(f * tril, is_non_singular=True)
-            scale._packed = (s, tril, diag, f)
+            scale = full_scale_operator(tril, f, self.parameterization)
+            scale._packed = (s, tril, diag, f, self.parameterization)
             return (MultivariateStudentTFullScale(self.df_from(df), loc, scale) if self.student_t
                     else MultivariateNormalFullScale(loc, scale))
         if self.student_t:
@@ -61,8 +63,11 @@ class VectorHead(_EllipticalHead):
 
 
 class NormalFull(VectorHead):
-    """N(mu, L L^T), L from `FillScaleTriL` (the paper's Nµ,Σ; D(D+1)/2 scale parameters)."""
+    """N(mu, L L^T), L from `FillScaleTriL` (the paper's Nµ,Σ; D(D+1)/2 scale parameters); with
+    `parameterization="precision"` N(mu, (L L^T)^{-1}) (Dorta et al., CVPR 2018), which trains with
+    `loss="faithful"` where the paper's diverges (docs/results/uncertainty)."""
     head_name, label, scale = "normal_full", "Nµ,Σ", "full"
+    options = FULL_OPTIONS
     per_pixel_scales = False  # a full scale is not each pixel's
     full_covariance = True
 
@@ -80,7 +85,9 @@ class StudentTDiag(StudentTIdentity):
 
 
 class StudentTFull(StudentTIdentity):
-    """Multivariate t(df, mu, L L^T) with L from `FillScaleTriL` (the paper's tdf,µ,Σ)."""
+    """Multivariate t(df, mu, L L^T) with L from `FillScaleTriL` (the paper's tdf,µ,Σ); with
+    `parameterization="precision"` the scale matrix is (L L^T)^{-1}, as for `NormalFull`."""
     head_name, label, scale = "student_t_full", "tdf,µ,Σ", "full"
+    options = {**T_OPTIONS, **FULL_OPTIONS}
     per_pixel_scales = False
     full_covariance = True
