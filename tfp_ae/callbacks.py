@@ -102,3 +102,18 @@ class ImageSummaries(tfk.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None):
         if self._writer is not None:
             self._writer.close()
+
+
+def tensorboard_callback(log_dir: str | os.PathLike) -> tfk.callbacks.TensorBoard:
+    """Keras' `TensorBoard` callback writing to `log_dir`.
+
+    Raises:
+      ImportError: the `tensorboard` package is missing (not installed with TensorFlow 2.21);
+        the message says how to install it.
+    """
+    try:
+        import tensorboard  # noqa: F401  (an optional dependency: checked before training starts)
+    except ImportError:
+        raise ImportError("--tensorboard needs the tensorboard package: pip install 'tfp_ae[tensorboard]' "
+                          "(or pip install tensorboard)") from None
+    return tfk.callbacks.TensorBoard(log_dir=str(log_dir))

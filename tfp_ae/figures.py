@@ -13,6 +13,7 @@ Every function returns a matplotlib `Figure` (or arrays); `plots.save` writes it
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,7 +38,8 @@ def model_label(model: ProbabilisticModel) -> str:
     it is not `nll`, the location's activation where it is not linear)."""
     head = model.head
     kind = "VAE" if model.kind == "vae" else model.build_args["arch"]
-    options = "".join(f" {k}={v:g}" for k, v in head.option_values.items() if v != head.options[k])  # not defaults
+    options = "".join(f" {k}={v:g}" if isinstance(v, (int, float)) else f" {v}"
+                      for k, v in head.option_values.items() if v != head.options[k])  # not defaults
     loss = "" if head.training_loss == "nll" else f" {head.training_loss}"
     if model.build_args.get("location_activation", "linear") != "linear":
         loss += f" ({model.build_args['location_activation']} location)"
@@ -207,3 +209,19 @@ def augment(model: ProbabilisticModel, images: np.ndarray, labels: np.ndarray | 
     lab = np.full(len(images), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
     return dict(images=pts[src, comp], labels=lab[src], log_prob=lps[src, comp], source_index=src,
                 component=comp, all_log_prob=lps)
+
+
+def save_run_figures(model: ProbabilisticModel, data, out: Path, uncertainty: str, calibration: dict | None,
+                     extra: bool = True, tsne_images: int = 1000, seed: int = 0) -> None:
+    """The figures of a run folder `out` (`tfp_ae.train.run`): `reconstructions.png` (Figures 1/2:
+    input, point estimate, the `uncertainty` map of the first 10 test images of `data`, a
+    `tfp_ae.data.Dataset`), `calibration.png` (when `calibration`, `metrics.json`'s, is given) and with
+    `extra` `samples.png` (Figure 3: latent samples, output samples, t-SNE of `tsne_images`) and, for
+    K > 1, `components.png` (Figure 4)."""
+    plots.save(reconstruction_figure(model, data.x_test[:10], uncertainty), out / "reconstructions.png")
+    if extra:
+        plots.save(latent_figure(model, data, tsne_images=tsne_images, seed=seed), out / "samples.png")
+    if calibration:
+        plots.save(plots.calibration_figure(calibration, title=model_label(model)), out / "calibration.png")
+    if extra and model.head.num_components > 1:
+        plots.save(components_figure(model, data.x_test[:6]), out / "components.png")

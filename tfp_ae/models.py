@@ -63,6 +63,11 @@ class ProbabilisticModel(tfk.Model):
         self.build_args = dict(build_args)
 
     @property
+    def loss_units(self) -> str:
+        """What `fit` minimises, with its units (`metrics.json` `loss_units`)."""
+        return self.head.loss_description
+
+    @property
     def code_shape(self) -> tuple[int, ...]:
         """Shape of one code (`encode`'s output without the batch axis)."""
         return tuple(self.encoder.output_shape[1:])

@@ -155,3 +155,10 @@ def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str):
         if not found or int(found.group(1)) != len(names) or not set(names) <= OPTIONAL_WEIGHTS:
             raise
     return status
+
+
+def clear_run(out: Path) -> None:
+    """Delete what a run wrote in its folder `out` (metrics, state, config, checkpoints, the
+    recalibrated checkpoint) for `--overwrite`; other files stay."""
+    for name in (METRICS_FILE, STATE_FILE, CONFIG_FILE, CHECKPOINT_DIR, RECALIBRATED_DIR):
+        shutil.rmtree(out / name, ignore_errors=True) if (out / name).is_dir() else (out / name).unlink(missing_ok=True)

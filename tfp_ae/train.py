@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tfp_ae import figures, plots
+from tfp_ae import figures
 from tfp_ae._tf import tf, tfk
 from tfp_ae.calibration import CALIBRATION_IMAGES, calibrate, check_held_out, conformal_report
-from tfp_ae.callbacks import ImageSummaries
+from tfp_ae.callbacks import ImageSummaries, tensorboard_callback
 from tfp_ae.config import RunConfig
 from tfp_ae.data import SAMPLE_BYTES, Split, array_split, describe_classes, open_source
 from tfp_ae.errors import InputError
@@ -31,6 +31,7 @@ from tfp_ae.rundir import (
     STATE_FILE,
     Progress,
     checkpoint_manager,
+    clear_run,
     load_state,
     recalibrated_manager,
     restore,
@@ -203,8 +204,7 @@ def run(config: RunConfig, callbacks: tuple | list = (), overwrite: bool = False
             raise FileExistsError(f"run folder {out} already holds a finished run ({METRICS_FILE}); "
                                   "choose another --out or pass --overwrite to train it again")
     if out and overwrite and writer:
-        for name in (METRICS_FILE, STATE_FILE, CONFIG_FILE, CHECKPOINT_DIR, RECALIBRATED_DIR):
-            shutil.rmtree(out / name, ignore_errors=True) if (out / name).is_dir() else (out / name).unlink(missing_ok=True)
+        clear_run(out)
     source = open_source(config.dataset, **config.source_options)
     source.print_skipped()
     train = source.splits["train"].subset(0, config.train_limit)
@@ -228,9 +228,8 @@ def run(config: RunConfig, callbacks: tuple | list = (), overwrite: bool = False
         model, history, attempts = fit(config, train, source.num_levels, callbacks, run_dir=out, strategy=strategy,
                                        resume=writer or not overwrite)
     metrics = dict(dataset=config.dataset, model=config.model, head=config.head, components=config.components,
-                   arch=config.arch,
-                   epochs=config.epochs, num_params=int(model.count_params()), seconds_per_epoch=history["seconds"],
-                   train_loss=history["loss"], loss_units=_loss_units(config, model.head),
+                   arch=config.arch, epochs=config.epochs, num_params=int(model.count_params()),
+                   seconds_per_epoch=history["seconds"], train_loss=history["loss"], loss_units=model.loss_units,
                    seed=attempts[-1]["seed"], attempts=attempts, dequantize=config.dequantize,
                    num_levels=source.num_levels, train_images=train.count, data_source=source.description,
                    image_shape=list(source.image_shape), skipped_images=len(source.skipped),
@@ -240,12 +239,7 @@ def run(config: RunConfig, callbacks: tuple | list = (), overwrite: bool = False
     if not writer:
         print(f"worker: trained {len(history['loss'])} epochs; the chief evaluates and writes {out}", flush=True)
         return model, dict(metrics, role="worker")
-    if source.skipped:
-        metrics["skipped_files"] = [p for p, _ in source.skipped[:100]]
-    if source.class_names is not None and source.has_labels:
-        metrics["class_names"] = list(source.class_names)
-    if source.selected_classes is not None:
-        metrics["classes"] = dict(indices=list(source.selected_classes), names=list(source.selected_classes.values()))
+    metrics.update(source.metrics())
     with source.reading():
         calibrated = calibrate(model, config, held_out, source.num_levels, data.x_test[:CALIBRATION_IMAGES],
                                source.splits["test"])
@@ -273,25 +267,10 @@ def run(config: RunConfig, callbacks: tuple | list = (), overwrite: bool = False
         metrics.update(objective=config.objective, iw_samples=config.iw_samples if config.objective == "iwae" else 1)
     if out:
         uncertainty = "conformal" if calibrated["conformal"] and config.uncertainty == "interval" else config.uncertainty
-        plots.save(figures.reconstruction_figure(model, data.x_test[:10], uncertainty),
-                   out / "reconstructions.png")
-        if config.extra_figures:
-            plots.save(figures.latent_figure(model, data, tsne_images=config.tsne_images, seed=config.seed),
-                       out / "samples.png")
-        if "calibration" in metrics:
-            plots.save(plots.calibration_figure(metrics["calibration"], title=figures.model_label(model)),
-                       out / "calibration.png")
-        if config.extra_figures and model.head.num_components > 1:
-            plots.save(figures.components_figure(model, data.x_test[:6]), out / "components.png")
+        figures.save_run_figures(model, data, out, uncertainty, metrics.get("calibration"),
+                                 extra=config.extra_figures, tsne_images=config.tsne_images, seed=config.seed)
         write_json(dict(metrics, config=config.to_dict()), out / METRICS_FILE)
     return model, metrics
-
-
-def _loss_units(config, head):
-    if config.model == "vae":
-        what = "-ELBO" if config.objective == "elbo" else f"-IWAE bound (k={config.iw_samples})"
-        return f"{what}, nats per image"
-    return head.loss_description
 
 
 def load_model(run_dir: str | Path) -> tuple[ProbabilisticModel, RunConfig]:
@@ -318,18 +297,3 @@ def load_model(run_dir: str | Path) -> tuple[ProbabilisticModel, RunConfig]:
         raise FileNotFoundError(f"{run_dir}: no checkpoint in {run_dir / CHECKPOINT_DIR}")
     restore_checkpoint(manager.checkpoint, manager.latest_checkpoint)
     return model, config
-
-
-def tensorboard_callback(log_dir: str | os.PathLike) -> tfk.callbacks.TensorBoard:
-    """Keras' `TensorBoard` callback writing to `log_dir`.
-
-    Raises:
-      ImportError: the `tensorboard` package is missing (not installed with TensorFlow 2.21);
-        the message says how to install it.
-    """
-    try:
-        import tensorboard  # noqa: F401  (an optional dependency: checked before training starts)
-    except ImportError:
-        raise ImportError("--tensorboard needs the tensorboard package: pip install 'tfp_ae[tensorboard]' "
-                          "(or pip install tensorboard)") from None
-    return tfk.callbacks.TensorBoard(log_dir=str(log_dir))

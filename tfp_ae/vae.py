@@ -90,6 +90,12 @@ class VAE(ProbabilisticModel):
         return build_vae(**config)
 
     @property
+    def loss_units(self) -> str:
+        """-ELBO or the IWAE bound's negative, nats per image (`metrics.json` `loss_units`)."""
+        what = "-ELBO" if self.objective_name == "elbo" else f"-IWAE bound (k={self.iw_samples})"
+        return f"{what}, nats per image"
+
+    @property
     def metrics(self):
         return self._trackers
 

@@ -270,6 +270,18 @@ class Source:
         for path, reason in self.skipped:
             print(f"skipped unreadable image {path}: {reason}", flush=True)
 
+    def metrics(self) -> dict:
+        """What `metrics.json` records of the source beyond its size: `skipped_files` (the first 100),
+        `class_names` (when every split is labelled) and `classes` (`selected_classes`), each where it applies."""
+        out = {}
+        if self.skipped:
+            out["skipped_files"] = [p for p, _ in self.skipped[:100]]
+        if self.class_names is not None and self.has_labels:
+            out["class_names"] = list(self.class_names)
+        if self.selected_classes is not None:
+            out["classes"] = dict(indices=list(self.selected_classes), names=list(self.selected_classes.values()))
+        return out
+
     @property
     def streamed(self) -> bool:
         return any(s.kind != "array" for s in self.splits.values())
