@@ -137,6 +137,11 @@ class RunConfig:
         return {k: v for k, v in dict(conv_width=self.conv_width, conv_depth=self.conv_depth).items() if v is not None}
 
     @property
+    def arch_settings(self) -> ArchSettings:
+        """`latent_dim`, `conv_width` and `conv_depth` as `tfp_ae.architectures.ArchSettings`."""
+        return ArchSettings(self.latent_dim, self.conv_width, self.conv_depth)
+
+    @property
     def head_options(self) -> dict:
         """The head's options that are set (`rank`, `min_df`, `parameterization`), for `make_head` / `build_model`."""
         return {k: v for k, v in dict(rank=self.rank, min_df=self.min_df, parameterization=self.parameterization).items()
@@ -171,8 +176,7 @@ class RunConfig:
                 raise InputError(f"{name} must be an integer >= {low}; got {v!r}")
         head.check_options(image_shape, **self.head_options)
         if self.arch != "dense_block":
-            check_arch(self.arch, image_shape, ArchSettings(self.latent_dim, self.conv_width, self.conv_depth), head,
-                       self.components)
+            check_arch(self.arch, image_shape, self.arch_settings, head, self.components)
         if self.components > 1 and not head.mixable:
             raise InputError(f"head {self.head!r} does not mix: components must be 1, got {self.components}")
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < float("inf")):

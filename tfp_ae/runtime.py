@@ -106,8 +106,7 @@ def estimate_train_memory(head: Head, image_shape: tuple[int, int, int], num_com
     size = cls.params_size(tuple(image_shape), num_components, **options)
     weights = 16 * ((latent_dim + 1) * size + (int(np.prod(image_shape)) + 1) * latent_dim)
     per_output = 14 if cls.full_covariance else 8
-    widths, n_global = cls.pixel_layout(tuple(image_shape), **options)
-    layout = ParamLayout(tuple(image_shape), tuple(widths), n_global, num_components)
+    layout = ParamLayout.of(cls, image_shape, num_components, **options)
     module = ARCHITECTURES.get(arch, ARCHITECTURES["mlp"])  # a VAE's dense_block: dense layers
     maps = module.activation_values(tuple(image_shape), layout, ArchSettings(latent_dim, conv_width, conv_depth))
     activations = 4 * batch_size * (per_output * size + ACTIVATION_COPIES * maps)
@@ -136,8 +135,7 @@ def check_memory(config: RunConfig, image_shape: tuple[int, int, int]) -> None:
         return  # device memory: TensorFlow reports an out-of-memory error itself
     free = available_memory()
     head = get_head(config.head)
-    opts = dict(config.head_options, latent_dim=config.latent_dim, arch=config.arch, conv_width=config.conv_width,
-                conv_depth=config.conv_depth)
+    opts = dict(config.head_options, latent_dim=config.latent_dim, arch=config.arch, **config.arch_options)
     need = estimate_train_memory(head, image_shape, config.components, config.batch_size, **opts)
     if free is None or need["total"] <= 0.9 * free:
         return

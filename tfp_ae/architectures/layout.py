@@ -28,10 +28,16 @@ class ParamLayout:
     num_components: int = 1
 
     @classmethod
-    def of(cls, head: Head) -> ParamLayout:
-        """The layout of `head` (its event shape, options and K)."""
-        widths, n_global = head.pixel_layout(head.event_shape, **head.option_values)
-        return cls(tuple(head.event_shape), tuple(int(w) for w in widths), int(n_global), head.num_components)
+    def of(cls, head: Head | type[Head], image_shape: tuple[int, int, int] | None = None, num_components: int | None = None,
+           **options) -> ParamLayout:
+        """The layout of a head instance (its event shape, options and K), or of a head class for
+        `image_shape`, `num_components` and `options` (checked: `Head.check_options`)."""
+        if isinstance(head, type):
+            image_shape, options = tuple(image_shape), head.check_options(tuple(image_shape), **options)
+        else:
+            image_shape, num_components, options = tuple(head.event_shape), head.num_components, head.option_values
+        widths, n_global = head.pixel_layout(image_shape, **options)
+        return cls(image_shape, tuple(int(w) for w in widths), int(n_global), int(num_components or 1))
 
     @property
     def pixels(self) -> int:
