@@ -74,6 +74,16 @@ def test_heads_and_latent_figures(mixture, digits):
     assert emb.shape == (40, 2)
 
 
+def test_heads_figure_labels_say_what_differs(digits):
+    """Models that share head, K and arch: the rows are named by their loss, the title says the rest once."""
+    models = [build_model("normal_diag", digits.image_shape, loss=loss) for loss in ("nll", "faithful")]
+    fig = figures.heads_figure(models, digits.x_test[:3], "maps")
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert labels == ["input", "nll\npoint", "nll\n90 % interval\nwidth", "faithful\npoint",
+                      "faithful\n90 % interval\nwidth"]
+    assert fig._suptitle.get_text() == "maps (normal_diag K=1 (mlp))"
+
+
 def test_collapsed_encoder_draws_figure_3_without_t_sne(digits):
     """Every ReLU latent dead (seen in a 20-epoch Fashion-MNIST cnn_dense run): all codes are 0,
     scikit-learn's t-SNE would divide by their zero spread and crash the process."""

@@ -33,17 +33,22 @@ if TYPE_CHECKING:
 FULL_COVARIANCE_MAX = 512  # latent sizes up to this get a full-covariance Gaussian fit
 
 
+def model_label_parts(model: ProbabilisticModel) -> list[str]:
+    """`[HEAD, K=k, *options, LOSS, (ACTIVATION location), (ARCH)]`: what names a model, options only where
+    not their defaults, the location's activation only where not linear (`model_label` joins them)."""
+    head = model.head
+    kind = "VAE" if model.kind == "vae" else model.build_args["arch"]
+    options = [f"{k}={v:g}" if isinstance(v, (int, float)) else str(v)
+               for k, v in head.option_values.items() if v != head.options[k]]
+    activation = model.build_args.get("location_activation", "linear")
+    return [head.head_name, f"K={head.num_components}", *options, head.training_loss,
+            *([f"({activation} location)"] if activation != "linear" else []), f"({kind})"]
+
+
 def model_label(model: ProbabilisticModel) -> str:
     """`HEAD K=k [options] [loss [(ACTIVATION location)]] (arch)`: how figures name a model (the loss where
     it is not `nll`, the location's activation where it is not linear)."""
-    head = model.head
-    kind = "VAE" if model.kind == "vae" else model.build_args["arch"]
-    options = "".join(f" {k}={v:g}" if isinstance(v, (int, float)) else f" {v}"
-                      for k, v in head.option_values.items() if v != head.options[k])  # not defaults
-    loss = "" if head.training_loss == "nll" else f" {head.training_loss}"
-    if model.build_args.get("location_activation", "linear") != "linear":
-        loss += f" ({model.build_args['location_activation']} location)"
-    return f"{head.head_name} K={head.num_components}{options}{loss} ({kind})"
+    return " ".join(p for p in model_label_parts(model) if p != "nll")
 
 
 def _uncertainty_note(head, kind):
@@ -77,7 +82,8 @@ def heads_figure(models: list[ProbabilisticModel], images: np.ndarray, title: st
     """Figures 1 and 2: one input row, then for each model a point-estimate row and an
     uncertainty row (`uncertainty` as in `reconstruction_figure`). All uncertainty rows share one
     colour scale (0 to 1 for `interval`, else `plots.map_scale` of all maps), so the maps compare
-    across heads; each has its colour bar.
+    across heads; each has its colour bar. Rows are named by what differs between the models
+    (`model_label_parts`); what they all share is said once, after `title`.
 
     Args:
       models: trained models (any heads; a `mse` head gets a blank row with its note).
@@ -86,12 +92,14 @@ def heads_figure(models: list[ProbabilisticModel], images: np.ndarray, title: st
     """
     maps = [uncertainty_maps(m, images, uncertainty) for m in models]
     scale = _scale(uncertainty) or plots.map_scale(*maps)
+    parts = [model_label_parts(m) for m in models]
+    shared = [p for p in parts[0] if len(models) > 1 and all(p in q for q in parts)]  # said once, in the title
     rows = [("input", images, None)]
-    for m, u in zip(models, maps):
-        rows += [(f"{model_label(m)}\npoint", point_estimates(m, images), None),
-                 (f"{model_label(m)}\n{plots.UNCERTAINTY_LABELS[uncertainty]}", u, _uncertainty_note(m.head, uncertainty),
-                  scale)]
-    return plots.image_rows(rows, title=title)
+    for m, u, q in zip(models, maps, parts):
+        name = " ".join(p for p in q if p not in shared) or model_label(m)
+        rows += [(f"{name}\npoint", point_estimates(m, images), None),
+                 (f"{name}\n{plots.UNCERTAINTY_LABELS[uncertainty]}", u, _uncertainty_note(m.head, uncertainty), scale)]
+    return plots.image_rows(rows, title=f"{title} ({' '.join(shared)})" if shared else title)
 
 
 LATENT_PRIORS = ("standard", "fitted")
