@@ -5,11 +5,27 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+import tfp_ae
+
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
 def test_the_three_notebooks_exist():
     assert {p.stem for p in NOTEBOOKS} >= {"variance_maps", "mixtures_and_augmentation", "vae_2d"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_was_executed_by_this_version(path):
+    """What the docs site shows is what this version computes: the committed notebook was run top to
+    bottom in one kernel (every code cell has an execution count, 1, 2, 3, ...) by `notebooks/execute.py`
+    with the package's current version."""
+    nb = nbformat.read(path, as_version=4)
+    stamp = nb.metadata.get("tfp_ae", {})
+    assert stamp.get("version") == tfp_ae.__version__, (
+        f"{path.name} was executed with tfp_ae {stamp.get('version')}, the package is {tfp_ae.__version__}: "
+        f"run python notebooks/execute.py {path.stem}")
+    counts = [c.execution_count for c in nb.cells if c.cell_type == "code"]
+    assert counts == list(range(1, len(counts) + 1)), f"{path.name}: cells not run in order in one kernel: {counts}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

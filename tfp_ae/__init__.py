@@ -20,7 +20,7 @@ from tfp_ae.models import Autoencoder, ProbabilisticModel, build_model, compile_
 from tfp_ae.train import load_model, run  # noqa: E402
 from tfp_ae.vae import VAE, build_vae  # noqa: E402
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 __all__ = ["HEADS", "get_head", "make_head", "load_dataset", "make_pipeline", "dequantize",
            "Autoencoder", "ProbabilisticModel", "VAE", "build_model", "build_vae", "compile_model", "RunConfig",
            "run", "load_model"]
