@@ -263,15 +263,49 @@ def test_local_recalibration_fixes_a_known_miscalibration_in_every_group(digits)
     np.testing.assert_allclose(new.log_prob(y[:3]).numpy(), want, rtol=1e-4)
 
 
-def test_local_recalibration_is_saved_guarded_and_exported(tmp_path):
+@pytest.mark.parametrize("name", ["normal_lowrank", "student_t_lowrank"])
+def test_local_recalibration_of_a_low_rank_head_is_d_sigma_d(name, rng):
+    """Issue 50, item 1 (joint heads): local recalibration of a low-rank head is Sigma' = D Sigma D with
+    D_ii = exp(h(log s_i)), s_i pixel i's marginal scale: log_prob equals SciPy's density with that
+    covariance (scale matrix of the t), and each pixel's marginal scale is s_i times its factor."""
+    shape, rank = (3, 4, 1), 2
+    head = make_head(name, shape, rank=rank, local_scales=True)
+    d = 12
+    p = rng.normal(0, 0.7, size=(2, head.size)).astype(np.float32)
+    knots, values = np.linspace(-0.5, 0.8, 8), np.array([0.4, 0.3, 0.1, 0.0, -0.2, -0.3, -0.3, -0.5])
+    head.local_knots.assign(knots.astype(np.float32))
+    head.local_log_factors.assign(values.astype(np.float32))
+    x = rng.uniform(size=(2,) + shape).astype(np.float32)
+    dist = head.new(p)
+    softplus = lambda t: np.logaddexp(0, t) + 1e-6  # noqa: E731
+    for i in range(2):
+        loc, sigma = p[i, :d].astype(np.float64), softplus(p[i, d:2 * d].astype(np.float64))
+        v = p[i, 2 * d:2 * d + d * rank].astype(np.float64).reshape(d, rank)
+        cov = np.diag(sigma ** 2) + v @ v.T
+        s = np.sqrt(np.diag(cov))
+        assert s.min() < np.exp(knots[3]) < s.max()  # the scales span several knots
+        dd = np.diag(np.exp(np.interp(np.log(s), knots, values)))
+        cov2 = dd @ cov @ dd
+        if head.student_t:
+            want = stats.multivariate_t(loc, cov2, df=softplus(np.float64(p[i, -1]))).logpdf(x[i].ravel())
+        else:
+            want = stats.multivariate_normal(loc, cov2).logpdf(x[i].ravel())
+        np.testing.assert_allclose(dist.log_prob(x).numpy()[i],
+                                   want, rtol=1e-4)
+        np.testing.assert_allclose(head.marginal(head._parts(dist)[2]).scale.numpy()[i], np.sqrt(np.diag(cov2)), rtol=1e-4)
+
+
+@pytest.mark.parametrize("head", ["logistic", "normal_lowrank"])
+def test_local_recalibration_is_saved_guarded_and_exported(head, tmp_path):
     """`--recalibration-method local`: metrics.json's `recalibration.local` (knots, factors, held-out numbers,
-    applied), the factors restored by load_model and used by the SavedModel's log_prob."""
+    applied), the factors restored by load_model and used by the SavedModel's log_prob (a per-pixel head and
+    a joint one)."""
     import tensorflow as tf
 
     from tfp_ae.data import load_dataset
     from tfp_ae.export import export_run
     out = tmp_path / "run"
-    _, m = run(RunConfig(dataset="digits", head="logistic", dequantize=True, recalibrate=True, recalibration_method="local",
+    _, m = run(RunConfig(dataset="digits", head=head, dequantize=True, recalibrate=True, recalibration_method="local",
                          force_recalibration=True, epochs=2, fid=False, extra_figures=False, eval_images=50, verbose=0,
                          out=str(out)))
     local = m["recalibration"]["local"]
@@ -288,6 +322,8 @@ def test_local_recalibration_is_saved_guarded_and_exported(tmp_path):
 @pytest.mark.parametrize("argv,match", [
     (["--recalibration-method", "local"], "--recalibration-method local takes --recalibrate .* without --recalibrate"),
     (["--recalibrate", "--recalibration-method", "local", "--head", "normal_full"], "got --head normal_full"),
+    (["--recalibrate", "--recalibration-method", "local", "--head", "matrix_normal_diag"], "low-rank covariance .*"
+     "normal_lowrank, student_t_lowrank.* got --head matrix_normal_diag"),
     (["--recalibrate", "--recalibration-method", "local", "-K", "2"], "--components 2"),
 ])
 def test_bad_local_recalibration_settings_are_refused(argv, match, tmp_path):

@@ -13,9 +13,11 @@ This is a recalibration of the scale's map (Kuleshov, Fenner & Ermon, ICML 2018,
 itself with isotonic regression, which makes the model a distribution no longer; Levi et al., Sensors
 2022, scale σ per bin of σ): the
 model stays the same family with other scales, so `log_prob`, samples, intervals, every export
-signature and TFLite stay coherent. Heads whose scales are per pixel only (`Head.per_pixel_scales`:
-normal identity/diag, logistic, Student-t identity/diag; K = 1); a joint head's (full, low-rank,
-matrix) would need Σ' = D Σ D, not written yet.
+signature and TFLite stay coherent. Heads whose scales are per pixel (`Head.per_pixel_scales`:
+normal identity/diag, logistic, Student-t identity/diag; K = 1) and the low-rank heads
+(`Head.joint_local_scales`), where it is Σ' = D Σ D, D = diag(exp(h(log s_i))) with s_i pixel i's
+marginal scale (σ_i and V's row i multiplied by that factor, `NormalLowRank.component`); not the full
+and matrix heads (D Σ D of a Kronecker product is not one; a full scale's would need every s_i first).
 """
 from __future__ import annotations
 

@@ -185,6 +185,7 @@ class Head(Readouts, tfpl.DistributionLambda):
     has_location = False    # the first D = H*W*C parameters are a location (the mean or mode): faithful,
     #                         and every scale is multiplied by the non-trainable `sigma_scale` (`scaled`)
     per_pixel_scales = False  # every scale passed to `scaled` is one pixel's marginal scale: local recalibration
+    joint_local_scales = False  # local recalibration as Sigma' = D Sigma D, applied by the family (low-rank heads)
     location_output = False  # the first D parameters are the location (has_location heads, and mse):
     #                          `--location-activation` applies to them
 
@@ -216,9 +217,9 @@ class Head(Readouts, tfpl.DistributionLambda):
         self.local_scales = bool(local_scales)
         if self.local_scales:  # local recalibration (`tfp_ae.calibration.fit_local_scales`): log-factors, 0 until fitted
             if not self.takes_local_scales(self.num_components):
-                raise InputError(f"local_scales (--recalibration-method local) takes K = 1 heads whose scales are per "
-                                 f"pixel (normal_identity, normal_diag, logistic, student_t_identity, student_t_diag); "
-                                 f"got {self.head_name} K={self.num_components}")
+                takes = _head_names(lambda c: c.takes_local_scales())
+                raise InputError(f"local_scales (--recalibration-method local) takes K = 1 heads with per-pixel scales "
+                                 f"or a low-rank covariance ({takes}); got {self.head_name} K={self.num_components}")
             self.local_knots = self.add_weight(name="local_knots", shape=[LOCAL_KNOTS], trainable=False, dtype="float32",
                                                initializer=tfk.initializers.Constant(np.arange(LOCAL_KNOTS, dtype=float)))
             self.local_log_factors = self.add_weight(name="local_log_factors", shape=[LOCAL_KNOTS], initializer="zeros",
@@ -229,8 +230,9 @@ class Head(Readouts, tfpl.DistributionLambda):
 
     @classmethod
     def takes_local_scales(cls, num_components: int = 1) -> bool:
-        """Whether local recalibration applies: K = 1 and every scale is a pixel's (`per_pixel_scales`)."""
-        return cls.has_location and cls.per_pixel_scales and num_components == 1
+        """Whether local recalibration applies: K = 1 and every scale is a pixel's (`per_pixel_scales`) or the
+        family applies it to its covariance (`joint_local_scales`)."""
+        return cls.has_location and (cls.per_pixel_scales or cls.joint_local_scales) and num_components == 1
 
     @classmethod
     def check_loss(cls, loss: str, beta: float | None = None, num_components: int = 1) -> tuple[str, float | None]:
@@ -270,11 +272,12 @@ class Head(Readouts, tfpl.DistributionLambda):
         identity/diag, logistic, Student-t identity/diag) then multiplies each pixel's scale by
         `exp(local_log_factor(scale))`, a function of the scale itself (local recalibration,
         `tfp_ae.calibration.fit_local_scales`; 1 until fitted). Only then: its ops doubled the time of a
-        `normal_diag` MLP's training step on a CPU, so the other heads do not carry them."""
+        `normal_diag` MLP's training step on a CPU, so the other heads do not carry them. A family with
+        `joint_local_scales` applies that factor itself, to its covariance (Σ' = D Σ D)."""
         if not self.has_location:
             return scale
         scale = scale * tf.cast(self.sigma_scale, scale.dtype)
-        if self.local_scales:
+        if self.local_scales and self.per_pixel_scales:
             scale = scale * tf.exp(self.local_log_factor(scale))
         return scale
 

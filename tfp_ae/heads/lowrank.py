@@ -140,6 +140,7 @@ class NormalLowRank(_EllipticalHead):
     df (Student-t only)]`; with V = 0 it is `normal_diag`. Pixel marginals N(mu_i, sigma_i^2 + |V_i|^2)."""
     head_name, label = "normal_lowrank", "Nµ,diag(Σ)+VVᵀ"
     options = {"rank": DEFAULT_RANK}
+    joint_local_scales = True  # local recalibration scales sigma_i and V's row i by pixel i's factor: D Sigma D
 
     @classmethod
     def check_option(cls, name: str, value: object, event_shape: tuple[int, ...]) -> object:
@@ -172,6 +173,9 @@ class NormalLowRank(_EllipticalHead):
         loc, s, v, df = _split(params, [d, d, d * self.rank, int(self.student_t)])
         factor = _unflatten(v, [d, self.rank])
         sigma, factor = self.scaled(positive(s)), self.scaled(factor)
+        if self.local_scales:  # local recalibration: Sigma' = D Sigma D, D_ii = exp(h(log s_i)), s_i pixel i's scale
+            d = tf.exp(self.local_log_factor(tf.sqrt(tf.square(sigma) + tf.reduce_sum(tf.square(factor), axis=-1))))
+            sigma, factor = d * sigma, d[..., None] * factor
         if self.student_t:
             return MultivariateStudentTDiagPlusLowRank(self.df_from(df), loc, sigma, factor)
         return MultivariateNormalDiagPlusLowRank(loc, tf.square(sigma), factor)
