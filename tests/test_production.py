@@ -402,6 +402,36 @@ def test_a_faithful_beta_nll_run_exports_with_every_signature_and_tflite(tmp_pat
                                    rtol=1e-5)
 
 
+def test_a_faithful_precision_normal_full_run_trains_saves_and_exports(tmp_path, digits):
+    """`normal_full --parameterization precision --loss faithful` through the whole workflow: the run
+    trains (finite, falling loss), `load_model` and the `.keras` file in a fresh process give its
+    log_prob, the SavedModel's log_prob and variance equal the model's; TFLite converts or says why not."""
+    from tfp_ae.export import export_run
+    out = tmp_path / "run"
+    _, m = run(RunConfig(dataset="digits", head="normal_full", parameterization="precision", loss="faithful",
+                         dispersion_units=0, epochs=3, train_limit=400, eval_images=10, fid=False, extra_figures=False,
+                         verbose=0, dequantize=True, out=str(out)))
+    assert np.all(np.isfinite(m["train_loss"])) and m["train_loss"][-1] < m["train_loss"][0], m["train_loss"]
+    model, cfg = load_model(out)
+    assert cfg.parameterization == "precision" and model.head.parameterization == "precision"
+    x = digits.x_test[:5]
+    names, report = export_run(out, tmp_path / "export", tflite=True)
+    served = tf.saved_model.load(str(tmp_path / "export"))
+    np.testing.assert_allclose(served.log_prob(tf.constant(x))["log_prob"].numpy(), model.log_prob(x).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(served.variance(tf.constant(x))["variance"].numpy(),
+                               model.head.variance(model(x)).numpy(), rtol=1e-4)
+    assert all(v == "converted" or v.startswith("refused: ") for v in report.values()), report
+    model.save(str(tmp_path / "m.keras"))
+    np.save(tmp_path / "x.npy", x)
+    code = (f"import numpy as np, tfp_ae, tf_keras\nm = tf_keras.models.load_model({str(tmp_path / 'm.keras')!r})\n"
+            f"print(m.head.parameterization, m.log_prob(np.load({str(tmp_path / 'x.npy')!r})).numpy().tolist())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    parameterization, log_prob = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert parameterization == "precision"
+    np.testing.assert_allclose(json.loads(log_prob), model.log_prob(x).numpy(), rtol=1e-5)
+
+
 def test_a_tflite_mismatch_names_the_output_the_largest_differences_and_where():
     from tfp_ae.export import TFLiteMismatch, check_tflite_output
     want = np.array([[1.0, -2000.0], [3.0, 4.0]])
