@@ -78,6 +78,26 @@ def test_two_workers_write_one_run_folder_with_the_one_process_loss_curve(tmp_pa
     assert not any(p.name.startswith("workertemp") for p in out.iterdir())
 
 
+def test_two_workers_train_the_conv_arch_like_one_process(tmp_path):
+    """`--arch conv` (issue 51) under MultiWorkerMirroredStrategy: the loss curve of two workers is the
+    one-process run's (the strategy code is the same for every arch; this checks the conv layers and the
+    parameter maps replicate and reduce like the dense ones)."""
+    argv = FLAGS + ["--epochs", "2", "--train-limit", "512", "--arch", "conv", "--conv-width", "4", "--latent-dim", "8"]
+    runs = {}
+    for strategy in ("default", "multiworker"):
+        out = tmp_path / strategy
+        command = [sys.executable, "-m", "tfp_ae", "train", *argv, "--strategy", strategy, "--out", str(out)]
+        if strategy == "default":
+            r = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=TIMEOUT)
+            assert r.returncode == 0, r.stderr[-3000:]
+        else:
+            for rc, _stdout, stderr in wait(start_workers(command)):
+                assert rc == 0, stderr[-3000:]
+        runs[strategy] = json.loads((out / "metrics.json").read_text())
+    assert runs["multiworker"]["arch"] == "conv" and len(runs["multiworker"]["train_loss"]) == 2
+    np.testing.assert_allclose(runs["multiworker"]["train_loss"], runs["default"]["train_loss"], rtol=1e-4)
+
+
 def test_killed_pair_resumes_after_a_restart(tmp_path, one_process):
     out = tmp_path / "run"
     kill_after_first_epoch = textwrap.dedent(f"""
