@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from tfp_ae.architectures import ARCHITECTURES, ArchSettings, check_arch
 from tfp_ae.data import CROPS, Geometry, SourceOptions
 from tfp_ae.errors import InputError
-from tfp_ae.heads import DEFAULT_BETA, HEADS, LOSSES, check_beta, get_head
+from tfp_ae.heads import DEFAULT_BETA, LOSSES, check_beta, get_head, head_names
 
 ARCHS = tuple(ARCHITECTURES)  # mlp, cnn, cnn_dense (the paper's and its learning decoder), conv
 VAE_ARCHS = ("mlp", "cnn_dense", "conv", "dense_block")   # the paper's `cnn` decoder has no latent bottleneck;
@@ -207,7 +207,7 @@ class RunConfig:
             raise InputError("--recalibrate (sigma-scaling) takes an autoencoder (--model ae) whose head has a location "
                              f"and scales (normal, Student-t, low-rank, matrix, logistic); got {self.model} {self.head}")
         if self.recalibration_method == "local" and not (self.recalibrate and head.takes_local_scales(self.components)):
-            takes = ", ".join(n for n in HEADS if get_head(n).takes_local_scales())
+            takes = head_names(lambda c: c.takes_local_scales())
             raise InputError("--recalibration-method local takes --recalibrate and a K = 1 head with per-pixel scales or "
                              f"a low-rank covariance ({takes}); got --head {self.head} --components {self.components}"
                              + ("" if self.recalibrate else " without --recalibrate"))

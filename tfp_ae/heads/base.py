@@ -146,9 +146,9 @@ def _subclasses(cls):
     return [cls] + [d for c in cls.__subclasses__() for d in _subclasses(c)]
 
 
-def _head_names(wanted):
-    """The sorted names of every defined head class for which `wanted(cls)` holds (read from the class
-    tree: the registry in `tfp_ae.heads` imports this module), for error messages."""
+def head_names(wanted: Callable[[type], bool]) -> str:
+    """The sorted names of every defined head class for which `wanted(cls)` holds, comma-separated (read
+    from the class tree: the registry in `tfp_ae.heads` imports this module), for error messages."""
     return ", ".join(sorted({c.head_name for c in _subclasses(Head) if c.head_name and wanted(c)}))
 
 
@@ -217,7 +217,7 @@ class Head(Readouts, tfpl.DistributionLambda):
         self.local_scales = bool(local_scales)
         if self.local_scales:  # local recalibration (`tfp_ae.calibration.fit_local_scales`): log-factors, 0 until fitted
             if not self.takes_local_scales(self.num_components):
-                takes = _head_names(lambda c: c.takes_local_scales())
+                takes = head_names(lambda c: c.takes_local_scales())
                 raise InputError(f"local_scales (--recalibration-method local) takes K = 1 heads with per-pixel scales "
                                  f"or a low-rank covariance ({takes}); got {self.head_name} K={self.num_components}")
             self.local_knots = self.add_weight(name="local_knots", shape=[LOCAL_KNOTS], trainable=False, dtype="float32",
@@ -246,13 +246,13 @@ class Head(Readouts, tfpl.DistributionLambda):
             raise InputError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
         if loss == "beta_nll":
             if not cls.takes_beta_nll:
-                takes = _head_names(lambda c: c.takes_beta_nll)
+                takes = head_names(lambda c: c.takes_beta_nll)
                 raise InputError(f"head {cls.head_name!r} cannot take --loss beta_nll: it needs a log-density that is a "
                                  f"sum over pixels of a family with a variance; heads that take it: {takes} "
                                  "(a multivariate t with a diagonal scale does not factor over pixels)")
             return loss, check_beta(DEFAULT_BETA if beta is None else beta)
         if loss == "faithful" and (not cls.has_location or num_components > 1):
-            takes = _head_names(lambda c: c.has_location)
+            takes = head_names(lambda c: c.has_location)
             why = ("mixtures have no single location to fit by squared error" if num_components > 1 else
                    f"{cls.head_name} has no location parameter to fit by squared error")
             raise InputError(f"head {cls.head_name!r} (K={num_components}) cannot take --loss faithful: {why}; heads that "
