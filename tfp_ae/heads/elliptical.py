@@ -61,6 +61,15 @@ def _set_diag(matrix, diag):
     return tf.linalg.set_diag(matrix, diag), grad
 
 
+def _packed_gradient(d_tril, d_diag, d):
+    """The gradient on the packed parameters of `_full_scale` from the gradient `d_tril` `[..., n, n]` with
+    respect to L (its lower part is read) plus `d_diag` `[..., n]` on its diagonal, the diagonal chained
+    through dL_ii/dp = sigmoid(p) of the raw entries `d`: gathered back to the packed layout once."""
+    diag = (tf.linalg.diag_part(d_tril) + d_diag) * tf.sigmoid(d)
+    # fill_triangular_inverse reads a lower-triangular matrix (it adds the mirrored upper part)
+    return tfp.math.fill_triangular_inverse(tf.linalg.band_part(tf.linalg.set_diag(d_tril, diag), -1, 0))
+
+
 @tf.custom_gradient
 def _tril_quadratic_log_det(params, tril, d, r):
     """(q, log det L) `[...]` for r `[..., n]`: q = ||L^{-1} r||^2, L = `tril` from `_full_scale`.
@@ -87,9 +96,7 @@ def _tril_quadratic_log_det(params, tril, d, r):
         w = tf.linalg.triangular_solve(tril, z, lower=True, adjoint=True)   # L^{-T} z
         # dL: summed over any axes r was broadcast along (e.g. samples), before the diagonal terms
         big = _unbroadcast(tf.matmul((-2.0 * gq)[..., None, None] * w, z, adjoint_b=True), tf.shape(tril))
-        diag = (tf.linalg.diag_part(big) + g_log_det[..., None] / pos) * tf.sigmoid(d)
-        # fill_triangular_inverse reads a lower-triangular matrix (it adds the mirrored upper part)
-        d_params = tfp.math.fill_triangular_inverse(tf.linalg.band_part(tf.linalg.set_diag(big, diag), -1, 0))
+        d_params = _packed_gradient(big, g_log_det[..., None] / pos, d)
         d_r = (2.0 * gq)[..., None] * w[..., 0]
         return d_params, None, None, _unbroadcast(d_r, tf.shape(r))
 
@@ -116,8 +123,7 @@ def _precision_quadratic_log_det(params, tril, d, r):
     def grad(gq, g_log_det):
         with tf.name_scope("precision_log_prob_grad"):
             big = _unbroadcast((2.0 * gq)[..., None, None] * r[..., :, None] * u[..., None, :], tf.shape(tril))
-            diag = (tf.linalg.diag_part(big) - g_log_det[..., None] / pos) * tf.sigmoid(d)
-            d_params = tfp.math.fill_triangular_inverse(tf.linalg.band_part(tf.linalg.set_diag(big, diag), -1, 0))
+            d_params = _packed_gradient(big, -g_log_det[..., None] / pos, d)
             d_r = (2.0 * gq)[..., None] * tf.linalg.matvec(tril, u)
             return d_params, None, None, _unbroadcast(d_r, tf.shape(r))
 
