@@ -12,8 +12,16 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from tfp_ae.calibration import conformal_report, fit_conformal, hb_p_value, min_calibration_images, rcps_lambda
-from tfp_ae.calibration.conformal import LAMBDA_GRID, interval_losses
+from tfp_ae.calibration import (
+    conformal_report,
+    fit_conformal,
+    hb_p_value,
+    krcps_lambdas,
+    min_calibration_images,
+    pixel_groups,
+    rcps_lambda,
+)
+from tfp_ae.calibration.conformal import LAMBDA_GRID, grid_losses, interval_losses
 from tfp_ae.cli import main
 from tfp_ae.config import RunConfig
 from tfp_ae.models import build_model
@@ -144,7 +152,7 @@ def test_fit_conformal_controls_the_risk_of_a_model_on_new_images(digits):
     """An untrained model's intervals, fitted on 300 digits: the risk on the other 1,000-odd digits is
     at most α (with margin: at n = 300 RCPS is conservative) and the report agrees."""
     model = build_model("logistic", digits.image_shape)
-    lam = fit_conformal(model, digits.x_train[:300], 0.2, 0.1)
+    lam = fit_conformal(model, digits.x_train[:300], 0.2, 0.1)["lambda"]
     assert lam == float(model.head.conformal_lambda.numpy()) > 0
     report = conformal_report(model, digits.x_train[300:], 0.2, 0.1, splits=20)
     assert report["risk"] <= 0.2 and report["lambda"] == lam
@@ -161,6 +169,97 @@ def test_fit_conformal_controls_the_risk_of_a_model_on_new_images(digits):
      r"needs at least 100 held-out images \(half of the held-out images"),
 ])
 def test_bad_conformal_settings_are_refused_before_anything_is_written(argv, match, tmp_path):
+    with pytest.raises(SystemExit, match=match):
+        main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x")] + argv)
+    assert not (tmp_path / "x").exists()
+
+
+# K-RCPS (Teneggi et al., ICML 2023): one λ per pixel group
+
+
+def _grouped_ratios(rng, n, pixels=200, wide=0.5):
+    """Pixels of two kinds: a fraction `wide` deviate by |z| 3 from their midpoint (intervals far too
+    narrow), the rest by |z| 0.5 (too wide); half-widths 1. Returns ratios `[n, pixels]`, half-widths and
+    each pixel's c."""
+    c = np.where(np.arange(pixels) < wide * pixels, 3.0, 0.5)
+    return np.abs(rng.standard_normal((n, pixels))) * c, np.ones((n, pixels)), c
+
+
+def _true_pixel_risk(lam, c):
+    return float(np.mean(2 * stats.norm.sf(lam / c)))
+
+
+def test_krcps_finds_the_groups_keeps_the_guarantee_and_narrows_the_intervals():
+    """Over 200 calibration sets of 400 images: the two kinds of pixels (as many of each: K-RCPS's groups
+    are quantiles, of equal size) are the two groups found, the true
+    risk of K-RCPS's per-pixel λ exceeds α in at most a fraction δ of them (plus Monte-Carlo slack), and
+    its mean width is below RCPS's one λ in every draw (the narrow pixels need a far smaller λ)."""
+    rng = np.random.default_rng(3)
+    alpha, delta = 0.1, 0.1
+    risks, widths, one_widths = [], [], []
+    for _ in range(200):
+        ratio, half, c = _grouped_ratios(rng, 400)
+        lam, labels, _ = krcps_lambdas(ratio, half, alpha, delta, 2, rng)
+        assert len(np.unique(labels)) == 2 and np.array_equal(labels, (c == 3.0).astype(int))
+        risks.append(_true_pixel_risk(lam, c))
+        widths.append(lam.mean())
+        one_widths.append(rcps_lambda(grid_losses(ratio), alpha, delta))
+    assert np.mean(np.array(risks) > alpha) <= delta + 0.03
+    assert np.all(np.array(widths) < np.array(one_widths))
+    assert np.median(widths) < 0.8 * np.median(one_widths)
+
+
+def test_pixel_groups_are_quantiles_of_how_often_a_pixel_misses():
+    """Four groups of a hundred pixels that miss their 90 % interval at rates 0, 0.1, 0.3, 0.6 (two
+    hundred images): groups in that order; tied rates (every pixel always inside) merge into one group."""
+    rng = np.random.default_rng(4)
+    rates = np.repeat([0.0, 0.1, 0.3, 0.6], 100)
+    ratio = np.where(rng.random((2000, 400)) < rates, 2.0, 0.5)
+    np.testing.assert_array_equal(pixel_groups(ratio, 4), np.repeat(np.arange(4), 100))
+    assert np.all(pixel_groups(np.zeros((10, 50)), 4) == 0)
+
+
+@pytest.fixture(scope="module")
+def fitted_groups(tmp_path_factory):
+    out = tmp_path_factory.mktemp("krcps") / "run"
+    main(["train", "--dataset", "digits", "--epochs", "2", "--risk", "0.1", "--risk-groups", "4", "--no-fid",
+          "--no-extra-figures", "--eval-images", "200", "--out", str(out)])
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def test_krcps_lambdas_are_stored_per_pixel_and_used_by_every_interval(fitted_groups, digits):
+    """`--risk-groups 4`: metrics give each group's λ, the head's `conformal_lambda_map` holds them (one value
+    per group, restored by load_model), `conformal_interval` is mean -/+ λ_j z σ pixel by pixel, the
+    reported risk is the loaded model's on the raw test images, and the SavedModel serves the same."""
+    out, metrics = fitted_groups
+    c = metrics["conformal"]
+    assert 2 <= c["groups"] <= 4 and len(c["group_lambdas"]) == c["groups"] and c["lambda"] == 1.0
+    model, _ = load_model(out)
+    lam_map = model.head.conformal_lambda_map.numpy()
+    assert lam_map.shape == digits.image_shape
+    np.testing.assert_allclose(np.unique(lam_map), np.unique(np.float32(c["group_lambdas"])))
+    x = digits.x_test[:200]
+    dist = model(x)
+    mean, std = dist.mean().numpy(), dist.stddev().numpy()
+    lo, hi = (t.numpy() for t in model.conformal_interval(x))
+    z = stats.norm.ppf(0.95)
+    np.testing.assert_allclose(lo, mean - lam_map * z * std, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(hi, mean + lam_map * z * std, rtol=1e-4, atol=1e-5)
+    risk = np.mean(((x < lo) | (x > hi)).reshape(len(x), -1).mean(axis=1))
+    assert c["risk"] == pytest.approx(risk, abs=1e-6) and 0 <= c["splits_over_alpha"] <= 1
+    main(["export", str(out), "--out", str(out.parent / "export")])
+    loaded = tf.saved_model.load(str(out.parent / "export"))
+    served = loaded.conformal_interval(tf.constant(x[:5]))
+    np.testing.assert_allclose(served["hi"].numpy(), hi[:5], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--risk", "0.1", "--risk-groups", "0"], r"--risk-groups \(pixel groups of K-RCPS\) must be an integer >= 1; got 0"),
+    (["--risk-groups", "4"], "--risk-groups applies to conformal risk control: give --risk too"),
+    (["--risk", "0.1", "--risk-groups", "4", "--train-limit", "300"],
+     r"--risk 0.1 --delta 0.1 --risk-groups 4 needs at least 44 held-out images; .* gives 30"),
+])
+def test_bad_krcps_settings_are_refused_before_anything_is_written(argv, match, tmp_path):
     with pytest.raises(SystemExit, match=match):
         main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x")] + argv)
     assert not (tmp_path / "x").exists()

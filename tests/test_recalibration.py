@@ -316,7 +316,9 @@ def test_local_recalibration_is_saved_guarded_and_exported(head, tmp_path):
     export_run(out, tmp_path / "export")
     x = load_dataset("digits").x_test[:4]
     loaded = tf.saved_model.load(str(tmp_path / "export"))
-    np.testing.assert_allclose(loaded.log_prob(tf.constant(x))["log_prob"].numpy(), model.log_prob(x).numpy(), rtol=1e-5)
+    # nats per image, sums of 64 float32 pixel terms: an absolute tolerance where an image's total is near 0
+    np.testing.assert_allclose(loaded.log_prob(tf.constant(x))["log_prob"].numpy(), model.log_prob(x).numpy(),
+                               rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("argv,match", [

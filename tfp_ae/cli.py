@@ -115,6 +115,10 @@ def _add_settings(p):
                    "with the model (the conformal_interval signature, the reconstructions' maps), e.g. 0.1")
     p.add_argument("--delta", type=float, default=d.delta,
                    help="--risk: the probability that the fitted λ's risk exceeds ALPHA")
+    p.add_argument("--risk-groups", type=int, default=d.risk_groups, metavar="K",
+                   help="--risk: K-RCPS (Teneggi et al. 2023): K groups of pixels (by how often each is outside "
+                   "its 90 %% interval), each with its own λ, for narrower intervals at the same guarantee; half "
+                   "of the held-out images choose the groups, the other half certify them (1: one λ, RCPS)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/logs "
                    "(pip install 'tfp_ae[tensorboard]')")
     p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,

@@ -3,6 +3,7 @@ and validated here (the CLI's flags and choices are generated from these declara
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 
 from tfp_ae.architectures import ARCHITECTURES, ArchSettings, check_arch
@@ -25,6 +26,12 @@ RECALIBRATION_FRACTION = 0.1  # --recalibrate without --validation-split: the he
 DEFAULT_RISK = 0.1   # conformal risk control: α, the fraction of a new image's pixels allowed outside their intervals
 DEFAULT_DELTA = 0.1  # δ: the probability that the held-out images give a λ whose risk exceeds α
 STEPS_PER_EXECUTION = 32  # training steps per call of Keras' compiled train function (docs/benchmarks/cpu_mlp_bounds.md)
+
+
+def check_groups(groups: int) -> None:
+    """Raises `InputError` unless `groups` (`--risk-groups`, K-RCPS's K) is an integer >= 1."""
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+        raise InputError(f"--risk-groups (pixel groups of K-RCPS) must be an integer >= 1; got {groups!r}")
 
 
 def check_risk(alpha: float, delta: float) -> None:
@@ -71,6 +78,7 @@ class RunConfig:
     force_recalibration: bool = False  # apply sigma-scaling where it costs held-out bits/dim (calibration.recalibrate)
     risk: float | None = None          # conformal risk control (RCPS) at this α: λ fitted on the held-out images
     delta: float = DEFAULT_DELTA       # RCPS: the probability that the fitted λ's risk exceeds α
+    risk_groups: int = 1               # K-RCPS: pixel groups, each with its own λ (1: RCPS's one λ)
     eval_images: int = 1000            # test images for l2_percent (the paper's 1000)
     data_dir: str | None = None     # IDX folder of the named datasets; TFDS's data_dir for tfds: sources
     image_size: str | None = None   # "H" or "HxW": resize every image (antialiased; tfp_ae.data.Geometry)
@@ -216,8 +224,10 @@ class RunConfig:
             if not head.has_variance:
                 raise InputError(f"--risk (conformal risk control) needs a head with intervals; {self.head!r} models no "
                                  "spread")
-        elif self.delta != DEFAULT_DELTA:
-            raise InputError("--delta applies to conformal risk control: give --risk too")
+        elif self.delta != DEFAULT_DELTA or self.risk_groups != 1:
+            raise InputError(f"{'--delta' if self.delta != DEFAULT_DELTA else '--risk-groups'} applies to conformal "
+                             "risk control: give --risk too")
+        check_groups(self.risk_groups)
         if self.model == "ae" and self.objective != "elbo":
             raise InputError(f"objective {self.objective!r} needs --model vae (model='vae'); autoencoders train on "
                              "the NLL")

@@ -57,8 +57,10 @@ def _uncertainty_note(head, kind):
     if kind == "interval":
         return "part of the pixel range [0, 1] inside each pixel's 5-95 % quantile range"
     if kind == "conformal":
-        return (f"part of the pixel range [0, 1] inside each pixel's 90 % interval scaled by "
-                f"λ = {float(head.conformal_lambda.numpy()):.3g} (conformal risk control)")
+        lam = float(head.conformal_lambda.numpy()) * np.unique(head.conformal_lambda_map.numpy())
+        return ("part of the pixel range [0, 1] inside each pixel's 90 % interval scaled by "
+                + (f"λ = {lam[0]:.3g} (conformal risk control)" if len(lam) == 1 else
+                   f"its group's λ ({lam.min():.3g}-{lam.max():.3g}; K-RCPS)"))
     return head.variance_note
 
 

@@ -9,7 +9,8 @@
   scale (`fit_local_scales`, `--recalibration-method local`);
 - `tfp_ae.calibration.conformal`: a guarantee: conformal risk control (RCPS) of the per-pixel
   intervals, one λ fitted on held-out images so that at most a fraction α of a new image's pixels
-  fall outside their intervals, with probability 1 - δ (`fit_conformal`, `--risk`, `--delta`);
+  fall outside their intervals, with probability 1 - δ (`fit_conformal`, `--risk`, `--delta`), or
+  one λ per pixel group (K-RCPS, `krcps_lambdas`, `--risk-groups`);
 - `tfp_ae.calibration.fit`: the step of a run that applies them after training (`calibrate`).
 """
 from tfp_ae.calibration.conformal import (
@@ -19,7 +20,9 @@ from tfp_ae.calibration.conformal import (
     conformal_report,
     fit_conformal,
     hb_p_value,
+    krcps_lambdas,
     min_calibration_images,
+    pixel_groups,
     rcps_lambda,
 )
 from tfp_ae.calibration.fit import calibrate, check_held_out, held_out_parts
@@ -51,6 +54,6 @@ from tfp_ae.calibration.scaling import (
 __all__ = ["calibrate", "calibration", "calibration_by_std", "calibration_error", "CALIBRATION_IMAGES", "check_held_out",
            "check_local", "check_risk", "conformal_report", "coverage_at", "crps_from", "crps_inputs", "DEFAULT_DELTA",
            "DEFAULT_RISK", "fit_conformal", "fit_local_scales", "fit_sigma_scale", "hb_p_value", "held_out_parts",
-           "HELD_OUT_SEED", "LEVELS", "MAX_BITS_PER_DIM_LOSS", "min_calibration_images", "MIN_RECALIBRATION_IMAGES",
-           "pit_batch_size", "PIT_BINS", "pit_values", "pixel_crps", "rcps_lambda", "recalibrate", "reset_local_scales",
-           "SIGMA_SCALE_BOUNDS", "SPREAD_BINS"]
+           "krcps_lambdas", "HELD_OUT_SEED", "LEVELS", "MAX_BITS_PER_DIM_LOSS", "min_calibration_images",
+           "MIN_RECALIBRATION_IMAGES", "pit_batch_size", "PIT_BINS", "pit_values", "pixel_crps", "pixel_groups",
+           "rcps_lambda", "recalibrate", "reset_local_scales", "SIGMA_SCALE_BOUNDS", "SPREAD_BINS"]

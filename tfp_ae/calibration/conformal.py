@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import stats
 
-from tfp_ae.config import DEFAULT_DELTA, DEFAULT_RISK, check_risk
+from tfp_ae.config import DEFAULT_DELTA, DEFAULT_RISK, check_groups, check_risk
 from tfp_ae.errors import InputError
 from tfp_ae.heads import INTERVAL_LEVEL
 from tfp_ae.predict import map_batches
@@ -84,98 +84,192 @@ def rcps_lambda(losses: np.ndarray, alpha: float, delta: float, lambdas: np.ndar
     return float(lambdas[first])
 
 
-def _interval_parts(model, x):
-    """Midpoints `m`, half-widths `h` of the 90 % intervals and the pixels `x`, float64 `[B, D]`."""
-    lo, hi = map_batches(model, x, "interval")
-    lo, hi = lo.reshape(len(x), -1).astype(np.float64), hi.reshape(len(x), -1).astype(np.float64)
-    half = (hi - lo) / 2
-    mid = np.where(np.isfinite(half), lo + half, 0.0)
-    return mid, half, np.asarray(x, np.float64).reshape(len(x), -1)
+def interval_parts(model: ProbabilisticModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(mid, half, ratio)`, each float64 `[N, D]`, of the head's central 90 % intervals `[l, u]` on images
+    `x` `[N, H, W, C]` in [0, 1] (`BATCH_IMAGES` at a time): midpoint `m = (l + u) / 2` (0 where infinite),
+    half-width `h = (u - l) / 2` and `ratio = |x - m| / h`, the smallest λ whose interval `m -/+ λ h`
+    holds the pixel (0 where `h = 0` and the pixel is hit, inf where `h = 0` and it is missed, 0 where
+    the interval is infinite). A pixel is outside `m -/+ λ h` exactly when `ratio > λ`."""
+    mids, halves, ratios = [], [], []
+    for start in range(0, len(x), BATCH_IMAGES):
+        batch = x[start:start + BATCH_IMAGES]
+        lo, hi = map_batches(model, batch, "interval")
+        lo, hi = lo.reshape(len(batch), -1).astype(np.float64), hi.reshape(len(batch), -1).astype(np.float64)
+        half = (hi - lo) / 2
+        finite = np.isfinite(half)
+        mid = np.where(finite, lo + half, 0.0)
+        dev = np.abs(np.asarray(batch, np.float64).reshape(len(batch), -1) - mid)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(half > 0, dev / half, np.where(dev > 0, np.inf, 0.0))
+        ratio = np.where(finite, np.nan_to_num(ratio, nan=np.inf), 0.0)
+        mids.append(mid), halves.append(half), ratios.append(ratio)
+    return np.concatenate(mids), np.concatenate(halves), np.concatenate(ratios)
+
+
+def grid_losses(ratio: np.ndarray, lambdas: np.ndarray = LAMBDA_GRID) -> np.ndarray:
+    """The fraction of each image's pixels outside `m -/+ λ h` for every λ of `lambdas` (ascending), from
+    `interval_parts`'s `ratio` `[N, D]`: `[N, G]`, non-increasing along G."""
+    ordered = np.sort(ratio, axis=1)
+    inside = np.stack([np.searchsorted(r, lambdas, side="right") for r in ordered])
+    return 1.0 - inside / ratio.shape[1]
 
 
 def interval_losses(model: ProbabilisticModel, x: np.ndarray, lambdas: np.ndarray = LAMBDA_GRID) -> np.ndarray:
     """The fraction of each image's pixels outside `m -/+ λ h` for every λ of `lambdas`, `[N, G]`:
     a pixel is outside when `|x - m| / h > λ` (never where the interval is infinite; always where it
-    has zero width and misses). Images `x` `[N, H, W, C]` in [0, 1], `BATCH_IMAGES` at a time."""
-    out = []
-    for start in range(0, len(x), BATCH_IMAGES):
-        mid, half, pix = _interval_parts(model, x[start:start + BATCH_IMAGES])
-        dev = np.abs(pix - mid)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(half > 0, dev / half, np.where(dev > 0, np.inf, 0.0))
-        ratio = np.sort(np.nan_to_num(ratio, nan=np.inf), axis=1)
-        inside = np.stack([np.searchsorted(r, lambdas, side="right") for r in ratio])
-        out.append(1.0 - inside / ratio.shape[1])
-    return np.concatenate(out)
+    has zero width and misses). Images `x` `[N, H, W, C]` in [0, 1]."""
+    return grid_losses(interval_parts(model, x)[2], lambdas)
 
 
-def interval_widths(model: ProbabilisticModel, x: np.ndarray, lambdas: list[float]) -> np.ndarray:
+def pixel_groups(ratio: np.ndarray, groups: int) -> np.ndarray:
+    """K-RCPS's membership (Teneggi et al., ICML 2023, "How to Trust Your Diffusion Model: A Convex
+    Optimization Approach to Conformal Risk Control", Section 4, the quantiles of the 0-1 loss): each
+    pixel position's fraction of images it falls outside its 90 % interval (`ratio > 1`), cut at its
+    `groups`-quantiles. Returns each pixel's group `[D]` in `0 .. K' - 1`, `K' <= groups` (tied
+    quantiles merge groups: e.g. every border pixel of MNIST is always inside)."""
+    miss = (ratio > 1).mean(axis=0)
+    edges = np.unique(np.quantile(miss, np.arange(1, groups) / groups))
+    return np.searchsorted(edges, miss, side="left")
+
+
+def _group_direction(ratio: np.ndarray, half: np.ndarray, labels: np.ndarray, alpha: float) -> np.ndarray:
+    """Each group's λ̃ `[K']` on the optimisation images: the λ of `LAMBDA_GRID` per group that minimise the
+    total interval width `sum_k λ_k H_k` (`H_k` the summed finite half-widths of group k) subject to at
+    most a fraction `alpha` of the pixels outside. K-RCPS (Teneggi et al. 2023, problem P_K) relaxes the
+    0-1 loss to a convex surrogate for a solver; here the 0-1 problem is solved over the grid by its
+    Lagrangian, `min_λk H_k λ_k + μ M_k(λ_k)` per group (`M_k` the group's misses), the smallest μ whose
+    total misses are within `alpha` found by bisection on log μ."""
+    n_groups = labels.max() + 1
+    width = np.array([np.where(np.isfinite(half[:, labels == k]), half[:, labels == k], 0).sum() for k in range(n_groups)])
+    misses = np.stack([grid_losses(ratio[:, labels == k].reshape(1, -1))[0] * ratio[:, labels == k].size
+                       for k in range(n_groups)])  # [K', G]
+    budget = alpha * ratio.size
+
+    def choose(log_mu):
+        return np.argmin(width[:, None] * LAMBDA_GRID[None, :] + np.exp(log_mu) * misses, axis=1)
+
+    lo, hi = -60.0, 60.0
+    if misses[np.arange(n_groups), choose(hi)].sum() > budget:
+        return LAMBDA_GRID[choose(hi)]  # the widest the trade-off reaches; the RCPS step shifts it
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if misses[np.arange(n_groups), choose(mid)].sum() > budget else (lo, mid)
+    return LAMBDA_GRID[choose(hi)]
+
+
+BETA_GRID = np.concatenate([-LAMBDA_GRID[:0:-1], LAMBDA_GRID])  # K-RCPS's common shift β, ascending
+
+
+def krcps_lambdas(ratio: np.ndarray, half: np.ndarray, alpha: float, delta: float, groups: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+    """K-RCPS (Teneggi et al., ICML 2023, Algorithm 1) on held-out images' `interval_parts` `ratio`,
+    `half` `[n, D]`: a random half of the images (the optimisation images) gives the pixel groups
+    (`pixel_groups`) and each group's λ̃ (`_group_direction`); on the other half (the calibration images)
+    RCPS picks the smallest common shift β of `BETA_GRID` such that the per-pixel λ_j = max(0, λ̃_g(j) + β)
+    controls the risk (`rcps_lambda`: every larger β certified). λ̃ does not depend on the calibration
+    images and the losses are non-increasing in β, so RCPS's guarantee holds as for one λ.
+
+    Returns `(lambda_map [D], labels [D], beta)`.
+
+    Raises:
+      InputError: fewer calibration images than `min_calibration_images`, or no shift controls the risk.
+    """
+    order = rng.permutation(len(ratio))
+    opt, cal = order[:len(ratio) // 2], order[len(ratio) // 2:]
+    labels = pixel_groups(ratio[opt], groups)
+    base = _group_direction(ratio[opt], half[opt], labels, alpha)[labels]  # [D]
+    shifted = np.where(ratio[cal] > 0, ratio[cal] - base, -np.inf)  # outside max(0, λ̃ + β) iff shifted > β
+    beta = rcps_lambda(grid_losses(shifted, BETA_GRID), alpha, delta, BETA_GRID)
+    return np.maximum(base + beta, 0.0), labels, beta
+
+
+def interval_widths(mid: np.ndarray, half: np.ndarray, lambdas: list) -> np.ndarray:
     """Each image's mean interval width within the pixel range, `clip(m + λ h, 0, 1) - clip(m - λ h, 0, 1)`
-    averaged over its pixels, for each λ of `lambdas`: `[N, len(lambdas)]`, pixels in [0, 1]."""
-    out = []
-    for start in range(0, len(x), BATCH_IMAGES):
-        mid, half, _ = _interval_parts(model, x[start:start + BATCH_IMAGES])
-        out.append(np.stack([np.mean(np.clip(mid + lam * half, 0, 1) - np.clip(mid - lam * half, 0, 1), axis=1)
-                             for lam in lambdas], axis=1))
-    return np.concatenate(out)
+    averaged over its pixels, for each λ of `lambdas` (a number, or one per pixel `[D]`): `[N, len(lambdas)]`,
+    pixels in [0, 1]; `mid`, `half` from `interval_parts`."""
+    return np.stack([np.mean(np.clip(mid + lam * half, 0, 1) - np.clip(mid - lam * half, 0, 1), axis=1)
+                     for lam in lambdas], axis=1)
 
 
 def fit_conformal(model: ProbabilisticModel, x: np.ndarray, alpha: float = DEFAULT_RISK,
-                  delta: float = DEFAULT_DELTA) -> float:
-    """Fit the head's `conformal_lambda` by RCPS (`rcps_lambda`) on held-out images `x` `[n, H, W, C]` in
-    [0, 1] (raw pixels, as users feed them), starting from λ = 1, and assign it; returns λ̂.
+                  delta: float = DEFAULT_DELTA, groups: int = 1, seed: int = 0) -> dict:
+    """Fit the head's risk-controlling scale on held-out images `x` `[n, H, W, C]` in [0, 1] (raw pixels,
+    as users feed them) and assign it. `groups = 1`: RCPS's one λ (`rcps_lambda`) in `conformal_lambda`;
+    `groups = K > 1`: K-RCPS (`krcps_lambdas`, half of `x` chooses the groups and their λ̃, the other half
+    the shift; seeded by `seed`), one λ per pixel in `conformal_lambda_map` (`conformal_lambda` 1).
+    Returns `{"lambda": the scalar λ, "groups": K' (after tied groups merge), "group_lambdas": [K'] (K > 1),
+    "shift": β (K > 1)}`.
 
     Raises:
-      InputError: a head without intervals (`mse`), bad `alpha` / `delta`, too few images, or no λ
-        that controls the risk (see `rcps_lambda`).
+      InputError: a head without intervals (`mse`), bad `alpha` / `delta` / `groups`, too few images
+        (K > 1: in its calibration half), or no λ that controls the risk (see `rcps_lambda`).
     """
     check_risk(alpha, delta)
+    check_groups(groups)
     if not hasattr(model.head, "conformal_lambda"):
         raise InputError(f"head {model.head.head_name!r} has no intervals for conformal risk control (--risk)")
     model.head.conformal_lambda.assign(1.0)
-    model.head.conformal_lambda.assign(rcps_lambda(interval_losses(model, x), alpha, delta))
-    return float(model.head.conformal_lambda.numpy())  # as stored (float32)
+    model.head.conformal_lambda_map.assign(np.ones(model.head.conformal_lambda_map.shape, np.float32))
+    _, half, ratio = interval_parts(model, x)
+    if groups == 1:
+        model.head.conformal_lambda.assign(rcps_lambda(grid_losses(ratio), alpha, delta))
+        return {"lambda": float(model.head.conformal_lambda.numpy()), "groups": 1}  # as stored (float32)
+    lam, labels, beta = krcps_lambdas(ratio, half, alpha, delta, groups, np.random.default_rng(seed))
+    model.head.conformal_lambda_map.assign(lam.reshape(model.head.conformal_lambda_map.shape).astype(np.float32))
+    group_lambdas = [float(lam[labels == k][0]) for k in range(labels.max() + 1)]
+    return {"lambda": 1.0, "groups": len(group_lambdas), "group_lambdas": group_lambdas, "shift": float(beta)}
 
 
-def conformal_report(model: ProbabilisticModel, x: np.ndarray, alpha: float, delta: float,
+def fitted_lambdas(model: ProbabilisticModel) -> np.ndarray:
+    """The head's fitted per-pixel λ `[D]`: `conformal_lambda` times `conformal_lambda_map`."""
+    per_pixel = model.head.conformal_lambda_map.numpy().reshape(-1).astype(np.float64)
+    return float(model.head.conformal_lambda.numpy()) * per_pixel
+
+
+def conformal_report(model: ProbabilisticModel, x: np.ndarray, alpha: float, delta: float, groups: int = 1,
                      splits: int = CONFORMAL_SPLITS, seed: int = 0) -> dict:
-    """How the fitted λ (the head's `conformal_lambda`) does on test images `x` `[N, H, W, C]` (raw):
+    """How the fitted λ (`fitted_lambdas`: the head's `conformal_lambda` times its `conformal_lambda_map`) does
+    on test images `x` `[N, H, W, C]` (raw):
 
-    - `lambda`, `alpha`, `delta`, `base_level` (0.9: λ scales the central 90 % interval), `test_images`;
+    - `lambda` (the scalar), `alpha`, `delta`, `base_level` (0.9: λ scales the central 90 % interval),
+      `test_images`;
     - `risk`: the mean fraction of a test image's pixels outside their intervals (<= α with
       probability >= 1 - δ); `mean_width`: the mean interval width within [0, 1] (pixels);
     - `risk_by_width`: per quartile of the images' mean width, `{"width": [lo, hi], "risk", "images"}`
       (Angelopoulos et al., 2022, Figure 4: is the risk held where intervals are narrow?);
-    - `oracle_lambda`: the smallest λ whose risk on these test images is <= α (chosen on the test set
-      itself: not available in practice), its `oracle_mean_width` and `width_over_oracle`;
-    - `splits_over_alpha`: over `splits` random halvings of the test images (seeded), RCPS fitted on
-      one half, the fraction of splits whose risk on the other half exceeds α (at most about δ).
+    - `oracle_lambda`: the smallest single λ whose risk on these test images is <= α (chosen on the
+      test set itself: not available in practice), its `oracle_mean_width` and `width_over_oracle`;
+    - `splits_over_alpha`: over `splits` random halvings of the test images (seeded), RCPS (K-RCPS
+      with `groups` > 1) fitted on one half, the fraction of splits whose risk on the other half
+      exceeds α (at most about δ).
     """
-    lam = float(model.head.conformal_lambda.numpy())
-    losses = interval_losses(model, x, np.append(LAMBDA_GRID, lam))  # one pass: the grid's and the fitted λ's
-    losses, risk = losses[:, :-1], losses[:, -1]
-    mean_loss = losses.mean(axis=0)
-    ok = np.flatnonzero(mean_loss <= alpha)
+    mid, half, ratio = interval_parts(model, x)
+    lam = fitted_lambdas(model)
+    risk = (ratio > lam).mean(axis=1)
+    losses = grid_losses(ratio)
+    ok = np.flatnonzero(losses.mean(axis=0) <= alpha)
     oracle = float(LAMBDA_GRID[ok[0]]) if len(ok) else float("nan")
-    widths = interval_widths(model, x, [lam] + ([oracle] if np.isfinite(oracle) else []))
+    widths = interval_widths(mid, half, [lam] + ([oracle] if np.isfinite(oracle) else []))
     width = widths[:, 0]
     edges = np.quantile(width, [0, 0.25, 0.5, 0.75, 1])
-    groups = np.array_split(np.argsort(width, kind="stable"), 4)
     by_width = [dict(width=[float(width[g].min()), float(width[g].max())], risk=float(risk[g].mean()), images=len(g))
-                for g in groups if len(g)]
+                for g in np.array_split(np.argsort(width, kind="stable"), 4) if len(g)]
     rng = np.random.default_rng(seed)
-    over, half = 0, len(x) // 2
+    over, n_half = 0, len(x) // 2
     for _ in range(splits):
         order = rng.permutation(len(x))
+        fit, test = order[:n_half], order[n_half:]
         try:
-            lam_split = rcps_lambda(losses[order[:half]], alpha, delta)
+            if groups == 1:
+                split_lam = rcps_lambda(losses[fit], alpha, delta)
+            else:
+                split_lam = krcps_lambdas(ratio[fit], half[fit], alpha, delta, groups, rng)[0]
         except InputError:
-            lam_split = LAMBDA_GRID[-1]
-        g = min(np.searchsorted(LAMBDA_GRID, lam_split), len(LAMBDA_GRID) - 1)
-        over += losses[order[half:], g].mean() > alpha
+            split_lam = LAMBDA_GRID[-1]
+        over += (ratio[test] > split_lam).mean() > alpha
     oracle_width = float(widths[:, 1].mean()) if widths.shape[1] > 1 else None
     return dict(alpha=alpha, delta=delta, base_level=INTERVAL_LEVEL, inputs="raw", test_images=int(len(x)),
                 risk=float(risk.mean()), mean_width=float(width.mean()), width_quartile_edges=[float(e) for e in edges],
                 risk_by_width=by_width, oracle_lambda=oracle, oracle_mean_width=oracle_width,
                 width_over_oracle=float(width.mean() / oracle_width) if oracle_width else None,
-                splits=splits, splits_over_alpha=over / splits, **{"lambda": lam})
+                splits=splits, splits_over_alpha=over / splits, **{"lambda": float(model.head.conformal_lambda.numpy())})

@@ -40,9 +40,10 @@ def check_held_out(held_out: Split, config: RunConfig) -> None:
                              f"the training images gives {part.count} (raise --validation-split or train on more images)")
     if scaling is not None:
         check(scaling, MIN_RECALIBRATION_IMAGES, "--recalibrate")
-    if conformal is not None:
-        check(conformal, min_calibration_images(config.risk, config.delta),
-              f"--risk {config.risk:g} --delta {config.delta:g}")
+    if conformal is not None:  # K-RCPS certifies on half of its images
+        check(conformal, min_calibration_images(config.risk, config.delta) * (1 if config.risk_groups == 1 else 2),
+              f"--risk {config.risk:g} --delta {config.delta:g}"
+              + ("" if config.risk_groups == 1 else f" --risk-groups {config.risk_groups}"))
 
 
 def calibrate(model: ProbabilisticModel, config: RunConfig, held_out: Split, num_levels: int, test_images: np.ndarray,
@@ -50,7 +51,7 @@ def calibrate(model: ProbabilisticModel, config: RunConfig, held_out: Split, num
     """Run the calibration steps `config` asks for, in order: σ-scaling (`recalibrate`, on its part of
     `held_out`; `test_images` and `test` give its before-and-after numbers), then conformal risk
     control (`fit_conformal` on the raw pixels of its part). Returns `{"recalibration": dict or None,
-    "conformal": {"lambda", "calibration_images"} or None, "fitted": whether the model now differs from
+    "conformal": `fit_conformal`'s dict and "calibration_images", or None, "fitted": whether the model now differs from
     the last epoch's checkpoint}`."""
     scaling, conformal = held_out_parts(held_out, config)
     out = dict(recalibration=None, conformal=None)
@@ -59,11 +60,14 @@ def calibrate(model: ProbabilisticModel, config: RunConfig, held_out: Split, num
                                            config.recalibration_criterion, config.force_recalibration,
                                            config.recalibration_method)
     if conformal is not None:
-        print(f"conformal risk control: λ by RCPS (α {config.risk:g}, δ {config.delta:g}) on {conformal.count} "
+        how = "λ by RCPS" if config.risk_groups == 1 else f"a λ per pixel group by K-RCPS (K = {config.risk_groups})"
+        print(f"conformal risk control: {how} (α {config.risk:g}, δ {config.delta:g}) on {conformal.count} "
               "held-out training images", flush=True)
-        lam = fit_conformal(model, conformal.take()[0], config.risk, config.delta)
-        print(f"conformal_lambda {lam:.4g}: the 90 % intervals scaled by it", flush=True)
-        out["conformal"] = {"lambda": lam, "calibration_images": conformal.count}
+        fitted = fit_conformal(model, conformal.take()[0], config.risk, config.delta, config.risk_groups, config.seed)
+        print("conformal_lambda " + (f"{fitted['lambda']:.4g}" if fitted["groups"] == 1 else
+              "per group " + ", ".join(f"{v:.3g}" for v in fitted["group_lambdas"])) + ": the 90 % intervals scaled by it",
+              flush=True)
+        out["conformal"] = dict(fitted, calibration_images=conformal.count)
     rec = out["recalibration"] or {}
     out["fitted"] = bool(rec.get("applied") or (rec.get("local") or {}).get("applied")) or conformal is not None
     return out

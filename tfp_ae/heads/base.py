@@ -227,6 +227,9 @@ class Head(Readouts, tfpl.DistributionLambda):
         if self.has_variance:  # conformal risk control (`tfp_ae.calibration.fit_conformal`): 1 until fitted
             self.conformal_lambda = self.add_weight(name="conformal_lambda", shape=[], initializer="ones",
                                                     trainable=False, dtype="float32")
+            # K-RCPS: one λ per pixel (its group's), times conformal_lambda
+            self.conformal_lambda_map = self.add_weight(name="conformal_lambda_map", shape=list(event_shape),
+                                                        initializer="ones", trainable=False, dtype="float32")
 
     @classmethod
     def takes_local_scales(cls, num_components: int = 1) -> bool:

@@ -202,11 +202,12 @@ class Readouts:
                            num_samples: int = INTERVAL_SAMPLES) -> tuple[tf.Tensor, tf.Tensor]:
         """The risk-controlled interval of each pixel, `(lo, hi)` each `[B, H, W, C]` in pixel units:
         the central `INTERVAL_LEVEL` interval `[l, u]` (`interval`) scaled about its midpoint by the
-        head's `conformal_lambda` λ, `m -/+ λ (u - l) / 2` with `m = (l + u) / 2` (for a normal head
-        `mean -/+ λ z σ`: the heuristic interval of Angelopoulos et al., ICML 2022, "Image-to-Image
-        Regression with Distribution-Free Uncertainty Quantification and Applications in Imaging",
-        Section 2). λ = 1 (the head's own 90 % interval) until `tfp_ae.calibration.fit_conformal`
-        fits it; an infinite interval stays `(-inf, inf)`. NaN for `mse`, which models no spread."""
+        head's `conformal_lambda` λ times the pixel's entry of `conformal_lambda_map` (K-RCPS: its
+        group's λ), `m -/+ λ (u - l) / 2` with `m = (l + u) / 2` (for a normal head `mean -/+ λ z σ`: the
+        heuristic interval of Angelopoulos et al., ICML 2022, "Image-to-Image Regression with
+        Distribution-Free Uncertainty Quantification and Applications in Imaging", Section 2). λ = 1
+        (the head's own 90 % interval) until `tfp_ae.calibration.fit_conformal` fits it; an infinite
+        interval stays `(-inf, inf)`. NaN for `mse`, which models no spread."""
         lo, hi = self.interval(dist, INTERVAL_LEVEL, seed, num_samples)
         scale = getattr(self, "conformal_lambda", None)
         if scale is None:
@@ -214,7 +215,7 @@ class Readouts:
         half = (hi - lo) / 2
         finite = tf.math.is_finite(half)
         mid = tf.where(finite, lo + half, tf.zeros_like(half))
-        half = half * tf.cast(scale, half.dtype)
+        half = half * tf.cast(scale * self.conformal_lambda_map, half.dtype)
         inf = tf.fill(tf.shape(half), tf.constant(float("inf"), half.dtype))
         return tf.where(finite, mid - half, -inf), tf.where(finite, mid + half, inf)
 
