@@ -21,7 +21,7 @@ from tfp_ae.calibration import (
     pixel_groups,
     rcps_lambda,
 )
-from tfp_ae.calibration.conformal import LAMBDA_GRID, grid_losses, interval_losses
+from tfp_ae.calibration.conformal import LAMBDA_GRID, grid_losses, interval_losses, stratified_lambdas
 from tfp_ae.cli import main
 from tfp_ae.config import RunConfig
 from tfp_ae.models import build_model
@@ -260,6 +260,93 @@ def test_krcps_lambdas_are_stored_per_pixel_and_used_by_every_interval(fitted_gr
      r"--risk 0.1 --delta 0.1 --risk-groups 4 needs at least 44 held-out images; .* gives 30"),
 ])
 def test_bad_krcps_settings_are_refused_before_anything_is_written(argv, match, tmp_path):
+    with pytest.raises(SystemExit, match=match):
+        main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x")] + argv)
+    assert not (tmp_path / "x").exists()
+
+
+# RCPS within strata of images by mean interval width (Mondrian)
+
+
+def _two_kinds_of_images(rng, n, pixels=100):
+    """Half the images are confident and wrong (half-widths 0.05-0.055, deviations |z| 3 of them: far
+    outside), half are wide and cautious (half-widths 0.3-0.33, deviations |z| 0.5 of them). Returns ratios and
+    half-widths."""
+    confident = rng.random(n) < 0.5
+    c = np.where(confident, 3.0, 0.5)[:, None]
+    half = np.where(confident, 0.05, 0.3)[:, None] * (1 + 0.1 * rng.random((n, 1))) * np.ones((1, pixels))
+    return np.abs(rng.standard_normal((n, pixels))) * c, half
+
+
+def _true_stratum_risk(lam, lo, hi):
+    """The true risk at λ of the images whose width lies in (lo, hi]: each kind's share of that range
+    (widths uniform over 0.05-0.055 and 0.3-0.33, half the images each) weighs its risk."""
+    share = [max(0.0, min(hi, top) - max(lo, bottom)) / (top - bottom) for bottom, top in ((0.05, 0.055), (0.3, 0.33))]
+    return (share[0] * _true_pixel_risk(lam, 3.0) + share[1] * _true_pixel_risk(lam, 0.5)) / sum(share)
+
+
+def test_strata_keep_the_risk_of_confident_images_where_one_lambda_does_not():
+    """One λ holds the average risk but lets the confident images' true risk exceed α (in >= 90 % of draws); with two
+    strata each stratum's true risk exceeds α in at most a fraction δ of 200 calibration sets of 400
+    images (plus Monte-Carlo slack), and the narrow stratum gets the larger λ."""
+    rng = np.random.default_rng(5)
+    alpha, delta = 0.1, 0.1
+    over, one_over = np.zeros(2), 0
+    for _ in range(200):
+        ratio, half = _two_kinds_of_images(rng, 400)
+        edges, lambdas = stratified_lambdas(ratio, half, alpha, delta, 2, rng)
+        over += [_true_stratum_risk(lambdas[0], 0, edges[0]) > alpha, _true_stratum_risk(lambdas[1], edges[0], 1) > alpha]
+        assert lambdas[0] > 1.5 * lambdas[1]
+        one = rcps_lambda(grid_losses(ratio), alpha, delta)
+        assert _true_stratum_risk(one, 0, 1) <= alpha
+        one_over += _true_pixel_risk(one, 3.0) > alpha
+    assert np.all(over / 200 <= delta + 0.03) and one_over / 200 >= 0.9
+
+
+@pytest.fixture(scope="module")
+def fitted_strata(tmp_path_factory):
+    out = tmp_path_factory.mktemp("strata") / "run"
+    main(["train", "--dataset", "digits", "--epochs", "2", "--risk", "0.1", "--risk-strata", "2", "--validation-split",
+          "0.3", "--no-fid", "--no-extra-figures", "--eval-images", "300", "--out", str(out)])
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def test_strata_lambdas_are_stored_and_chosen_by_each_images_width(fitted_strata, digits):
+    """`--risk-strata 2`: metrics give the edge and each stratum's λ, load_model restores them,
+    `conformal_interval` is mean -/+ λ_s z σ with s from the image's mean half-width of its 90 % interval,
+    the reported risk is the loaded model's on the raw test images, and the SavedModel serves the same."""
+    out, metrics = fitted_strata
+    c = metrics["conformal"]
+    assert c["strata"] == 2 and len(c["strata_edges"]) == 1 and len(c["strata_lambdas"]) == 2
+    model, _ = load_model(out)
+    np.testing.assert_allclose(model.head.conformal_strata_lambdas.numpy()[:2], c["strata_lambdas"])
+    x = digits.x_test[:300]
+    dist = model(x)
+    mean, std = dist.mean().numpy(), dist.stddev().numpy()
+    z = stats.norm.ppf(0.95)
+    width = (z * std).reshape(len(x), -1).mean(axis=1)
+    lam = np.where(width > c["strata_edges"][0], c["strata_lambdas"][1], c["strata_lambdas"][0])[:, None, None, None]
+    lo, hi = (t.numpy() for t in model.conformal_interval(x))
+    np.testing.assert_allclose(lo, mean - lam * z * std, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(hi, mean + lam * z * std, rtol=1e-4, atol=1e-5)
+    assert 0 < np.mean(width > c["strata_edges"][0]) < 1
+    risk = np.mean(((x < lo) | (x > hi)).reshape(len(x), -1).mean(axis=1))
+    assert c["risk"] == pytest.approx(risk, abs=1e-6)
+    main(["export", str(out), "--out", str(out.parent / "export")])
+    loaded = tf.saved_model.load(str(out.parent / "export"))
+    served = loaded.conformal_interval(tf.constant(x[:8]))
+    np.testing.assert_allclose(served["lo"].numpy(), lo[:8], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--risk", "0.1", "--risk-strata", "17"], r"--risk-strata \(strata of images by interval width\) must be an integer "
+     ">= 1 and <= 16; got 17"),
+    (["--risk", "0.1", "--risk-strata", "2", "--risk-groups", "2"], "choose one"),
+    (["--risk-strata", "2"], "--risk-strata applies to conformal risk control: give --risk too"),
+    (["--risk", "0.1", "--risk-strata", "3", "--train-limit", "1000"],
+     r"--risk 0.1 --delta 0.1 --risk-strata 3 needs at least 132 held-out images; .* gives 100"),
+])
+def test_bad_strata_settings_are_refused_before_anything_is_written(argv, match, tmp_path):
     with pytest.raises(SystemExit, match=match):
         main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x")] + argv)
     assert not (tmp_path / "x").exists()

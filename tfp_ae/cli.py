@@ -119,6 +119,10 @@ def _add_settings(p):
                    help="--risk: K-RCPS (Teneggi et al. 2023): K groups of pixels (by how often each is outside "
                    "its 90 %% interval), each with its own λ, for narrower intervals at the same guarantee; half "
                    "of the held-out images choose the groups, the other half certify them (1: one λ, RCPS)")
+    p.add_argument("--risk-strata", type=int, default=d.risk_strata, metavar="S",
+                   help="--risk: a λ for each of S strata of images by their mean interval width (Mondrian RCPS), "
+                   "so that images with narrow intervals keep the risk too; half of the held-out images place the "
+                   "strata, the other half fit their λ's (1: one λ)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/logs "
                    "(pip install 'tfp_ae[tensorboard]')")
     p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,

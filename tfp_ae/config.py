@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from tfp_ae.architectures import ARCHITECTURES, ArchSettings, check_arch
 from tfp_ae.data import CROPS, Geometry, SourceOptions
 from tfp_ae.errors import InputError
-from tfp_ae.heads import DEFAULT_BETA, LOSSES, check_beta, get_head, head_names
+from tfp_ae.heads import DEFAULT_BETA, LOSSES, MAX_RISK_STRATA, check_beta, get_head, head_names
 
 ARCHS = tuple(ARCHITECTURES)  # mlp, cnn, cnn_dense (the paper's and its learning decoder), conv
 VAE_ARCHS = ("mlp", "cnn_dense", "conv", "dense_block")   # the paper's `cnn` decoder has no latent bottleneck;
@@ -28,10 +28,16 @@ DEFAULT_DELTA = 0.1  # δ: the probability that the held-out images give a λ wh
 STEPS_PER_EXECUTION = 32  # training steps per call of Keras' compiled train function (docs/benchmarks/cpu_mlp_bounds.md)
 
 
-def check_groups(groups: int) -> None:
-    """Raises `InputError` unless `groups` (`--risk-groups`, K-RCPS's K) is an integer >= 1."""
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
-        raise InputError(f"--risk-groups (pixel groups of K-RCPS) must be an integer >= 1; got {groups!r}")
+def check_groups(groups: int, strata: int = 1) -> None:
+    """Raises `InputError` unless `groups` (`--risk-groups`, K-RCPS's K) is an integer >= 1, `strata`
+    (`--risk-strata`) an integer in [1, MAX_RISK_STRATA], and at most one of them above 1."""
+    for flag, what, v, top in (("--risk-groups", "pixel groups of K-RCPS", groups, None),
+                               ("--risk-strata", "strata of images by interval width", strata, MAX_RISK_STRATA)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 or (top and v > top):
+            raise InputError(f"{flag} ({what}) must be an integer >= 1{f' and <= {top}' if top else ''}; got {v!r}")
+    if groups > 1 and strata > 1:
+        raise InputError(f"--risk-groups {groups} and --risk-strata {strata}: choose one (a λ per pixel group or per "
+                         "stratum of images)")
 
 
 def check_risk(alpha: float, delta: float) -> None:
@@ -79,6 +85,7 @@ class RunConfig:
     risk: float | None = None          # conformal risk control (RCPS) at this α: λ fitted on the held-out images
     delta: float = DEFAULT_DELTA       # RCPS: the probability that the fitted λ's risk exceeds α
     risk_groups: int = 1               # K-RCPS: pixel groups, each with its own λ (1: RCPS's one λ)
+    risk_strata: int = 1               # RCPS within strata of images by mean interval width, a λ each (1: one λ)
     eval_images: int = 1000            # test images for l2_percent (the paper's 1000)
     data_dir: str | None = None     # IDX folder of the named datasets; TFDS's data_dir for tfds: sources
     image_size: str | None = None   # "H" or "HxW": resize every image (antialiased; tfp_ae.data.Geometry)
@@ -224,10 +231,12 @@ class RunConfig:
             if not head.has_variance:
                 raise InputError(f"--risk (conformal risk control) needs a head with intervals; {self.head!r} models no "
                                  "spread")
-        elif self.delta != DEFAULT_DELTA or self.risk_groups != 1:
-            raise InputError(f"{'--delta' if self.delta != DEFAULT_DELTA else '--risk-groups'} applies to conformal "
-                             "risk control: give --risk too")
-        check_groups(self.risk_groups)
+        else:
+            for flag, v, default in (("--delta", self.delta, DEFAULT_DELTA), ("--risk-groups", self.risk_groups, 1),
+                                     ("--risk-strata", self.risk_strata, 1)):
+                if v != default:
+                    raise InputError(f"{flag} applies to conformal risk control: give --risk too")
+        check_groups(self.risk_groups, self.risk_strata)
         if self.model == "ae" and self.objective != "elbo":
             raise InputError(f"objective {self.objective!r} needs --model vae (model='vae'); autoencoders train on "
                              "the NLL")

@@ -58,9 +58,11 @@ def _uncertainty_note(head, kind):
         return "part of the pixel range [0, 1] inside each pixel's 5-95 % quantile range"
     if kind == "conformal":
         lam = float(head.conformal_lambda.numpy()) * np.unique(head.conformal_lambda_map.numpy())
-        return ("part of the pixel range [0, 1] inside each pixel's 90 % interval scaled by "
-                + (f"λ = {lam[0]:.3g} (conformal risk control)" if len(lam) == 1 else
-                   f"its group's λ ({lam.min():.3g}-{lam.max():.3g}; K-RCPS)"))
+        strata = np.unique(head.conformal_strata_lambdas.numpy())
+        how = (f"its group's λ ({lam.min():.3g}-{lam.max():.3g}; K-RCPS)" if len(lam) > 1 else
+               f"its image's stratum's λ ({strata.min():.3g}-{strata.max():.3g})" if len(strata) > 1 else
+               f"λ = {lam[0] * strata[0]:.3g}")
+        return f"part of the pixel range [0, 1] inside each pixel's 90 % interval scaled by {how} (conformal risk control)"
     return head.variance_note
 
 

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 STATE_FILE = "state.json"          # progress of a run: seed, attempts, finished epochs
 CHECKPOINT_DIR = "checkpoints"     # tf.train checkpoints of model + optimizer, one per epoch
 # restore_checkpoint: head weights absent from older checkpoints
-OPTIONAL_WEIGHTS = {"sigma_scale", "conformal_lambda", "conformal_lambda_map", "local_knots", "local_log_factors"}
+OPTIONAL_WEIGHTS = {"sigma_scale", "conformal_lambda", "conformal_lambda_map", "conformal_strata_edges",
+                    "conformal_strata_lambdas", "local_knots", "local_log_factors"}
 RECALIBRATED_DIR = "recalibrated"  # the model with its fitted sigma_scale (written apart: see recalibrated_manager)
 CONFIG_FILE = "config.json"        # RunConfig + image shape: what `load_model` rebuilds from
 METRICS_FILE = "metrics.json"
@@ -140,8 +141,9 @@ def restore(manager: tf.train.CheckpointManager, max_epoch: int) -> int:
 def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str):
     """`checkpoint.restore(path)`, asserting that every object of the model was in the file, except the
     head's `OPTIONAL_WEIGHTS` (`sigma_scale`, added in 0.2.0, `conformal_lambda` and the local
-    recalibration's knots and factors, added in 0.6.0, `conformal_lambda_map`, added after 0.8.0: a
-    checkpoint written before has none, and they keep their initial values, which change nothing).
+    recalibration's knots and factors, added in 0.6.0, `conformal_lambda_map` and the strata's edges and
+    λ's, added after 0.8.0: a checkpoint written before has none, and they keep their initial values,
+    which change nothing).
 
     Raises:
       AssertionError: any other object of the model is missing from the checkpoint.

@@ -262,7 +262,8 @@ def run(config: RunConfig, callbacks: tuple | list = (), overwrite: bool = False
         metrics["recalibration"] = recalibration
     if calibrated["conformal"]:
         metrics["conformal"] = dict(calibrated["conformal"], **conformal_report(
-            model, data.x_test[:config.eval_images], config.risk, config.delta, config.risk_groups, seed=config.seed))
+            model, data.x_test[:config.eval_images], config.risk, config.delta, config.risk_groups, seed=config.seed,
+            strata=config.risk_strata))
     if model.kind == "vae":
         metrics.update(objective=config.objective, iw_samples=config.iw_samples if config.objective == "iwae" else 1)
     if out:

@@ -109,6 +109,8 @@ def interval_parts(model: ProbabilisticModel, x: np.ndarray) -> tuple[np.ndarray
 def grid_losses(ratio: np.ndarray, lambdas: np.ndarray = LAMBDA_GRID) -> np.ndarray:
     """The fraction of each image's pixels outside `m -/+ λ h` for every λ of `lambdas` (ascending), from
     `interval_parts`'s `ratio` `[N, D]`: `[N, G]`, non-increasing along G."""
+    if len(ratio) == 0:
+        return np.zeros((0, len(lambdas)))
     ordered = np.sort(ratio, axis=1)
     inside = np.stack([np.searchsorted(r, lambdas, side="right") for r in ordered])
     return 1.0 - inside / ratio.shape[1]
@@ -183,6 +185,53 @@ def krcps_lambdas(ratio: np.ndarray, half: np.ndarray, alpha: float, delta: floa
     return np.maximum(base + beta, 0.0), labels, beta
 
 
+def image_widths(half: np.ndarray) -> np.ndarray:
+    """Each image's mean finite half-width of its 90 % intervals, `[N]` float32 from `half` `[N, D]`: what
+    `Head.image_strata` compares with the strata's edges."""
+    half = np.asarray(half, np.float32)
+    finite = np.isfinite(half)
+    return (np.where(finite, half, 0).sum(axis=1, dtype=np.float32) / np.maximum(finite.sum(axis=1), 1)).astype(np.float32)
+
+
+def strata_of(widths: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The stratum of each image `[N]`: how many of `edges` (float32, ascending) lie below its width."""
+    return (np.asarray(widths, np.float32)[:, None] > np.asarray(edges, np.float32)[None, :]).sum(axis=1)
+
+
+def stratified_lambdas(ratio: np.ndarray, half: np.ndarray, alpha: float, delta: float, strata: int,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """RCPS within strata of images (Mondrian conformal prediction: Vovk, Gammerman & Shafer, "Algorithmic
+    Learning in a Random World", 2005, applied to RCPS): a random half of the held-out images cuts their
+    mean interval width (`image_widths`) into `strata` equally full strata (each edge midway between the
+    widths either side of its quantile; tied widths fall in the lower stratum); on the other half RCPS
+    fits one λ per stratum on that stratum's images
+    (`rcps_lambda`). Then, for a new image exchangeable with the held-out images of its stratum, its
+    expected risk is at most α with probability at least 1 - δ, in every stratum (each stratum's bound
+    holds on its own, not jointly): narrow-interval images get a λ of their own instead of borrowing
+    the wide ones' slack. Returns `(edges [strata - 1] float32, lambdas [strata])`.
+
+    Raises:
+      InputError: a stratum with fewer calibration images than `min_calibration_images`, or one where no
+        λ controls the risk.
+    """
+    order = rng.permutation(len(ratio))
+    cut, cal = order[:len(ratio) // 2], order[len(ratio) // 2:]
+    w = np.sort(image_widths(half[cut])).astype(np.float64)
+    lower = w[np.round(np.arange(1, strata) * len(w) / strata).astype(int) - 1]
+    upper = np.array([w[w > v][0] if np.any(w > v) else v for v in lower])  # tied widths stay in one stratum
+    edges = ((lower + upper) / 2).astype(np.float32)
+    which = strata_of(image_widths(half[cal]), edges)
+    lambdas = []
+    for s in range(strata):
+        try:
+            lambdas.append(rcps_lambda(grid_losses(ratio[cal][which == s]), alpha, delta))
+        except InputError as e:
+            raise InputError(f"stratum {s + 1} of {strata} (images of mean interval half-width "
+                             f"{'-inf' if s == 0 else f'{edges[s - 1]:.3g}'} to "
+                             f"{'inf' if s == strata - 1 else f'{edges[s]:.3g}'}): {e}") from None
+    return edges, np.array(lambdas)
+
+
 def interval_widths(mid: np.ndarray, half: np.ndarray, lambdas: list) -> np.ndarray:
     """Each image's mean interval width within the pixel range, `clip(m + λ h, 0, 1) - clip(m - λ h, 0, 1)`
     averaged over its pixels, for each λ of `lambdas` (a number, or one per pixel `[D]`): `[N, len(lambdas)]`,
@@ -192,44 +241,62 @@ def interval_widths(mid: np.ndarray, half: np.ndarray, lambdas: list) -> np.ndar
 
 
 def fit_conformal(model: ProbabilisticModel, x: np.ndarray, alpha: float = DEFAULT_RISK,
-                  delta: float = DEFAULT_DELTA, groups: int = 1, seed: int = 0) -> dict:
+                  delta: float = DEFAULT_DELTA, groups: int = 1, seed: int = 0, strata: int = 1) -> dict:
     """Fit the head's risk-controlling scale on held-out images `x` `[n, H, W, C]` in [0, 1] (raw pixels,
-    as users feed them) and assign it. `groups = 1`: RCPS's one λ (`rcps_lambda`) in `conformal_lambda`;
-    `groups = K > 1`: K-RCPS (`krcps_lambdas`, half of `x` chooses the groups and their λ̃, the other half
-    the shift; seeded by `seed`), one λ per pixel in `conformal_lambda_map` (`conformal_lambda` 1).
-    Returns `{"lambda": the scalar λ, "groups": K' (after tied groups merge), "group_lambdas": [K'] (K > 1),
-    "shift": β (K > 1)}`.
+    as users feed them) and assign it, resetting what an earlier fit left. `groups = strata = 1`: RCPS's
+    one λ (`rcps_lambda`) in `conformal_lambda`; `groups = K > 1`: K-RCPS (`krcps_lambdas`, half of `x`
+    chooses the groups and their λ̃, the other half the shift), one λ per pixel in `conformal_lambda_map`;
+    `strata = S > 1`: a λ per stratum of images by mean interval width (`stratified_lambdas`, half of `x`
+    places the edges, the other half fits the λ's) in `conformal_strata_edges` / `conformal_strata_lambdas`.
+    Halvings are seeded by `seed`. Returns `{"lambda": the scalar λ, "groups": K' (after tied groups
+    merge), "strata": S}` plus `group_lambdas` and `shift` (K > 1) or `strata_edges` and `strata_lambdas`
+    (S > 1).
 
     Raises:
-      InputError: a head without intervals (`mse`), bad `alpha` / `delta` / `groups`, too few images
-        (K > 1: in its calibration half), or no λ that controls the risk (see `rcps_lambda`).
+      InputError: a head without intervals (`mse`), bad `alpha` / `delta` / `groups` / `strata`, both
+        `groups` and `strata` above 1, too few images (K, S > 1: in the calibration half, per stratum),
+        or no λ that controls the risk (see `rcps_lambda`).
     """
     check_risk(alpha, delta)
-    check_groups(groups)
-    if not hasattr(model.head, "conformal_lambda"):
-        raise InputError(f"head {model.head.head_name!r} has no intervals for conformal risk control (--risk)")
-    model.head.conformal_lambda.assign(1.0)
-    model.head.conformal_lambda_map.assign(np.ones(model.head.conformal_lambda_map.shape, np.float32))
+    check_groups(groups, strata)
+    head = model.head
+    if not hasattr(head, "conformal_lambda"):
+        raise InputError(f"head {head.head_name!r} has no intervals for conformal risk control (--risk)")
+    for weight in (head.conformal_lambda, head.conformal_lambda_map, head.conformal_strata_lambdas):
+        weight.assign(np.ones(weight.shape, np.float32))
+    head.conformal_strata_edges.assign(np.full(head.conformal_strata_edges.shape, np.finfo(np.float32).max, np.float32))
     _, half, ratio = interval_parts(model, x)
+    rng = np.random.default_rng(seed)
+    if strata > 1:
+        edges, lambdas = stratified_lambdas(ratio, half, alpha, delta, strata, rng)
+        head.conformal_strata_edges[:strata - 1].assign(edges)
+        head.conformal_strata_lambdas[:strata].assign(lambdas.astype(np.float32))
+        return {"lambda": 1.0, "groups": 1, "strata": strata, "strata_edges": [float(e) for e in edges],
+                "strata_lambdas": [float(v) for v in head.conformal_strata_lambdas.numpy()[:strata]]}
     if groups == 1:
-        model.head.conformal_lambda.assign(rcps_lambda(grid_losses(ratio), alpha, delta))
-        return {"lambda": float(model.head.conformal_lambda.numpy()), "groups": 1}  # as stored (float32)
-    lam, labels, beta = krcps_lambdas(ratio, half, alpha, delta, groups, np.random.default_rng(seed))
-    model.head.conformal_lambda_map.assign(lam.reshape(model.head.conformal_lambda_map.shape).astype(np.float32))
+        head.conformal_lambda.assign(rcps_lambda(grid_losses(ratio), alpha, delta))
+        return {"lambda": float(head.conformal_lambda.numpy()), "groups": 1, "strata": 1}  # as stored (float32)
+    lam, labels, beta = krcps_lambdas(ratio, half, alpha, delta, groups, rng)
+    head.conformal_lambda_map.assign(lam.reshape(head.conformal_lambda_map.shape).astype(np.float32))
     group_lambdas = [float(lam[labels == k][0]) for k in range(labels.max() + 1)]
-    return {"lambda": 1.0, "groups": len(group_lambdas), "group_lambdas": group_lambdas, "shift": float(beta)}
+    return {"lambda": 1.0, "groups": len(group_lambdas), "strata": 1, "group_lambdas": group_lambdas,
+            "shift": float(beta)}
 
 
-def fitted_lambdas(model: ProbabilisticModel) -> np.ndarray:
-    """The head's fitted per-pixel λ `[D]`: `conformal_lambda` times `conformal_lambda_map`."""
-    per_pixel = model.head.conformal_lambda_map.numpy().reshape(-1).astype(np.float64)
-    return float(model.head.conformal_lambda.numpy()) * per_pixel
+def fitted_lambdas(model: ProbabilisticModel, half: np.ndarray) -> np.ndarray:
+    """The head's fitted λ of each pixel of each image `[N, D]` (`half` `[N, D]` from `interval_parts`):
+    `conformal_lambda` times `conformal_lambda_map` times the image's stratum's `conformal_strata_lambdas`,
+    as `Head.conformal_interval` applies them."""
+    head = model.head
+    per_pixel = head.conformal_lambda_map.numpy().reshape(-1).astype(np.float64)
+    per_image = head.conformal_strata_lambdas.numpy().astype(np.float64)[
+        strata_of(image_widths(half), head.conformal_strata_edges.numpy())]
+    return float(head.conformal_lambda.numpy()) * per_pixel[None, :] * per_image[:, None]
 
 
 def conformal_report(model: ProbabilisticModel, x: np.ndarray, alpha: float, delta: float, groups: int = 1,
-                     splits: int = CONFORMAL_SPLITS, seed: int = 0) -> dict:
-    """How the fitted λ (`fitted_lambdas`: the head's `conformal_lambda` times its `conformal_lambda_map`) does
-    on test images `x` `[N, H, W, C]` (raw):
+                     splits: int = CONFORMAL_SPLITS, seed: int = 0, strata: int = 1) -> dict:
+    """How the fitted λ's (`fitted_lambdas`) do on test images `x` `[N, H, W, C]` (raw):
 
     - `lambda` (the scalar), `alpha`, `delta`, `base_level` (0.9: λ scales the central 90 % interval),
       `test_images`;
@@ -240,11 +307,11 @@ def conformal_report(model: ProbabilisticModel, x: np.ndarray, alpha: float, del
     - `oracle_lambda`: the smallest single λ whose risk on these test images is <= α (chosen on the
       test set itself: not available in practice), its `oracle_mean_width` and `width_over_oracle`;
     - `splits_over_alpha`: over `splits` random halvings of the test images (seeded), RCPS (K-RCPS
-      with `groups` > 1) fitted on one half, the fraction of splits whose risk on the other half
-      exceeds α (at most about δ).
+      with `groups` > 1, by strata with `strata` > 1) fitted on one half, the fraction of splits whose
+      risk on the other half exceeds α (at most about δ).
     """
     mid, half, ratio = interval_parts(model, x)
-    lam = fitted_lambdas(model)
+    lam = fitted_lambdas(model, half)
     risk = (ratio > lam).mean(axis=1)
     losses = grid_losses(ratio)
     ok = np.flatnonzero(losses.mean(axis=0) <= alpha)
@@ -260,10 +327,13 @@ def conformal_report(model: ProbabilisticModel, x: np.ndarray, alpha: float, del
         order = rng.permutation(len(x))
         fit, test = order[:n_half], order[n_half:]
         try:
-            if groups == 1:
-                split_lam = rcps_lambda(losses[fit], alpha, delta)
-            else:
+            if strata > 1:
+                edges, lambdas = stratified_lambdas(ratio[fit], half[fit], alpha, delta, strata, rng)
+                split_lam = lambdas[strata_of(image_widths(half[test]), edges)][:, None]
+            elif groups > 1:
                 split_lam = krcps_lambdas(ratio[fit], half[fit], alpha, delta, groups, rng)[0]
+            else:
+                split_lam = rcps_lambda(losses[fit], alpha, delta)
         except InputError:
             split_lam = LAMBDA_GRID[-1]
         over += (ratio[test] > split_lam).mean() > alpha

@@ -40,10 +40,12 @@ def check_held_out(held_out: Split, config: RunConfig) -> None:
                              f"the training images gives {part.count} (raise --validation-split or train on more images)")
     if scaling is not None:
         check(scaling, MIN_RECALIBRATION_IMAGES, "--recalibrate")
-    if conformal is not None:  # K-RCPS certifies on half of its images
-        check(conformal, min_calibration_images(config.risk, config.delta) * (1 if config.risk_groups == 1 else 2),
+    if conformal is not None:  # K-RCPS certifies on half of its images, strata on half, stratum by stratum
+        halves = 1 if config.risk_groups == config.risk_strata == 1 else 2
+        check(conformal, min_calibration_images(config.risk, config.delta) * halves * config.risk_strata,
               f"--risk {config.risk:g} --delta {config.delta:g}"
-              + ("" if config.risk_groups == 1 else f" --risk-groups {config.risk_groups}"))
+              + ("" if config.risk_groups == 1 else f" --risk-groups {config.risk_groups}")
+              + ("" if config.risk_strata == 1 else f" --risk-strata {config.risk_strata}"))
 
 
 def calibrate(model: ProbabilisticModel, config: RunConfig, held_out: Split, num_levels: int, test_images: np.ndarray,
@@ -60,13 +62,15 @@ def calibrate(model: ProbabilisticModel, config: RunConfig, held_out: Split, num
                                            config.recalibration_criterion, config.force_recalibration,
                                            config.recalibration_method)
     if conformal is not None:
-        how = "λ by RCPS" if config.risk_groups == 1 else f"a λ per pixel group by K-RCPS (K = {config.risk_groups})"
+        how = (f"a λ per pixel group by K-RCPS (K = {config.risk_groups})" if config.risk_groups > 1 else
+               f"a λ per stratum of images by RCPS (S = {config.risk_strata})" if config.risk_strata > 1 else "λ by RCPS")
         print(f"conformal risk control: {how} (α {config.risk:g}, δ {config.delta:g}) on {conformal.count} "
               "held-out training images", flush=True)
-        fitted = fit_conformal(model, conformal.take()[0], config.risk, config.delta, config.risk_groups, config.seed)
-        print("conformal_lambda " + (f"{fitted['lambda']:.4g}" if fitted["groups"] == 1 else
-              "per group " + ", ".join(f"{v:.3g}" for v in fitted["group_lambdas"])) + ": the 90 % intervals scaled by it",
-              flush=True)
+        fitted = fit_conformal(model, conformal.take()[0], config.risk, config.delta, config.risk_groups, config.seed,
+                               config.risk_strata)
+        per = fitted.get("group_lambdas") or fitted.get("strata_lambdas")
+        print("conformal_lambda " + (", ".join(f"{v:.3g}" for v in per) + " (per group or stratum)" if per else
+                                     f"{fitted['lambda']:.4g}") + ": the 90 % intervals scaled by it", flush=True)
         out["conformal"] = dict(fitted, calibration_images=conformal.count)
     rec = out["recalibration"] or {}
     out["fitted"] = bool(rec.get("applied") or (rec.get("local") or {}).get("applied")) or conformal is not None

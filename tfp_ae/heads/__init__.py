@@ -46,7 +46,15 @@ from tfp_ae.heads.matrix import (
     MatrixTIdentity,
 )
 from tfp_ae.heads.pixel import MSE, Bernoulli, ContinuousBernoulli, Logistic, NormalDiag, NormalIdentity, PixelHead
-from tfp_ae.heads.readout import INTERVAL_LEVEL, INTERVAL_SAMPLES, PIT_SAMPLES, SAMPLE_SEED, Readouts, sample_interval
+from tfp_ae.heads.readout import (
+    INTERVAL_LEVEL,
+    INTERVAL_SAMPLES,
+    MAX_RISK_STRATA,
+    PIT_SAMPLES,
+    SAMPLE_SEED,
+    Readouts,
+    sample_interval,
+)
 from tfp_ae.heads.vector import NormalFull, StudentTDiag, StudentTFull, StudentTIdentity, VectorHead
 
 __all__ = [  # the public names (the head classes are reached through HEADS)
@@ -60,6 +68,7 @@ __all__ = [  # the public names (the head classes are reached through HEADS)
     "PARAMETERIZATIONS",
     "INTERVAL_LEVEL",
     "INTERVAL_SAMPLES",
+    "MAX_RISK_STRATA",
     "PIT_SAMPLES",
     "MAF_SAMPLES",
     "POSITIVE_SHIFT",

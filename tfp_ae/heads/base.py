@@ -35,7 +35,7 @@ import numpy as np
 
 from tfp_ae._tf import tf, tfb, tfd, tfk, tfpl
 from tfp_ae.errors import InputError
-from tfp_ae.heads.readout import Readouts
+from tfp_ae.heads.readout import MAX_RISK_STRATA, Readouts
 
 POSITIVE_SHIFT = 1e-6
 MAF_SAMPLES = 50
@@ -230,6 +230,12 @@ class Head(Readouts, tfpl.DistributionLambda):
             # K-RCPS: one λ per pixel (its group's), times conformal_lambda
             self.conformal_lambda_map = self.add_weight(name="conformal_lambda_map", shape=list(event_shape),
                                                         initializer="ones", trainable=False, dtype="float32")
+            # conformal risk control within strata of images by interval width: edges (none until fitted), λ's
+            self.conformal_strata_edges = self.add_weight(
+                name="conformal_strata_edges", shape=[MAX_RISK_STRATA - 1], trainable=False, dtype="float32",
+                initializer=tfk.initializers.Constant(float(np.finfo(np.float32).max)))
+            self.conformal_strata_lambdas = self.add_weight(name="conformal_strata_lambdas", shape=[MAX_RISK_STRATA],
+                                                            initializer="ones", trainable=False, dtype="float32")
 
     @classmethod
     def takes_local_scales(cls, num_components: int = 1) -> bool:

@@ -11,6 +11,7 @@ from tfp_ae.errors import InputError
 
 SAMPLE_SEED = (20, 26)  # stateless seed of sample-based estimates (MAF mean / variance)
 INTERVAL_LEVEL = 0.9    # uncertainty maps: width of the central 90 % (5-95 %) interval
+MAX_RISK_STRATA = 16    # conformal risk control within strata of images (--risk-strata): the most the head stores
 INTERVAL_SAMPLES = 1000  # draws per pixel where the interval is estimated from samples
 PIT_SAMPLES = 100  # draws per pixel for the randomised-rank PIT of heads without a closed-form CDF
 
@@ -203,7 +204,8 @@ class Readouts:
         """The risk-controlled interval of each pixel, `(lo, hi)` each `[B, H, W, C]` in pixel units:
         the central `INTERVAL_LEVEL` interval `[l, u]` (`interval`) scaled about its midpoint by the
         head's `conformal_lambda` λ times the pixel's entry of `conformal_lambda_map` (K-RCPS: its
-        group's λ), `m -/+ λ (u - l) / 2` with `m = (l + u) / 2` (for a normal head `mean -/+ λ z σ`: the
+        group's λ) times the image's stratum's entry of `conformal_strata_lambdas` (`image_strata`),
+        `m -/+ λ (u - l) / 2` with `m = (l + u) / 2` (for a normal head `mean -/+ λ z σ`: the
         heuristic interval of Angelopoulos et al., ICML 2022, "Image-to-Image Regression with
         Distribution-Free Uncertainty Quantification and Applications in Imaging", Section 2). λ = 1
         (the head's own 90 % interval) until `tfp_ae.calibration.fit_conformal` fits it; an infinite
@@ -215,9 +217,22 @@ class Readouts:
         half = (hi - lo) / 2
         finite = tf.math.is_finite(half)
         mid = tf.where(finite, lo + half, tf.zeros_like(half))
-        half = half * tf.cast(scale * self.conformal_lambda_map, half.dtype)
+        per_image = tf.gather(self.conformal_strata_lambdas, self.image_strata(half))
+        half = half * tf.cast(scale * self.conformal_lambda_map, half.dtype) \
+            * tf.reshape(tf.cast(per_image, half.dtype), [-1] + [1] * (half.shape.rank - 1))
         inf = tf.fill(tf.shape(half), tf.constant(float("inf"), half.dtype))
         return tf.where(finite, mid - half, -inf), tf.where(finite, mid + half, inf)
+
+    def image_strata(self, half: tf.Tensor) -> tf.Tensor:
+        """Each image's stratum for conformal risk control within strata (`--risk-strata`), `[B]` int32: the
+        number of the head's `conformal_strata_edges` below the image's mean finite half-width of its 90 %
+        intervals (`half` `[B, H, W, C]`, pixels); 0 for every image until fitted (edges at float32's max)."""
+        finite = tf.math.is_finite(half)
+        axes = list(range(1, half.shape.rank))
+        width = tf.reduce_sum(tf.where(finite, half, tf.zeros_like(half)), axes) \
+            / tf.maximum(tf.reduce_sum(tf.cast(finite, half.dtype), axes), 1.0)
+        above = tf.cast(width[:, None] > tf.cast(self.conformal_strata_edges, half.dtype)[None, :], tf.int32)
+        return tf.reduce_sum(above, axis=1)
 
     def _mixture_log_prob_at(self, inner, points):
         """Mixture log-density at each component's point: points `[B, K, *natural]` -> `[B, K]`."""
