@@ -131,7 +131,7 @@ def pixel_groups(ratio: np.ndarray, groups: int) -> np.ndarray:
     quantiles merge groups: e.g. every border pixel of MNIST is always inside)."""
     miss = (ratio > 1).mean(axis=0)
     edges = np.unique(np.quantile(miss, np.arange(1, groups) / groups))
-    return np.searchsorted(edges, miss, side="left")
+    return np.unique(np.searchsorted(edges, miss, side="left"), return_inverse=True)[1]  # numbered 0 .. K' - 1
 
 
 def _group_direction(ratio: np.ndarray, half: np.ndarray, labels: np.ndarray, alpha: float) -> np.ndarray:
