@@ -13,6 +13,11 @@ images are exchangeable, with probability at least 1 - δ over the held-out set,
 fraction of a new image's pixels outside their intervals is at most α (Bates et al., Theorem 2.2 with
 the bound of their Proposition 3.5). Pixels are those users feed: raw images in [0, 1], not
 dequantised ones.
+
+Two refinements give λ more than one value, each certified on data its choices never saw: a λ per
+group of pixel positions (K-RCPS, `krcps_lambdas`, `--risk-groups`: shorter intervals where the
+spread is wrong by position) and a λ per stratum of images by their mean interval width
+(`stratified_lambdas`, `--risk-strata`: the risk held within each stratum, confident images included).
 """
 from __future__ import annotations
 
