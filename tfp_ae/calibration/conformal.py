@@ -245,17 +245,41 @@ def interval_widths(mid: np.ndarray, half: np.ndarray, lambdas: list) -> np.ndar
                      for lam in lambdas], axis=1)
 
 
+def fit_lambdas(ratio: np.ndarray, half: np.ndarray, alpha: float, delta: float, groups: int = 1, strata: int = 1,
+                rng: np.random.Generator | None = None) -> dict:
+    """The λ's of one fit on held-out images' `interval_parts` `ratio`, `half` `[n, D]`, as the head stores
+    them: `{"lambda": scalar, "lambda_map": [D], "strata_edges": [S - 1], "strata_lambdas": [S]}` (ones and
+    no edges where unused) and, with K > 1, `labels` `[D]` and `shift`. `groups = strata = 1`: RCPS
+    (`rcps_lambda`); `groups > 1`: K-RCPS (`krcps_lambdas`); `strata > 1`: `stratified_lambdas`; halvings
+    drawn from `rng` (seed 0 when None). Apply to images with `lambdas_for`. Raises `InputError` as those do."""
+    d, rng = ratio.shape[1], rng if rng is not None else np.random.default_rng(0)
+    out = {"lambda": 1.0, "lambda_map": np.ones(d), "strata_edges": np.zeros(0, np.float32), "strata_lambdas": np.ones(1)}
+    if strata > 1:
+        out["strata_edges"], out["strata_lambdas"] = stratified_lambdas(ratio, half, alpha, delta, strata, rng)
+    elif groups > 1:
+        out["lambda_map"], out["labels"], out["shift"] = krcps_lambdas(ratio, half, alpha, delta, groups, rng)
+    else:
+        out["lambda"] = rcps_lambda(grid_losses(ratio), alpha, delta)
+    return out
+
+
+def lambdas_for(fitted: dict, half: np.ndarray) -> np.ndarray:
+    """Each pixel's λ in each image `[N, D]` (`half` `[N, D]` from `interval_parts`) from `fit_lambdas`'s
+    dict, as `Head.conformal_interval` applies them: the scalar times the pixel's entry of the map times
+    the image's stratum's λ."""
+    per_image = np.asarray(fitted["strata_lambdas"], np.float64)[strata_of(image_widths(half), fitted["strata_edges"])]
+    return fitted["lambda"] * np.asarray(fitted["lambda_map"], np.float64)[None, :] * per_image[:, None]
+
+
 def fit_conformal(model: ProbabilisticModel, x: np.ndarray, alpha: float = DEFAULT_RISK,
                   delta: float = DEFAULT_DELTA, groups: int = 1, seed: int = 0, strata: int = 1) -> dict:
     """Fit the head's risk-controlling scale on held-out images `x` `[n, H, W, C]` in [0, 1] (raw pixels,
-    as users feed them) and assign it, resetting what an earlier fit left. `groups = strata = 1`: RCPS's
-    one λ (`rcps_lambda`) in `conformal_lambda`; `groups = K > 1`: K-RCPS (`krcps_lambdas`, half of `x`
-    chooses the groups and their λ̃, the other half the shift), one λ per pixel in `conformal_lambda_map`;
-    `strata = S > 1`: a λ per stratum of images by mean interval width (`stratified_lambdas`, half of `x`
-    places the edges, the other half fits the λ's) in `conformal_strata_edges` / `conformal_strata_lambdas`.
-    Halvings are seeded by `seed`. Returns `{"lambda": the scalar λ, "groups": K' (after tied groups
-    merge), "strata": S}` plus `group_lambdas` and `shift` (K > 1) or `strata_edges` and `strata_lambdas`
-    (S > 1).
+    as users feed them) by `fit_lambdas` and assign it, replacing what an earlier fit left. `groups =
+    strata = 1`: RCPS's one λ in `conformal_lambda`; `groups = K > 1`: K-RCPS, one λ per pixel in
+    `conformal_lambda_map`; `strata = S > 1`: a λ per stratum of images by mean interval width in
+    `conformal_strata_edges` / `conformal_strata_lambdas`. Halvings are seeded by `seed`. Returns
+    `{"lambda": the scalar λ, "groups": K' (after tied groups merge), "strata": S}` plus `group_lambdas`
+    and `shift` (K > 1) or `strata_edges` and `strata_lambdas` (S > 1).
 
     Raises:
       InputError: a head without intervals (`mse`), bad `alpha` / `delta` / `groups` / `strata`, both
@@ -271,32 +295,30 @@ def fit_conformal(model: ProbabilisticModel, x: np.ndarray, alpha: float = DEFAU
         weight.assign(np.ones(weight.shape, np.float32))
     head.conformal_strata_edges.assign(np.full(head.conformal_strata_edges.shape, np.finfo(np.float32).max, np.float32))
     _, half, ratio = interval_parts(model, x)
-    rng = np.random.default_rng(seed)
+    fitted = fit_lambdas(ratio, half, alpha, delta, groups, strata, np.random.default_rng(seed))
+    head.conformal_lambda.assign(fitted["lambda"])
+    head.conformal_lambda_map.assign(fitted["lambda_map"].reshape(head.conformal_lambda_map.shape).astype(np.float32))
+    head.conformal_strata_edges[:strata - 1].assign(fitted["strata_edges"])
+    head.conformal_strata_lambdas[:strata].assign(np.asarray(fitted["strata_lambdas"], np.float32))
+    out = {"lambda": float(head.conformal_lambda.numpy()), "groups": 1, "strata": strata}  # as stored (float32)
+    if groups > 1:
+        labels = fitted["labels"]
+        out.update(groups=int(labels.max()) + 1, shift=float(fitted["shift"]),
+                   group_lambdas=[float(fitted["lambda_map"][labels == k][0]) for k in range(labels.max() + 1)])
     if strata > 1:
-        edges, lambdas = stratified_lambdas(ratio, half, alpha, delta, strata, rng)
-        head.conformal_strata_edges[:strata - 1].assign(edges)
-        head.conformal_strata_lambdas[:strata].assign(lambdas.astype(np.float32))
-        return {"lambda": 1.0, "groups": 1, "strata": strata, "strata_edges": [float(e) for e in edges],
-                "strata_lambdas": [float(v) for v in head.conformal_strata_lambdas.numpy()[:strata]]}
-    if groups == 1:
-        head.conformal_lambda.assign(rcps_lambda(grid_losses(ratio), alpha, delta))
-        return {"lambda": float(head.conformal_lambda.numpy()), "groups": 1, "strata": 1}  # as stored (float32)
-    lam, labels, beta = krcps_lambdas(ratio, half, alpha, delta, groups, rng)
-    head.conformal_lambda_map.assign(lam.reshape(head.conformal_lambda_map.shape).astype(np.float32))
-    group_lambdas = [float(lam[labels == k][0]) for k in range(labels.max() + 1)]
-    return {"lambda": 1.0, "groups": len(group_lambdas), "strata": 1, "group_lambdas": group_lambdas,
-            "shift": float(beta)}
+        out.update(strata_edges=[float(e) for e in fitted["strata_edges"]],
+                   strata_lambdas=[float(v) for v in head.conformal_strata_lambdas.numpy()[:strata]])
+    return out
 
 
 def fitted_lambdas(model: ProbabilisticModel, half: np.ndarray) -> np.ndarray:
     """The head's fitted λ of each pixel of each image `[N, D]` (`half` `[N, D]` from `interval_parts`):
-    `conformal_lambda` times `conformal_lambda_map` times the image's stratum's `conformal_strata_lambdas`,
-    as `Head.conformal_interval` applies them."""
+    `lambdas_for` of the head's `conformal_lambda`, `conformal_lambda_map` and strata weights."""
     head = model.head
-    per_pixel = head.conformal_lambda_map.numpy().reshape(-1).astype(np.float64)
-    per_image = head.conformal_strata_lambdas.numpy().astype(np.float64)[
-        strata_of(image_widths(half), head.conformal_strata_edges.numpy())]
-    return float(head.conformal_lambda.numpy()) * per_pixel[None, :] * per_image[:, None]
+    return lambdas_for({"lambda": float(head.conformal_lambda.numpy()),
+                        "lambda_map": head.conformal_lambda_map.numpy().reshape(-1),
+                        "strata_edges": head.conformal_strata_edges.numpy(),
+                        "strata_lambdas": head.conformal_strata_lambdas.numpy()}, half)
 
 
 def conformal_report(model: ProbabilisticModel, x: np.ndarray, alpha: float, delta: float, groups: int = 1,
@@ -332,13 +354,7 @@ def conformal_report(model: ProbabilisticModel, x: np.ndarray, alpha: float, del
         order = rng.permutation(len(x))
         fit, test = order[:n_half], order[n_half:]
         try:
-            if strata > 1:
-                edges, lambdas = stratified_lambdas(ratio[fit], half[fit], alpha, delta, strata, rng)
-                split_lam = lambdas[strata_of(image_widths(half[test]), edges)][:, None]
-            elif groups > 1:
-                split_lam = krcps_lambdas(ratio[fit], half[fit], alpha, delta, groups, rng)[0]
-            else:
-                split_lam = rcps_lambda(losses[fit], alpha, delta)
+            split_lam = lambdas_for(fit_lambdas(ratio[fit], half[fit], alpha, delta, groups, strata, rng), half[test])
         except InputError:
             split_lam = LAMBDA_GRID[-1]
         over += (ratio[test] > split_lam).mean() > alpha
