@@ -15,8 +15,9 @@ variables and these `tf.function`s, which need nothing but TensorFlow to run (im
   deterministic); `level` is a scalar float32 in (0, 1), 0.9 when a Python caller omits it
   (`loaded.interval(images)`); not for `mse`;
 - `conformal_interval(images)` -> `{"lo", "hi", "width"}`: the risk-controlled interval
-  (`Head.conformal_interval`: the 90 % interval scaled by the `conformal_lambda` that `tfp-ae train
-  --risk` fitted; the 90 % interval itself when none was fitted); not for `mse`;
+  (`Head.conformal_interval`: the 90 % interval scaled by the λ that `tfp-ae train --risk` fitted, per
+  pixel group with `--risk-groups`, per image stratum with `--risk-strata`; the 90 % interval itself
+  when none was fitted); not for `mse`;
 - `log_prob(images)` -> `{"log_prob": [B]}` in nats per image (a VAE: log p(x) by importance
   sampling with `NLL_SAMPLES` = 250 samples and a fixed seed; `reconstruct` etc. decode the
   posterior mean);
