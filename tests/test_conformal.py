@@ -85,6 +85,25 @@ def test_too_few_images_or_zero_width_intervals_are_refused():
         rcps_lambda(np.full((100, len(LAMBDA_GRID)), 0.5), 0.1, 0.1)
 
 
+Z90 = stats.norm.ppf(0.95)  # a normal's central 90 % interval: mean -/+ Z90 std (scipy)
+
+
+def _normal_conformal_interval(model, x, lam):
+    """`model.conformal_interval(x)` of a normal head, checked against mean -/+ lam Z90 σ (`lam` a number,
+    a per-pixel map or one per image `[N, 1, 1, 1]`); returns `(lo, hi)` as numpy."""
+    dist = model(x)
+    mean, std = dist.mean().numpy(), dist.stddev().numpy()
+    lo, hi = (t.numpy() for t in model.conformal_interval(x))
+    np.testing.assert_allclose(lo, mean - lam * Z90 * std, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(hi, mean + lam * Z90 * std, rtol=1e-4, atol=1e-5)
+    return lo, hi
+
+
+def _outside(x, lo, hi):
+    """Each image's fraction of pixels outside `[lo, hi]`, `[N]`."""
+    return ((x < lo) | (x > hi)).reshape(len(x), -1).mean(axis=1)
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     out = tmp_path_factory.mktemp("conformal") / "run"
@@ -94,19 +113,14 @@ def fitted(tmp_path_factory):
 
 
 def test_the_fitted_lambda_is_stored_and_scales_the_90_percent_interval(fitted, digits):
-    """`conformal_interval` = midpoint -/+ λ z σ of a normal head (z = Φ^-1(0.95), scipy), λ restored by
+    """`conformal_interval` = midpoint -/+ λ z σ of a normal head (z = Φ^-1(0.95), scipy: `Z90`), λ restored by
     load_model; the `conformal` map and the SavedModel's `conformal_interval` signature use it."""
     out, metrics = fitted
     model, _ = load_model(out)
     lam = metrics["conformal"]["lambda"]
     assert float(model.head.conformal_lambda.numpy()) == pytest.approx(lam) and lam != 1.0
     x = digits.x_test[:5]
-    dist = model(x)
-    mean, std = dist.mean().numpy(), dist.stddev().numpy()
-    lo, hi = (t.numpy() for t in model.conformal_interval(x))
-    z = stats.norm.ppf(0.95)
-    np.testing.assert_allclose(lo, mean - lam * z * std, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(hi, mean + lam * z * std, rtol=1e-4, atol=1e-5)
+    lo, hi = _normal_conformal_interval(model, x, lam)
     np.testing.assert_allclose(uncertainty_maps(model, x, "conformal"), np.clip(hi, 0, 1) - np.clip(lo, 0, 1),
                                rtol=1e-5, atol=1e-6)
     main(["export", str(out), "--out", str(out.parent / "export")])
@@ -125,8 +139,7 @@ def test_the_reported_risk_is_what_the_loaded_model_gives_on_raw_test_images(fit
     model, _ = load_model(out)
     x = digits.x_test[:200]
     lo, hi = (t.numpy() for t in model.conformal_interval(x))
-    risk = np.mean(((x < lo) | (x > hi)).reshape(len(x), -1).mean(axis=1))
-    assert c["risk"] == pytest.approx(risk, abs=1e-6)
+    assert c["risk"] == pytest.approx(np.mean(_outside(x, lo, hi)), abs=1e-6)
     assert c["alpha"] == 0.1 and c["delta"] == 0.1 and c["test_images"] == 200 and c["inputs"] == "raw"
     assert c["calibration_images"] == 143 and 0 <= c["splits_over_alpha"] <= 1 and c["splits"] == 100
     assert 0 < c["mean_width"] <= 1 and c["oracle_lambda"] <= c["lambda"] * 1.5
@@ -143,8 +156,7 @@ def test_interval_losses_equal_the_fraction_outside_the_scaled_interval(digits):
     for g in (0, 1000, 2000, 2800):
         model.head.conformal_lambda.assign(LAMBDA_GRID[g])
         lo, hi = (t.numpy() for t in model.conformal_interval(x))
-        outside = ((x < lo) | (x > hi)).reshape(len(x), -1).mean(axis=1)
-        np.testing.assert_allclose(losses[:, g], outside, atol=1e-12)
+        np.testing.assert_allclose(losses[:, g], _outside(x, lo, hi), atol=1e-12)
     assert np.all(np.diff(losses, axis=1) <= 0)
 
 
@@ -249,14 +261,8 @@ def test_krcps_lambdas_are_stored_per_pixel_and_used_by_every_interval(fitted_gr
     assert lam_map.shape == digits.image_shape
     np.testing.assert_allclose(np.unique(lam_map), np.unique(np.float32(c["group_lambdas"])))
     x = digits.x_test[:200]
-    dist = model(x)
-    mean, std = dist.mean().numpy(), dist.stddev().numpy()
-    lo, hi = (t.numpy() for t in model.conformal_interval(x))
-    z = stats.norm.ppf(0.95)
-    np.testing.assert_allclose(lo, mean - lam_map * z * std, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(hi, mean + lam_map * z * std, rtol=1e-4, atol=1e-5)
-    risk = np.mean(((x < lo) | (x > hi)).reshape(len(x), -1).mean(axis=1))
-    assert c["risk"] == pytest.approx(risk, abs=1e-6) and 0 <= c["splits_over_alpha"] <= 1
+    lo, hi = _normal_conformal_interval(model, x, lam_map)
+    assert c["risk"] == pytest.approx(np.mean(_outside(x, lo, hi)), abs=1e-6) and 0 <= c["splits_over_alpha"] <= 1
     main(["export", str(out), "--out", str(out.parent / "export")])
     loaded = tf.saved_model.load(str(out.parent / "export"))
     served = loaded.conformal_interval(tf.constant(x[:5]))
@@ -319,17 +325,11 @@ def test_strata_lambdas_are_stored_and_chosen_by_each_images_width(fitted_strata
     model, _ = load_model(out)
     np.testing.assert_allclose(model.head.conformal_strata_lambdas.numpy()[:2], c["strata_lambdas"])
     x = digits.x_test[:300]
-    dist = model(x)
-    mean, std = dist.mean().numpy(), dist.stddev().numpy()
-    z = stats.norm.ppf(0.95)
-    width = (z * std).reshape(len(x), -1).mean(axis=1)
+    width = (Z90 * model(x).stddev().numpy()).reshape(len(x), -1).mean(axis=1)
     lam = np.where(width > c["strata_edges"][0], c["strata_lambdas"][1], c["strata_lambdas"][0])[:, None, None, None]
-    lo, hi = (t.numpy() for t in model.conformal_interval(x))
-    np.testing.assert_allclose(lo, mean - lam * z * std, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(hi, mean + lam * z * std, rtol=1e-4, atol=1e-5)
+    lo, hi = _normal_conformal_interval(model, x, lam)
     assert 0 < np.mean(width > c["strata_edges"][0]) < 1
-    risk = np.mean(((x < lo) | (x > hi)).reshape(len(x), -1).mean(axis=1))
-    assert c["risk"] == pytest.approx(risk, abs=1e-6)
+    assert c["risk"] == pytest.approx(np.mean(_outside(x, lo, hi)), abs=1e-6)
     main(["export", str(out), "--out", str(out.parent / "export")])
     loaded = tf.saved_model.load(str(out.parent / "export"))
     served = loaded.conformal_interval(tf.constant(x[:8]))
