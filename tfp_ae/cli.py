@@ -104,8 +104,10 @@ def _add_settings(p):
                    "(the calibration error itself: mean |coverage - level|)")
     p.add_argument("--recalibration-method", default=d.recalibration_method, choices=RECALIBRATION_METHODS,
                    help="--recalibrate: scale (one factor on every scale) or local (then a factor per pixel that "
-                   "depends on its scale, fitted within octiles of the scales: for the heads with per-pixel scales; "
-                   "guarded like sigma-scaling)")
+                   "depends on its scale, fitted within octiles of the scales: for the heads with per-pixel scales) or "
+                   "pit (then each pixel's CDF composed with a histogram of the held-out PIT values of its octile of "
+                   "scales, a density still: for the K = 1 normal and logistic factorised heads); both guarded like "
+                   "sigma-scaling")
     p.add_argument("--force-recalibration", action="store_true", help="--recalibrate: apply the fitted scale even "
                    "where it makes the held-out bits/dim worse by more than 0.1 (by default such a scale is not applied)")
     p.add_argument("--risk", type=float, default=d.risk, metavar="ALPHA",

@@ -21,7 +21,8 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 UNCERTAINTIES = ("interval", "conformal", "std", "variance")  # maps: 90 % / conformal interval width, std, variance
 LOCATION_ACTIVATIONS = ("linear", "sigmoid")  # faithful: of the location output (tfp_ae.models.faithful_decoder)
 RECALIBRATION_CRITERIA = ("crps", "nll", "calibration")  # tfp_ae.calibration.fit_sigma_scale
-RECALIBRATION_METHODS = ("scale", "local")  # σ-scaling only, or then local factors of the pixel scales
+RECALIBRATION_METHODS = ("scale", "local", "pit")  # σ-scaling only, or then local factors of the pixel scales, or
+#   then a histogram of the PIT per group of pixel scales (calibration.fit_pit_recalibration)
 RECALIBRATION_FRACTION = 0.1  # --recalibrate without --validation-split: the held-out fraction of the training split
 DEFAULT_RISK = 0.1   # conformal risk control: α, the fraction of a new image's pixels allowed outside their intervals
 DEFAULT_DELTA = 0.1  # δ: the probability that the held-out images give a λ whose risk exceeds α
@@ -80,7 +81,8 @@ class RunConfig:
     validation_split: float = 0.0      # hold out the last fraction of the training images (val_loss; recalibration)
     recalibrate: bool = False          # sigma-scaling on the held-out images (validation_split, or 0.1 when 0)
     recalibration_criterion: str = "calibration"  # RECALIBRATION_CRITERIA: what sigma-scaling minimises
-    recalibration_method: str = "scale"  # RECALIBRATION_METHODS: local adds calibration.fit_local_scales
+    recalibration_method: str = "scale"  # RECALIBRATION_METHODS: local adds calibration.fit_local_scales, pit
+    #                                      calibration.fit_pit_recalibration
     force_recalibration: bool = False  # apply sigma-scaling where it costs held-out bits/dim (calibration.recalibrate)
     risk: float | None = None          # conformal risk control (RCPS) at this α: λ fitted on the held-out images
     delta: float = DEFAULT_DELTA       # RCPS: the probability that the fitted λ's risk exceeds α
@@ -221,11 +223,15 @@ class RunConfig:
         if self.recalibrate and (self.model != "ae" or not head.has_location):
             raise InputError("--recalibrate (sigma-scaling) takes an autoencoder (--model ae) whose head has a location "
                              f"and scales (normal, Student-t, low-rank, matrix, logistic); got {self.model} {self.head}")
-        if self.recalibration_method == "local" and not (self.recalibrate and head.takes_local_scales(self.components)):
-            takes = head_names(lambda c: c.takes_local_scales())
-            raise InputError("--recalibration-method local takes --recalibrate and a K = 1 head with per-pixel scales or "
-                             f"a low-rank covariance ({takes}); got --head {self.head} --components {self.components}"
-                             + ("" if self.recalibrate else " without --recalibrate"))
+        if self.recalibration_method != "scale":
+            which, what = {"local": ("takes_local_scales", "a K = 1 head with per-pixel scales or a low-rank covariance"),
+                           "pit": ("takes_pit_recalibration", "a K = 1 factorised normal or logistic head")
+                           }[self.recalibration_method]
+            if not (self.recalibrate and getattr(head, which)(self.components)):
+                takes = head_names(lambda c: getattr(c, which)())
+                raise InputError(f"--recalibration-method {self.recalibration_method} takes --recalibrate and {what} "
+                                 f"({takes}); got --head {self.head} --components {self.components}"
+                                 + ("" if self.recalibrate else " without --recalibrate"))
         if self.risk is not None:
             check_risk(self.risk, self.delta)
             if not head.has_variance:

@@ -225,7 +225,8 @@ DISPERSION_UNITS = 256  # hidden units of the faithful dispersion branch (0: a l
 def build_model(head: str, image_shape: tuple[int, int, int], num_components: int = 1, arch: str = "mlp",
                 latent_dim: int = 32, name: str | None = None, loss: str = "nll", beta: float | None = None,
                 dispersion_units: int = DISPERSION_UNITS, location_activation: str = "linear",
-                local_scales: bool = False, conv_width: int | None = None, conv_depth: int | None = None,
+                local_scales: bool = False, pit_recalibration: bool = False, conv_width: int | None = None,
+                conv_depth: int | None = None,
                 **head_options) -> Autoencoder:
     """Build a probabilistic autoencoder (built: its weights exist).
 
@@ -248,6 +249,8 @@ def build_model(head: str, image_shape: tuple[int, int, int], num_components: in
         with a location, `mse` included: the sigmoid baseline of docs/results/uncertainty).
       local_scales: give the head local recalibration's weights (`tfp_ae.calibration.fit_local_scales`;
         `--recalibration-method local`).
+      pit_recalibration: give the head PIT recalibration's weights (`tfp_ae.calibration.fit_pit_recalibration`;
+        `--recalibration-method pit`; K = 1 normal and logistic factorised heads).
       conv_width: `conv` only: filters of its first level (None: 16; `tfp_ae.architectures.conv`).
       conv_depth: `conv` only: its number of stride-2 levels (None: as many as keep the shorter side
         at least 4 pixels).
@@ -269,7 +272,7 @@ def build_model(head: str, image_shape: tuple[int, int, int], num_components: in
         raise InputError(f"location_activation must be one of {', '.join(LOCATION_ACTIVATIONS)}; "
                          f"got {location_activation!r}")
     head_obj = make_head(head, image_shape, num_components, loss=loss, beta=beta, local_scales=local_scales,
-                         **head_options)
+                         pit_recalibration=pit_recalibration, **head_options)
     if location_activation != "linear" and (not head_obj.location_output or head_obj.num_components > 1):
         raise InputError(f"location_activation {location_activation!r} needs a head whose first outputs are its "
                          f"location (K = 1: mse, normal, Student-t, low-rank, matrix, logistic); got {head} "
@@ -303,6 +306,8 @@ def build_model(head: str, image_shape: tuple[int, int, int], num_components: in
         args.update(location_activation=location_activation)
     if local_scales:
         args.update(local_scales=True)
+    if pit_recalibration:
+        args.update(pit_recalibration=True)
     model = Autoencoder(encoder, decoder, head_obj, args,
                         name=name or f"{arch}_{head_obj.head_name}_k{head_obj.num_components}")
     model(tf.zeros([1, *image_shape]))  # build

@@ -62,7 +62,8 @@ def build_and_compile(config: RunConfig, image_shape: tuple[int, int, int]) -> P
                               **config.head_options)
         else:
             model = build_model(config.head, image_shape, config.components, config.arch, config.latent_dim,
-                                local_scales=config.recalibration_method == "local", **config.loss_options,
+                                local_scales=config.recalibration_method == "local",
+                                pit_recalibration=config.recalibration_method == "pit", **config.loss_options,
                                 **config.arch_options, **config.head_options)
         compile_model(model, config.learning_rate, config.jit_compile, config.steps_per_execution)
     model.optimizer.build(model.trainable_variables)

@@ -12,6 +12,7 @@ from scipy import optimize
 from tfp_ae._tf import tf
 from tfp_ae.calibration.local import fit_local_scales, reset_local_scales
 from tfp_ae.calibration.pit import calibration, calibration_error, coverage_at, crps_from, crps_inputs, pit_batch_size
+from tfp_ae.calibration.pit_recalibration import fit_pit_recalibration, reset_pit_recalibration
 from tfp_ae.config import RECALIBRATION_CRITERIA
 from tfp_ae.errors import InputError
 from tfp_ae.predict import bits_per_dim_summary, dequantized_batches, split_log_probs
@@ -25,6 +26,9 @@ LOG_2 = math.log(2)
 MIN_RECALIBRATION_IMAGES = 100
 MAX_BITS_PER_DIM_LOSS = 0.1  # recalibrate: a scale that costs the held-out images more bits/dim is not applied
 HELD_OUT_SEED = 104729  # recalibrate: the held-out images are dequantised with the stateless seeds (seed + this, i)
+REFINEMENTS = {  # recalibrate's `method` beyond σ-scaling: what it does, how it is fitted and undone
+    "local": ("local factors of the pixel scales", fit_local_scales, reset_local_scales),
+    "pit": ("a histogram of the PIT per octile of the pixel scales", fit_pit_recalibration, reset_pit_recalibration)}
 
 
 def fit_sigma_scale(model: ProbabilisticModel, pairs: tf.data.Dataset, criterion: str = "calibration",
@@ -144,13 +148,15 @@ def recalibrate(model: ProbabilisticModel, held_out: Split, num_levels: int, see
     more than `MAX_BITS_PER_DIM_LOSS` is not applied (s goes back to 1, `"applied": False`, one line says
     so) unless `force`. A head that is not a density (no bits/dim) is not guarded.
 
-    `method` `local`: then also local recalibration (`fit_local_scales`, on the same pairs), under the same
-    guard measured against the held-out bits/dim before any recalibration; `"local"` in the result: its
-    knots, log-factors, held-out calibration error within the scale quartiles before and after, held-out
-    bits/dim after, and `applied`."""
+    `method` `local` or `pit`: then also local recalibration (`fit_local_scales`) or PIT recalibration
+    (`fit_pit_recalibration`), on the same pairs, under the same guard measured against the held-out bits/dim
+    before any recalibration; `"local"` or `"pit"` in the result (the other None): what it fitted, the held-out
+    calibration error within the std quartiles before and after, held-out bits/dim after, and `applied`."""
     model.head.sigma_scale.assign(1.0)
     if model.head.local_scales:
         reset_local_scales(model)
+    if getattr(model.head, "pit_recalibration", False):
+        reset_pit_recalibration(model)
     cal = calibration(model, test_images, num_levels=num_levels, seed=seed)
     before = dict(coverage=cal["coverage"], calibration_error=cal["calibration_error"])
     scores = split_log_probs(model, test, num_levels, seed, elbo=False, raw=False)["log_prob_dequantized"]
@@ -172,24 +178,25 @@ def recalibrate(model: ProbabilisticModel, held_out: Split, num_levels: int, see
         print(f"sigma-scaling not applied: it makes the held-out likelihood worse by {worse:.3g} bits/dim "
               f"({held_before['bits_per_dim']:.4g} -> {held_after['bits_per_dim']:.4g}; more than "
               f"{MAX_BITS_PER_DIM_LOSS}); the model keeps s = 1 (--force-recalibration applies it anyway)", flush=True)
-    local = None
-    if method == "local":
-        print(f"recalibrating: local factors of the pixel scales on {held_out.count} held-out training images", flush=True)
-        local = fit_local_scales(model, pairs)
-        held_local = _held_out_bits(model, held_out, num_levels, seed)
-        worse = held_local["bits_per_dim"] - held_before["bits_per_dim"] if model.head.is_density else 0.0
-        local.update(applied=bool(force or worse <= MAX_BITS_PER_DIM_LOSS),
-                     **{f"validation_{k}_after": v for k, v in held_local.items()})
-        print(f"local recalibration: held-out calibration error within the scale quartiles "
-              f"{np.round(local['calibration_error_by_std_before'], 3).tolist()} -> "
-              f"{np.round(local['calibration_error_by_std_after'], 3).tolist()}", flush=True)
-        if not local["applied"]:
-            reset_local_scales(model)
-            print(f"local recalibration not applied: it makes the held-out likelihood worse by {worse:.3g} bits/dim "
+    refined = None
+    if method != "scale":
+        what, fit, reset = REFINEMENTS[method]
+        print(f"recalibrating: {what} on {held_out.count} held-out training images", flush=True)
+        refined = fit(model, pairs)
+        held_refined = _held_out_bits(model, held_out, num_levels, seed)
+        worse = held_refined["bits_per_dim"] - held_before["bits_per_dim"] if model.head.is_density else 0.0
+        refined.update(applied=bool(force or worse <= MAX_BITS_PER_DIM_LOSS),
+                       **{f"validation_{k}_after": v for k, v in held_refined.items()})
+        print(f"{method} recalibration: held-out calibration error within the std quartiles "
+              f"{np.round(refined['calibration_error_by_std_before'], 3).tolist()} -> "
+              f"{np.round(refined['calibration_error_by_std_after'], 3).tolist()}", flush=True)
+        if not refined["applied"]:
+            reset(model)
+            print(f"{method} recalibration not applied: it makes the held-out likelihood worse by {worse:.3g} bits/dim "
                   f"than before recalibrating (more than {MAX_BITS_PER_DIM_LOSS}; --force-recalibration applies it)",
                   flush=True)
     return dict(sigma_scale=s if applied else 1.0, fitted_sigma_scale=s, applied=applied, criterion=criterion,
-                method=method, local=local,
+                method=method, local=refined if method == "local" else None, pit=refined if method == "pit" else None,
                 validation_images=held_out.count, validation_score_before=score_before, validation_score=score_after,
                 **{f"validation_{k}_before": v for k, v in held_before.items()},
                 **{f"validation_{k}_after": v for k, v in held_after.items()},

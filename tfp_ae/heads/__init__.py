@@ -122,10 +122,12 @@ def get_head(name: str) -> type[Head]:
 
 
 def make_head(name: str, event_shape: tuple[int, ...], num_components: int = 1, loss: str = "nll",
-              beta: float | None = None, local_scales: bool = False, **options) -> Head:
+              beta: float | None = None, local_scales: bool = False, pit_recalibration: bool = False,
+              **options) -> Head:
     """Instantiate the head `name` for images of shape `event_shape` with K components, trained by
     `loss` (`LOSSES`; `beta` for `beta_nll`, see `Head`), with the weights of local recalibration when
-    `local_scales` (`Head.scaled`), and the head's `options` (e.g. `rank=4` for `normal_lowrank`,
+    `local_scales` (`Head.scaled`), with PIT recalibration's when `pit_recalibration`
+    (`Head.pit_recalibrated`), and the head's `options` (e.g. `rank=4` for `normal_lowrank`,
     `min_df=2.0` for t heads; None means the default).
 
     Raises:
@@ -135,7 +137,7 @@ def make_head(name: str, event_shape: tuple[int, ...], num_components: int = 1, 
     cls = get_head(name)
     cls.check_options(event_shape, **options)  # an option the head does not take never reaches Keras
     return cls(event_shape, num_components, loss=loss, beta=beta, local_scales=local_scales,
-               **{k: v for k, v in options.items() if v is not None})
+               pit_recalibration=pit_recalibration, **{k: v for k, v in options.items() if v is not None})
 
 
 def describe_heads(event_shape: tuple[int, ...] = (28, 28, 1), components: tuple[int, ...] = (1, 10),

@@ -36,6 +36,7 @@ import numpy as np
 from tfp_ae._tf import tf, tfb, tfd, tfk, tfpl
 from tfp_ae.errors import InputError
 from tfp_ae.heads.readout import MAX_RISK_STRATA, Readouts
+from tfp_ae.heads.recalibrated import PIT_EDGES, PIT_GROUPS, PITRecalibrated, bin_widths
 
 POSITIVE_SHIFT = 1e-6
 MAF_SAMPLES = 50
@@ -186,11 +187,12 @@ class Head(Readouts, tfpl.DistributionLambda):
     #                         and every scale is multiplied by the non-trainable `sigma_scale` (`scaled`)
     per_pixel_scales = False  # every scale passed to `scaled` is one pixel's marginal scale: local recalibration
     joint_local_scales = False  # local recalibration as Sigma' = D Sigma D, applied by the family (low-rank heads)
+    pit_family = None  # "normal" | "logistic": a factorised location-scale head that takes PIT recalibration
     location_output = False  # the first D parameters are the location (has_location heads, and mse):
     #                          `--location-activation` applies to them
 
     def __init__(self, event_shape: tuple[int, ...], num_components: int = 1, loss: str = "nll", beta: float | None = None,
-                 local_scales: bool = False, **kwargs):
+                 local_scales: bool = False, pit_recalibration: bool = False, **kwargs):
         given = {k: kwargs.pop(k) for k in list(kwargs) if k in self.options}
         event_shape = tuple(int(d) for d in event_shape)
         if len(event_shape) != 3 or min(event_shape) < 1:
@@ -224,6 +226,18 @@ class Head(Readouts, tfpl.DistributionLambda):
                                                initializer=tfk.initializers.Constant(np.arange(LOCAL_KNOTS, dtype=float)))
             self.local_log_factors = self.add_weight(name="local_log_factors", shape=[LOCAL_KNOTS], initializer="zeros",
                                                      trainable=False, dtype="float32")
+        self.pit_recalibration = bool(pit_recalibration)
+        if self.pit_recalibration:  # PIT recalibration (`tfp_ae.calibration.fit_pit_recalibration`): identity until fitted
+            if not self.takes_pit_recalibration(self.num_components) or self.local_scales:
+                takes = head_names(lambda c: c.takes_pit_recalibration())
+                raise InputError(f"pit_recalibration (--recalibration-method pit) takes K = 1 factorised normal or logistic "
+                                 f"heads ({takes}), without local_scales; got {self.head_name} K={self.num_components}")
+            self.pit_scale_edges = self.add_weight(
+                name="pit_scale_edges", shape=[PIT_GROUPS - 1], trainable=False, dtype="float32",
+                initializer=tfk.initializers.Constant(float(np.finfo(np.float32).max)))
+            self.pit_masses = self.add_weight(
+                name="pit_masses", shape=[PIT_GROUPS, len(PIT_EDGES) + 1], trainable=False, dtype="float32",
+                initializer=tfk.initializers.Constant(np.tile(bin_widths(), (PIT_GROUPS, 1))))
         if self.has_variance:  # conformal risk control (`tfp_ae.calibration.fit_conformal`): 1 until fitted
             self.conformal_lambda = self.add_weight(name="conformal_lambda", shape=[], initializer="ones",
                                                     trainable=False, dtype="float32")
@@ -242,6 +256,25 @@ class Head(Readouts, tfpl.DistributionLambda):
         """Whether local recalibration applies: K = 1 and every scale is a pixel's (`per_pixel_scales`) or the
         family applies it to its covariance (`joint_local_scales`)."""
         return cls.has_location and (cls.per_pixel_scales or cls.joint_local_scales) and num_components == 1
+
+    @classmethod
+    def takes_pit_recalibration(cls, num_components: int = 1) -> bool:
+        """Whether PIT recalibration applies: K = 1 and a factorised head of a location-scale family with a fixed
+        standardised shape (`pit_family`: normal, logistic), where a recalibrated CDF per pixel is a density of
+        the image."""
+        return cls.has_location and cls.pit_family is not None and num_components == 1
+
+    def pit_recalibrated(self, pixels: tfd.Distribution) -> tfd.Distribution:
+        """The pixel distributions `pixels` (normal or logistic, batch `[..., H, W, C]`) recalibrated through their
+        CDFs (`PITRecalibrated`) when the head was built with `pit_recalibration`, else `pixels`: each pixel takes the
+        bin masses `pit_masses[g]` of its scale's group g, the number of `pit_scale_edges` below its log scale (the
+        scale after σ-scaling; group 0 and the identity until fitted)."""
+        if not self.pit_recalibration:
+            return pixels
+        log_scale = tf.math.log(tf.broadcast_to(pixels.scale, tf.shape(pixels.loc)))
+        above = tf.cast(log_scale[..., None] > tf.cast(self.pit_scale_edges, log_scale.dtype), tf.int32)
+        masses = tf.gather(tf.cast(self.pit_masses, log_scale.dtype), tf.reduce_sum(above, -1))
+        return PITRecalibrated(pixels, masses)
 
     @classmethod
     def check_loss(cls, loss: str, beta: float | None = None, num_components: int = 1) -> tuple[str, float | None]:
@@ -433,6 +466,8 @@ class Head(Readouts, tfpl.DistributionLambda):
             config.update(loss=self.training_loss, beta=self.beta)
         if self.local_scales:
             config.update(local_scales=True)
+        if self.pit_recalibration:
+            config.update(pit_recalibration=True)
         return config
 
     @classmethod

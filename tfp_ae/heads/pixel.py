@@ -30,10 +30,10 @@ class PixelHead(Head):
     def component(self, params: tf.Tensor) -> tfd.Distribution:
         d = int(np.prod(self._image_shape))
         parts = [_unflatten(t, self._image_shape) for t in _split(params, [d] * self.n_pixel_params)]
-        return tfd.Independent(self.pixel_distribution(*parts), reinterpreted_batch_ndims=3)
+        return tfd.Independent(self.pit_recalibrated(self.pixel_distribution(*parts)), reinterpreted_batch_ndims=3)
 
     def marginal(self, comp: tfd.Distribution) -> tfd.Distribution:
-        """The per-pixel distribution itself."""
+        """The per-pixel distribution itself (`PITRecalibrated` for a head built with `pit_recalibration`)."""
         return comp.distribution
 
 
@@ -41,6 +41,7 @@ class NormalIdentity(PixelHead):
     """N(mu, I): multivariate normal with identity covariance (the paper's Nµ)."""
     head_name, label = "normal_identity", "Nµ"
     takes_beta_nll = has_location = location_output = True
+    pit_family = "normal"
 
     def pixel_distribution(self, loc: tf.Tensor) -> tfd.Distribution:
         return tfd.Normal(loc, self.scaled(tf.ones_like(loc)))
@@ -84,6 +85,7 @@ class NormalDiag(PixelHead):
     head_name, label = "normal_diag", "Nµ,diag(Σ)"
     n_pixel_params = 2
     takes_beta_nll = has_location = location_output = True
+    pit_family = "normal"
 
     def pixel_distribution(self, loc: tf.Tensor, s: tf.Tensor) -> tfd.Distribution:
         return tfd.Normal(loc, self.scaled(positive(s)))
@@ -121,6 +123,7 @@ class Logistic(PixelHead):
     head_name, label = "logistic", "Logistic"
     n_pixel_params = 2
     takes_beta_nll = has_location = location_output = True
+    pit_family = "logistic"
 
     def pixel_distribution(self, loc: tf.Tensor, s: tf.Tensor) -> tfd.Distribution:
         return tfd.Logistic(loc, self.scaled(positive(s)))
