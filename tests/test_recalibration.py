@@ -327,8 +327,13 @@ def test_local_recalibration_is_saved_guarded_and_exported(head, tmp_path):
     (["--recalibrate", "--recalibration-method", "local", "--head", "matrix_normal_diag"], "low-rank covariance .*"
      "normal_lowrank, .*student_t_lowrank.* got --head matrix_normal_diag"),
     (["--recalibrate", "--recalibration-method", "local", "-K", "2"], "--components 2"),
+    (["--recalibration-method", "pit"], "--recalibration-method pit takes --recalibrate .* without --recalibrate"),
+    (["--recalibrate", "--recalibration-method", "pit", "--head", "student_t_diag"], "factorised normal or logistic "
+     r"head \(logistic, normal_diag, normal_identity\); got --head student_t_diag"),
+    (["--recalibrate", "--recalibration-method", "pit", "--head", "normal_lowrank"], "got --head normal_lowrank"),
+    (["--recalibrate", "--recalibration-method", "pit", "-K", "2"], "--components 2"),
 ])
-def test_bad_local_recalibration_settings_are_refused(argv, match, tmp_path):
+def test_bad_recalibration_method_settings_are_refused(argv, match, tmp_path):
     with pytest.raises(SystemExit, match=match):
         main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "x")] + argv)
     assert not (tmp_path / "x").exists()

@@ -48,7 +48,7 @@ from tfp_ae.calibration.pit import (
 from tfp_ae.calibration.pit_recalibration import (
     check_pit_recalibration,
     fit_pit_recalibration,
-    pit_masses,
+    pit_groups,
     reset_pit_recalibration,
 )
 from tfp_ae.calibration.scaling import (
@@ -65,6 +65,6 @@ __all__ = ["calibrate", "calibration", "calibration_by_std", "calibration_error"
            "coverage_at", "crps_from", "crps_inputs", "DEFAULT_DELTA", "DEFAULT_RISK", "fit_conformal",
            "fit_local_scales", "fit_pit_recalibration", "fit_sigma_scale", "hb_p_value", "held_out_parts",
            "krcps_lambdas", "HELD_OUT_SEED", "LEVELS", "MAX_BITS_PER_DIM_LOSS", "min_calibration_images",
-           "MIN_RECALIBRATION_IMAGES", "pit_batch_size", "PIT_BINS", "pit_masses", "pit_values", "pixel_crps",
+           "MIN_RECALIBRATION_IMAGES", "pit_batch_size", "PIT_BINS", "pit_groups", "pit_values", "pixel_crps",
            "pixel_groups", "rcps_lambda", "recalibrate", "reset_local_scales", "reset_pit_recalibration",
            "SIGMA_SCALE_BOUNDS", "SPREAD_BINS"]

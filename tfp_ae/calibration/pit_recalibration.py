@@ -8,15 +8,14 @@ the shape is what is wrong where the model is confident (a background pixel, deq
 of width 1/256; no normal of any scale has uniform PIT values there), so their error within the quartiles of
 the predicted std stays at 0.03-0.06 (docs/results/conformal, local.csv). Here the pixels of the held-out images
 are cut into `PIT_GROUPS` groups at the octiles of their log scales (the scale after σ-scaling), and each group's
-R is the histogram of its PIT values u = F(x) on the bins of `PIT_EDGES` (the ends of the central 50, 80, 90,
-95 and 99 % intervals, and the median), mixed with the identity by `SMOOTHING` so that every bin keeps a
-positive density: R(p) is then the fraction of the group's held-out pixels with u <= p at every bin end p, and
-so every central interval at those levels covers its level on the held-out pixels of every group. This is
-Kuleshov, Fenner & Ermon's recalibration of the CDF (ICML 2018), per group of spread (their one isotonic map
-for all pixels leaves errors that cancel between groups) and with a histogram in place of the isotonic map:
-the histogram is the maximum-likelihood density among those constant on the bins, the identity among them, so
-the held-out log-likelihood of the pixels does not fall in-sample (up to the smoothing's at most
--log(1 - SMOOTHING) nats a pixel); `recalibrate` guards the rest like σ-scaling.
+R maps its pixels' PIT quantiles at the levels `PIT_EDGES` (the ends of the central 50, 80, 90, 95 and 99 %
+intervals, and the median) to those levels, linearly in between: every central interval at those levels then
+covers its level on the held-out pixels of every group (to 1/N). This is Kuleshov, Fenner & Ermon's
+recalibration of the CDF (ICML 2018), per group of spread (their one isotonic map for all pixels leaves errors
+that cancel between groups) and piecewise linear between quantiles in place of isotonic, so that it has a
+density: r is a histogram whose bins hold the held-out pixels in the proportions of its masses, the maximum of
+the likelihood among densities constant on those bins (the identity among them), so the held-out
+log-likelihood of the pixels does not fall in-sample (to 1/N); `recalibrate` guards the rest like σ-scaling.
 
 Heads: K = 1 factorised heads of a location-scale family with a fixed standardised shape (normal identity and
 diagonal, logistic: `Head.takes_pit_recalibration`), where the recalibrated pixels stay independent and their
@@ -32,12 +31,11 @@ import numpy as np
 from tfp_ae._tf import tf
 from tfp_ae.calibration.pit import calibration_by_std
 from tfp_ae.errors import InputError
-from tfp_ae.heads.recalibrated import PIT_EDGES, PIT_GROUPS, bin_widths
+from tfp_ae.heads.recalibrated import PIT_GROUPS, fitted_parameters, identity_parameters
 
 if TYPE_CHECKING:
     from tfp_ae.models import ProbabilisticModel
 
-SMOOTHING = 1e-3  # R's masses: (1 - this) x the held-out histogram + this x the bins' widths (every bin positive)
 
 
 def check_pit_recalibration(model: ProbabilisticModel) -> None:
@@ -50,45 +48,39 @@ def check_pit_recalibration(model: ProbabilisticModel) -> None:
                          f"K={head.num_components}")
 
 
-def pixel_pits(model: ProbabilisticModel, pairs: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For every pixel of `pairs` (`(inputs, targets)` batches `[B, H, W, C]`, pixels in [0, 1]): the log of its
-    scale before PIT recalibration (after σ-scaling), its PIT value under the head as it is now and its predicted
-    std as it is now, each `[N]` (N the number of pixels; nats are not involved)."""
+def pixel_residuals(model: ProbabilisticModel, pairs: tf.data.Dataset) -> dict[str, np.ndarray]:
+    """For every pixel of `pairs` (`(inputs, targets)` batches `[B, H, W, C]`, pixels in [0, 1]), each `[N]`
+    (N the number of pixels): `log_scale` (its scale before PIT recalibration, after σ-scaling), `z` = (target -
+    loc) / scale (float64 of float32), and under the head as it is now its PIT value `u` and predicted `std`."""
     head = model.head
-    logs, pits, stds = [], [], []
+    out = {k: [] for k in ("log_scale", "z", "u", "std")}
     for x, y in pairs:
         _, _, comp = head._parts(model(x, training=False))
         marginal = head.marginal(comp)  # PITRecalibrated
         base = marginal.distribution
-        logs.append(tf.math.log(tf.broadcast_to(base.scale, tf.shape(base.loc))).numpy().ravel())
-        pits.append(marginal.cdf(tf.cast(y, marginal.dtype)).numpy().ravel())
-        stds.append(marginal.stddev().numpy().ravel())
-    return np.concatenate(logs), np.concatenate(pits), np.concatenate(stds)
+        scale = tf.broadcast_to(base.scale, tf.shape(base.loc))
+        y = tf.cast(y, marginal.dtype)
+        for key, t in (("log_scale", tf.math.log(scale)), ("z", (y - base.loc) / scale), ("u", marginal.cdf(y)),
+                       ("std", marginal.stddev())):
+            out[key].append(t.numpy().ravel())
+    return {k: np.concatenate(v).astype(np.float64 if k == "z" else np.float32) for k, v in out.items()}
 
 
-def pit_masses(log_scale: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """R's fit: the group edges `[PIT_GROUPS - 1]` (the octiles of the log scales `log_scale` `[N]`; pixel with
-    log scale s is in group `#{edges < s}`) and each group's bin masses `[PIT_GROUPS, J]` (the histogram of its
-    PIT values `u` `[N]` on the bins of `PIT_EDGES`, mixed with the widths by `SMOOTHING`; the widths, i.e. the
-    identity, for a group without pixels). float32, as the head stores them."""
+def pit_groups(log_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The group edges `[PIT_GROUPS - 1]` float32 (the octiles of the log scales `log_scale` `[N]`) and each pixel's
+    group `[N]`, `#{edges < its log scale}` (the head's rule, `Head.pit_recalibrated`)."""
     edges = np.quantile(log_scale, np.arange(1, PIT_GROUPS) / PIT_GROUPS).astype(np.float32)
-    groups = np.searchsorted(edges, log_scale.astype(np.float32), side="left")
-    bins = np.concatenate([[0.0], PIT_EDGES, [1.0]])
-    masses = np.tile(bin_widths(), (PIT_GROUPS, 1))
-    for g in range(PIT_GROUPS):
-        ug = np.clip(u[groups == g], 0.0, 1.0)
-        if len(ug):
-            masses[g] = (1 - SMOOTHING) * np.histogram(ug, bins)[0] / len(ug) + SMOOTHING * bin_widths()
-    return edges, masses.astype(np.float32)
+    return edges, np.searchsorted(edges, log_scale.astype(np.float32), side="left")
 
 
 def fit_pit_recalibration(model: ProbabilisticModel, pairs: tf.data.Dataset) -> dict:
-    """Fit and assign the head's PIT recalibration (`pit_scale_edges`, `pit_masses`; see the module docstring) on
+    """Fit and assign the head's PIT recalibration (`pit_scale_edges`, and per group `pit_knots`, `pit_log_ratios`,
+    `pit_moments`: `tfp_ae.heads.recalibrated.fitted_parameters` of its pixels' z; see the module docstring) on
     held-out `(inputs, targets)` batches (a run: raw inputs, dequantised targets), starting from none (the
     head's σ-scale stays as it is).
 
     Returns:
-      `{"scale_edges": [PIT_GROUPS - 1] log scales, "masses": [PIT_GROUPS][J], "calibration_error_by_std_before":
+      `{"scale_edges": [PIT_GROUPS - 1] log scales, "knots": [PIT_GROUPS][J - 1] in z, "calibration_error_by_std_before":
       [4], "calibration_error_by_std_after": [4]}`: the held-out pixels' calibration error within the quartiles
       of their predicted std before and after (each with its own std).
     Raises:
@@ -97,17 +89,21 @@ def fit_pit_recalibration(model: ProbabilisticModel, pairs: tf.data.Dataset) -> 
     check_pit_recalibration(model)
     head = model.head
     reset_pit_recalibration(model)
-    log_scale, u, std = pixel_pits(model, pairs)
-    edges, masses = pit_masses(log_scale, u)
+    before = pixel_residuals(model, pairs)
+    edges, group = pit_groups(before["log_scale"])
+    fitted = [fitted_parameters(head.pit_family, before["z"][group == g]) for g in range(PIT_GROUPS)]
     head.pit_scale_edges.assign(edges)
-    head.pit_masses.assign(masses)
-    _, u_after, std_after = pixel_pits(model, pairs)
-    return dict(scale_edges=edges.tolist(), masses=masses.tolist(),
-                calibration_error_by_std_before=calibration_by_std(u, std)["calibration_error"],
-                calibration_error_by_std_after=calibration_by_std(u_after, std_after)["calibration_error"])
+    for key in ("knots", "log_ratios", "moments"):
+        getattr(head, f"pit_{key}").assign(np.stack([f[key] for f in fitted]))
+    after = pixel_residuals(model, pairs)
+    return dict(scale_edges=edges.tolist(), knots=np.stack([f["knots"] for f in fitted]).tolist(),
+                calibration_error_by_std_before=calibration_by_std(before["u"], before["std"])["calibration_error"],
+                calibration_error_by_std_after=calibration_by_std(after["u"], after["std"])["calibration_error"])
 
 
 def reset_pit_recalibration(model: ProbabilisticModel) -> None:
     """Undo `fit_pit_recalibration`: every pixel in group 0, whose R is the identity."""
-    model.head.pit_scale_edges.assign(np.full(PIT_GROUPS - 1, np.finfo(np.float32).max, np.float32))
-    model.head.pit_masses.assign(np.tile(bin_widths(), (PIT_GROUPS, 1)).astype(np.float32))
+    head = model.head
+    head.pit_scale_edges.assign(np.full(PIT_GROUPS - 1, np.finfo(np.float32).max, np.float32))
+    for key, value in identity_parameters(head.pit_family).items():
+        getattr(head, f"pit_{key}").assign(np.tile(value, (PIT_GROUPS, 1)))

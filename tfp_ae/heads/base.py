@@ -36,7 +36,7 @@ import numpy as np
 from tfp_ae._tf import tf, tfb, tfd, tfk, tfpl
 from tfp_ae.errors import InputError
 from tfp_ae.heads.readout import MAX_RISK_STRATA, Readouts
-from tfp_ae.heads.recalibrated import PIT_EDGES, PIT_GROUPS, PITRecalibrated, bin_widths
+from tfp_ae.heads.recalibrated import PIT_GROUPS, PITRecalibrated, identity_parameters
 
 POSITIVE_SHIFT = 1e-6
 MAF_SAMPLES = 50
@@ -235,9 +235,10 @@ class Head(Readouts, tfpl.DistributionLambda):
             self.pit_scale_edges = self.add_weight(
                 name="pit_scale_edges", shape=[PIT_GROUPS - 1], trainable=False, dtype="float32",
                 initializer=tfk.initializers.Constant(float(np.finfo(np.float32).max)))
-            self.pit_masses = self.add_weight(
-                name="pit_masses", shape=[PIT_GROUPS, len(PIT_EDGES) + 1], trainable=False, dtype="float32",
-                initializer=tfk.initializers.Constant(np.tile(bin_widths(), (PIT_GROUPS, 1))))
+            for key, value in identity_parameters(self.pit_family).items():  # per group: knots, log_ratios, moments
+                setattr(self, f"pit_{key}", self.add_weight(
+                    name=f"pit_{key}", shape=[PIT_GROUPS, len(value)], trainable=False, dtype="float32",
+                    initializer=tfk.initializers.Constant(np.tile(value, (PIT_GROUPS, 1)))))
         if self.has_variance:  # conformal risk control (`tfp_ae.calibration.fit_conformal`): 1 until fitted
             self.conformal_lambda = self.add_weight(name="conformal_lambda", shape=[], initializer="ones",
                                                     trainable=False, dtype="float32")
@@ -267,14 +268,16 @@ class Head(Readouts, tfpl.DistributionLambda):
     def pit_recalibrated(self, pixels: tfd.Distribution) -> tfd.Distribution:
         """The pixel distributions `pixels` (normal or logistic, batch `[..., H, W, C]`) recalibrated through their
         CDFs (`PITRecalibrated`) when the head was built with `pit_recalibration`, else `pixels`: each pixel takes the
-        bin masses `pit_masses[g]` of its scale's group g, the number of `pit_scale_edges` below its log scale (the
-        scale after σ-scaling; group 0 and the identity until fitted)."""
+        row g of `pit_knots`, `pit_log_ratios` and `pit_moments`, g its scale's group, the number of
+        `pit_scale_edges` below its log scale (the scale after σ-scaling; group 0 and the identity until fitted)."""
         if not self.pit_recalibration:
             return pixels
         log_scale = tf.math.log(tf.broadcast_to(pixels.scale, tf.shape(pixels.loc)))
         above = tf.cast(log_scale[..., None] > tf.cast(self.pit_scale_edges, log_scale.dtype), tf.int32)
-        masses = tf.gather(tf.cast(self.pit_masses, log_scale.dtype), tf.reduce_sum(above, -1))
-        return PITRecalibrated(pixels, masses)
+        group = tf.reduce_sum(above, -1)
+        rows = [tf.gather(tf.cast(w, log_scale.dtype), group)
+                for w in (self.pit_knots, self.pit_log_ratios, self.pit_moments)]
+        return PITRecalibrated(pixels, *rows)
 
     @classmethod
     def check_loss(cls, loss: str, beta: float | None = None, num_components: int = 1) -> tuple[str, float | None]:

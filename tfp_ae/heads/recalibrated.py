@@ -1,17 +1,18 @@
-"""PIT recalibration as a density: a location-scale pixel distribution F whose CDF is composed with a
-piecewise-linear map R of [0, 1], G(x) = R(F(x)), so its density is g(x) = r(F(x)) f(x) with r = R' piecewise
-constant (`PITRecalibrated`). A model that is miscalibrated in shape (a pixel's PIT values are not uniform)
-is then fixed by a histogram of its held-out PIT values (`tfp_ae.calibration.fit_pit_recalibration`) and
-stays a normalised density: `log_prob` gains `log r(F(x))`, the intervals are `F^-1(R^-1(q))`, the mean and
-variance are closed forms of R's bin masses. This is the recalibration of the CDF of Kuleshov, Fenner &
-Ermon, ICML 2018 ("Accurate uncertainties for deep learning using calibrated regression"), with their
-isotonic map replaced by the maximum-likelihood histogram of the PIT on fixed bins, so that the result is
-a density whose held-out likelihood cannot fall below the model's in-sample (the histogram is the
-likelihood's maximiser among densities constant on the bins, the identity among them).
+"""PIT recalibration as a density: a location-scale pixel distribution F(x) = F0((x - loc) / scale) whose CDF
+is composed with a piecewise-linear map R of [0, 1], G(x) = R(F(x)), so its density is g(x) = r(F(x)) f(x) with
+r = R' piecewise constant (`PITRecalibrated`). R goes through the points (F0(k_j), P_j): `k_j` knots in the
+standardised variable z (a fit puts them at the held-out pixels' quantiles of z at the levels `PIT_EDGES`, so
+that every central interval at those levels covers what it says), `P_j` the levels; the bin between two knots
+has mass `m_j = P_{j+1} - P_j` and density ratio `m_j / p_j`, `p_j = F0(k_{j+1}) - F0(k_j)` its probability
+under F. This is the recalibration of the CDF of Kuleshov, Fenner & Ermon, ICML 2018 ("Accurate uncertainties
+for deep learning using calibrated regression"), with their isotonic map replaced by a histogram on the
+quantiles, which is a density (`tfp_ae.calibration.pit_recalibration` fits it, per group of pixel scales).
+
+Everything is computed from z and the standardised family's log-CDF and log-survival function, so pixels far
+in a tail (z of 10 or 1,000: a confident model on 8-bit images), where F(x) rounds to 0 or 1, keep their bin
+and density.
 """
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 from scipy import stats
@@ -19,77 +20,105 @@ from scipy import stats
 from tfp_ae._tf import tf, tfd, tfp
 from tfp_ae.errors import InputError
 
-PIT_EDGES = (0.005, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.975, 0.995)  # inner edges of R's bins: the
-#   ends of the central 50, 80, 90, 95 and 99 % intervals (`tfp_ae.calibration.LEVELS`) and the median
+PIT_EDGES = (0.005, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.975, 0.995)  # the levels P_j of R's inner
+#   knots: the ends of the central 50, 80, 90, 95 and 99 % intervals (`tfp_ae.calibration.LEVELS`), the median
 PIT_GROUPS = 8  # the pixels' scales are cut into this many groups (octiles on the held-out images), one R each
-STANDARD = {"normal": stats.norm, "logistic": stats.logistic}  # families with a fixed standardised shape
+BIG_Z = 1e4  # the outer ends of the first and last bins in z (-inf and inf, finite so that in-bin sums stay finite)
+STANDARD = {"normal": (tfd.Normal, stats.norm), "logistic": (tfd.Logistic, stats.logistic)}
 
 
-def bin_widths() -> np.ndarray:
-    """The widths of R's bins on [0, 1] (`PIT_EDGES` with 0 and 1), `[J]` float64: R's masses when it is the
-    identity."""
+def level_widths() -> np.ndarray:
+    """`m_j`: the widths of the levels' bins on [0, 1] (`PIT_EDGES` with 0 and 1), `[J]` float64."""
     return np.diff(np.concatenate([[0.0], PIT_EDGES, [1.0]]))
 
 
-@functools.cache
-def bin_moments(family: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For the standardised `family` (`STANDARD`) with CDF F0: the bins' ends in z, `[J + 1]` (F0^-1 of 0,
-    `PIT_EDGES`, 1: -inf and inf at the ends), and each bin's conditional first and second moments
-    E[Z | bin] and E[Z^2 | bin], `[J]` each (SciPy's `expect` over the bin, divided by its probability)."""
-    dist = STANDARD[family]
-    z = dist.ppf(np.concatenate([[0.0], PIT_EDGES, [1.0]]))
-    w = bin_widths()
-    first = np.array([dist.expect(lambda t: t, lb=a, ub=b) for a, b in zip(z[:-1], z[1:], strict=True)]) / w
-    second = np.array([dist.expect(lambda t: t * t, lb=a, ub=b) for a, b in zip(z[:-1], z[1:], strict=True)]) / w
-    return z, first, second
+def family_of(distribution: tfd.Distribution) -> str:
+    """`normal` or `logistic`: the standardised family of a pixel distribution.
+    Raises:
+      InputError: another family."""
+    for name, (cls, _) in STANDARD.items():
+        if type(distribution) is cls:
+            return name
+    raise InputError(f"PIT recalibration takes a normal or logistic distribution, got {type(distribution).__name__}")
+
+
+def identity_parameters(family: str) -> dict[str, np.ndarray]:
+    """The parameters with which `PITRecalibrated` is its distribution itself: knots at F0^-1 of the levels,
+    log ratios 0, the family's standard moments (E Z, E Z^2) = (0, var), float32."""
+    ref = STANDARD[family][1]
+    return dict(knots=ref.ppf(PIT_EDGES).astype(np.float32), log_ratios=np.zeros(len(PIT_EDGES) + 1, np.float32),
+                moments=np.array([0.0, ref.var()], np.float32))
+
+
+def fitted_parameters(family: str, z: np.ndarray) -> dict[str, np.ndarray]:
+    """R fitted to standardised residuals `z` `[N]` (z = (x - loc) / scale of held-out pixels; float64): knots at
+    their quantiles at `PIT_EDGES` (raised where needed to increase strictly), each bin's log density ratio
+    `log(m_j / p_j)` and the moments (E Z, E Z^2) of the recalibrated standardised variable, sum_j m_j E[Z^k |
+    bin j] (SciPy: `truncnorm`; a logistic's by numerical integration, `expect`), float32 as the head stores them.
+    With no pixels: `identity_parameters`."""
+    if len(z) == 0:
+        return identity_parameters(family)
+    ref = STANDARD[family][1]
+    knots = np.quantile(np.asarray(z, np.float64), PIT_EDGES)
+    for j in range(1, len(knots)):  # strictly increasing, and still so in float32
+        knots[j] = max(knots[j], knots[j - 1] + 1e-4 * (1 + abs(knots[j - 1])))
+    knots = knots.astype(np.float32).astype(np.float64)
+    lo, hi = np.concatenate([[-np.inf], knots]), np.concatenate([knots, [np.inf]])
+    # log p_j, the bin's probability under F0, from whichever tail keeps it exact
+    log_p = np.array([ref.logsf(a) + np.log(-np.expm1(ref.logsf(b) - ref.logsf(a))) if a >= 0 else
+                      ref.logcdf(b) + np.log(-np.expm1(ref.logcdf(a) - ref.logcdf(b))) for a, b in zip(lo, hi, strict=True)])
+    m = level_widths()
+    if family == "normal":
+        first = np.array([stats.truncnorm(a, b).mean() for a, b in zip(lo, hi, strict=True)])
+        second = np.array([stats.truncnorm(a, b).moment(2) for a, b in zip(lo, hi, strict=True)])
+    else:
+        first = np.array([ref.expect(lambda t: t, lb=a, ub=b, conditional=True) for a, b in zip(lo, hi, strict=True)])
+        second = np.array([ref.expect(lambda t: t * t, lb=a, ub=b, conditional=True)
+                           for a, b in zip(lo, hi, strict=True)])
+    return dict(knots=knots.astype(np.float32), log_ratios=(np.log(m) - log_p).astype(np.float32),
+                moments=np.array([m @ first, m @ second], np.float32))
 
 
 class PITRecalibrated(tfd.Distribution):
-    """A location-scale distribution (`tfd.Normal` or `tfd.Logistic`, any batch) recalibrated through its
-    CDF: G(x) = R(F(x)), R piecewise linear on the bins of [0, 1] with ends `PIT_EDGES` and bin masses
-    `masses` (`[..., J]`, broadcast against the batch, each row positive and summing to 1). With
-    `m_j` the masses, `p_j` the bins' left ends, `w_j` their widths:
+    """A location-scale distribution (`tfd.Normal` or `tfd.Logistic`, batch `[...]`) recalibrated through its
+    CDF: G(x) = R(F(x)) (module docstring), scalar event.
 
-    - `cdf(x) = sum_j m_j clip((F(x) - p_j) / w_j, 0, 1)`;
-    - `log_prob(x) = log f(x) + log(m_j / w_j)` for the bin j of F(x) (chosen on z = (x - loc) / scale, so
-      that a pixel far in a tail, where F(x) rounds to 0 or 1, keeps its bin);
-    - `quantile(q) = F^-1(sum_j w_j clip((q - M_j) / m_j, 0, 1))`, `M_j = m_0 + ... + m_{j-1}`;
-    - `mean = loc + scale sum_j m_j E[Z | bin j]`, `variance = scale^2 (sum_j m_j E[Z^2 | bin j] - (sum_j
-      m_j E[Z | bin j])^2)` (`bin_moments`: exact, Z the standardised family);
-    - samples: `quantile` of stateless uniforms.
+    Args:
+      distribution: F, with `loc` and `scale`.
+      knots: `[..., J - 1]` the inner knots k_j in z = (x - loc) / scale, strictly increasing.
+      log_ratios: `[..., J]` log(m_j / p_j), each bin's log density ratio (nats).
+      moments: `[..., 2]` (E Z, E Z^2) of the recalibrated standardised variable.
+      The last three broadcast against the batch (a head gathers them per pixel by its scale's group).
 
-    With masses equal to the widths (`bin_widths`) it is the distribution itself.
+    With z in bin j = [a, b] (the ends -`BIG_Z`, k_1, ..., k_{J-1}, `BIG_Z`) and `M_j` = P_j:
+
+    - `log_prob(x) = log f(x) + log_ratios_j`;
+    - `cdf(x) = P_j + m_j t`, t = (F0(z) - F0(a)) / (F0(b) - F0(a)) from log-CDFs (a < 0) or log-survival
+      functions (a >= 0), clipped to [0, 1];
+    - `quantile(q)`: that t inverted in the bin where P_j <= q < P_{j+1};
+    - `mean = loc + scale E Z`, `variance = scale^2 (E Z^2 - (E Z)^2)`;
+    - samples: `quantile` of stateless uniforms (`tfp.random.sanitize_seed`).
     Raises:
-      InputError: a family other than normal or logistic.
+      InputError: a family other than normal or logistic (`family_of`).
     """
 
-    def __init__(self, distribution: tfd.Distribution, masses: tf.Tensor, validate_args: bool = False,
-                 allow_nan_stats: bool = True, name: str = "PITRecalibrated"):
+    def __init__(self, distribution: tfd.Distribution, knots: tf.Tensor, log_ratios: tf.Tensor, moments: tf.Tensor,
+                 validate_args: bool = False, allow_nan_stats: bool = True, name: str = "PITRecalibrated"):
         parameters = dict(locals())
-        family = {tfd.Normal: "normal", tfd.Logistic: "logistic"}.get(type(distribution))
-        if family is None:
-            raise InputError(f"PIT recalibration takes a normal or logistic distribution, got {type(distribution).__name__}")
-        self._family = family
+        self._family = family_of(distribution)
         self._base = distribution
-        self._masses = tf.convert_to_tensor(masses, distribution.dtype)
-        super().__init__(dtype=distribution.dtype, reparameterization_type=tfd.FULLY_REPARAMETERIZED,
-                         validate_args=validate_args, allow_nan_stats=allow_nan_stats, parameters=parameters, name=name)
+        dtype = distribution.dtype
+        self._knots = tf.convert_to_tensor(knots, dtype)
+        self._log_ratios = tf.convert_to_tensor(log_ratios, dtype)
+        self._moments = tf.convert_to_tensor(moments, dtype)
+        self._standard = STANDARD[self._family][0](tf.zeros([], dtype), tf.ones([], dtype))
+        super().__init__(dtype=dtype, reparameterization_type=tfd.FULLY_REPARAMETERIZED, validate_args=validate_args,
+                         allow_nan_stats=allow_nan_stats, parameters=parameters, name=name)
 
     @property
     def distribution(self) -> tfd.Distribution:
-        """The distribution before recalibration (F)."""
+        """F, the distribution before recalibration."""
         return self._base
-
-    @property
-    def masses(self) -> tf.Tensor:
-        """R's bin masses `[..., J]`."""
-        return self._masses
-
-    def _constants(self):
-        z, first, second = bin_moments(self._family)
-        c = lambda v: tf.constant(v, self.dtype)  # noqa: E731
-        p = np.concatenate([[0.0], PIT_EDGES])
-        return c(z), c(first), c(second), c(p), c(bin_widths())
 
     def _batch_shape(self):
         return self._base.batch_shape
@@ -103,51 +132,77 @@ class PITRecalibrated(tfd.Distribution):
     def _event_shape_tensor(self):
         return tf.constant([], tf.int32)
 
-    def _masses_like(self, x):
-        """The masses broadcast to the batch of `x` against the distribution's, `[..., J]`."""
-        shape = tf.broadcast_dynamic_shape(tf.shape(x), self._base.batch_shape_tensor())
-        return tf.broadcast_to(self._masses, tf.concat([shape, [len(PIT_EDGES) + 1]], 0))
+    def _broadcast(self, t, like):
+        """`t` `[..., n]` broadcast to the batch of `like` against the distribution's, `[..., n]`."""
+        shape = tf.broadcast_dynamic_shape(tf.shape(like), self._base.batch_shape_tensor())
+        return tf.broadcast_to(t, tf.concat([shape, tf.shape(t)[-1:]], 0))
+
+    def _ends(self, like):
+        """Each bin's ends in z, `([..., J], [..., J])`, broadcast like `like`."""
+        k = self._broadcast(self._knots, like)
+        big = tf.fill(tf.shape(k[..., :1]), tf.constant(BIG_Z, self.dtype))
+        return tf.concat([-big, k], -1), tf.concat([k, big], -1)
+
+    @staticmethod
+    def _levels(dtype):
+        return tf.constant(np.concatenate([[0.0], PIT_EDGES]), dtype), tf.constant(level_widths(), dtype)
+
+    def _bin(self, z, lo):
+        """One-hot of z's bin `[..., J]`: the inner knots at or below z, counted (`lo[..., 1:]`)."""
+        above = tf.cast(z[..., None] >= lo[..., 1:], self.dtype)
+        ones = tf.ones_like(above[..., :1])
+        return tf.concat([ones, above], -1) - tf.concat([above, tf.zeros_like(ones)], -1)
+
+    def _z(self, x):
+        return (x - self._base.loc) / self._base.scale
 
     def _log_prob(self, x):
-        z_ends, _, _, _, w = self._constants()
-        z = (x - self._base.loc) / self._base.scale
-        above = tf.cast(z[..., None] >= z_ends[1:-1], self.dtype)  # [..., J - 1]
-        ones = tf.ones_like(z)[..., None]
-        in_bin = tf.concat([ones, above], -1) - tf.concat([above, tf.zeros_like(ones)], -1)  # one-hot of z's bin
-        density = tf.reduce_sum(in_bin * self._masses_like(x) / w, -1)
-        return self._base.log_prob(x) + tf.math.log(density)
+        z = self._z(x)
+        lo, _ = self._ends(z)
+        return self._base.log_prob(x) + tf.reduce_sum(self._bin(z, lo) * self._broadcast(self._log_ratios, z), -1)
 
     def _cdf(self, x):
-        _, _, _, p, w = self._constants()
-        u = self._base.cdf(x)[..., None]
-        return tf.reduce_sum(self._masses_like(x) * tf.clip_by_value((u - p) / w, 0.0, 1.0), -1)
+        z = self._z(x)
+        lo, hi = self._ends(z)
+        one_hot = self._bin(z, lo)
+        a, b = tf.reduce_sum(one_hot * lo, -1), tf.reduce_sum(one_hot * hi, -1)
+        s = self._standard
+        upper = (tf.math.expm1(s.log_survival_function(z) - s.log_survival_function(a))
+                 / tf.math.expm1(s.log_survival_function(b) - s.log_survival_function(a)))
+        lower = (tf.exp(s.log_cdf(z) - s.log_cdf(b)) * tf.math.expm1(s.log_cdf(a) - s.log_cdf(z))
+                 / tf.math.expm1(s.log_cdf(a) - s.log_cdf(b)))
+        t = tf.clip_by_value(tf.where(a >= 0, upper, lower), 0.0, 1.0)
+        starts, widths = self._levels(self.dtype)
+        return tf.reduce_sum(one_hot * (starts + widths * t[..., None]), -1)
 
     def _quantile(self, q):
-        _, _, _, p, w = self._constants()
         q = tf.convert_to_tensor(q, self.dtype)
-        m = self._masses_like(q)
-        ends = tf.math.cumsum(m, axis=-1, exclusive=True)
-        v = tf.reduce_sum(w * tf.clip_by_value((q[..., None] - ends) / m, 0.0, 1.0), -1)
-        return self._base.quantile(tf.clip_by_value(v, 0.0, 1.0))
-
-    def _moments(self):
-        _, first, second, _, _ = self._constants()
-        m = self._masses
-        return tf.reduce_sum(m * first, -1), tf.reduce_sum(m * second, -1)
+        q = q + tf.zeros(tf.broadcast_dynamic_shape(tf.shape(q), self._base.batch_shape_tensor()), self.dtype)
+        starts, widths = self._levels(self.dtype)
+        lo, hi = self._ends(q)
+        one_hot = self._bin(q, starts + tf.zeros_like(lo))  # the level bin of q: P_j <= q
+        a, b = tf.reduce_sum(one_hot * lo, -1), tf.reduce_sum(one_hot * hi, -1)
+        t = tf.clip_by_value(tf.reduce_sum(one_hot * (q[..., None] - starts) / widths, -1), 0.0, 1.0)
+        s = self._standard
+        log_sf = s.log_survival_function(a) + tf.math.log1p(t * tf.math.expm1(s.log_survival_function(b)
+                                                                              - s.log_survival_function(a)))
+        log_cdf = s.log_cdf(b) + tf.math.log1p((1 - t) * tf.math.expm1(s.log_cdf(a) - s.log_cdf(b)))
+        z = tf.where(a >= 0, -s.quantile(tf.exp(log_sf)), s.quantile(tf.exp(log_cdf)))  # F0 symmetric: S0^-1(p) = -F0^-1(p)
+        return self._base.loc + self._base.scale * z
 
     def _mean(self):
-        mu, _ = self._moments()
-        loc, scale = self._base.loc, self._base.scale
-        return tf.broadcast_to(loc + scale * mu, self._base.batch_shape_tensor())
+        m = self._broadcast(self._moments, self._base.loc)
+        return self._base.loc + self._base.scale * m[..., 0]
 
     def _variance(self):
-        mu, s2 = self._moments()
-        return tf.broadcast_to(tf.square(self._base.scale) * (s2 - tf.square(mu)), self._base.batch_shape_tensor())
+        m = self._broadcast(self._moments, self._base.loc)
+        return tf.square(self._base.scale) * (m[..., 1] - tf.square(m[..., 0])) + tf.zeros_like(self._base.loc)
 
     def _stddev(self):
         return tf.sqrt(self._variance())
 
     def _sample_n(self, n, seed=None):
         shape = tf.concat([[n], self._base.batch_shape_tensor()], 0)
-        u = tf.random.stateless_uniform(shape, tfp.random.sanitize_seed(seed), dtype=self.dtype)
-        return self._quantile(u)
+        # in (0, 1): a uniform of exactly 0 would be the quantile -inf
+        q = tf.random.stateless_uniform(shape, tfp.random.sanitize_seed(seed), minval=2.0 ** -24, dtype=self.dtype)
+        return self._quantile(q)
