@@ -1,8 +1,10 @@
 """Sharp means and calibrated intervals (docs/results/uncertainty): the paper's Table 1 K = 1 MLP heads on
 MNIST and Fashion-MNIST, trained with every loss each head takes (`nll`, the paper's; `beta_nll`,
 Seitzer et al. 2022; `faithful`, Stirn et al. 2023; `mse` also with a sigmoid location), all with
-`--dequantize`, `--recalibrate` (sigma-scaling on the last 10 % of the training split, which is then
-not trained on) and `--risk 0.1` (conformal risk control, on the other half of those images).
+`--dequantize`, `--recalibrate` (sigma-scaling on half of the last 10 % of the training split, which is then
+not trained on, followed by the best refinement the head takes: `--recalibration-method pit` for the
+factorised normal and logistic heads, `local` for the other heads with per-pixel or low-rank scales; `METHOD`)
+and `--risk 0.1` (conformal risk control, on the other half of those images).
 
 Each cell is one `tfp-ae train` in its own process, its folder kept in RUNS (an interrupted benchmark
 resumes: finished cells are read, the unfinished one continues from its last epoch). Writes
@@ -18,6 +20,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from tfp_ae.heads import get_head
 
 FAITHFUL = ["faithful", "faithful_sigmoid"]
 HEADS = {  # head -> (extra flags, the losses it takes here)
@@ -36,9 +40,17 @@ LOSS_FLAGS = {"faithful_sigmoid": ["--loss", "faithful", "--location-activation"
               "nll_sigmoid": ["--loss", "nll", "--location-activation", "sigmoid"],
               "faithful_precision": ["--loss", "faithful", "--parameterization", "precision", "--dispersion-units", "0"]}
 RISK = "0.1"  # --risk of every head with intervals: conformal risk control at α = δ = 0.1
+
+
+def method(head):
+    """The --recalibration-method of a head's cells: pit where it takes it, else local where it takes it, else scale."""
+    cls = get_head(head)
+    return "pit" if cls.takes_pit_recalibration() else "local" if cls.takes_local_scales() else "scale"
+
+
 COLUMNS = ["dataset", "head", "loss", "l2_percent", "bits_per_dim_before", "bits_per_dim_median_before", "bits_per_dim",
            "bits_per_dim_median", "bits_per_dim_finite", "crps", "calibration_error_before", "calibration_error",
-           "calibration_error_by_std",
+           "calibration_error_by_std", "calibration_error_worst_std_quartile", "recalibration_method",
            "sigma_scale", "coverage_50", "coverage_90", "calibration_inputs", "conformal_lambda", "conformal_risk",
            "conformal_mean_width", "conformal_width_over_oracle", "conformal_splits_over_alpha", "seconds_per_epoch",
            "epochs", "run_dir"]
@@ -53,7 +65,7 @@ def cell(runs, dataset, head, loss, epochs):
                 *LOSS_FLAGS.get(loss, ["--loss", loss]), "--epochs", str(epochs), "--dequantize",
                 "--no-fid", "--tsne-images", "0", "--out", str(out), *flags]
         if head != "mse":
-            argv += ["--recalibrate", "--risk", RISK]
+            argv += ["--recalibrate", "--recalibration-method", method(head), "--risk", RISK]
         print(" ".join(argv[2:]), flush=True)
         subprocess.run(argv, check=True)
     return json.loads((out / "metrics.json").read_text())
@@ -75,6 +87,13 @@ def before_scaling(run_dir):
     return dict(bits_per_dim_before=s["bits_per_dim"], bits_per_dim_median_before=s["bits_per_dim_median"])
 
 
+def applied(rec):
+    """What recalibration a run's model carries: `scale` (σ-scaling), its refinement (`local`, `pit`), both joined
+    by `+`, or `none` (each refused by the guard or not asked for)."""
+    refined = rec.get("method") not in (None, "scale") and (rec.get(rec["method"]) or {}).get("applied")
+    return "+".join((["scale"] if rec.get("applied") else []) + ([rec["method"]] if refined else [])) or "none"
+
+
 def row(dataset, head, loss, m):
     cal = m.get("calibration") or {}
     rec = m.get("recalibration") or {}
@@ -91,6 +110,9 @@ def row(dataset, head, loss, m):
                 crps=m.get("crps"), calibration_error_before=before.get("calibration_error"),
                 calibration_error=cal.get("calibration_error"), sigma_scale=cal.get("sigma_scale"),
                 calibration_error_by_std=(cal.get("by_std") or {}).get("mean_calibration_error"),
+                calibration_error_worst_std_quartile=max((cal.get("by_std") or {}).get("calibration_error") or [None],
+                                                         key=lambda v: -1 if v is None else v),
+                recalibration_method=applied(rec) if rec else None,
                 coverage_50=cover.get(0.5), coverage_90=cover.get(0.9),
                 calibration_inputs=cal.get("inputs", "dequantized" if m.get("dequantize") else "raw") if cal else None,
                 conformal_lambda=conf.get("lambda"), conformal_risk=conf.get("risk"),
@@ -105,16 +127,17 @@ def fmt(v, digits=3):
 
 
 def table(rows):
-    lines = ["| dataset | head | loss | L2 % | bits/dim (median) before σ-scaling | after | CRPS "
-             "| cal. error before -> after σ-scaling | within std quartiles | s | cover 50 % / 90 % "
-             "| conformal λ | risk (α 0.1) | width (x oracle) | splits > α | s/epoch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | head | loss | L2 % | bits/dim (median) before recalibration | after | CRPS "
+             "| cal. error before -> after | within std quartiles: mean / worst | recalibration | s "
+             "| cover 50 % / 90 % | conformal λ | risk (α 0.1) | width (x oracle) | splits > α | s/epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['head']} | {r['loss']} | {fmt(r['l2_percent'])} "
                      f"| {fmt(r['bits_per_dim_before'])} ({fmt(r['bits_per_dim_median_before'])}) "
                      f"| {fmt(r['bits_per_dim'])} ({fmt(r['bits_per_dim_median'])}) | {fmt(r['crps'], 4)} "
                      f"| {fmt(r['calibration_error_before'])} -> {fmt(r['calibration_error'])} "
-                     f"| {fmt(r['calibration_error_by_std'])} | {fmt(r['sigma_scale'])} "
+                     f"| {fmt(r['calibration_error_by_std'])} / {fmt(r.get('calibration_error_worst_std_quartile'))} "
+                     f"| {r.get('recalibration_method') or '-'} | {fmt(r['sigma_scale'])} "
                      f"| {fmt(r['coverage_50'])} / {fmt(r['coverage_90'])} | {fmt(r.get('conformal_lambda'))} "
                      f"| {fmt(r.get('conformal_risk'), 4)} | {fmt(r.get('conformal_mean_width'))} "
                      f"({fmt(r.get('conformal_width_over_oracle'), 2)}) | {fmt(r.get('conformal_splits_over_alpha'), 2)} "

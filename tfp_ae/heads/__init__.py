@@ -2,8 +2,8 @@
 
 One module per family, each head declared once (see `tfp_ae.heads.base` for the contract):
 `base` (the `Head` class, losses, helpers), `readout` (moments, intervals, point estimates),
-`pixel` (per-pixel heads and MSE), `elliptical` (scale operators and the fast full-scale
-`log_prob` the elliptical heads share), `vector`
+`pixel` (per-pixel heads and MSE), `recalibrated` (a pixel distribution recalibrated through its CDF),
+`elliptical` (scale operators and the fast full-scale `log_prob` the elliptical heads share), `vector`
 (normal and t with identity, diagonal or full scale), `lowrank` (normal and t with diagonal plus
 low-rank covariance), `matrix` (matrix normal and matrix-t) and `maf`. A new head is one module
 and one line in `HEADS` below.
