@@ -10,7 +10,7 @@ from scipy import integrate, stats
 from tfp_ae._tf import tfd
 from tfp_ae.calibration import LEVELS, fit_pit_recalibration
 from tfp_ae.config import RunConfig
-from tfp_ae.heads.recalibrated import PIT_EDGES, PITRecalibrated, fitted_parameters, identity_parameters
+from tfp_ae.heads.recalibrated import PIT_EDGES, PIT_GROUPS, PITRecalibrated, fitted_parameters, identity_parameters
 from tfp_ae.models import build_model
 from tfp_ae.train import load_model, run
 
@@ -92,7 +92,7 @@ def test_pit_recalibration_fixes_a_wrong_shape_in_every_group(digits):
     is below its median: too short-tailed; Student-t with 2 df above it: too heavy-tailed), which no factor on
     the scales can fix: after the fit every quartile of the predicted std is within 0.02 of calibrated on the
     held-out pixels; the head's log_prob is SciPy's normal density times the fitted histogram density of its
-    group; the held-out log-likelihood rises."""
+    group; the held-out log-likelihood rises; a training call gives the distribution before recalibration."""
     model = build_model("normal_diag", digits.image_shape, pit_recalibration=True)
     x = digits.x_train[:400]
     dist = model(x)
@@ -108,6 +108,8 @@ def test_pit_recalibration_fixes_a_wrong_shape_in_every_group(digits):
     assert max(info["calibration_error_by_std_after"]) <= 0.02, info["calibration_error_by_std_after"]
     after = model(x).log_prob(y).numpy().sum()
     assert after - before > 0.05 * y.size, (before, after)  # nats: the held-out likelihood rises
+    # a training step trains the distribution before recalibration (the map is fitted after training)
+    np.testing.assert_allclose(model(x, training=True).log_prob(y).numpy().sum(), before, rtol=1e-6)
     edges, knots = np.array(info["scale_edges"]), np.array(info["knots"])
     group = np.searchsorted(edges, np.log(scale[:3]).astype(np.float32), side="left")
     z = (y[:3] - loc[:3]) / scale[:3]
@@ -139,7 +141,8 @@ def test_pit_recalibration_is_saved_guarded_and_exported(head, digits, tmp_path)
                          epochs=3, fid=False, extra_figures=False, eval_images=100, verbose=0, out=str(out)))
     pit = m["recalibration"]["pit"]
     assert m["recalibration"]["method"] == "pit" and m["recalibration"]["local"] is None
-    assert pit["applied"] and len(pit["scale_edges"]) == 7 and np.shape(pit["knots"]) == (8, len(PIT_EDGES))
+    assert pit["applied"] and np.shape(pit["knots"]) == (PIT_GROUPS, len(PIT_EDGES))
+    assert len(pit["scale_edges"]) == PIT_GROUPS - 1
     assert pit["validation_bits_per_dim_after"] <= m["recalibration"]["validation_bits_per_dim_before"] + 0.1
     model, _ = load_model(out)
     np.testing.assert_allclose(model.head.pit_knots.numpy(), pit["knots"], rtol=1e-6)

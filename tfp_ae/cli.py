@@ -105,7 +105,7 @@ def _add_settings(p):
     p.add_argument("--recalibration-method", default=d.recalibration_method, choices=RECALIBRATION_METHODS,
                    help="--recalibrate: scale (one factor on every scale) or local (then a factor per pixel that "
                    "depends on its scale, fitted within octiles of the scales: for the heads with per-pixel scales) or "
-                   "pit (then each pixel's CDF composed with a histogram of the held-out PIT values of its octile of "
+                   "pit (then each pixel's CDF composed with a histogram of the held-out PIT values of its 1/32 of the "
                    "scales, a density still: for the K = 1 normal and logistic factorised heads); both guarded like "
                    "sigma-scaling")
     p.add_argument("--force-recalibration", action="store_true", help="--recalibrate: apply the fitted scale even "

@@ -7,7 +7,7 @@ g(x) = r(F(x)) f(x)).
 the shape is what is wrong where the model is confident (a background pixel, dequantised, is uniform on its bin
 of width 1/256; no normal of any scale has uniform PIT values there), so their error within the quartiles of
 the predicted std stays at 0.03-0.06 (docs/results/conformal, local.csv). Here the pixels of the held-out images
-are cut into `PIT_GROUPS` groups at the octiles of their log scales (the scale after σ-scaling), and each group's
+are cut into `PIT_GROUPS` (32) groups at the quantiles of their log scales (the scale after σ-scaling), and each group's
 R maps its pixels' PIT quantiles at the levels `PIT_EDGES` (the ends of the central 50, 80, 90, 95 and 99 %
 intervals, and the median) to those levels, linearly in between: every central interval at those levels then
 covers its level on the held-out pixels of every group (to 1/N). This is Kuleshov, Fenner & Ermon's
@@ -67,8 +67,8 @@ def pixel_residuals(model: ProbabilisticModel, pairs: tf.data.Dataset) -> dict[s
 
 
 def pit_groups(log_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The group edges `[PIT_GROUPS - 1]` float32 (the octiles of the log scales `log_scale` `[N]`) and each pixel's
-    group `[N]`, `#{edges < its log scale}` (the head's rule, `Head.pit_recalibrated`)."""
+    """The group edges `[PIT_GROUPS - 1]` float32 (the quantiles at k / `PIT_GROUPS` of the log scales `log_scale`
+    `[N]`) and each pixel's group `[N]`, `#{edges < its log scale}` (the head's rule, `Head.pit_recalibrated`)."""
     edges = np.quantile(log_scale, np.arange(1, PIT_GROUPS) / PIT_GROUPS).astype(np.float32)
     return edges, np.searchsorted(edges, log_scale.astype(np.float32), side="left")
 

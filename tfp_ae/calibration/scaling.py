@@ -28,7 +28,7 @@ MAX_BITS_PER_DIM_LOSS = 0.1  # recalibrate: a scale that costs the held-out imag
 HELD_OUT_SEED = 104729  # recalibrate: the held-out images are dequantised with the stateless seeds (seed + this, i)
 REFINEMENTS = {  # recalibrate's `method` beyond σ-scaling: what it does, how it is fitted and undone
     "local": ("local factors of the pixel scales", fit_local_scales, reset_local_scales),
-    "pit": ("a histogram of the PIT per octile of the pixel scales", fit_pit_recalibration, reset_pit_recalibration)}
+    "pit": ("a histogram of the PIT per 1/32 of the pixel scales", fit_pit_recalibration, reset_pit_recalibration)}
 
 
 def fit_sigma_scale(model: ProbabilisticModel, pairs: tf.data.Dataset, criterion: str = "calibration",

@@ -22,7 +22,7 @@ from tfp_ae.errors import InputError
 
 PIT_EDGES = (0.005, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.975, 0.995)  # the levels P_j of R's inner
 #   knots: the ends of the central 50, 80, 90, 95 and 99 % intervals (`tfp_ae.calibration.LEVELS`), the median
-PIT_GROUPS = 8  # the pixels' scales are cut into this many groups (octiles on the held-out images), one R each
+PIT_GROUPS = 32  # the pixels' scales are cut into this many groups (quantiles on the held-out images), one R each
 BIG_Z = 1e4  # the outer ends of the first and last bins in z (-inf and inf, finite so that in-bin sums stay finite)
 STANDARD = {"normal": (tfd.Normal, stats.norm), "logistic": (tfd.Logistic, stats.logistic)}
 
