@@ -182,7 +182,7 @@ def calibration_figure(calibration: dict, title: str = "") -> Figure:
     left.plot(levels, coverage, "o-", label=f"model (error {calibration['calibration_error']:.3f})")
     before = calibration.get("before_recalibration")
     if before:
-        left.plot(levels, before["coverage"], "s:", label=f"before σ-scaling ({before['calibration_error']:.3f})")
+        left.plot(levels, before["coverage"], "s:", label=f"before recalibration ({before['calibration_error']:.3f})")
     by = calibration.get("by_std")
     groups = list(zip(by["coverage"], by["calibration_error"], strict=True)) if by else []
     for i, (cov, err) in enumerate(groups):
