@@ -75,7 +75,8 @@ def test_recalibrated_density_against_scipy(family, rng):
 
 def test_a_far_tail_pixel_keeps_its_bin_and_its_density():
     """A confident model's pixel 300 and 3,000 scales out (F(x) is 1 in float32; the last knot is near 129): log_prob
-    is log f + the last bin's log ratio, the CDF is between the last knot's level and 1, both finite."""
+    is log f + the last bin's log ratio, the CDF is between the last knot's level and 1, both finite; the moments
+    of bins whose mass sits at their far end are SciPy's truncated normal's (a logistic's finite)."""
     z_sample = np.random.default_rng(0).normal(0, 50, 10_000)  # residuals far wider than F
     params = fitted_parameters("normal", z_sample)
     d = PITRecalibrated(tfd.Normal(np.float32(0), np.float32(1)), params["knots"], params["log_ratios"],
@@ -85,6 +86,14 @@ def test_a_far_tail_pixel_keeps_its_bin_and_its_density():
         np.testing.assert_allclose(d.log_prob(np.float32(z)).numpy(), want, rtol=1e-5)
         assert PIT_EDGES[-1] < d.cdf(np.float32(z)).numpy() <= 1.0
     assert np.isfinite(d.log_prob(np.float32(-3000.0)).numpy())
+    # the moments of bins whose mass sits at a far end (a normal conditioned beyond z = 129): SciPy's truncnorm
+    ends = np.concatenate([[-np.inf], params["knots"].astype(np.float64), [np.inf]])
+    bins = [stats.truncnorm(a, b) for a, b in zip(ends[:-1], ends[1:], strict=True)]
+    m = np.diff(LEVEL_ENDS)
+    want = [m @ [b.mean() for b in bins], m @ [b.moment(2) for b in bins]]
+    np.testing.assert_allclose(params["moments"], want, rtol=1e-5)
+    logistic = fitted_parameters("logistic", z_sample)["moments"]
+    assert np.isfinite(logistic).all() and logistic[1] - logistic[0] ** 2 > 100
 
 
 def test_pit_recalibration_fixes_a_wrong_shape_in_every_group(digits):

@@ -82,7 +82,7 @@ def fit_pit_recalibration(model: ProbabilisticModel, pairs: tf.data.Dataset) -> 
     Returns:
       `{"scale_edges": [PIT_GROUPS - 1] log scales, "knots": [PIT_GROUPS][J - 1] in z, "calibration_error_by_std_before":
       [4], "calibration_error_by_std_after": [4]}`: the held-out pixels' calibration error within the quartiles
-      of their predicted std before and after (each with its own std).
+      of their predicted std before and after (each with its own std; None where a std is not finite).
     Raises:
       InputError: a head that does not take it (`check_pit_recalibration`).
     """
@@ -96,9 +96,9 @@ def fit_pit_recalibration(model: ProbabilisticModel, pairs: tf.data.Dataset) -> 
     for key in ("knots", "log_ratios", "moments"):
         getattr(head, f"pit_{key}").assign(np.stack([f[key] for f in fitted]))
     after = pixel_residuals(model, pairs)
+    by_std = [(calibration_by_std(r["u"], r["std"]) or {}).get("calibration_error") for r in (before, after)]
     return dict(scale_edges=edges.tolist(), knots=np.stack([f["knots"] for f in fitted]).tolist(),
-                calibration_error_by_std_before=calibration_by_std(before["u"], before["std"])["calibration_error"],
-                calibration_error_by_std_after=calibration_by_std(after["u"], after["std"])["calibration_error"])
+                calibration_error_by_std_before=by_std[0], calibration_error_by_std_after=by_std[1])
 
 
 def reset_pit_recalibration(model: ProbabilisticModel) -> None:

@@ -188,8 +188,8 @@ def recalibrate(model: ProbabilisticModel, held_out: Split, num_levels: int, see
         refined.update(applied=bool(force or worse <= MAX_BITS_PER_DIM_LOSS),
                        **{f"validation_{k}_after": v for k, v in held_refined.items()})
         print(f"{method} recalibration: held-out calibration error within the std quartiles "
-              f"{np.round(refined['calibration_error_by_std_before'], 3).tolist()} -> "
-              f"{np.round(refined['calibration_error_by_std_after'], 3).tolist()}", flush=True)
+              f"{np.round(refined['calibration_error_by_std_before'] or [], 3).tolist()} -> "
+              f"{np.round(refined['calibration_error_by_std_after'] or [], 3).tolist()}", flush=True)
         if not refined["applied"]:
             reset(model)
             print(f"{method} recalibration not applied: it makes the held-out likelihood worse by {worse:.3g} bits/dim "
