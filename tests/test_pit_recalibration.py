@@ -76,7 +76,8 @@ def test_recalibrated_density_against_scipy(family, rng):
 def test_a_far_tail_pixel_keeps_its_bin_and_its_density():
     """A confident model's pixel 300 and 3,000 scales out (F(x) is 1 in float32; the last knot is near 129): log_prob
     is log f + the last bin's log ratio, the CDF is between the last knot's level and 1, both finite; the moments
-    of bins whose mass sits at their far end are SciPy's truncated normal's (a logistic's finite)."""
+    of bins whose mass sits at their far end are SciPy's truncated normal's (a logistic's finite); samples and
+    quantiles there are finite."""
     z_sample = np.random.default_rng(0).normal(0, 50, 10_000)  # residuals far wider than F
     params = fitted_parameters("normal", z_sample)
     d = PITRecalibrated(tfd.Normal(np.float32(0), np.float32(1)), params["knots"], params["log_ratios"],
@@ -94,6 +95,12 @@ def test_a_far_tail_pixel_keeps_its_bin_and_its_density():
     np.testing.assert_allclose(params["moments"], want, rtol=1e-5)
     logistic = fitted_parameters("logistic", z_sample)["moments"]
     assert np.isfinite(logistic).all() and logistic[1] - logistic[0] ** 2 > 100
+    # samples and quantiles stay finite where F0 of the outer bins underflows float32 (knots near z = -129, 129)
+    draws = d.sample(200_000, seed=(5, 6)).numpy()
+    assert np.isfinite(draws).all() and draws.min() < params["knots"][0] and draws.max() > params["knots"][-1]
+    q = np.array([1e-6, 0.001, 0.999, 1 - 1e-6], np.float32)
+    assert np.isfinite(d.quantile(q).numpy()).all()
+    np.testing.assert_allclose(d.cdf(d.quantile(q)).numpy(), q, rtol=0.05)
 
 
 def test_pit_recalibration_fixes_a_wrong_shape_in_every_group(digits):

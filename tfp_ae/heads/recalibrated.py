@@ -191,8 +191,22 @@ class PITRecalibrated(tfd.Distribution):
         log_sf = s.log_survival_function(a) + tf.math.log1p(t * tf.math.expm1(s.log_survival_function(b)
                                                                               - s.log_survival_function(a)))
         log_cdf = s.log_cdf(b) + tf.math.log1p((1 - t) * tf.math.expm1(s.log_cdf(a) - s.log_cdf(b)))
-        z = tf.where(a >= 0, -s.quantile(tf.exp(log_sf)), s.quantile(tf.exp(log_cdf)))  # F0 symmetric: S0^-1(p) = -F0^-1(p)
+        # F0 symmetric: S0^-1(p) = -F0^-1(p)
+        z = tf.where(a >= 0, -self._standard_quantile(log_sf), self._standard_quantile(log_cdf))
         return self._base.loc + self._base.scale * z
+
+    def _standard_quantile(self, log_p):
+        """F0^-1(exp(log_p)), finite where exp(log_p) underflows float32 (a bin far in a tail): a logistic's
+        log p - log(1 - p); a normal's `ndtri` above log p = -80, below it three Newton steps on its log-CDF from the
+        asymptote z = -sqrt(-2 log p - log(-2 log p) - log 2 pi) (the leading terms of the tail expansion)."""
+        if self._family == "logistic":
+            return log_p - tf.math.log(-tf.math.expm1(tf.minimum(log_p, -1e-7)))
+        lp = tf.minimum(log_p, -80.0)
+        z = -tf.sqrt(-2 * lp - tf.math.log(-2 * lp) - np.log(2 * np.pi))
+        for _ in range(3):
+            log_cdf = self._standard.log_cdf(z)
+            z = z - (log_cdf - lp) * tf.exp(log_cdf + 0.5 * tf.square(z) + 0.5 * np.log(2 * np.pi))
+        return tf.where(log_p < -80.0, z, self._standard.quantile(tf.exp(tf.maximum(log_p, -80.0))))
 
     def _mean(self):
         m = self._broadcast(self._moments, self._base.loc)
