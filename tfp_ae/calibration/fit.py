@@ -73,6 +73,6 @@ def calibrate(model: ProbabilisticModel, config: RunConfig, held_out: Split, num
                                      f"{fitted['lambda']:.4g}") + ": the 90 % intervals scaled by it", flush=True)
         out["conformal"] = dict(fitted, calibration_images=conformal.count)
     rec = out["recalibration"] or {}
-    out["fitted"] = bool(rec.get("applied") or (rec.get("local") or {}).get("applied")
-                         or (rec.get("pit") or {}).get("applied")) or conformal is not None
+    refined = rec.get(rec.get("method")) or {}  # the local or PIT refinement's entry, if one ran
+    out["fitted"] = bool(rec.get("applied") or refined.get("applied")) or conformal is not None
     return out

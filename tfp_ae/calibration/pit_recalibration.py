@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from tfp_ae.models import ProbabilisticModel
 
 
-
 def check_pit_recalibration(model: ProbabilisticModel) -> None:
     """Raises `InputError` unless the model's head was built with PIT recalibration's weights
     (`pit_recalibration`: K = 1 normal or logistic factorised heads)."""

@@ -94,7 +94,8 @@ class PITRecalibrated(tfd.Distribution):
       moments: `[..., 2]` (E Z, E Z^2) of the recalibrated standardised variable.
       The last three broadcast against the batch (a head gathers them per pixel by its scale's group).
 
-    With z in bin j = [a, b] (the ends -`BIG_Z`, k_1, ..., k_{J-1}, `BIG_Z`) and `M_j` = P_j:
+    With z in bin j = [a, b] (the ends -`BIG_Z`, k_1, ..., k_{J-1}, `BIG_Z`), P_j the level of its lower knot and
+    m_j = P_{j+1} - P_j:
 
     - `log_prob(x) = log f(x) + log_ratios_j`;
     - `cdf(x) = P_j + m_j t`, t = (F0(z) - F0(a)) / (F0(b) - F0(a)) from log-CDFs (a < 0) or log-survival
