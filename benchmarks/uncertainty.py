@@ -97,6 +97,7 @@ def applied(rec):
 def row(dataset, head, loss, m):
     cal = m.get("calibration") or {}
     rec = m.get("recalibration") or {}
+    quartiles = (cal.get("by_std") or {}).get("calibration_error")  # None in rows without a finite std
     if rec and "bits_per_dim_before" not in rec:
         rec = dict(rec, **before_scaling(m["config"]["out"]))
     cover = dict(zip(cal.get("levels", []), cal.get("coverage", []), strict=True))
@@ -110,8 +111,7 @@ def row(dataset, head, loss, m):
                 crps=m.get("crps"), calibration_error_before=before.get("calibration_error"),
                 calibration_error=cal.get("calibration_error"), sigma_scale=cal.get("sigma_scale"),
                 calibration_error_by_std=(cal.get("by_std") or {}).get("mean_calibration_error"),
-                calibration_error_worst_std_quartile=max((cal.get("by_std") or {}).get("calibration_error") or [None],
-                                                         key=lambda v: -1 if v is None else v),
+                calibration_error_worst_std_quartile=max(quartiles) if quartiles else None,
                 recalibration_method=applied(rec) if rec else None,
                 coverage_50=cover.get(0.5), coverage_90=cover.get(0.9),
                 calibration_inputs=cal.get("inputs", "dequantized" if m.get("dequantize") else "raw") if cal else None,
