@@ -1,6 +1,7 @@
 """PIT recalibration (issue 50, item 1; `--recalibration-method pit`): the recalibrated pixel distribution's
 log_prob, CDF, quantile, mean and variance against SciPy's density composed with the histogram by hand and
-integrated numerically; a synthetic model whose shape is wrong in a different way in each group of scales
+integrated numerically; the joint normal heads' Gaussian copula against SciPy's multivariate normal and the
+change of variables by hand; a synthetic model whose shape is wrong in a different way in each group of scales
 is fixed in every group and never loses held-out likelihood; a run records, saves, loads and exports it."""
 import numpy as np
 import pytest
@@ -10,7 +11,14 @@ from scipy import integrate, stats
 from tfp_ae._tf import tfd
 from tfp_ae.calibration import LEVELS, fit_pit_recalibration
 from tfp_ae.config import RunConfig
-from tfp_ae.heads.recalibrated import PIT_EDGES, PIT_GROUPS, PITRecalibrated, fitted_parameters, identity_parameters
+from tfp_ae.heads.recalibrated import (
+    PIT_EDGES,
+    PIT_GROUPS,
+    CopulaRecalibrated,
+    PITRecalibrated,
+    fitted_parameters,
+    identity_parameters,
+)
 from tfp_ae.models import build_model
 from tfp_ae.train import load_model, run
 
@@ -71,6 +79,48 @@ def test_recalibrated_density_against_scipy(family, rng):
     np.testing.assert_allclose(identity.log_prob(x.astype(np.float32)).numpy(), ref.logpdf(x), atol=2e-5)
     np.testing.assert_allclose(identity.cdf(x.astype(np.float32)).numpy(), ref.cdf(x), atol=2e-6)
     np.testing.assert_allclose(identity.variance().numpy(), ref.var(), rtol=1e-5)
+
+
+def test_copula_density_samples_and_dependence_against_scipy(rng):
+    """`CopulaRecalibrated` (joint normal heads): log_prob is SciPy's multivariate normal at x = F^-1(G(y)) plus
+    sum_i log(g_i(y_i) / f_i(x_i)), with G built by hand as above; with R the identity it is the joint's own
+    log_prob; samples have the recalibrated marginals (Kolmogorov-Smirnov), the same rank correlations as the
+    joint's (a monotone map of each pixel), and the closed-form mean and variance; far-tail pixels stay finite."""
+    d = 5
+    loc = rng.uniform(0, 1, d)
+    a = rng.normal(0, 0.3, (d, d))
+    cov = a @ a.T + np.diag(rng.uniform(0.01, 0.05, d))
+    s = np.sqrt(np.diag(cov))
+    params = fitted_parameters("normal", rng.gamma(2.0, 1.0, 20_000) - 2.0)
+    joint = tfd.MultivariateNormalTriL(loc.astype(np.float32), np.linalg.cholesky(cov).astype(np.float32))
+
+    def copula(p):
+        pixels = tfd.Normal(loc.astype(np.float32), s.astype(np.float32))
+        return CopulaRecalibrated(joint, PITRecalibrated(pixels, *(p[k] for k in ("knots", "log_ratios", "moments"))))
+    u_knots = np.concatenate([[0.0], stats.norm.cdf(params["knots"].astype(np.float64)), [1.0]])
+
+    def reference_log_prob(y):
+        w = (y - loc) / s
+        j = np.clip(np.searchsorted(u_knots, stats.norm.cdf(w), side="right") - 1, 0, len(PIT_EDGES))
+        log_g = stats.norm.logpdf(w) + np.log(np.diff(LEVEL_ENDS)[j] / np.diff(u_knots)[j])
+        z = stats.norm.ppf(np.interp(stats.norm.cdf(w), u_knots, LEVEL_ENDS))
+        return stats.multivariate_normal(loc, cov).logpdf(loc + s * z) + np.sum(log_g - stats.norm.logpdf(z), -1)
+
+    c = copula(params)
+    y = (loc + s * rng.normal(0, 1.5, (50, d))).astype(np.float32)
+    np.testing.assert_allclose(c.log_prob(y).numpy(), reference_log_prob(y.astype(np.float64)), atol=1e-4)
+    np.testing.assert_allclose(copula(identity_parameters("normal")).log_prob(y).numpy(), joint.log_prob(y).numpy(),
+                               atol=1e-4)
+    draws = c.sample(20_000, seed=(1, 2)).numpy()
+    for i in range(d):
+        w = (draws[:, i].astype(np.float64) - loc[i]) / s[i]
+        assert stats.kstest(w, lambda t: np.interp(stats.norm.cdf(t), u_knots, LEVEL_ENDS)).pvalue > 1e-3
+    same_seed = joint.sample(20_000, seed=(1, 2)).numpy()
+    np.testing.assert_allclose(stats.spearmanr(draws).statistic, stats.spearmanr(same_seed).statistic, atol=1e-6)
+    assert np.all(np.abs(draws.mean(0) - c.mean().numpy()) <= 4 * np.sqrt(c.variance().numpy() / 20_000))
+    np.testing.assert_allclose(draws.var(0), c.variance().numpy(), rtol=0.06)
+    far = (loc + s * np.array([-300.0, -40.0, 0.1, 40.0, 300.0])).astype(np.float32)
+    assert np.isfinite(c.log_prob(far).numpy())
 
 
 def test_a_far_tail_pixel_keeps_its_bin_and_its_density():
@@ -144,12 +194,12 @@ def test_pit_recalibration_fixes_a_wrong_shape_in_every_group(digits):
         assert abs(inside.ravel()[quartile].mean() - 0.9) <= 0.02
 
 
-@pytest.mark.parametrize("head", ["logistic"])
+@pytest.mark.parametrize("head", ["logistic", "normal_lowrank"])
 def test_pit_recalibration_is_saved_guarded_and_exported(head, digits, tmp_path):
-    """`--recalibration-method pit`: metrics.json's `recalibration.pit` (edges, masses, held-out numbers,
-    applied), restored by load_model; the test calibration within std quartiles is what the loaded model gives
-    on raw test images; the SavedModel's log_prob and intervals are the eager model's; TensorFlow Lite converts
-    log_prob."""
+    """`--recalibration-method pit` (a factorised head, and a joint one through the copula): metrics.json's
+    `recalibration.pit` (edges, masses, held-out numbers, applied), restored by load_model; the test calibration
+    within std quartiles is what the loaded model gives on raw test images; the SavedModel's log_prob and
+    intervals are the eager model's; TensorFlow Lite converts the logistic head's log_prob."""
     from tfp_ae.calibration import CALIBRATION_IMAGES, calibration
     from tfp_ae.export import export_run, export_tflite
     out = tmp_path / "run"
@@ -173,19 +223,26 @@ def test_pit_recalibration_is_saved_guarded_and_exported(head, digits, tmp_path)
     served = loaded.interval(probe)
     np.testing.assert_allclose(served["lo"].numpy(), lo, atol=1e-5)
     np.testing.assert_allclose(served["hi"].numpy(), hi, atol=1e-5)
-    report = export_tflite(model, tmp_path / "tflite", probe=x[:4])
-    assert report["log_prob"] == "converted", report
+    if head == "logistic":  # the low-rank head's Cholesky has no TensorFlow Lite kernel, recalibrated or not
+        report = export_tflite(model, tmp_path / "tflite", probe=x[:4])
+        assert report["log_prob"] == "converted", report
 
 
-def test_identity_until_fitted_and_levels_match_the_bins():
+@pytest.mark.parametrize("head", ["normal_diag", "normal_lowrank", "matrix_normal_full"])
+def test_identity_until_fitted_and_levels_match_the_bins(head):
     """Built with PIT recalibration's weights and not fitted, a head is its family; the bins' inner ends are the
     ends of the central intervals whose coverage is reported (and the median), so a fit covers every level."""
     assert {round((1 - lv) / 2, 6) for lv in LEVELS} | {round((1 + lv) / 2, 6) for lv in LEVELS} | {0.5} \
         == {round(p, 6) for p in PIT_EDGES}
-    plain = build_model("normal_diag", (4, 4, 1))
-    recal = build_model("normal_diag", (4, 4, 1), pit_recalibration=True)
+    plain = build_model(head, (4, 4, 1))
+    recal = build_model(head, (4, 4, 1), pit_recalibration=True)
     recal.encoder.set_weights(plain.encoder.get_weights())
     recal.decoder.set_weights(plain.decoder.get_weights())
     x = np.random.default_rng(0).uniform(size=(3, 4, 4, 1)).astype(np.float32)
     np.testing.assert_allclose(recal.log_prob(x).numpy(), plain.log_prob(x).numpy(), rtol=1e-5)
-    np.testing.assert_allclose(recal(x).variance().numpy(), plain(x).variance().numpy(), rtol=1e-5)
+    for read in ("variance", "interval", "point_estimate"):
+        np.testing.assert_allclose(getattr(recal.head, read)(recal(x)), getattr(plain.head, read)(plain(x)), rtol=1e-5,
+                                   atol=1e-6)
+    if head != "normal_diag":  # the copula sends the joint's own draws through the identity map
+        np.testing.assert_allclose(recal(x).sample(2, seed=(1, 2)), plain(x).sample(2, seed=(1, 2)), rtol=1e-4,
+                                   atol=1e-5)

@@ -225,7 +225,8 @@ class RunConfig:
                              f"and scales (normal, Student-t, low-rank, matrix, logistic); got {self.model} {self.head}")
         if self.recalibration_method != "scale":
             which, what = {"local": ("takes_local_scales", "a K = 1 head with per-pixel scales or a low-rank covariance"),
-                           "pit": ("takes_pit_recalibration", "a K = 1 factorised normal or logistic head")
+                           "pit": ("takes_pit_recalibration",
+                                   "a K = 1 normal or logistic head (joint normals through a copula)")
                            }[self.recalibration_method]
             if not (self.recalibrate and getattr(head, which)(self.components)):
                 takes = head_names(lambda c: getattr(c, which)())

@@ -58,7 +58,7 @@ def pixel_residuals(model: ProbabilisticModel, pairs: tf.data.Dataset) -> dict[s
         marginal = head.marginal(comp)  # PITRecalibrated
         base = marginal.distribution
         scale = tf.broadcast_to(base.scale, tf.shape(base.loc))
-        y = tf.cast(y, marginal.dtype)
+        y = tf.reshape(tf.cast(y, marginal.dtype), tf.shape(base.loc))  # the head's natural event shape
         for key, t in (("log_scale", tf.math.log(scale)), ("z", (y - base.loc) / scale), ("u", marginal.cdf(y)),
                        ("std", marginal.stddev())):
             out[key].append(t.numpy().ravel())

@@ -187,7 +187,8 @@ class Head(Readouts, tfpl.DistributionLambda):
     #                         and every scale is multiplied by the non-trainable `sigma_scale` (`scaled`)
     per_pixel_scales = False  # every scale passed to `scaled` is one pixel's marginal scale: local recalibration
     joint_local_scales = False  # local recalibration as Sigma' = D Sigma D, applied by the family (low-rank heads)
-    pit_family = None  # "normal" | "logistic": a factorised location-scale head that takes PIT recalibration
+    pit_family = None  # "normal" | "logistic": the pixels' location-scale family where the head takes PIT
+    #                    recalibration (factorised heads per pixel, joint normal heads through a copula)
     location_output = False  # the first D parameters are the location (has_location heads, and mse):
     #                          `--location-activation` applies to them
 
@@ -231,7 +232,7 @@ class Head(Readouts, tfpl.DistributionLambda):
         if self.pit_recalibration:  # PIT recalibration (`tfp_ae.calibration.fit_pit_recalibration`): identity until fitted
             if not self.takes_pit_recalibration(self.num_components) or self.local_scales:
                 takes = head_names(lambda c: c.takes_pit_recalibration())
-                raise InputError(f"pit_recalibration (--recalibration-method pit) takes K = 1 factorised normal or logistic "
+                raise InputError(f"pit_recalibration (--recalibration-method pit) takes K = 1 normal or logistic "
                                  f"heads ({takes}), without local_scales; got {self.head_name} K={self.num_components}")
             self.pit_scale_edges = self.add_weight(
                 name="pit_scale_edges", shape=[PIT_GROUPS - 1], trainable=False, dtype="float32",
@@ -261,9 +262,10 @@ class Head(Readouts, tfpl.DistributionLambda):
 
     @classmethod
     def takes_pit_recalibration(cls, num_components: int = 1) -> bool:
-        """Whether PIT recalibration applies: K = 1 and a factorised head of a location-scale family with a fixed
-        standardised shape (`pit_family`: normal, logistic), where a recalibrated CDF per pixel is a density of
-        the image."""
+        """Whether PIT recalibration applies: K = 1 and pixels of a location-scale family with a fixed standardised
+        shape (`pit_family`: normal, logistic): factorised heads, where the product of the recalibrated pixel
+        densities is the image's, and the joint normal heads, through a Gaussian copula (`CopulaRecalibrated`).
+        Not the Student-t heads (each df its own shape) nor mixtures."""
         return cls.has_location and cls.pit_family is not None and num_components == 1
 
     def pit_recalibrated(self, pixels: tfd.Distribution) -> tfd.Distribution:
@@ -282,6 +284,12 @@ class Head(Readouts, tfpl.DistributionLambda):
         rows = [tf.gather(tf.cast(w, log_scale.dtype), group)
                 for w in (self.pit_knots, self.pit_log_ratios, self.pit_moments)]
         return PITRecalibrated(pixels, *rows)
+
+    def joint_recalibrated(self, comp: tfd.Distribution) -> tfd.Distribution:
+        """The K = 1 component `comp` with PIT recalibration applied to its joint distribution: `comp` itself here
+        (per-pixel heads recalibrate each pixel in `component`); the joint normal heads return a Gaussian copula
+        with recalibrated marginals (`_EllipticalHead.joint_recalibrated`)."""
+        return comp
 
     @classmethod
     def check_loss(cls, loss: str, beta: float | None = None, num_components: int = 1) -> tuple[str, float | None]:
@@ -435,7 +443,7 @@ class Head(Readouts, tfpl.DistributionLambda):
     def _distribution(self, params):
         k = self.num_components
         if k == 1:
-            dist = self.component(params)
+            dist = self.joint_recalibrated(self.component(params))
         else:
             p = self.component_params_size(self._image_shape, **self.option_values)
             logits, comp = _split(params, [k, k * p])

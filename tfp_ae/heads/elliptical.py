@@ -11,6 +11,7 @@ from tensorflow_probability.python.experimental import tangent_spaces
 from tfp_ae._tf import tf, tfd, tfp
 from tfp_ae.errors import InputError
 from tfp_ae.heads.base import Head, positive
+from tfp_ae.heads.recalibrated import CopulaRecalibrated
 
 T_OPTIONS = {"min_df": 0.0}  # the Student-t heads' option: df = min_df + 1e-6 + softplus (0: the paper's)
 # the full-scale vector heads' option: what the packed lower-triangular L factors (`PARAMETERIZATIONS`)
@@ -260,7 +261,17 @@ class _EllipticalHead(Head):
         """df `[...]` broadcastable against the pixels `[..., *natural_event_shape]`."""
         return comp.df[(Ellipsis,) + (None,) * len(self.natural_event_shape)]
 
+    def joint_recalibrated(self, comp):
+        """A joint normal `comp` with PIT-recalibrated marginals, `CopulaRecalibrated` (a Gaussian copula), where the
+        head was built with `pit_recalibration` (normal heads; not in a training step, as `Head.pit_recalibrated`);
+        else `comp`."""
+        if not self.pit_recalibration or self._training_call:
+            return comp
+        return CopulaRecalibrated(comp, self.pit_recalibrated(self.marginal(comp)))
+
     def marginal(self, comp):
+        if isinstance(comp, CopulaRecalibrated):
+            return comp.marginal
         scale = tf.sqrt(self._squared_scale(comp))
         if self.student_t:
             return tfd.StudentT(self._pixel_df(comp), comp.loc, scale)
@@ -268,6 +279,8 @@ class _EllipticalHead(Head):
 
     def component_variance(self, comp):
         """s^2, or df / (df - 2) s^2 for Student-t heads, NaN where df <= 2."""
+        if isinstance(comp, CopulaRecalibrated):
+            return comp.variance()
         var = self._squared_scale(comp)
         if self.student_t:
             df = self._pixel_df(comp)

@@ -140,6 +140,7 @@ class NormalLowRank(_EllipticalHead):
     df (Student-t only)]`; with V = 0 it is `normal_diag`. Pixel marginals N(mu_i, sigma_i^2 + |V_i|^2)."""
     head_name, label = "normal_lowrank", "Nµ,diag(Σ)+VVᵀ"
     options = {"rank": DEFAULT_RANK}
+    pit_family = "normal"  # PIT recalibration through a Gaussian copula (`_EllipticalHead.joint_recalibrated`)
     joint_local_scales = True  # local recalibration scales sigma_i and V's row i by pixel i's factor: D Sigma D
 
     @classmethod
@@ -192,4 +193,5 @@ class StudentTLowRank(NormalLowRank):
     component. Point estimate: the mode."""
     head_name, label, student_t, point = "student_t_lowrank", "tdf,µ,diag(Σ)+VVᵀ", True, "mode"
     options = dict(NormalLowRank.options, **T_OPTIONS)
+    pit_family = None
     variance_note = "variance exists only where df > 2 (blank elsewhere)"

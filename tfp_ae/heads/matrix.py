@@ -82,6 +82,7 @@ class MatrixHead(_EllipticalHead):
     column scale V (W x W) each identity, diagonal or lower-triangular (Dawid 1981; Gupta & Nagar
     2000). Its variance map is the product of row and column variances."""
     variance_note = "variance = row variance x column variance"
+    pit_family = "normal"  # matrix normal: PIT recalibration through a Gaussian copula (`joint_recalibrated`)
 
     def _check_event_shape(self, event_shape):
         if event_shape[2] != 1:
@@ -139,6 +140,7 @@ class MatrixTIdentity(MatrixHead):
     """Matrix-t (`tfd.MatrixTLinearOperator`) with identity scales (the paper's Tdf,µ)."""
     head_name, label, student_t, point = "matrix_t_identity", "Tdf,µ", True, "mode"
     options = T_OPTIONS
+    pit_family = None
     variance_note = "variance = df/(df-2) x row variance x column variance, only where df > 2 (blank elsewhere)"
 
 

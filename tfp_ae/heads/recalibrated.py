@@ -209,6 +209,47 @@ class PITRecalibrated(tfd.Distribution):
             z = z - (log_cdf - lp) * tf.exp(log_cdf + 0.5 * tf.square(z) + 0.5 * np.log(2 * np.pi))
         return tf.where(log_p < -80.0, z, self._standard.quantile(tf.exp(tf.maximum(log_p, -80.0))))
 
+    def _level_ends(self, like):
+        """Each level bin's ends in z under F0, `([..., J], [..., J])`: F0^-1 of the levels (-`BIG_Z`, `BIG_Z` at
+        the ends), so that F0 gives the bin between them the mass m_j; broadcast like `like`."""
+        inner = STANDARD[self._family][1].ppf(PIT_EDGES)
+        lo = tf.constant(np.concatenate([[-BIG_Z], inner]), self.dtype) + tf.zeros_like(like)[..., None]
+        hi = tf.constant(np.concatenate([inner, [BIG_Z]]), self.dtype) + tf.zeros_like(like)[..., None]
+        return lo, hi
+
+    def _transfer(self, x, src, dst):
+        """`x` `[...]` in the bins `src` (`(lo, hi)`, each `[..., J]`) sent to the same bin of `dst` so that the
+        fraction of F0's probability below it within the bin is kept: F0(y) = F0(a') + t (F0(b') - F0(a')) with
+        t = (F0(x) - F0(a)) / (F0(b) - F0(a)). Computed from log-CDFs (in bins below the median level; above it
+        the same on -x and the reflected bins, F0 being symmetric), so a bin in a far tail keeps t and y finite.
+        Returns `(y, one_hot)`, `one_hot` `[..., J]` the bin."""
+        one_hot = self._bin(x, src[0])
+        a, b, a2, b2 = (tf.reduce_sum(one_hot * e, -1) for e in (*src, *dst))
+        upper = tf.reduce_sum(one_hot[..., PIT_EDGES.index(0.5) + 1:], -1) > 0
+        log_cdf = self._standard.log_cdf
+
+        def lower(x, a, b, a2, b2):
+            x = tf.clip_by_value(x, a, b)
+            log_t = (log_cdf(x) - log_cdf(b) + tf.math.log(-tf.math.expm1(log_cdf(a) - log_cdf(x)))
+                     - tf.math.log(-tf.math.expm1(log_cdf(a) - log_cdf(b))))
+            log_mass = log_cdf(b2) + tf.math.log(-tf.math.expm1(log_cdf(a2) - log_cdf(b2)))
+            return self._standard_quantile(tf.math.reduce_logsumexp(tf.stack([log_cdf(a2), log_t + log_mass]), 0))
+
+        y = tf.where(upper, -lower(-x, -b, -a, -b2, -a2), lower(x, a, b, a2, b2))
+        return tf.clip_by_value(y, a2, b2), one_hot
+
+    def from_standard(self, z: tf.Tensor) -> tf.Tensor:
+        """`w = G0^-1(F0(z))` `[...]`: a standardised draw z of F0 (z = (x - loc) / scale) sent to the recalibrated
+        standardised variable (`CopulaRecalibrated`'s samples)."""
+        return self._transfer(z, self._level_ends(z), self._ends(z))[0]
+
+    def to_standard(self, w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The inverse of `from_standard`, `z = F0^-1(G0(w))` `[...]`, and `log dz/dw = log r_j + log f0(w) - log
+        f0(z)` `[...]` (nats; g0 = r f0), for `CopulaRecalibrated.log_prob`."""
+        z, one_hot = self._transfer(w, self._ends(w), self._level_ends(w))
+        log_r = tf.reduce_sum(one_hot * self._broadcast(self._log_ratios, w), -1)
+        return z, log_r + self._standard.log_prob(w) - self._standard.log_prob(z)
+
     def _mean(self):
         m = self._broadcast(self._moments, self._base.loc)
         return self._base.loc + self._base.scale * m[..., 0]
@@ -225,3 +266,74 @@ class PITRecalibrated(tfd.Distribution):
         # in (0, 1): a uniform of exactly 0 would be the quantile -inf
         q = tf.random.stateless_uniform(shape, tfp.random.sanitize_seed(seed), minval=2.0 ** -24, dtype=self.dtype)
         return self._quantile(q)
+
+
+class CopulaRecalibrated(tfd.Distribution):
+    """A joint normal over the pixels (`distribution`, event `[...E]`: a vector or a matrix) whose every marginal
+    F_i is replaced by its PIT recalibration G_i = R_i∘F_i (`marginal`, a `PITRecalibrated` of batch
+    `[..., ...E]`), the dependence kept: Y_i = G_i^-1(F_i(X_i)), X ~ `distribution`, a Gaussian copula with
+    recalibrated marginals (Sklar 1959; Nelsen 2006, "An Introduction to Copulas", 2.3). Y_i's CDF is G_i, so
+    every per-pixel readout (mean, variance, intervals, PIT) is the marginal's.
+
+    `log_prob(y) = log p_X(x) + sum_i log dx_i/dy_i`, `x_i = loc_i + s_i F0^-1(G0_i(w_i))`,
+    `w_i = (y_i - loc_i) / s_i` (`PITRecalibrated.to_standard`); with R the identity it is `distribution`'s.
+    Samples: `distribution`'s sent through `PITRecalibrated.from_standard`.
+
+    Args:
+      distribution: the joint normal X, with `loc` `[..., ...E]`.
+      marginal: `PITRecalibrated` of the normal marginals N(loc_i, s_i) of X, batch `[..., ...E]`.
+    """
+
+    def __init__(self, distribution: tfd.Distribution, marginal: PITRecalibrated, validate_args: bool = False,
+                 allow_nan_stats: bool = True, name: str = "CopulaRecalibrated"):
+        parameters = dict(locals())
+        self._joint = distribution
+        self._marginal = marginal
+        super().__init__(dtype=distribution.dtype, reparameterization_type=tfd.FULLY_REPARAMETERIZED,
+                         validate_args=validate_args, allow_nan_stats=allow_nan_stats, parameters=parameters,
+                         name=name)
+
+    @property
+    def distribution(self) -> tfd.Distribution:
+        """X, the joint distribution before recalibration."""
+        return self._joint
+
+    @property
+    def marginal(self) -> PITRecalibrated:
+        """The recalibrated marginals G_i, batch `[..., ...E]`."""
+        return self._marginal
+
+    def _batch_shape(self):
+        return self._joint.batch_shape
+
+    def _batch_shape_tensor(self):
+        return self._joint.batch_shape_tensor()
+
+    def _event_shape(self):
+        return self._joint.event_shape
+
+    def _event_shape_tensor(self):
+        return self._joint.event_shape_tensor()
+
+    def _standardised(self, y):
+        base = self._marginal.distribution
+        return (y - base.loc) / base.scale, base
+
+    def _log_prob(self, y):
+        w, base = self._standardised(y)
+        z, log_dz = self._marginal.to_standard(w)
+        event_axes = tf.range(-tf.size(self._joint.event_shape_tensor()), 0)
+        return self._joint.log_prob(base.loc + base.scale * z) + tf.reduce_sum(log_dz, event_axes)
+
+    def _sample_n(self, n, seed=None):
+        z, base = self._standardised(self._joint.sample(n, seed=seed))
+        return base.loc + base.scale * self._marginal.from_standard(z)
+
+    def _mean(self):
+        return self._marginal.mean()
+
+    def _variance(self):
+        return self._marginal.variance()
+
+    def _stddev(self):
+        return self._marginal.stddev()

@@ -67,6 +67,7 @@ class NormalFull(VectorHead):
     `parameterization="precision"` N(mu, (L L^T)^{-1}) (Dorta et al., CVPR 2018), which trains with
     `loss="faithful"` where the paper's diverges (docs/results/uncertainty)."""
     head_name, label, scale = "normal_full", "Nµ,Σ", "full"
+    pit_family = "normal"  # PIT recalibration through a Gaussian copula (`_EllipticalHead.joint_recalibrated`)
     options = FULL_OPTIONS
     per_pixel_scales = False  # a full scale is not each pixel's
     full_covariance = True
