@@ -3,7 +3,8 @@ MNIST and Fashion-MNIST, trained with every loss each head takes (`nll`, the pap
 Seitzer et al. 2022; `faithful`, Stirn et al. 2023; `mse` also with a sigmoid location), all with
 `--dequantize`, `--recalibrate` (sigma-scaling on half of the last 10 % of the training split, which is then
 not trained on, followed by the best refinement the head takes: `--recalibration-method pit` for the
-factorised normal and logistic heads, `local` for the other heads with per-pixel or low-rank scales; `METHOD`)
+normal heads (the joint ones through a copula) and logistic, `local` for the other heads with per-pixel or
+low-rank scales; `method`)
 and `--risk 0.1` (conformal risk control, on the other half of those images).
 
 Each cell is one `tfp-ae train` in its own process, its folder kept in RUNS (an interrupted benchmark

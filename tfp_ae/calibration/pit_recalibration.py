@@ -17,10 +17,14 @@ density: r is a histogram whose bins hold the held-out pixels in the proportions
 the likelihood among densities constant on those bins (the identity among them), so the held-out
 log-likelihood of the pixels does not fall in-sample (to 1/N); `recalibrate` guards the rest like σ-scaling.
 
-Heads: K = 1 factorised heads of a location-scale family with a fixed standardised shape (normal identity and
-diagonal, logistic: `Head.takes_pit_recalibration`), where the recalibrated pixels stay independent and their
-product is the image's density. Not the joint heads (a recalibrated marginal of a correlated vector is not a
-density of the vector without a copula) and not the Student-t heads (the shape depends on each pixel's df).
+Heads (`Head.takes_pit_recalibration`): the K = 1 factorised heads of a location-scale family with a fixed
+standardised shape (normal identity and diagonal, logistic), where the recalibrated pixels stay independent and
+their product is the image's density; and the K = 1 joint normal heads (full, low-rank, matrix normal), where
+the recalibrated marginals are joined by the model's own Gaussian copula (`CopulaRecalibrated`: Y_i =
+G_i^-1(F_i(X_i)) for X the model's joint normal), so the dependence between pixels is kept and every per-pixel
+readout is the recalibrated marginal's. The fit is the same (it reads only the marginals); for a joint head the
+held-out likelihood is no longer a maximum over the map (the copula's Jacobian and the joint density at the
+moved point enter it), so the guard decides. Not the Student-t heads (the shape depends on each pixel's df).
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ if TYPE_CHECKING:
 
 def check_pit_recalibration(model: ProbabilisticModel) -> None:
     """Raises `InputError` unless the model's head was built with PIT recalibration's weights
-    (`pit_recalibration`: K = 1 normal or logistic factorised heads)."""
+    (`pit_recalibration`: K = 1 normal or logistic heads, `Head.takes_pit_recalibration`)."""
     head = model.head
     if not getattr(head, "pit_recalibration", False):
         raise InputError(f"PIT recalibration needs a head built with pit_recalibration=True (build_model(..., "
