@@ -226,7 +226,7 @@ class RunConfig:
         if self.recalibration_method != "scale":
             which, what = {"local": ("takes_local_scales", "a K = 1 head with per-pixel scales or a low-rank covariance"),
                            "pit": ("takes_pit_recalibration",
-                                   "a K = 1 normal or logistic head (joint normals through a copula)")
+                                   "a K = 1 normal, logistic or Student-t head (joint heads through a copula)")
                            }[self.recalibration_method]
             if not (self.recalibrate and getattr(head, which)(self.components)):
                 takes = head_names(lambda c: getattr(c, which)())

@@ -250,7 +250,7 @@ def build_model(head: str, image_shape: tuple[int, int, int], num_components: in
       local_scales: give the head local recalibration's weights (`tfp_ae.calibration.fit_local_scales`;
         `--recalibration-method local`).
       pit_recalibration: give the head PIT recalibration's weights (`tfp_ae.calibration.fit_pit_recalibration`;
-        `--recalibration-method pit`; K = 1 normal and logistic heads, the joint normals through a copula).
+        `--recalibration-method pit`; K = 1 normal, logistic and Student-t heads, the joint ones through a copula).
       conv_width: `conv` only: filters of its first level (None: 16; `tfp_ae.architectures.conv`).
       conv_depth: `conv` only: its number of stride-2 levels (None: as many as keep the shorter side
         at least 4 pixels).

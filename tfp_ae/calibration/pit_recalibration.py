@@ -19,12 +19,14 @@ log-likelihood of the pixels does not fall in-sample (to 1/N); `recalibrate` gua
 
 Heads (`Head.takes_pit_recalibration`): the K = 1 factorised heads of a location-scale family with a fixed
 standardised shape (normal identity and diagonal, logistic), where the recalibrated pixels stay independent and
-their product is the image's density; and the K = 1 joint normal heads (full, low-rank, matrix normal), where
-the recalibrated marginals are joined by the model's own Gaussian copula (`CopulaRecalibrated`: Y_i =
-G_i^-1(F_i(X_i)) for X the model's joint normal), so the dependence between pixels is kept and every per-pixel
-readout is the recalibrated marginal's. The fit is the same (it reads only the marginals); for a joint head the
-held-out likelihood is no longer a maximum over the map (the copula's Jacobian and the joint density at the
-moved point enter it), so the guard decides. Not the Student-t heads (the shape depends on each pixel's df).
+their product is the image's density; and the K = 1 joint normal and Student-t heads (full, low-rank, matrix;
+identity and diagonal t), where the recalibrated marginals are joined by the model's own copula
+(`CopulaRecalibrated`: Y_i = G_i^-1(F_i(X_i)) for X the model's joint normal or t), so the dependence between
+pixels is kept and every per-pixel readout is the recalibrated marginal's. A t pixel's shape depends on its
+image's df, so its map is fitted and stored in L = logit F_df(z), a standard logistic variable whatever the df
+(`StudentTRecalibrated`). The fit is the same (it reads only the marginals); for a joint head the held-out
+likelihood is no longer a maximum over the map (the copula's Jacobian and the joint density at the moved point
+enter it), so the guard decides.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
 
 def check_pit_recalibration(model: ProbabilisticModel) -> None:
     """Raises `InputError` unless the model's head was built with PIT recalibration's weights
-    (`pit_recalibration`: K = 1 normal or logistic heads, `Head.takes_pit_recalibration`)."""
+    (`pit_recalibration`: K = 1 normal, logistic or Student-t heads, `Head.takes_pit_recalibration`)."""
     head = model.head
     if not getattr(head, "pit_recalibration", False):
         raise InputError(f"PIT recalibration needs a head built with pit_recalibration=True (build_model(..., "
@@ -53,17 +55,18 @@ def check_pit_recalibration(model: ProbabilisticModel) -> None:
 
 def pixel_residuals(model: ProbabilisticModel, pairs: tf.data.Dataset) -> dict[str, np.ndarray]:
     """For every pixel of `pairs` (`(inputs, targets)` batches `[B, H, W, C]`, pixels in [0, 1]), each `[N]`
-    (N the number of pixels): `log_scale` (its scale before PIT recalibration, after σ-scaling), `z` = (target -
-    loc) / scale (float64 of float32), and under the head as it is now its PIT value `u` and predicted `std`."""
+    (N the number of pixels): `log_scale` (its scale before PIT recalibration, after σ-scaling), `z` the target in
+    the variable of R's knots (`knot_coordinate`: (target - loc) / scale; a Student-t pixel's logit F_df of it;
+    float64 of float32), and under the head as it is now its PIT value `u` and predicted `std`."""
     head = model.head
     out = {k: [] for k in ("log_scale", "z", "u", "std")}
     for x, y in pairs:
         _, _, comp = head._parts(model(x, training=False))
-        marginal = head.marginal(comp)  # PITRecalibrated
+        marginal = head.marginal(comp)  # PITRecalibrated or StudentTRecalibrated
         base = marginal.distribution
         scale = tf.broadcast_to(base.scale, tf.shape(base.loc))
         y = tf.reshape(tf.cast(y, marginal.dtype), tf.shape(base.loc))  # the head's natural event shape
-        for key, t in (("log_scale", tf.math.log(scale)), ("z", (y - base.loc) / scale), ("u", marginal.cdf(y)),
+        for key, t in (("log_scale", tf.math.log(scale)), ("z", marginal.knot_coordinate(y)), ("u", marginal.cdf(y)),
                        ("std", marginal.stddev())):
             out[key].append(t.numpy().ravel())
     return {k: np.concatenate(v).astype(np.float64 if k == "z" else np.float32) for k, v in out.items()}

@@ -36,7 +36,7 @@ import numpy as np
 from tfp_ae._tf import tf, tfb, tfd, tfk, tfpl
 from tfp_ae.errors import InputError
 from tfp_ae.heads.readout import MAX_RISK_STRATA, Readouts
-from tfp_ae.heads.recalibrated import PIT_GROUPS, PITRecalibrated, identity_parameters
+from tfp_ae.heads.recalibrated import PIT_GROUPS, identity_parameters, recalibrated_pixels
 
 POSITIVE_SHIFT = 1e-6
 MAF_SAMPLES = 50
@@ -187,8 +187,8 @@ class Head(Readouts, tfpl.DistributionLambda):
     #                         and every scale is multiplied by the non-trainable `sigma_scale` (`scaled`)
     per_pixel_scales = False  # every scale passed to `scaled` is one pixel's marginal scale: local recalibration
     joint_local_scales = False  # local recalibration as Sigma' = D Sigma D, applied by the family (low-rank heads)
-    pit_family = None  # "normal" | "logistic": the pixels' location-scale family where the head takes PIT
-    #                    recalibration (factorised heads per pixel, joint normal heads through a copula)
+    pit_family = None  # "normal" | "logistic" | "student_t": the pixels' family where the head takes PIT
+    #                    recalibration (factorised heads per pixel, joint normal and t heads through a copula)
     location_output = False  # the first D parameters are the location (has_location heads, and mse):
     #                          `--location-activation` applies to them
 
@@ -232,8 +232,9 @@ class Head(Readouts, tfpl.DistributionLambda):
         if self.pit_recalibration:  # PIT recalibration (`tfp_ae.calibration.fit_pit_recalibration`): identity until fitted
             if not self.takes_pit_recalibration(self.num_components) or self.local_scales:
                 takes = head_names(lambda c: c.takes_pit_recalibration())
-                raise InputError(f"pit_recalibration (--recalibration-method pit) takes K = 1 normal or logistic "
-                                 f"heads ({takes}), without local_scales; got {self.head_name} K={self.num_components}")
+                raise InputError(f"pit_recalibration (--recalibration-method pit) takes K = 1 normal, logistic or "
+                                 f"Student-t heads ({takes}), without local_scales; got {self.head_name} "
+                                 f"K={self.num_components}")
             self.pit_scale_edges = self.add_weight(
                 name="pit_scale_edges", shape=[PIT_GROUPS - 1], trainable=False, dtype="float32",
                 initializer=tfk.initializers.Constant(float(np.finfo(np.float32).max)))
@@ -262,17 +263,17 @@ class Head(Readouts, tfpl.DistributionLambda):
 
     @classmethod
     def takes_pit_recalibration(cls, num_components: int = 1) -> bool:
-        """Whether PIT recalibration applies: K = 1 and pixels of a location-scale family with a fixed standardised
-        shape (`pit_family`: normal, logistic): factorised heads, where the product of the recalibrated pixel
-        densities is the image's, and the joint normal heads, through a Gaussian copula (`CopulaRecalibrated`).
-        Not the Student-t heads (each df its own shape) nor mixtures."""
+        """Whether PIT recalibration applies: K = 1 and pixels of a family with a PIT map (`pit_family`: normal,
+        logistic, student_t): factorised heads, where the product of the recalibrated pixel densities is the
+        image's, and the joint normal and Student-t heads, through their own copula (`CopulaRecalibrated`; a t
+        pixel's map is stored in logit F_df, `StudentTRecalibrated`). Not mixtures."""
         return cls.has_location and cls.pit_family is not None and num_components == 1
 
     def pit_recalibrated(self, pixels: tfd.Distribution) -> tfd.Distribution:
-        """The pixel distributions `pixels` (normal or logistic, batch `[..., H, W, C]`) recalibrated through their
-        CDFs (`PITRecalibrated`) when the head was built with `pit_recalibration`, else `pixels`: each pixel takes the
-        row g of `pit_knots`, `pit_log_ratios` and `pit_moments`, g its scale's group, the number of
-        `pit_scale_edges` below its log scale (the scale after σ-scaling; group 0 and the identity until fitted).
+        """The pixel distributions `pixels` (normal, logistic or Student-t, batch `[..., H, W, C]`) recalibrated
+        through their CDFs (`recalibrated_pixels`) when the head was built with `pit_recalibration`, else `pixels`:
+        each pixel takes the row g of `pit_knots`, `pit_log_ratios` and `pit_moments`, g its scale's group, the
+        number of `pit_scale_edges` below its log scale (the scale after σ-scaling; group 0 and the identity until fitted).
         Not in a training step (`call` with `training` True): the map is fitted after training and is the identity
         until then, and its ops tripled the time of a `normal_diag` MLP's step on a CPU; a model trained further
         trains its distribution before recalibration."""
@@ -283,11 +284,11 @@ class Head(Readouts, tfpl.DistributionLambda):
         group = tf.reduce_sum(above, -1)
         rows = [tf.gather(tf.cast(w, log_scale.dtype), group)
                 for w in (self.pit_knots, self.pit_log_ratios, self.pit_moments)]
-        return PITRecalibrated(pixels, *rows)
+        return recalibrated_pixels(pixels, *rows)
 
     def joint_recalibrated(self, comp: tfd.Distribution) -> tfd.Distribution:
         """The K = 1 component `comp` with PIT recalibration applied to its joint distribution: `comp` itself here
-        (per-pixel heads recalibrate each pixel in `component`); the joint normal heads return a Gaussian copula
+        (per-pixel heads recalibrate each pixel in `component`); the joint normal and t heads return their copula
         with recalibrated marginals (`_EllipticalHead.joint_recalibrated`)."""
         return comp
 

@@ -262,9 +262,9 @@ class _EllipticalHead(Head):
         return comp.df[(Ellipsis,) + (None,) * len(self.natural_event_shape)]
 
     def joint_recalibrated(self, comp):
-        """A joint normal `comp` with PIT-recalibrated marginals, `CopulaRecalibrated` (a Gaussian copula), where the
-        head was built with `pit_recalibration` (normal heads; not in a training step, as `Head.pit_recalibrated`);
-        else `comp`."""
+        """A joint normal or t `comp` with PIT-recalibrated marginals, `CopulaRecalibrated` (a Gaussian or t copula),
+        where the head was built with `pit_recalibration` (not in a training step, as `Head.pit_recalibrated`); else
+        `comp`."""
         if not self.pit_recalibration or self._training_call:
             return comp
         return CopulaRecalibrated(comp, self.pit_recalibrated(self.marginal(comp)))
@@ -279,8 +279,9 @@ class _EllipticalHead(Head):
 
     def component_variance(self, comp):
         """s^2, or df / (df - 2) s^2 for Student-t heads, NaN where df <= 2."""
-        if isinstance(comp, CopulaRecalibrated):
-            return comp.variance()
+        if isinstance(comp, CopulaRecalibrated):  # the recalibrated marginals' (a t's: infinite for 1 < df <= 2)
+            var = comp.variance()
+            return tf.where(tf.math.is_inf(var), np.nan, var) if self.student_t else var
         var = self._squared_scale(comp)
         if self.student_t:
             df = self._pixel_df(comp)

@@ -193,5 +193,5 @@ class StudentTLowRank(NormalLowRank):
     component. Point estimate: the mode."""
     head_name, label, student_t, point = "student_t_lowrank", "tdf,µ,diag(Σ)+VVᵀ", True, "mode"
     options = dict(NormalLowRank.options, **T_OPTIONS)
-    pit_family = None
+    pit_family = "student_t"  # through a t copula (`StudentTRecalibrated` marginals)
     variance_note = "variance exists only where df > 2 (blank elsewhere)"

@@ -140,7 +140,7 @@ class MatrixTIdentity(MatrixHead):
     """Matrix-t (`tfd.MatrixTLinearOperator`) with identity scales (the paper's Tdf,µ)."""
     head_name, label, student_t, point = "matrix_t_identity", "Tdf,µ", True, "mode"
     options = T_OPTIONS
-    pit_family = None
+    pit_family = "student_t"  # through a t copula (`StudentTRecalibrated` marginals)
     variance_note = "variance = df/(df-2) x row variance x column variance, only where df > 2 (blank elsewhere)"
 
 

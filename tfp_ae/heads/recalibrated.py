@@ -10,7 +10,9 @@ quantiles, which is a density (`tfp_ae.calibration.pit_recalibration` fits it, p
 
 Everything is computed from z and the standardised family's log-CDF and log-survival function, so pixels far
 in a tail (z of 10 or 1,000: a confident model on 8-bit images), where F(x) rounds to 0 or 1, keep their bin
-and density.
+and density. A Student-t pixel's standardised shape depends on its df, so its knots are stored in L = logit
+F_df(z), a standard logistic variable whatever the df (`StudentTRecalibrated`). The joint heads join the
+recalibrated marginals by their own copula (`CopulaRecalibrated`).
 """
 from __future__ import annotations
 
@@ -25,6 +27,11 @@ PIT_EDGES = (0.005, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.975, 0.995) 
 PIT_GROUPS = 32  # the pixels' scales are cut into this many groups (quantiles on the held-out images), one R each
 BIG_Z = 1e4  # the outer ends of the first and last bins in z (-inf and inf, finite so that in-bin sums stay finite)
 STANDARD = {"normal": (tfd.Normal, stats.norm), "logistic": (tfd.Logistic, stats.logistic)}
+KNOT_FAMILY = {"normal": "normal", "logistic": "logistic", "student_t": "logistic"}  # the standardised family in
+#   whose variable R's knots are stored: a Student-t pixel's are in L = logit F_df(z), a standard logistic variable
+#   whatever its df (`StudentTRecalibrated`)
+T_LOG_TAIL_MIN = -85.0  # log of the smallest tail probability F_df(-|z|) a Student-t pixel keeps (float32's
+#   smallest normal number is 1.2e-38): |L| <= 85
 
 
 def level_widths() -> np.ndarray:
@@ -33,19 +40,23 @@ def level_widths() -> np.ndarray:
 
 
 def family_of(distribution: tfd.Distribution) -> str:
-    """`normal` or `logistic`: the standardised family of a pixel distribution.
+    """`normal`, `logistic` or `student_t`: the standardised family of a pixel distribution.
     Raises:
       InputError: another family."""
+    if type(distribution) is tfd.StudentT:
+        return "student_t"
     for name, (cls, _) in STANDARD.items():
         if type(distribution) is cls:
             return name
-    raise InputError(f"PIT recalibration takes a normal or logistic distribution, got {type(distribution).__name__}")
+    raise InputError(f"PIT recalibration takes a normal, logistic or Student-t distribution, got "
+                     f"{type(distribution).__name__}")
 
 
 def identity_parameters(family: str) -> dict[str, np.ndarray]:
-    """The parameters with which `PITRecalibrated` is its distribution itself: knots at F0^-1 of the levels,
-    log ratios 0, the family's standard moments (E Z, E Z^2) = (0, var), float32."""
-    ref = STANDARD[family][1]
+    """The parameters with which `PITRecalibrated` (`StudentTRecalibrated` for `student_t`) is its distribution
+    itself: knots at F0^-1 of the levels, log ratios 0, the family's standard moments (E Z, E Z^2) = (0, var),
+    float32. `student_t`: the standard logistic's (`KNOT_FAMILY`; its moments are not used)."""
+    ref = STANDARD[KNOT_FAMILY[family]][1]
     return dict(knots=ref.ppf(PIT_EDGES).astype(np.float32), log_ratios=np.zeros(len(PIT_EDGES) + 1, np.float32),
                 moments=np.array([0.0, ref.var()], np.float32))
 
@@ -56,7 +67,9 @@ def fitted_parameters(family: str, z: np.ndarray) -> dict[str, np.ndarray]:
     `log(m_j / p_j)` and the moments (E Z, E Z^2) of the recalibrated standardised variable, sum_j m_j E[Z^k |
     bin j] (SciPy's `quad` of z^k f(z) / p_j, the ratio computed in logs, around where the bin's mass is),
     float32 as the head stores them.
+    `student_t`: `z` are the pixels' L = logit F_df(z) and the fit is the standard logistic's (`KNOT_FAMILY`).
     With no pixels: `identity_parameters`."""
+    family = KNOT_FAMILY[family]
     if len(z) == 0:
         return identity_parameters(family)
     ref = STANDARD[family][1]
@@ -100,7 +113,7 @@ class PITRecalibrated(tfd.Distribution):
     - `log_prob(x) = log f(x) + log_ratios_j`;
     - `cdf(x) = P_j + m_j t`, t = (F0(z) - F0(a)) / (F0(b) - F0(a)) from log-CDFs (a < 0) or log-survival
       functions (a >= 0), clipped to [0, 1];
-    - `quantile(q)`: that t inverted in the bin where P_j <= q < P_{j+1};
+    - `quantile(q)`: that t inverted in the bin where P_j <= q < P_{j+1} (`from_standard` of F0^-1(q));
     - `mean = loc + scale E Z`, `variance = scale^2 (E Z^2 - (E Z)^2)`;
     - samples: `quantile` of stateless uniforms (`tfp.random.sanitize_seed`).
     Raises:
@@ -111,6 +124,9 @@ class PITRecalibrated(tfd.Distribution):
                  validate_args: bool = False, allow_nan_stats: bool = True, name: str = "PITRecalibrated"):
         parameters = dict(locals())
         self._family = family_of(distribution)
+        if self._family not in STANDARD:
+            raise InputError(f"PITRecalibrated takes a normal or logistic distribution, got "
+                             f"{type(distribution).__name__} (a Student-t: StudentTRecalibrated)")
         self._base = distribution
         dtype = distribution.dtype
         self._knots = tf.convert_to_tensor(knots, dtype)
@@ -161,6 +177,10 @@ class PITRecalibrated(tfd.Distribution):
     def _z(self, x):
         return (x - self._base.loc) / self._base.scale
 
+    def knot_coordinate(self, x: tf.Tensor) -> tf.Tensor:
+        """The variable in which R's knots live, `[...]`: z = (x - loc) / scale (`fitted_parameters` takes it)."""
+        return self._z(x)
+
     def _log_prob(self, x):
         z = self._z(x)
         lo, _ = self._ends(z)
@@ -181,20 +201,13 @@ class PITRecalibrated(tfd.Distribution):
         return tf.reduce_sum(one_hot * (starts + widths * t[..., None]), -1)
 
     def _quantile(self, q):
+        """`loc + scale G0^-1(q)`, G0^-1(q) = `from_standard(F0^-1(q))` (q's bin and its fraction within it through
+        log-CDFs, so a q of 1e-14 keeps its tail)."""
         q = tf.convert_to_tensor(q, self.dtype)
         q = q + tf.zeros(tf.broadcast_dynamic_shape(tf.shape(q), self._base.batch_shape_tensor()), self.dtype)
-        starts, widths = self._levels(self.dtype)
-        lo, hi = self._ends(q)
-        one_hot = self._bin(q, starts + tf.zeros_like(lo))  # the level bin of q: P_j <= q
-        a, b = tf.reduce_sum(one_hot * lo, -1), tf.reduce_sum(one_hot * hi, -1)
-        t = tf.clip_by_value(tf.reduce_sum(one_hot * (q[..., None] - starts) / widths, -1), 0.0, 1.0)
-        s = self._standard
-        log_sf = s.log_survival_function(a) + tf.math.log1p(t * tf.math.expm1(s.log_survival_function(b)
-                                                                              - s.log_survival_function(a)))
-        log_cdf = s.log_cdf(b) + tf.math.log1p((1 - t) * tf.math.expm1(s.log_cdf(a) - s.log_cdf(b)))
-        # F0 symmetric: S0^-1(p) = -F0^-1(p)
-        z = tf.where(a >= 0, -self._standard_quantile(log_sf), self._standard_quantile(log_cdf))
-        return self._base.loc + self._base.scale * z
+        # F0 symmetric: F0^-1(q) = -F0^-1(1 - q)
+        z = tf.where(q < 0.5, self._standard_quantile(tf.math.log(q)), -self._standard_quantile(tf.math.log1p(-q)))
+        return self._base.loc + self._base.scale * self.from_standard(z)
 
     def _standard_quantile(self, log_p):
         """F0^-1(exp(log_p)), finite where exp(log_p) underflows float32 (a bin far in a tail): a logistic's
@@ -268,23 +281,193 @@ class PITRecalibrated(tfd.Distribution):
         return self._quantile(q)
 
 
+class StudentTRecalibrated(tfd.Distribution):
+    """A Student-t pixel distribution F = t(df, loc, scale) (`tfd.StudentT`, batch `[...]`) recalibrated through
+    its CDF, G(x) = R(F(x)), R the piecewise-linear map of `PITRecalibrated` (module docstring), scalar event.
+
+    A t pixel's shape depends on its df (one per image in the joint t heads), so R's knots cannot be stored in z
+    as for a normal. They are stored in L = logit F_df(z), which is a standard logistic variable whatever the df:
+    R acting on F is the logistic `PITRecalibrated` acting on L (same levels, same bins, same density ratios
+    r_j = m_j / p_j, p_j the bin's probability, which is df-free), and this class carries its results between z
+    and L = logit F_df(z) (`tfd.StudentT`'s CDF and quantile from the lower tail F_df(-|z|), kept >=
+    exp(`T_LOG_TAIL_MIN`), so |L| <= 85 and both tails are exact to float32):
+
+    - `log_prob(x) = log f(x) + log r_j`, j the bin of L;
+    - `cdf(x)`: the logistic map's cdf at L; `quantile(q) = loc + scale F_df^-1(sigmoid(L_q))`, L_q its quantile;
+    - `mean = loc + scale E W`, `variance = scale^2 (E W^2 - (E W)^2)`, `E W^k = sum_j r_j int_bin z^k f_df(z) dz`
+      in closed form (by parts: `int z f = -(df + z^2) f / (df - 1)`, `int z^2 f = (df F - z (df + z^2) f) /
+      (df - 2)`); as the t's own where they do not exist (the mean NaN for df <= 1; the variance infinite for
+      1 < df <= 2, NaN for df <= 1);
+    - `mode`: each pixel's argmax of g = r_j f, among the points of each bin nearest 0 (loc for the identity);
+    - samples: `quantile` of stateless uniforms.
+
+    Args:
+      distribution: F, a `tfd.StudentT`.
+      knots: `[..., J - 1]` the inner knots in L, strictly increasing.
+      log_ratios: `[..., J]` log r_j (nats).
+      moments: `[..., 2]` stored with the knots (the logistic's); not used (the t's depend on df).
+    Raises:
+      InputError: `distribution` is not a `tfd.StudentT`.
+    """
+
+    def __init__(self, distribution: tfd.Distribution, knots: tf.Tensor, log_ratios: tf.Tensor, moments: tf.Tensor,
+                 validate_args: bool = False, allow_nan_stats: bool = True, name: str = "StudentTRecalibrated"):
+        parameters = dict(locals())
+        if family_of(distribution) != "student_t":
+            raise InputError(f"StudentTRecalibrated takes a tfd.StudentT, got {type(distribution).__name__}")
+        self._base = distribution
+        dtype = distribution.dtype
+        zeros = tf.zeros(tf.broadcast_dynamic_shape(tf.shape(distribution.loc), distribution.batch_shape_tensor()),
+                         dtype)
+        self._standard = tfd.StudentT(distribution.df + zeros, zeros, tf.ones_like(zeros))
+        self._logit = PITRecalibrated(tfd.Logistic(zeros, tf.ones_like(zeros)), knots, log_ratios, moments)
+        super().__init__(dtype=dtype, reparameterization_type=tfd.FULLY_REPARAMETERIZED, validate_args=validate_args,
+                         allow_nan_stats=allow_nan_stats, parameters=parameters, name=name)
+
+    @property
+    def distribution(self) -> tfd.Distribution:
+        """F, the distribution before recalibration."""
+        return self._base
+
+    def _batch_shape(self):
+        return self._base.batch_shape
+
+    def _batch_shape_tensor(self):
+        return self._base.batch_shape_tensor()
+
+    def _event_shape(self):
+        return tf.TensorShape([])
+
+    def _event_shape_tensor(self):
+        return tf.constant([], tf.int32)
+
+    def _to_logit(self, z):
+        """L = logit F_df(z) `[...]`, from the lower tail F_df(-|z|) (clipped at exp(`T_LOG_TAIL_MIN`))."""
+        tail = tf.maximum(self._standard.cdf(-tf.abs(z)), tf.exp(tf.constant(T_LOG_TAIL_MIN, self.dtype)))
+        lower = tf.math.log(tail) - tf.math.log1p(-tail)
+        return tf.where(z > 0, -lower, lower)
+
+    def _from_logit(self, logit, standard=None):
+        """z = F_df^-1(sigmoid(L)) `[...]`, from the lower tail's quantile (the upper by symmetry); `standard`: the
+        t(df, 0, 1) to use (default this pixel's; `_bins` passes one with df `[..., 1]` for `[..., J - 1]` knots)."""
+        lower = (standard or self._standard).quantile(tf.math.sigmoid(-tf.abs(logit)))
+        return tf.where(logit > 0, -lower, lower)
+
+    def knot_coordinate(self, x: tf.Tensor) -> tf.Tensor:
+        """The variable in which R's knots live, `[...]`: L = logit F_df((x - loc) / scale)."""
+        return self._to_logit((x - self._base.loc) / self._base.scale)
+
+    def _log_ratio(self, logit):
+        """log r_j `[...]` of the bin of L."""
+        return self._logit.log_prob(logit) - self._logit.distribution.log_prob(logit)
+
+    def _log_prob(self, x):
+        return self._base.log_prob(x) + self._log_ratio(self.knot_coordinate(x))
+
+    def _cdf(self, x):
+        return self._logit.cdf(self.knot_coordinate(x))
+
+    def _quantile(self, q):
+        return self._base.loc + self._base.scale * self._from_logit(self._logit.quantile(q))
+
+    def from_standard(self, z: tf.Tensor) -> tf.Tensor:
+        """`w = G0^-1(F0(z))` `[...]`: a standardised draw of t(df) sent to the recalibrated variable."""
+        return self._from_logit(self._logit.from_standard(self._to_logit(z)))
+
+    def to_standard(self, w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The inverse of `from_standard`, `z = F0^-1(G0(w))` `[...]`, and `log dz/dw = log r_j + log f0(w) -
+        log f0(z)` `[...]` (nats), for `CopulaRecalibrated.log_prob`."""
+        logit = self._to_logit(w)
+        z = self._from_logit(self._logit.to_standard(logit)[0])
+        return z, self._log_ratio(logit) + self._standard.log_prob(w) - self._standard.log_prob(z)
+
+    def _bins(self):
+        """Each bin's inner ends in z `[..., J - 1]` (F_df^-1 of the knots), the knots in L `[..., J - 1]` and the
+        bins' ratios r_j `[..., J]`."""
+        knots = self._logit._broadcast(self._logit._knots, self._standard.df)
+        ratios = tf.exp(self._logit._broadcast(self._logit._log_ratios, self._standard.df))
+        return self._from_logit(knots, self._per_knot()), knots, ratios
+
+    def _per_knot(self):
+        """t(df, 0, 1) with df `[..., 1]`, against `[..., J - 1]` knots."""
+        return tfd.StudentT(self._standard.df[..., None], tf.zeros([], self.dtype), tf.ones([], self.dtype))
+
+    def _moments(self):
+        """(E W, E W^2) `[...]` of the recalibrated standardised variable: `sum_j r_j int_bin z^k f_df(z) dz`
+        (class docstring). The first moment's antiderivative is even (0 at both infinities); the second's is
+        taken from the lower tail, T2(z) = int_-inf^z s^2 f = (df F(z) - z (df + z^2) f(z)) / (df - 2) for z <= 0,
+        the part of a bin above 0 by symmetry, so a bin far in the upper tail keeps its precision."""
+        z, knots, r = self._bins()
+        df = self._standard.df[..., None]
+        f = tf.exp(self._per_knot().log_prob(z))  # at the knots
+        zero = tf.zeros_like(z[..., :1])
+        first = tf.concat([zero, -(df + tf.square(z)) * f / (df - 1), zero], -1)  # at the ends -inf, z_j, inf
+        lower = tf.concat([zero, (df * tf.math.sigmoid(-tf.abs(knots)) + tf.abs(z) * (df + tf.square(z)) * f)
+                           / (df - 2), zero], -1)  # T2(-|e|) at each end e
+        big = tf.fill(tf.shape(zero), tf.constant(np.inf, self.dtype))
+        ends = tf.concat([-big, z, big], -1)
+        half = df / (2 * (df - 2))  # T2(0)
+        below = tf.where(ends < 0, lower, half)  # T2(min(e, 0))
+        above = tf.where(ends > 0, lower, half)  # T2(-max(e, 0)) = int_max(e, 0)^inf s^2 f
+        second = below[..., 1:] - below[..., :-1] + above[..., :-1] - above[..., 1:]
+        return tf.reduce_sum(r * (first[..., 1:] - first[..., :-1]), -1), tf.reduce_sum(r * second, -1)
+
+    def _mean(self):
+        first, _ = self._moments()
+        nan = tf.constant(np.nan, self.dtype)
+        return tf.where(self._standard.df > 1, self._base.loc + self._base.scale * first, nan)
+
+    def _variance(self):
+        first, second = self._moments()
+        df = self._standard.df
+        beyond = tf.where(df > 1, tf.constant(np.inf, self.dtype), tf.constant(np.nan, self.dtype))  # as tfd.StudentT
+        return tf.where(df > 2, tf.square(self._base.scale) * (second - tf.square(first)), beyond)
+
+    def _stddev(self):
+        return tf.sqrt(self._variance())
+
+    def _mode(self):
+        z, _, r = self._bins()
+        big = tf.fill(tf.shape(z[..., :1]), tf.constant(np.inf, self.dtype))
+        nearest = tf.clip_by_value(tf.zeros_like(r), tf.concat([-big, z], -1), tf.concat([z, big], -1))
+        df = self._standard.df[..., None]
+        score = tf.math.log(r) - (df + 1) / 2 * tf.math.log1p(tf.square(nearest) / df)  # log g up to a constant
+        best = tf.reduce_sum(tf.one_hot(tf.argmax(score, -1), tf.shape(score)[-1], dtype=self.dtype) * nearest, -1)
+        return self._base.loc + self._base.scale * best
+
+    def _sample_n(self, n, seed=None):
+        shape = tf.concat([[n], self._base.batch_shape_tensor()], 0)
+        q = tf.random.stateless_uniform(shape, tfp.random.sanitize_seed(seed), minval=2.0 ** -24, dtype=self.dtype)
+        return self._quantile(q)
+
+
+def recalibrated_pixels(pixels: tfd.Distribution, knots: tf.Tensor, log_ratios: tf.Tensor,
+                        moments: tf.Tensor) -> tfd.Distribution:
+    """`pixels` (batch `[...]`) recalibrated through their CDFs: `StudentTRecalibrated` for a `tfd.StudentT`,
+    else `PITRecalibrated` (normal, logistic); the parameters as theirs."""
+    cls = StudentTRecalibrated if family_of(pixels) == "student_t" else PITRecalibrated
+    return cls(pixels, knots, log_ratios, moments)
+
+
 class CopulaRecalibrated(tfd.Distribution):
-    """A joint normal over the pixels (`distribution`, event `[...E]`: a vector or a matrix) whose every marginal
-    F_i is replaced by its PIT recalibration G_i = R_i∘F_i (`marginal`, a `PITRecalibrated` of batch
-    `[..., ...E]`), the dependence kept: Y_i = G_i^-1(F_i(X_i)), X ~ `distribution`, a Gaussian copula with
-    recalibrated marginals (Sklar 1959; Nelsen 2006, "An Introduction to Copulas", 2.3). Y_i's CDF is G_i, so
-    every per-pixel readout (mean, variance, intervals, PIT) is the marginal's.
+    """A joint normal or Student-t over the pixels (`distribution`, event `[...E]`: a vector or a matrix) whose
+    every marginal F_i is replaced by its PIT recalibration G_i = R_i∘F_i (`marginal`, a `PITRecalibrated` or
+    `StudentTRecalibrated` of batch `[..., ...E]`), the dependence kept: Y_i = G_i^-1(F_i(X_i)), X ~
+    `distribution`, a Gaussian (or t) copula with recalibrated marginals (Sklar 1959; Nelsen 2006, "An
+    Introduction to Copulas", 2.3; the t copula: Demarta & McNeil 2005, "The t copula and related copulas").
+    Y_i's CDF is G_i, so every per-pixel readout (mean, variance, intervals, PIT) is the marginal's.
 
     `log_prob(y) = log p_X(x) + sum_i log dx_i/dy_i`, `x_i = loc_i + s_i F0^-1(G0_i(w_i))`,
     `w_i = (y_i - loc_i) / s_i` (`PITRecalibrated.to_standard`); with R the identity it is `distribution`'s.
     Samples: `distribution`'s sent through `PITRecalibrated.from_standard`.
 
     Args:
-      distribution: the joint normal X, with `loc` `[..., ...E]`.
-      marginal: `PITRecalibrated` of the normal marginals N(loc_i, s_i) of X, batch `[..., ...E]`.
+      distribution: the joint normal or t X, with `loc` `[..., ...E]`.
+      marginal: the recalibrated marginals of X (N(loc_i, s_i), or t(df, loc_i, s_i) with X's df), batch
+        `[..., ...E]` (`recalibrated_pixels`).
     """
 
-    def __init__(self, distribution: tfd.Distribution, marginal: PITRecalibrated, validate_args: bool = False,
+    def __init__(self, distribution: tfd.Distribution, marginal: tfd.Distribution, validate_args: bool = False,
                  allow_nan_stats: bool = True, name: str = "CopulaRecalibrated"):
         parameters = dict(locals())
         self._joint = distribution
@@ -299,7 +482,7 @@ class CopulaRecalibrated(tfd.Distribution):
         return self._joint
 
     @property
-    def marginal(self) -> PITRecalibrated:
+    def marginal(self) -> tfd.Distribution:
         """The recalibrated marginals G_i, batch `[..., ...E]`."""
         return self._marginal
 
@@ -331,6 +514,11 @@ class CopulaRecalibrated(tfd.Distribution):
 
     def _mean(self):
         return self._marginal.mean()
+
+    def _mode(self):
+        """Each pixel's marginal mode (the Student-t heads' point estimate; the joint's mode, loc, for R the
+        identity)."""
+        return self._marginal.mode()
 
     def _variance(self):
         return self._marginal.variance()

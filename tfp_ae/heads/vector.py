@@ -76,6 +76,7 @@ class NormalFull(VectorHead):
 class StudentTIdentity(VectorHead):
     """Multivariate t(df, mu, I) (the paper's tdf,µ). Point estimate: the mode."""
     head_name, label, scale, student_t, point = "student_t_identity", "tdf,µ", "identity", True, "mode"
+    pit_family = "student_t"  # PIT recalibration through a t copula (`StudentTRecalibrated` marginals)
     options = T_OPTIONS
     variance_note = "variance exists only where df > 2 (blank elsewhere)"
 
