@@ -1,4 +1,5 @@
-"""Architectures: the paper's CNN parameter counts, and `tfp-ae train` for every head x K x arch."""
+"""Architectures: the paper's CNN parameter counts, and `tfp-ae train` for every head x K on the MLP and every
+parameter layout on each convolutional architecture."""
 import json
 
 import numpy as np
@@ -63,10 +64,29 @@ def test_cnn_front_end_is_conv_relu_then_max_pool(arch):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4 * float(tf.reduce_max(tf.abs(b))))
 
 
-# every head and K on the MLP; every head (K = 1) on each convolutional architecture, and two mixtures
-# there: the architectures differ before the head, the heads after it
+
+
+def layout_kind(name):
+    """What a decoder sees of a head (`Head.pixel_layout`): the widths of its per-pixel parameters and whether it
+    has parameters outside the pixels (a df, a dense or matrix scale)."""
+    widths, n_global = HEADS[name].pixel_layout((8, 8, 1))
+    return widths, n_global > 0
+
+
+def one_head_per_layout(arch):
+    """The first head (registry order) of each `layout_kind` that `arch` takes (`conv` refuses D x D scales)."""
+    kinds = {}
+    for name, cls in HEADS.items():
+        if not (arch == "conv" and cls.full_covariance):
+            kinds.setdefault(layout_kind(name), name)
+    return list(kinds.values())
+
+
+# every head and K on the MLP; on each convolutional architecture one head (K = 1) of each parameter layout,
+# and three mixtures: the architectures differ before the head (what they see of it is its layout), the heads
+# after it (every head with every K is trained through the MLP here)
 CASES = [(h, k, "mlp") for h, c in HEADS.items() for k in ([1, 10] if c.mixable else [1])]
-CASES += [(h, 1, a) for h in HEADS for a in ARCHS if a != "mlp" and not (a == "conv" and HEADS[h].full_covariance)]
+CASES += [(h, 1, a) for a in ARCHS if a != "mlp" for h in one_head_per_layout(a)]
 CASES += [("normal_diag", 10, "cnn"), ("matrix_t_full", 10, "cnn_dense"), ("student_t_lowrank", 3, "conv")]
 
 

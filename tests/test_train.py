@@ -123,7 +123,8 @@ def test_the_other_commands_print_only_the_package_lines(tmp_path):
     import subprocess
     import sys
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFP_AE_TF_LOGS")}
-    quick = ["--epochs", "1", "--no-fid", "--tsne-images", "0", "--eval-images", "20"]
+    quick = ["--epochs", "1", "--no-fid", "--tsne-images", "0", "--eval-images", "20", "--train-limit", "256",
+             "--no-extra-figures"]
     for argv in (["grid", "--dataset", "digits", "--heads", "mse", "-K", "1", "--out", "grid", *quick],
                  ["table", "grid/results.csv", "--out", "table"],
                  ["convert", "digits", "shards"],
