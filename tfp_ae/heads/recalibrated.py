@@ -306,12 +306,15 @@ class StudentTRecalibrated(tfd.Distribution):
       knots: `[..., J - 1]` the inner knots in L, strictly increasing.
       log_ratios: `[..., J]` log r_j (nats).
       moments: `[..., 2]` stored with the knots (the logistic's); not used (the t's depend on df).
+      knot_ends: optional `[..., J - 1]`, the knots in z, F_df^-1(sigmoid(knots)) (`student_t_knot_ends`), where
+        the caller has them cheaper (a head: once per image and group of scales, not per pixel); else computed.
     Raises:
       InputError: `distribution` is not a `tfd.StudentT`.
     """
 
     def __init__(self, distribution: tfd.Distribution, knots: tf.Tensor, log_ratios: tf.Tensor, moments: tf.Tensor,
-                 validate_args: bool = False, allow_nan_stats: bool = True, name: str = "StudentTRecalibrated"):
+                 knot_ends: tf.Tensor | None = None, validate_args: bool = False, allow_nan_stats: bool = True,
+                 name: str = "StudentTRecalibrated"):
         parameters = dict(locals())
         if family_of(distribution) != "student_t":
             raise InputError(f"StudentTRecalibrated takes a tfd.StudentT, got {type(distribution).__name__}")
@@ -321,6 +324,7 @@ class StudentTRecalibrated(tfd.Distribution):
                          dtype)
         self._standard = tfd.StudentT(distribution.df + zeros, zeros, tf.ones_like(zeros))
         self._logit = PITRecalibrated(tfd.Logistic(zeros, tf.ones_like(zeros)), knots, log_ratios, moments)
+        self._knot_ends = None if knot_ends is None else tf.convert_to_tensor(knot_ends, dtype)
         super().__init__(dtype=dtype, reparameterization_type=tfd.FULLY_REPARAMETERIZED, validate_args=validate_args,
                          allow_nan_stats=allow_nan_stats, parameters=parameters, name=name)
 
@@ -347,11 +351,9 @@ class StudentTRecalibrated(tfd.Distribution):
         lower = tf.math.log(tail) - tf.math.log1p(-tail)
         return tf.where(z > 0, -lower, lower)
 
-    def _from_logit(self, logit, standard=None):
-        """z = F_df^-1(sigmoid(L)) `[...]`, from the lower tail's quantile (the upper by symmetry); `standard`: the
-        t(df, 0, 1) to use (default this pixel's; `_bins` passes one with df `[..., 1]` for `[..., J - 1]` knots)."""
-        lower = (standard or self._standard).quantile(tf.math.sigmoid(-tf.abs(logit)))
-        return tf.where(logit > 0, -lower, lower)
+    def _from_logit(self, logit):
+        """z = F_df^-1(sigmoid(L)) `[...]` (`student_t_knot_ends`)."""
+        return student_t_knot_ends(self._standard.df, logit)
 
     def knot_coordinate(self, x: tf.Tensor) -> tf.Tensor:
         """The variable in which R's knots live, `[...]`: L = logit F_df((x - loc) / scale)."""
@@ -386,7 +388,9 @@ class StudentTRecalibrated(tfd.Distribution):
         bins' ratios r_j `[..., J]`."""
         knots = self._logit._broadcast(self._logit._knots, self._standard.df)
         ratios = tf.exp(self._logit._broadcast(self._logit._log_ratios, self._standard.df))
-        return self._from_logit(knots, self._per_knot()), knots, ratios
+        ends = student_t_knot_ends(self._standard.df[..., None], knots) if self._knot_ends is None else \
+            self._knot_ends + tf.zeros_like(knots)
+        return ends, knots, ratios
 
     def _per_knot(self):
         """t(df, 0, 1) with df `[..., 1]`, against `[..., J - 1]` knots."""
@@ -441,12 +445,21 @@ class StudentTRecalibrated(tfd.Distribution):
         return self._quantile(q)
 
 
-def recalibrated_pixels(pixels: tfd.Distribution, knots: tf.Tensor, log_ratios: tf.Tensor,
-                        moments: tf.Tensor) -> tfd.Distribution:
-    """`pixels` (batch `[...]`) recalibrated through their CDFs: `StudentTRecalibrated` for a `tfd.StudentT`,
-    else `PITRecalibrated` (normal, logistic); the parameters as theirs."""
-    cls = StudentTRecalibrated if family_of(pixels) == "student_t" else PITRecalibrated
-    return cls(pixels, knots, log_ratios, moments)
+def student_t_knot_ends(df: tf.Tensor, logit: tf.Tensor) -> tf.Tensor:
+    """z = F_df^-1(sigmoid(L)) of standard t's with `df` at L = `logit` (broadcast against each other), from the
+    lower tail's quantile (TFP's `StudentT.quantile`), the upper by symmetry."""
+    standard = tfd.StudentT(df, tf.zeros([], logit.dtype), tf.ones([], logit.dtype))
+    lower = standard.quantile(tf.math.sigmoid(-tf.abs(logit)))
+    return tf.where(logit > 0, -lower, lower)
+
+
+def recalibrated_pixels(pixels: tfd.Distribution, knots: tf.Tensor, log_ratios: tf.Tensor, moments: tf.Tensor,
+                        knot_ends: tf.Tensor | None = None) -> tfd.Distribution:
+    """`pixels` (batch `[...]`) recalibrated through their CDFs: `StudentTRecalibrated` for a `tfd.StudentT`
+    (`knot_ends` as its), else `PITRecalibrated` (normal, logistic); the parameters as theirs."""
+    if family_of(pixels) == "student_t":
+        return StudentTRecalibrated(pixels, knots, log_ratios, moments, knot_ends=knot_ends)
+    return PITRecalibrated(pixels, knots, log_ratios, moments)
 
 
 class CopulaRecalibrated(tfd.Distribution):
