@@ -96,7 +96,36 @@ def fitted_parameters(family: str, z: np.ndarray) -> dict[str, np.ndarray]:
                 moments=np.array([m @ first, m @ second], np.float32))
 
 
-class PITRecalibrated(tfd.Distribution):
+class _RecalibratedPixels(tfd.Distribution):
+    """What the recalibrated pixel distributions share: `distribution` F (set as `_base` by the subclass), its
+    batch shape, a scalar event, and samples that are `quantile`s of stateless uniforms
+    (`tfp.random.sanitize_seed`)."""
+
+    @property
+    def distribution(self) -> tfd.Distribution:
+        """F, the distribution before recalibration."""
+        return self._base
+
+    def _batch_shape(self):
+        return self._base.batch_shape
+
+    def _batch_shape_tensor(self):
+        return self._base.batch_shape_tensor()
+
+    def _event_shape(self):
+        return tf.TensorShape([])
+
+    def _event_shape_tensor(self):
+        return tf.constant([], tf.int32)
+
+    def _sample_n(self, n, seed=None):
+        shape = tf.concat([[n], self._base.batch_shape_tensor()], 0)
+        # in (0, 1): a uniform of exactly 0 would be the quantile -inf
+        q = tf.random.stateless_uniform(shape, tfp.random.sanitize_seed(seed), minval=2.0 ** -24, dtype=self.dtype)
+        return self._quantile(q)
+
+
+class PITRecalibrated(_RecalibratedPixels):
     """A location-scale distribution (`tfd.Normal` or `tfd.Logistic`, batch `[...]`) recalibrated through its
     CDF: G(x) = R(F(x)) (module docstring), scalar event.
 
@@ -135,23 +164,6 @@ class PITRecalibrated(tfd.Distribution):
         self._standard = STANDARD[self._family][0](tf.zeros([], dtype), tf.ones([], dtype))
         super().__init__(dtype=dtype, reparameterization_type=tfd.FULLY_REPARAMETERIZED, validate_args=validate_args,
                          allow_nan_stats=allow_nan_stats, parameters=parameters, name=name)
-
-    @property
-    def distribution(self) -> tfd.Distribution:
-        """F, the distribution before recalibration."""
-        return self._base
-
-    def _batch_shape(self):
-        return self._base.batch_shape
-
-    def _batch_shape_tensor(self):
-        return self._base.batch_shape_tensor()
-
-    def _event_shape(self):
-        return tf.TensorShape([])
-
-    def _event_shape_tensor(self):
-        return tf.constant([], tf.int32)
 
     def _broadcast(self, t, like):
         """`t` `[..., n]` broadcast to the batch of `like` against the distribution's, `[..., n]`."""
@@ -274,14 +286,8 @@ class PITRecalibrated(tfd.Distribution):
     def _stddev(self):
         return tf.sqrt(self._variance())
 
-    def _sample_n(self, n, seed=None):
-        shape = tf.concat([[n], self._base.batch_shape_tensor()], 0)
-        # in (0, 1): a uniform of exactly 0 would be the quantile -inf
-        q = tf.random.stateless_uniform(shape, tfp.random.sanitize_seed(seed), minval=2.0 ** -24, dtype=self.dtype)
-        return self._quantile(q)
 
-
-class StudentTRecalibrated(tfd.Distribution):
+class StudentTRecalibrated(_RecalibratedPixels):
     """A Student-t pixel distribution F = t(df, loc, scale) (`tfd.StudentT`, batch `[...]`) recalibrated through
     its CDF, G(x) = R(F(x)), R the piecewise-linear map of `PITRecalibrated` (module docstring), scalar event.
 
@@ -327,23 +333,6 @@ class StudentTRecalibrated(tfd.Distribution):
         self._knot_ends = None if knot_ends is None else tf.convert_to_tensor(knot_ends, dtype)
         super().__init__(dtype=dtype, reparameterization_type=tfd.FULLY_REPARAMETERIZED, validate_args=validate_args,
                          allow_nan_stats=allow_nan_stats, parameters=parameters, name=name)
-
-    @property
-    def distribution(self) -> tfd.Distribution:
-        """F, the distribution before recalibration."""
-        return self._base
-
-    def _batch_shape(self):
-        return self._base.batch_shape
-
-    def _batch_shape_tensor(self):
-        return self._base.batch_shape_tensor()
-
-    def _event_shape(self):
-        return tf.TensorShape([])
-
-    def _event_shape_tensor(self):
-        return tf.constant([], tf.int32)
 
     def _to_logit(self, z):
         """L = logit F_df(z) `[...]`, from the lower tail F_df(-|z|) (clipped at exp(`T_LOG_TAIL_MIN`))."""
@@ -438,11 +427,6 @@ class StudentTRecalibrated(tfd.Distribution):
         score = tf.math.log(r) - (df + 1) / 2 * tf.math.log1p(tf.square(nearest) / df)  # log g up to a constant
         best = tf.reduce_sum(tf.one_hot(tf.argmax(score, -1), tf.shape(score)[-1], dtype=self.dtype) * nearest, -1)
         return self._base.loc + self._base.scale * best
-
-    def _sample_n(self, n, seed=None):
-        shape = tf.concat([[n], self._base.batch_shape_tensor()], 0)
-        q = tf.random.stateless_uniform(shape, tfp.random.sanitize_seed(seed), minval=2.0 ** -24, dtype=self.dtype)
-        return self._quantile(q)
 
 
 def student_t_knot_ends(df: tf.Tensor, logit: tf.Tensor) -> tf.Tensor:
