@@ -2,6 +2,7 @@
 scikit-learn on scores.csv, per-pixel marginals against scipy, PRO on constructed maps, bad input."""
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -361,13 +362,15 @@ def test_defect_folders_round_trip_to_labels_and_masks(defect_folder):
 
 def test_detection_metrics_are_scikit_learn_on_scores_csv(runs, defect_folder, tmp_path, capsys):
     """Issue 42: good against defective test images, overall and per defect type, for every score and
-    every map reduction; the OOD metrics count only good test images as in-distribution."""
+    every map reduction; the OOD metrics count only good test images as in-distribution; bits/dim of the
+    good and of each defect's test images apart (issue 51)."""
     from sklearn.metrics import roc_auc_score
     folder, _ = defect_folder
     main(["score", str(runs / "model"), "--data", str(folder), "--masks", str(folder / "ground_truth"),
           "--ood", str(runs / "noise.npz"), "--out", str(tmp_path / "s")])
     printed = capsys.readouterr().out
     assert "detection, 40 good against 40 defective test images" in printed and "(recommended)" in printed
+    assert re.search(r"bits/dim: training images \d+\.\d{3}, test images \d+\.\d{3}; blob \d+\.\d{3}; good", printed)
     m = json.loads((tmp_path / "s" / "metrics.json").read_text())
     d = m["detection"]
     assert d["good"] == 40 and d["defective"] == 40 and set(d["per_defect"]) == {"line", "blob"}
@@ -380,6 +383,10 @@ def test_detection_metrics_are_scikit_learn_on_scores_csv(runs, defect_folder, t
         line = [r for r in test if r["defect"] in ("good", "line")]
         assert d["per_defect"]["line"][name]["auroc"] == pytest.approx(
             roc_auc_score([r["defect"] == "line" for r in line], [float(r[name]) for r in line])), name
+    # the density's fit is the good test images' bits/dim; the test mean mixes in the defective ones
+    bits = {g: np.mean([float(r["bits_per_dim"]) for r in test if r["defect"] == g]) for g in ("good", "line", "blob")}
+    assert m["bits_per_dim_by_label"] == pytest.approx(bits)
+    assert m["test_bits_per_dim"] == pytest.approx(np.mean([float(r["bits_per_dim"]) for r in test]))
     kept = [r for r in table if r["set"] == "ood" or r["defect"] == "good"]
     assert m["scores"]["nll"]["auroc"] == pytest.approx(
         roc_auc_score([r["set"] == "ood" for r in kept], [float(r["nll"]) for r in kept]))

@@ -301,6 +301,9 @@ def cmd_score(args: argparse.Namespace):
                      args.image_size, args.crop, args.channels, args.test_fraction)
     print("scored " + ", ".join(f"{n} {'in-distribution' if s == 'in' else 'OOD'}" for s, n in m["counts"].items())
           + " test images")
+    by_label = m.get("bits_per_dim_by_label", {})
+    print(f"bits/dim: training images {m['train_bits_per_dim']:.3f}, test images {m['test_bits_per_dim']:.3f}"
+          + "".join(f"; {g} {v:.3f}" for g, v in by_label.items()))
     for name, v in m.get("scores", {}).items():
         mark = "  (recommended)" if name == m["recommended"] else ""
         print(f"{name:18s} AUROC {v['auroc']:.3f}  AUPRC {v['auprc']:.3f}  FPR@95%TPR {v['fpr_at_95_tpr']:.3f}{mark}")

@@ -232,10 +232,14 @@ def score_run(run_dir: str | os.PathLike, data: str, ood: str | None = None, bac
       channels: 1 or 3 (an OOD set of another colour needs it); None keeps the run's.
       ood_test_fraction: split a flat OOD folder like a training folder and score its test part.
     Returns:
-      (rows, metrics): rows of `scores.csv` (dicts), and the metrics dict: `counts`, `scores` (OOD
+      (rows, metrics): rows of `scores.csv` (dicts), and the metrics dict: `counts`,
+      `train_bits_per_dim` and `test_bits_per_dim` (means over the scored images, bits per dimension of
+      the dequantised pixels), `scores` (OOD
       metrics of each score; defective test images are left out of the in-distribution set),
       `recommended` (`RECOMMENDED`), and with masks or `test/good/` + `test/<defect>/` folders
-      (`tfp_ae.anomaly.defect_labels`) `detection` (`detection_metrics` of every score and of the
+      (`tfp_ae.anomaly.defect_labels`) `bits_per_dim_by_label` (`{"good": mean, defect: mean}`: the
+      test mean mixes good and defective images, and only the good ones measure the density's fit),
+      `detection` (`detection_metrics` of every score and of the
       per-image reductions of every map), `localisation` (with masks) and `recommended_map`.
     Raises:
       InputError: a dataset or background run whose image shape differs from the run's, an empty OOD
@@ -278,6 +282,10 @@ def score_run(run_dir: str | os.PathLike, data: str, ood: str | None = None, bac
                   train_bits_per_dim=float(np.mean(reference["bits_per_dim"])),
                   counts={name: len(s["nll"]) for name, s in sets}, orientation="higher = more anomalous",
                   recommended=RECOMMENDED)
+    result["test_bits_per_dim"] = float(np.mean(sets[0][1]["bits_per_dim"]))
+    if labels is not None:  # a test folder of good and defective images: its mean mixes the two
+        bits = sets[0][1]["bits_per_dim"][:n]
+        result["bits_per_dim_by_label"] = {g: float(np.mean(bits[labels == g])) for g in sorted(set(labels.tolist()))}
     reductions, maps, x = {}, None, None
     if n:
         with source.reading():
