@@ -251,6 +251,26 @@ def test_psnr_ssim_and_calibration_metrics(digits):
     assert calibration(compile_model(build_model("mse", x.shape[1:])), x[:4], num_levels=17)["by_std"] is None
 
 
+def test_calibration_of_a_t_without_a_variance_is_grouped_by_its_interquartile_range(digits):
+    """A Student-t head with df <= 2 (an untrained `student_t_diag`: df = softplus(0) + 1e-6) has no finite std;
+    its `by_std` groups the pixels by the width of their central 50 % interval (`"spread": "iqr"`): the
+    groups' coverages are those of the PIT values grouped by hi - lo of `model.interval(x, 0.5)`."""
+    from tfp_ae.calibration import calibration, calibration_by_std, pit_values
+    from tfp_ae.data import dequantize
+    tf.keras.utils.set_random_seed(0)
+    model = compile_model(build_model("student_t_diag", digits.image_shape))
+    x = digits.x_test[:20]
+    assert not np.isfinite(model.variance(x).numpy()).any()
+    c = calibration(model, x, num_levels=17, seed=3)
+    by = c["by_std"]
+    assert by["spread"] == "iqr" and by["iqr_edges"] == sorted(by["iqr_edges"]) and by["iqr_edges"][0] > 0
+    lo, hi = model.interval(x, 0.5)
+    u, _ = pit_values(model, x, 3, targets=dequantize(x, 17, seed=3))
+    want = calibration_by_std(u, (hi - lo).numpy())
+    np.testing.assert_allclose(by["coverage"], want["coverage"])
+    assert by["iqr_edges"] == pytest.approx(want["std_edges"], rel=1e-6)
+
+
 def test_calibration_by_std_shows_errors_that_cancel_over_all_pixels():
     """Half the pixels (small std) with intervals too wide (u in the middle half), half (large std) too
     narrow (u in the outer quarters): over all pixels the PIT is uniform and the calibration error about

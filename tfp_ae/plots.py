@@ -187,7 +187,7 @@ def calibration_figure(calibration: dict, title: str = "") -> Figure:
     groups = list(zip(by["coverage"], by["calibration_error"], strict=True)) if by else []
     for i, (cov, err) in enumerate(groups):
         left.plot(levels, cov, lw=0.8, alpha=0.6, color=colormaps["viridis"](i / max(1, len(groups) - 1)),
-                  label=f"std group {i + 1} of {len(groups)} ({err:.3f})")
+                  label=f"{by.get('spread', 'std')} group {i + 1} of {len(groups)} ({err:.3f})")
     left.set(xlim=(0.4, 1), ylim=(0.4, 1), xlabel="central interval level", ylabel="fraction of pixels inside",
              title="reliability")
     left.legend(fontsize=7, loc="upper left")

@@ -26,6 +26,7 @@ QUANTITIES = {  # fn(model, images [B, H, W, C]) -> per-image result(s)
     "variance": lambda m, b: m.variance(b),
     "point_variance": lambda m, b: m.point_and_variance(b),
     "interval": lambda m, b: m.interval(b),
+    "quartile_range": lambda m, b: tf.subtract(*reversed(m.interval(b, 0.5))),  # hi - lo of the central 50 %
     "conformal_interval": lambda m, b: m.conformal_interval(b),
     "code": lambda m, b: m.encode(b),
     "component_points": lambda m, b: m.head.component_points(m(b, training=False)),

@@ -12,7 +12,7 @@ import scoringrules
 from tfp_ae._tf import tf, tfd
 from tfp_ae.data import dequantize
 from tfp_ae.heads import PIT_SAMPLES, SAMPLE_SEED
-from tfp_ae.predict import point_and_variance, sample_batch_size, variance_maps
+from tfp_ae.predict import map_batches, point_and_variance, sample_batch_size, variance_maps
 
 if TYPE_CHECKING:
     from tfp_ae.heads.base import Head
@@ -120,19 +120,20 @@ def calibration_error(coverage: Sequence[float], levels: tuple[float, ...] = LEV
     return float(np.mean(np.abs(np.asarray(coverage) - levels)))
 
 
-def calibration_by_std(u: np.ndarray, std: np.ndarray, bins: int = SPREAD_BINS) -> dict | None:
+def calibration_by_std(u: np.ndarray, std: np.ndarray, bins: int = SPREAD_BINS, spread: str = "std") -> dict | None:
     """Calibration within groups of pixels of similar predicted spread: the pixels, ranked by their
-    predicted std (`std`, same shape as the PIT values `u`), split into `bins` equal groups (ties in
-    rank order); per group the `coverage` at `LEVELS` and its `calibration_error`. The calibration
+    predicted std (`std`, same shape as the PIT values `u`; or another spread, named by `spread`), split
+    into `bins` equal groups (ties in rank order); per group the `coverage` at `LEVELS` and its
+    `calibration_error`. The calibration
     error over all pixels can hide errors that cancel (intervals too narrow on the background and
     too wide on the strokes): a calibrated model is calibrated in every group (the binning by
     predicted spread of Levi, Gispan, Giladi & Fetaya, "Evaluating and calibrating uncertainty
     prediction in regression tasks", Sensors 2022, with coverage in place of their RMSE).
 
     Returns:
-      `{"std_edges": bins + 1 values (pixels), "coverage": bins lists of one value per level,
-      "calibration_error": bins values, "mean_calibration_error"}`, or None where a pixel has no
-      finite std (a t with df <= 2).
+      `{"spread": spread, "<spread>_edges": bins + 1 values (pixels), "coverage": bins lists of one value
+      per level, "calibration_error": bins values, "mean_calibration_error"}`, or None where a pixel has no
+      finite spread (the std of a t with df <= 2).
     """
     u, std = np.ravel(u), np.ravel(std)
     if not np.isfinite(std).all():
@@ -141,8 +142,8 @@ def calibration_by_std(u: np.ndarray, std: np.ndarray, bins: int = SPREAD_BINS) 
     groups = np.array_split(order, bins)
     coverage = [coverage_at(u[g]) for g in groups]
     errors = [calibration_error(c) for c in coverage]
-    return dict(std_edges=[float(std[groups[0][0]])] + [float(std[g[-1]]) for g in groups], coverage=coverage,
-                calibration_error=errors, mean_calibration_error=float(np.mean(errors)))
+    return {"spread": spread, f"{spread}_edges": [float(std[groups[0][0]])] + [float(std[g[-1]]) for g in groups],
+            "coverage": coverage, "calibration_error": errors, "mean_calibration_error": float(np.mean(errors))}
 
 
 def calibration(model: ProbabilisticModel, x: np.ndarray, point: np.ndarray | None = None, num_levels: int = 256,
@@ -162,7 +163,9 @@ def calibration(model: ProbabilisticModel, x: np.ndarray, point: np.ndarray | No
     - `pit_histogram`: the fraction of pixels in each of 20 equal bins of u (flat for a
       calibrated model; U-shaped: over-confident; peaked: under-confident);
     - `by_std`: the same within the quartiles of the pixels' predicted std (`calibration_by_std`;
-      errors that cancel over all pixels show there);
+      errors that cancel over all pixels show there). Where a pixel's std is infinite or undefined (a
+      Student-t with df <= 2), within the quartiles of the width of its central 50 % interval instead
+      (`"spread": "iqr"`, which exists for any df); None for `mse`, which has neither;
     - `images` (N), `sigma_scale` (the head's, `fit_sigma_scale`; 1.0 without recalibration), `crps` (mean per-pixel CRPS,
       pixels; `pixel_crps`; None where infinite), `mean_predicted_std` (over pixels whose
       variance exists) and `mean_abs_error` (mean |x - point estimate|; `point`: the point
@@ -176,11 +179,14 @@ def calibration(model: ProbabilisticModel, x: np.ndarray, point: np.ndarray | No
     x = np.asarray(x, np.float32)
     u, crps = pit_values(model, x, seed, targets=dequantize(x, num_levels, seed=seed))
     coverage = coverage_at(u)
+    by_std = calibration_by_std(u, std)
+    if by_std is None:  # e.g. a t with df <= 2: grouped by its interquartile range (NaN for mse: None)
+        by_std = calibration_by_std(u, map_batches(model, x, "quartile_range"), spread="iqr")
     hist = np.histogram(np.clip(u, 0, 1), bins=PIT_BINS, range=(0, 1))[0] / u.size
     mean_crps = float(np.mean(crps))
     return dict(levels=list(LEVELS), coverage=coverage, inputs="raw", targets="dequantized",
                 calibration_error=calibration_error(coverage),
-                pit_histogram=[float(h) for h in hist], by_std=calibration_by_std(u, std), images=int(len(x)),
+                pit_histogram=[float(h) for h in hist], by_std=by_std, images=int(len(x)),
                 sigma_scale=float(model.head.sigma_scale.numpy()) if model.head.has_location else 1.0,
                 crps=mean_crps if np.isfinite(mean_crps) else None,
                 mean_predicted_std=float(np.nanmean(std)) if np.isfinite(std).any() else None,
