@@ -52,6 +52,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -288,8 +289,15 @@ def export_tflite(model: ProbabilisticModel, out_dir: str | os.PathLike, probe: 
         concrete = tf.function(fn, autograph=False).get_concrete_function(tf.TensorSpec([None, *shape], tf.float32,
                                                                                          name="images"))
         try:
-            with _tflite_quiet():
-                converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+            with _tflite_quiet(), tempfile.TemporaryDirectory() as saved:
+                # the converter saves the function as a SavedModel first; saved here without the custom
+                # gradients of its ops (`from_concrete_functions` traces them: 100 s for a Student-t head's
+                # four functions, most of it TFP betainc's gradient, which a TFLite file never holds)
+                holder = tf.Module()
+                holder.variables_of_the_model = list(model.variables)
+                tf.saved_model.save(holder, saved, signatures={"serving_default": concrete},
+                                    options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+                converter = tf.lite.TFLiteConverter.from_saved_model(saved)
                 converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
                 blob = converter.convert()
                 runner = tf.lite.Interpreter(model_content=blob).get_signature_runner()
