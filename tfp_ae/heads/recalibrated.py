@@ -251,16 +251,17 @@ class PITRecalibrated(_RecalibratedPixels):
         one_hot = self._bin(x, src[0])
         a, b, a2, b2 = (tf.reduce_sum(one_hot * e, -1) for e in (*src, *dst))
         upper = tf.reduce_sum(one_hot[..., PIT_EDGES.index(0.5) + 1:], -1) > 0
-        log_cdf = self._standard.log_cdf
-
-        def lower(x, a, b, a2, b2):
-            x = tf.clip_by_value(x, a, b)
-            log_t = (log_cdf(x) - log_cdf(b) + tf.math.log(-tf.math.expm1(log_cdf(a) - log_cdf(x)))
-                     - tf.math.log(-tf.math.expm1(log_cdf(a) - log_cdf(b))))
-            log_mass = log_cdf(b2) + tf.math.log(-tf.math.expm1(log_cdf(a2) - log_cdf(b2)))
-            return self._standard_quantile(tf.math.reduce_logsumexp(tf.stack([log_cdf(a2), log_t + log_mass]), 0))
-
-        y = tf.where(upper, -lower(-x, -b, -a, -b2, -a2), lower(x, a, b, a2, b2))
+        # above the median the reflected problem (-x in the bin (-b, -a) sent to (-b2, -a2)), then negated: each
+        # pixel's own side only, and each log-CDF once (the normal's log_ndtr is most of the cost)
+        sign = tf.where(upper, -tf.ones_like(x), tf.ones_like(x))
+        xs, lo, hi = sign * x, tf.where(upper, -b, a), tf.where(upper, -a, b)
+        lo2, hi2 = tf.where(upper, -b2, a2), tf.where(upper, -a2, b2)
+        log_x, log_lo, log_hi, log_lo2, log_hi2 = (self._standard.log_cdf(v) for v in
+                                                   (tf.clip_by_value(xs, lo, hi), lo, hi, lo2, hi2))
+        log_t = (log_x - log_hi + tf.math.log(-tf.math.expm1(log_lo - log_x))
+                 - tf.math.log(-tf.math.expm1(log_lo - log_hi)))
+        log_mass = log_hi2 + tf.math.log(-tf.math.expm1(log_lo2 - log_hi2))
+        y = sign * self._standard_quantile(tf.math.reduce_logsumexp(tf.stack([log_lo2, log_t + log_mass]), 0))
         return tf.clip_by_value(y, a2, b2), one_hot
 
     def from_standard(self, z: tf.Tensor) -> tf.Tensor:
