@@ -379,6 +379,7 @@ def test_tflite_files_match_the_saved_model_or_are_refused_with_a_reason(tmp_pat
     assert t_report["reconstruct"] == "converted" and (tmp_path / "t" / "tflite" / "reconstruct.tflite").exists()
     for name in ("interval", "conformal_interval", "log_prob"):
         assert t_report[name].startswith("refused: ") and len(t_report[name]) > 30, t_report[name]
+        assert "loc(" not in t_report[name] and "CONSTRUCTED_AT" not in t_report[name], t_report[name]  # no locations
         assert not (tmp_path / "t" / "tflite" / f"{name}.tflite").exists()
 
 

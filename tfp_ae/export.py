@@ -229,10 +229,18 @@ def tflite_functions(model: ProbabilisticModel) -> dict[str, tf.types.experiment
 
 
 def _first_line(e):
-    """The converter's or interpreter's reason, without source locations: `Type: text`."""
+    """The converter's or interpreter's reason, without source locations (the converter's `file:0: error:`
+    and MLIR's `loc(...): ` before its message): `Type: text`."""
     text = str(e).strip()
     if "error:" in text:
-        text = text.split("error:", 1)[1]
+        text = text.split("error:", 1)[1].strip()
+    if text.startswith("loc("):  # skip the balanced parentheses of the location
+        depth = 0
+        for i, c in enumerate(text):
+            depth += {"(": 1, ")": -1}.get(c, 0)
+            if depth == 0 and c == ")":
+                text = text[i + 1:].lstrip(": ")
+                break
     return f"{type(e).__name__}: {(text.strip().splitlines() or ['?'])[0][:300]}"
 
 
