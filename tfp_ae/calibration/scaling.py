@@ -132,6 +132,13 @@ def _minimise_log_scale(f, bounds, step=LOG_2):
     return best, at(best), values[0.0]
 
 
+def _harm(worse: float) -> str:
+    """What a refused recalibration does to the held-out bits/dim, for its one line."""
+    if not np.isfinite(worse):  # e.g. a scale at which some image's log-density is NaN
+        return "it makes the held-out likelihood non-finite (bits/dim NaN or infinite)"
+    return f"it makes the held-out likelihood worse by {worse:.3g} bits/dim"
+
+
 def recalibrate(model: ProbabilisticModel, held_out: Split, num_levels: int, seed: int, test_images: np.ndarray, test: Split,
                 criterion: str = "calibration", force: bool = False, method: str = "scale") -> dict:
     """sigma-scaling of a trained autoencoder (`fit_sigma_scale`, minimising
@@ -175,7 +182,7 @@ def recalibrate(model: ProbabilisticModel, held_out: Split, num_levels: int, see
     applied = force or worse <= MAX_BITS_PER_DIM_LOSS  # NaN (a non-finite likelihood) is not an improvement
     if not applied:
         model.head.sigma_scale.assign(1.0)
-        print(f"sigma-scaling not applied: it makes the held-out likelihood worse by {worse:.3g} bits/dim "
+        print(f"sigma-scaling not applied: {_harm(worse)} "
               f"({held_before['bits_per_dim']:.4g} -> {held_after['bits_per_dim']:.4g}; more than "
               f"{MAX_BITS_PER_DIM_LOSS}); the model keeps s = 1 (--force-recalibration applies it anyway)", flush=True)
     refined = None
@@ -192,8 +199,8 @@ def recalibrate(model: ProbabilisticModel, held_out: Split, num_levels: int, see
               f"{np.round(refined['calibration_error_by_std_after'] or [], 3).tolist()}", flush=True)
         if not refined["applied"]:
             reset(model)
-            print(f"{method} recalibration not applied: it makes the held-out likelihood worse by {worse:.3g} bits/dim "
-                  f"than before recalibrating (more than {MAX_BITS_PER_DIM_LOSS}; --force-recalibration applies it)",
+            print(f"{method} recalibration not applied: {_harm(worse)} "
+                  f"against before recalibrating (more than {MAX_BITS_PER_DIM_LOSS}; --force-recalibration applies it)",
                   flush=True)
     return dict(sigma_scale=s if applied else 1.0, fitted_sigma_scale=s, applied=applied, criterion=criterion,
                 method=method, local=refined if method == "local" else None, pit=refined if method == "pit" else None,
