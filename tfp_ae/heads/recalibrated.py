@@ -258,9 +258,14 @@ class PITRecalibrated(_RecalibratedPixels):
         lo2, hi2 = tf.where(upper, -b2, a2), tf.where(upper, -a2, b2)
         log_x, log_lo, log_hi, log_lo2, log_hi2 = (self._standard.log_cdf(v) for v in
                                                    (tf.clip_by_value(xs, lo, hi), lo, hi, lo2, hi2))
-        log_t = (log_x - log_hi + tf.math.log(-tf.math.expm1(log_lo - log_x))
-                 - tf.math.log(-tf.math.expm1(log_lo - log_hi)))
-        log_mass = log_hi2 + tf.math.log(-tf.math.expm1(log_lo2 - log_hi2))
+        # float32's log-CDF is not monotone within an ulp or two (a z one ulp above a knot had a log-CDF below the
+        # knot's, log(-expm1(+)) was NaN and so was the image's log-density): differences capped at 0, so such a z
+        # is at its bin's end (t = 0); a bin of no width in float32 takes its middle
+        gap = tf.minimum(log_lo - log_hi, 0.0)
+        log_t = (log_x - log_hi + tf.math.log(-tf.math.expm1(tf.minimum(log_lo - log_x, 0.0)))
+                 - tf.math.log(-tf.math.expm1(gap)))
+        log_t = tf.where(gap < 0, tf.minimum(log_t, 0.0), np.log(0.5))
+        log_mass = log_hi2 + tf.math.log(-tf.math.expm1(tf.minimum(log_lo2 - log_hi2, 0.0)))
         y = sign * self._standard_quantile(tf.math.reduce_logsumexp(tf.stack([log_lo2, log_t + log_mass]), 0))
         return tf.clip_by_value(y, a2, b2), one_hot
 
