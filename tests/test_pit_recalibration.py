@@ -305,9 +305,14 @@ def test_pit_recalibration_of_a_t_head_fixes_every_group(digits):
     group = np.searchsorted(np.array(info["scale_edges"], np.float32), np.log(scale[:20].reshape(20, -1)), side="left")
     per_pixel = StudentTRecalibrated(comp.marginal.distribution, *(getattr(model.head, f"pit_{k}").numpy()[group]
                                                                    for k in ("knots", "log_ratios", "moments")))
-    for read in ("variance", "mode", "mean"):
+    for read in ("variance", "mean"):
         np.testing.assert_allclose(getattr(comp.marginal, read)().numpy(), getattr(per_pixel, read)().numpy(),
                                    rtol=1e-5)
+    # the mode is the recalibrated density's maximum over the bins: where two bins' maxima are equal to rounding the
+    # two computations may pick different ones (1 pixel in 1,280 in one CI run), so the densities there are compared
+    modes = [d.mode() for d in (comp.marginal, per_pixel)]
+    np.testing.assert_allclose(*(per_pixel.log_prob(m).numpy() for m in modes), rtol=1e-5, atol=1e-5)
+    assert np.mean(modes[0].numpy() == modes[1].numpy()) > 0.99
     lo, hi = (t.numpy() for t in model.head.interval(model(x), 0.9))
     inside = (y >= lo) & (y <= hi)
     for quartile in np.array_split(np.argsort(scale.ravel(), kind="stable"), 4):
