@@ -12,7 +12,7 @@ Every run: `tfp-ae train --dequantize --latent-dim 100 --batch-size 32 --epochs 
 measured by /usr/bin/time), `--loss nll` and `--loss faithful`; metrics.json gives bits/dim, L2, SSIM
 and seconds per epoch. `conv` trained by NLL uses Adam at CONV_NLL_LEARNING_RATE (at the default 1e-3
 its loss jumped up by 32,000 nats in epoch 8 on brick and did not recover). Runs are kept in RUNS and
-reused (delete a folder to retrain it).
+reused (delete a folder to retrain it); the CSVs keep the rows of runs not named by this invocation.
 
     python docs/results/real_images/real_images.py --runs runs/real_images --out docs/results/real_images
     python docs/results/real_images/real_images.py --archs conv --losses nll --parts textures   # a subset
@@ -31,6 +31,7 @@ SIZE, TRAIN, GOOD, PER_DEFECT = 128, 4000, 50, 50
 PHOTO_TRAIN, PHOTO_TEST = 2000, 200
 ARCHS, LOSSES = ("mlp", "cnn_dense", "conv"), ("nll", "faithful")
 CONV_NLL_LEARNING_RATE = 3e-4
+RUN = ("data", "arch", "loss")  # the columns that name a run in the CSVs
 DETECTION = ("nll", "min_p", "neg_log_marginal_smooth_max", "abs_error_max", "ssim_smooth_max")
 
 
@@ -102,11 +103,16 @@ def row(data, arch, loss, run_dir, rss, good_bits=float("nan")):
                 train_images=m["train_images"])
 
 
-def write(path, rows):
+def write(path, rows, key):
+    """Write `rows` to the CSV `path`, keeping its rows of other runs (those whose `key` columns match none of
+    `rows`): a subset rerun (`--textures gravel`) adds to the table; a column an old row lacks is nan."""
+    new = {tuple(r[k] for k in key) for r in rows}
+    kept = [r for r in read(path) if tuple(r[k] for k in key) not in new] if Path(path).exists() else []
+    columns = list(dict.fromkeys([*rows[0], *(c for r in kept for c in r)]))
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
+        w = csv.DictWriter(f, columns, restval="nan")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(kept + rows)
 
 
 def main():
@@ -154,9 +160,10 @@ def main():
                     rows.append(row(f"photos_{size}", arch, loss, run_dir, rss))
                     print(rows[-1], flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    for name, r in (("results.csv", rows), ("localisation.csv", loc_rows), ("detection.csv", det_rows)):
+    for name, r, key in (("results.csv", rows, RUN), ("localisation.csv", loc_rows, RUN + ("map",)),
+                         ("detection.csv", det_rows, RUN)):
         if r:
-            write(out / name, r)
+            write(out / name, r, key)
     (out / "tables.md").write_text(markdown(out))
     print(f"wrote {out}: results.csv, localisation.csv, detection.csv, tables.md")
 
