@@ -31,7 +31,7 @@ FIGURES = {  # page -> {figure on the page: file the page's commands write}
 }
 FAST_PYTHON = [(r'"(fashion_mnist|mnist)"', '"digits"'), (r"\bepochs=\d+", "epochs=2"), (r"\btrain=\d+", "train=100"),
                (r"range\(1000\)", "range(60)")]
-FAST_COMMAND = {"train": ["--train-limit", "1000", "--no-fid", "--tsne-images", "0", "--eval-images", "50"],
+FAST_COMMAND = {"train": ["--train-limit", "1000", "--no-fid", "--no-extra-figures", "--eval-images", "50"],
                 "score": ["--limit", "200"]}
 KEPT_LINES = 12  # the last lines of a block's output written into the page
 SHOWN = {  # page -> the lines of long outputs shown (the headline rows; the rest is in the run's metrics.json)

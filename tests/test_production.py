@@ -31,8 +31,10 @@ def python(code, timeout=300):
 
 
 def digits_config(out, **kw):
+    """A short digits run without FID, t-SNE and Figures 3-4 (their 12-15 s of a 20 s run are tested in test_fid,
+    test_figures and test_train's end-to-end run)."""
     return RunConfig(**dict(dict(dataset="digits", head="normal_diag", epochs=2, train_limit=512, verbose=0,
-                                 eval_images=100, out=str(out)), **kw))
+                                 eval_images=100, fid=False, tsne_images=0, extra_figures=False, out=str(out)), **kw))
 
 
 # ---- export ---------------------------------------------------------------------------------
@@ -164,7 +166,7 @@ def test_component_log_prob_is_mixture_density_at_each_component_mean(digits):
 
 def test_cli_export_refuses_existing_folder_unless_overwrite(tmp_path, capsys):
     main(["train", "--dataset", "digits", "--head", "mse", "--epochs", "1", "--train-limit", "256",
-          "--eval-images", "50", "--out", str(tmp_path / "run")])
+          "--eval-images", "50", "--no-fid", "--no-extra-figures", "--out", str(tmp_path / "run")])
     main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "exp")])
     assert "reconstruct, log_prob, sample" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="already exists; pass --overwrite"):
@@ -300,7 +302,8 @@ def test_cli_trains_on_user_npz_with_rescale(tmp_path, digits, capsys):
     data = _npz(tmp_path / "mine.npz", digits)
     with pytest.raises(SystemExit, match=r"training images: pixel values must lie in \[0, 1\], got range \[0, 255\]"):
         main(["train", "--dataset", data, "--epochs", "1", "--out", str(tmp_path / "a")])
-    main(["train", "--dataset", data, "--rescale", "--epochs", "1", "--eval-images", "50", "--out", str(tmp_path / "b")])
+    main(["train", "--dataset", data, "--rescale", "--epochs", "1", "--eval-images", "50", "--no-fid", "--no-extra-figures",
+          "--out", str(tmp_path / "b")])
     m = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert m["dataset"] == data and m["train_images"] == 256 and np.isfinite(m["test_nll_nats"])
 

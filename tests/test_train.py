@@ -46,7 +46,8 @@ def test_cli_train_writes_metrics_and_figure(tmp_path, capsys):
 
 
 def test_cli_mse_reports_its_nll_meaning(tmp_path, capsys):
-    main(["train", "--dataset", "digits", "--head", "mse", "--epochs", "1", "--out", str(tmp_path / "r")])
+    main(["train", "--dataset", "digits", "--head", "mse", "--epochs", "1", "--no-fid", "--no-extra-figures",
+          "--out", str(tmp_path / "r")])
     assert "unit-variance normal" in capsys.readouterr().out
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert "unit-variance" in m["nll_note"]
@@ -164,9 +165,10 @@ def test_same_seed_same_result(digits):
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_one_epoch_on_real_data(name, tmp_path):
     require_dataset(name)
-    # --no-fid: the FID classifier would train on all 60,000 images (1.5 min); FID is tested on digits (test_fid)
+    # --no-fid: the FID classifier would train on all 60,000 images (1.5 min); FID is tested on digits (test_fid),
+    # Figures 3-4 (a t-SNE of 1,000 test images) in test_figures and the end-to-end digits run above
     main(["train", "--dataset", name, "--head", "normal_diag", "--epochs", "1", "--train-limit", "2048",
-          "--out", str(tmp_path / name), "--no-fid"])
+          "--out", str(tmp_path / name), "--no-fid", "--no-extra-figures"])
     m = json.loads((tmp_path / name / "metrics.json").read_text())
     assert m["num_params"] == 76864 and m["train_images"] == 2048
     assert 0 < m["l2_percent"] < 20 and np.isfinite(m["bits_per_dim"])
