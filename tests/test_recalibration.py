@@ -10,11 +10,14 @@ import tensorflow as tf
 from scipy import stats
 
 from tfp_ae.calibration import fit_sigma_scale
+from tfp_ae.calibration.fit import held_out_parts
+from tfp_ae.calibration.scaling import _held_out_bits
 from tfp_ae.cli import main
 from tfp_ae.config import RunConfig
+from tfp_ae.data import open_source
 from tfp_ae.heads import make_head
 from tfp_ae.models import build_model
-from tfp_ae.train import load_model, run
+from tfp_ae.train import hold_out, load_model, run
 
 SHAPE = (4, 4, 1)
 
@@ -105,6 +108,13 @@ def test_recalibrate_writes_the_scale_and_it_survives_load_model(tmp_path):
     restored = tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(manager.latest_checkpoint)
     restored.assert_existing_objects_matched()
     assert float(model.head.sigma_scale.numpy()) == 1.0
+    # what metrics.json says of the held-out images is what the run's own model gives: its first held-out part,
+    # dequantised as recalibrate does, under the last epoch's checkpoint (s = 1)
+    config = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
+    held_out = hold_out(open_source("digits").splits["train"].subset(0, config.train_limit), config)[1]
+    again_bits = _held_out_bits(model, held_out_parts(held_out, config)[0], 17, config.seed)
+    assert again_bits["bits_per_dim"] == pytest.approx(rec["validation_bits_per_dim_before"], rel=1e-6)
+    assert again_bits["bits_per_dim_median"] == pytest.approx(rec["validation_bits_per_dim_median_before"], rel=1e-6)
     (out / "metrics.json").unlink()
     data = next((out / RECALIBRATED_DIR).glob("*.data-*"))
     data.write_bytes(data.read_bytes()[:100])
