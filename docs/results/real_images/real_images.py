@@ -29,6 +29,7 @@ import numpy as np
 TEXTURES = ("brick", "grass", "gravel")
 SIZE, TRAIN, GOOD, PER_DEFECT = 128, 4000, 50, 50
 PHOTO_TRAIN, PHOTO_TEST = 2000, 200
+PHOTO_SIZES = (64, 128)  # the photo crops are cut at 128 and trained at each size (64: resized by --image-size)
 ARCHS, LOSSES = ("mlp", "cnn_dense", "conv"), ("nll", "faithful")
 CONV_NLL_LEARNING_RATE = 3e-4
 RUN = ("data", "arch", "loss")  # the columns that name a run in the CSVs
@@ -124,6 +125,7 @@ def main():
     p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     p.add_argument("--textures", nargs="+", default=list(TEXTURES), choices=TEXTURES)
     p.add_argument("--parts", nargs="+", default=["textures", "photos"], choices=["textures", "photos"])
+    p.add_argument("--photo-sizes", nargs="+", type=int, default=list(PHOTO_SIZES), choices=PHOTO_SIZES)
     args = p.parse_args()
 
     from tfp_ae.scoring import score_run
@@ -152,12 +154,13 @@ def main():
                 print(rows[-1], det_rows[-1], flush=True)
     if "photos" in args.parts:
         folder = photo_folder(args.runs)
-        for size in (64, 128):
-            extra = ("--image-size", "64") if size == 64 else ()
+        for size in args.photo_sizes:
+            extra = ("--image-size", str(size)) if size != SIZE else ()
             for arch in args.archs:
                 for loss in args.losses:
                     run_dir, rss = train(args.runs, folder, arch, loss, args.epochs, extra)
-                    rows.append(row(f"photos_{size}", arch, loss, run_dir, rss))
+                    every_crop_good = json.loads((run_dir / "metrics.json").read_text())["bits_per_dim"]
+                    rows.append(row(f"photos_{size}", arch, loss, run_dir, rss, every_crop_good))
                     print(rows[-1], flush=True)
     out.mkdir(parents=True, exist_ok=True)
     for name, r, key in (("results.csv", rows, RUN), ("localisation.csv", loc_rows, RUN + ("map",)),
