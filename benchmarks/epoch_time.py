@@ -150,22 +150,30 @@ def layer_counts(model):
     encoder's and decoder's Keras layers (Dense and Conv2D FLOPs; see the module docstring)."""
     import numpy as np
 
-    from tfp_ae._tf import tfk
 
     flops, activations = 0, int(np.prod(model.image_shape))
     for layer in model.encoder.layers + model.decoder.layers:
-        out = layer.output_shape[1:]
-        activations += int(np.prod(out))
-        if isinstance(layer, tfk.layers.Conv2DTranspose):  # each input pixel scatters a kh x kw x cout block
-            kh, kw, cout, cin = layer.kernel.shape
-            h_in, w_in = layer.input_shape[1:3]
-            flops += 2 * h_in * w_in * kh * kw * cin * cout
-        elif isinstance(layer, tfk.layers.Conv2D):
-            kh, kw, cin, cout = layer.kernel.shape
-            flops += 2 * out[0] * out[1] * kh * kw * cin * cout
-        elif isinstance(layer, tfk.layers.Dense):
-            flops += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+        activations += int(np.prod(layer.output_shape[1:]))
+        flops += layer_flops(layer)
     return int(flops), activations
+
+
+def layer_flops(layer):
+    """Forward FLOPs per image of a built Keras layer: 2 x multiply-adds of a Dense, Conv2D or Conv2DTranspose
+    (each input pixel of a transposed convolution scatters a kh x kw x cout block); 0 for any other layer."""
+    from tfp_ae._tf import tfk
+
+    if isinstance(layer, tfk.layers.Conv2DTranspose):
+        kh, kw, cout, cin = layer.kernel.shape
+        h_in, w_in = layer.input_shape[1:3]
+        return 2 * h_in * w_in * kh * kw * cin * cout
+    if isinstance(layer, tfk.layers.Conv2D):
+        kh, kw, cin, cout = layer.kernel.shape
+        h_out, w_out = layer.output_shape[1:3]
+        return 2 * h_out * w_out * kh * kw * cin * cout
+    if isinstance(layer, tfk.layers.Dense):
+        return 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+    return 0
 
 
 def bounds(r, hw, args, images):
