@@ -93,12 +93,13 @@ def train(runs, data, arch, loss, epochs, extra=()):
     return out, float(rss_file.read_text()) if rss_file.exists() else float("nan")
 
 
-def row(data, arch, loss, run_dir, rss, good_bits=float("nan")):
+def row(data, arch, loss, run_dir, rss, good_bits=None):
     """One line of results.csv: `bits_per_dim` is the run's (its whole test folder, three quarters of a
-    texture's defective), `bits_per_dim_good` the good test crops' alone (`tfp-ae score`), the density's fit."""
+    texture's defective), `bits_per_dim_good` the good test crops' alone (`good_bits`, from `tfp-ae score`),
+    the density's fit; None: every test image is good (the photos), the run's own."""
     m = json.loads((run_dir / "metrics.json").read_text())
     return dict(data=data, arch=arch, loss=loss, params=m["num_params"], bits_per_dim=round(m["bits_per_dim"], 4),
-                bits_per_dim_good=round(good_bits, 4),
+                bits_per_dim_good=round(m["bits_per_dim"] if good_bits is None else good_bits, 4),
                 l2_percent=round(m["l2_percent"], 3), ssim=round(m["ssim"], 4),
                 seconds_per_epoch=round(float(np.median(m["seconds_per_epoch"])), 1), peak_rss_gib=round(rss, 2),
                 train_images=m["train_images"])
@@ -159,8 +160,7 @@ def main():
             for arch in args.archs:
                 for loss in args.losses:
                     run_dir, rss = train(args.runs, folder, arch, loss, args.epochs, extra)
-                    every_crop_good = json.loads((run_dir / "metrics.json").read_text())["bits_per_dim"]
-                    rows.append(row(f"photos_{size}", arch, loss, run_dir, rss, every_crop_good))
+                    rows.append(row(f"photos_{size}", arch, loss, run_dir, rss))
                     print(rows[-1], flush=True)
     out.mkdir(parents=True, exist_ok=True)
     for name, r, key in (("results.csv", rows, RUN), ("localisation.csv", loc_rows, RUN + ("map",)),
