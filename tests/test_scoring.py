@@ -52,6 +52,26 @@ def test_a_model_scores_noise_as_more_anomalous_than_its_test_images(runs, tmp_p
     assert (tmp_path / "s" / "roc.png").exists() and (tmp_path / "s" / "histograms.png").exists()
 
 
+def test_the_p_values_are_taken_against_the_runs_held_out_images(runs, tmp_path):
+    """A run that held images out of training (`validation_split`) is scored against them (never fitted, so
+    exchangeable with new images: a valid conformal p-value); one that held none out against its first
+    `TRAIN_IMAGES` training images; `metrics.json` `reference` says which, `train_bits_per_dim` is theirs."""
+    from tfp_ae.data import open_source
+    from tfp_ae.scoring import TRAIN_IMAGES
+    from tfp_ae.train import load_model
+    run(RunConfig(dataset="digits", out=str(tmp_path / "held"), validation_split=0.2, **FAST))
+    _, m = score_run(tmp_path / "held", "digits", limit=60)
+    train = open_source("digits").splits["train"]
+    held_out = train.subset(train.count - int(train.count * 0.2))  # the last fifth: the run's held-out images
+    assert m["reference"] == dict(images=held_out.count, kind="held_out") and held_out.count == int(train.count * 0.2)
+    model = load_model(tmp_path / "held")[0]
+    assert m["train_bits_per_dim"] == pytest.approx(image_scores(model, held_out, 17, seed=1)["bits_per_dim"].mean())
+    assert m["train_bits_per_dim"] != pytest.approx(
+        image_scores(model, train.subset(0, TRAIN_IMAGES), 17, seed=1)["bits_per_dim"].mean())
+    _, m = score_run(runs / "model", "digits", limit=60)  # trained on every training image
+    assert m["reference"] == dict(images=min(TRAIN_IMAGES, train.count), kind="training")
+
+
 def test_scores_are_their_definitions(runs, digits):
     from tfp_ae.train import load_model
     model, bg = load_model(runs / "model")[0], load_model(runs / "background")[0]
@@ -370,7 +390,8 @@ def test_detection_metrics_are_scikit_learn_on_scores_csv(runs, defect_folder, t
           "--ood", str(runs / "noise.npz"), "--out", str(tmp_path / "s")])
     printed = capsys.readouterr().out
     assert "detection, 40 good against 40 defective test images" in printed and "(recommended)" in printed
-    assert re.search(r"bits/dim: training images \d+\.\d{3}, test images \d+\.\d{3}; blob \d+\.\d{3}; good", printed)
+    assert re.search(r"bits/dim: reference images \(\d+ training\) \d+\.\d{3}, test images \d+\.\d{3}; blob \d+\.\d{3}; "
+                     r"good", printed)
     m = json.loads((tmp_path / "s" / "metrics.json").read_text())
     d = m["detection"]
     assert d["good"] == 40 and d["defective"] == 40 and set(d["per_defect"]) == {"line", "blob"}

@@ -302,7 +302,9 @@ def cmd_score(args: argparse.Namespace):
     print("scored " + ", ".join(f"{n} {'in-distribution' if s == 'in' else 'OOD'}" for s, n in m["counts"].items())
           + " test images")
     by_label = m.get("bits_per_dim_by_label", {})
-    print(f"bits/dim: training images {m['train_bits_per_dim']:.3f}, test images {m['test_bits_per_dim']:.3f}"
+    ref = m["reference"]
+    print(f"bits/dim: reference images ({ref['images']} {ref['kind'].replace('_', '-')}) {m['train_bits_per_dim']:.3f}, "
+          f"test images {m['test_bits_per_dim']:.3f}"
           + "".join(f"; {g} {v:.3f}" for g, v in by_label.items()))
     for name, v in m.get("scores", {}).items():
         mark = "  (recommended)" if name == m["recommended"] else ""

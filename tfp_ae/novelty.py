@@ -9,13 +9,14 @@ Two protocols use it:
 - leave-one-class-out: train on nine classes, the tenth is novel (where a likelihood model can rank the
   novelty as *more* normal: the trap, e.g. MNIST digit 1).
 
-Every per-image score of `tfp_ae.scoring.SCORES` (p-value scores against the run's own, class-selected
-training images), every per-image reduction of the anomaly maps (`tfp_ae.anomaly.image_reductions`) and
+Every per-image score of `tfp_ae.scoring.SCORES` (p-value scores against the run's held-out images, else its
+own class-selected training images: `tfp_ae.scoring.reference_split`), every per-image reduction of the
+anomaly maps (`tfp_ae.anomaly.image_reductions`) and
 `RECOMMENDED_NOVELTY` is measured by `tfp_ae.scoring.grouped_metrics` (`ood_metrics`: scikit-learn's AUROC, AUPRC, FPR at
 95 % TPR), novel images the positive class: over all novel images and per novel class.
 
 `RECOMMENDED_NOVELTY`, `fisher_complexity_error`: Fisher's method (`tfp_ae.scoring.fisher_score`) over the
-one-sided p-values, against the same training images, of `complexity` (the NLL minus the PNG-compressed
+one-sided p-values, against the same reference images, of `complexity` (the NLL minus the PNG-compressed
 size, Serra et al. 2020) and `abs_error_smooth_top1` (the mean of the top 1 % of the smoothed
 |x - point estimate| map): an image is novel when it is both hard to explain for its complexity and
 reconstructed badly somewhere. Chosen on the one-class benchmark (docs/results/novelty), where it was the
@@ -34,10 +35,10 @@ from tfp_ae.predict import point_estimates
 from tfp_ae.scoring import (
     RECOMMENDED,
     SCORES,
-    TRAIN_IMAGES,
     fisher_score,
     grouped_metrics,
     image_scores,
+    reference_split,
     write_scores,
 )
 from tfp_ae.train import load_model
@@ -121,7 +122,7 @@ def score_novelty(run_dir: str | Path, data: str, out: str | Path | None = None,
     test = source.splits["test"].subset(0, limit)
     with source.reading():
         labels = test.label_values()
-        train = source.splits["train"].select(normal).subset(0, TRAIN_IMAGES)
+        train, reference_kind = reference_split(config, source.splits["train"].select(normal))
         reference = image_scores(model, train, source.num_levels, seed=seed + 1)
         scores = image_scores(model, test, source.num_levels, bg, reference, seed)
         reductions = map_reductions(model, test) if maps else {}
@@ -133,6 +134,7 @@ def score_novelty(run_dir: str | Path, data: str, out: str | Path | None = None,
         all_scores[RECOMMENDED_NOVELTY] = fisher_score(all_scores, reference, of=NOVELTY_COMBINED)
         columns.append(RECOMMENDED_NOVELTY)
     result = dict(run=str(run_dir), data=data, background=background, orientation="higher = more novel",
+                  reference=dict(images=train.count, kind=reference_kind),
                   novelty=dict(novelty_metrics(all_scores, labels, normal, table),
                                recommended=RECOMMENDED_NOVELTY if maps else RECOMMENDED,
                                **({"recommended_map": f"{RECOMMENDED_MAP}_max"} if maps else {})))

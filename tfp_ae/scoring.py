@@ -10,10 +10,11 @@ Per-image scores (`SCORES`), all oriented so that higher means more anomalous:
   in bits/dim;
 - `complexity`: bits/dim minus the bits/dim of the image losslessly compressed as PNG
   (`tf.io.encode_png`): S(x) of Serra et al., ICLR 2020, Eq. 2;
-- `typicality`: |bits/dim - mean bits/dim of training images| (Nalisnick et al. 2019, the typicality
-  test with a batch of one image);
+- `typicality`: |bits/dim - mean bits/dim of the reference images| (Nalisnick et al. 2019, the typicality
+  test with a batch of one image; the reference: the run's held-out images, else training images,
+  `reference_split`);
 - `min_p` (`RECOMMENDED`): -log of the Bonferroni-adjusted smaller of the one-sided p-values of
-  `nll` and `complexity` against the same scores of training images (Tippett's method,
+  `nll` and `complexity` against the same scores of the reference images (Tippett's method,
   `min_p_score`): an image is anomalous if either is unusually high, so it holds where raw
   likelihood falls into the "OOD looks likely" trap and where complexity is weak (docs/results/ood);
 - `fisher`: Fisher's method over the same two p-values (`fisher_score`); in docs/results/ood it
@@ -41,15 +42,16 @@ from tfp_ae.data import Split, array_split, folders, load_masks, open_source
 from tfp_ae.errors import InputError
 from tfp_ae.heads import bits_per_dim
 from tfp_ae.predict import point_estimates, split_log_probs
-from tfp_ae.train import load_model
+from tfp_ae.train import hold_out, load_model
 
 if TYPE_CHECKING:
+    from tfp_ae.config import RunConfig
     from tfp_ae.models import ProbabilisticModel
 
 SCORES = ("nll", "bits_per_dim", "likelihood_ratio", "complexity", "typicality", "min_p", "fisher")
 RECOMMENDED = "min_p"
 COMBINED = ("nll", "complexity")  # the scores whose p-values `min_p` and `fisher` combine
-TRAIN_IMAGES = 2000  # training images: the reference of the p-values and the centre of `typicality`
+TRAIN_IMAGES = 2000  # training images in the reference of a run that held none out (`reference_split`)
 FIGURE_IMAGES = (4, 4)  # anomaly_maps.png: the highest-scored test images, then random others
 
 
@@ -79,7 +81,7 @@ def image_scores(model: ProbabilisticModel, split: Split | np.ndarray, num_level
       model: a trained `ProbabilisticModel`.
       split: a `tfp_ae.data.Split` (or an array `[N, H, W, C]`).
       background: a second model over the same images for `likelihood_ratio` (None: no such column).
-      reference: the scores of training images (this function's output on them), for `typicality`
+      reference: the scores of the reference images (`reference_split`; this function's output on them), for `typicality`
         (centred on their mean bits/dim), `min_p` and `fisher` (None: none of these columns).
       seed: the dequantisation noise (the same for the model and the background).
     Raises:
@@ -106,9 +108,25 @@ def image_scores(model: ProbabilisticModel, split: Split | np.ndarray, num_level
     return out
 
 
+def reference_split(config: RunConfig, training: Split, **geometry) -> tuple[Split, str]:
+    """The images the p-values (`min_p`, `fisher`) and `typicality` measure a new image against, and which they
+    are: the run's held-out training images (`tfp_ae.train.hold_out`: the last `config.held_out_fraction` of
+    its training split, never trained on, so exchangeable with new images as a conformal p-value needs: Vovk
+    et al. 2005), `"held_out"`, where the run held some out (`--validation-split`, `--recalibrate`, `--risk`);
+    else the first `TRAIN_IMAGES` of `training`, `"training"`: images the model has fitted, against which every
+    new image looks unusual (on a texture's 4,000 overlapping crops every test crop got the floor p-value).
+    `geometry`: the `image_size`, `crop` and `channels` the scored images are read with (the run's when absent)."""
+    if config.held_out_fraction:
+        source = open_source(config.dataset, **dict(config.source_options, **geometry))
+        held_out = hold_out(source.splits["train"].subset(0, config.train_limit), config)[1]
+        if held_out.count:
+            return held_out, "held_out"
+    return training.subset(0, TRAIN_IMAGES), "training"
+
+
 def p_values(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """One-sided empirical p-values of `scores` `[N]` against `reference` `[M]` (scores of training
-    images): (1 + #{reference >= score}) / (M + 1), the conformal p-value (Vovk et al. 2005), in
+    """One-sided empirical p-values of `scores` `[N]` against `reference` `[M]` (scores of the reference
+    images, `reference_split`): (1 + #{reference >= score}) / (M + 1), the conformal p-value (Vovk et al. 2005), in
     [1 / (M + 1), 1]; small = unusually high. NaN counts as +infinity."""
     ref = np.sort(np.nan_to_num(np.asarray(reference, np.float64), nan=np.inf))
     s = np.nan_to_num(np.asarray(scores, np.float64), nan=np.inf)
@@ -117,14 +135,14 @@ def p_values(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def min_p_score(scores: dict[str, np.ndarray], reference: dict[str, np.ndarray], of: Sequence[str] = COMBINED) -> np.ndarray:
     """Tippett's combined test (L. H. C. Tippett, "The Methods of Statistics", 1931): the smallest of the
-    p-values (`p_values`) of the scores `of` (default raw `nll` and `complexity`) against the training
+    p-values (`p_values`) of the scores `of` (default raw `nll` and `complexity`) against the reference
     images', Bonferroni-adjusted (times `len(of)`, at most 1); returned as -log of that p-value, `[N]`
     (nats of evidence; higher = more anomalous; >= -log(alpha) rejects "in-distribution" at level
     alpha). At most `log((M + 1) / len(of))`.
 
     Args:
       scores: a dict of `[N]` arrays holding the scores `of`.
-      reference: a dict of `[M]` arrays holding them (the training images').
+      reference: a dict of `[M]` arrays holding them (the reference images', `reference_split`).
     """
     p = np.min([p_values(scores[c], reference[c]) for c in of], axis=0)
     return -np.log(np.minimum(1.0, len(of) * p))
@@ -133,13 +151,13 @@ def min_p_score(scores: dict[str, np.ndarray], reference: dict[str, np.ndarray],
 def fisher_score(scores: dict[str, np.ndarray], reference: dict[str, np.ndarray],
                  of: Sequence[str] = COMBINED) -> np.ndarray:
     """Fisher's combined statistic -2 sum_k log p_k over the p-values (`p_values`) of the scores `of`
-    (default raw `nll` and `complexity`) against the training images' (R. A. Fisher, "Statistical
+    (default raw `nll` and `complexity`) against the reference images' (R. A. Fisher, "Statistical
     Methods for Research Workers", 1925, Sec. 21.1; Bergamin et al., AISTATS 2022, combine OOD test
     statistics this way), `[N]`. Higher = more anomalous; at most `2 len(of) log(M + 1)`.
 
     Args:
       scores: a dict of `[N]` arrays holding the scores `of`.
-      reference: a dict of `[M]` arrays holding them (the training images').
+      reference: a dict of `[M]` arrays holding them (the reference images', `reference_split`).
     """
     return -2 * sum(np.log(p_values(scores[c], reference[c])) for c in of)
 
@@ -232,8 +250,9 @@ def score_run(run_dir: str | os.PathLike, data: str, ood: str | None = None, bac
       channels: 1 or 3 (an OOD set of another colour needs it); None keeps the run's.
       ood_test_fraction: split a flat OOD folder like a training folder and score its test part.
     Returns:
-      (rows, metrics): rows of `scores.csv` (dicts), and the metrics dict: `counts`,
-      `train_bits_per_dim` and `test_bits_per_dim` (means over the scored images, bits per dimension of
+      (rows, metrics): rows of `scores.csv` (dicts), and the metrics dict: `counts`, `reference` (`images`, `kind`:
+      `held_out` or `training`, `reference_split`), `train_bits_per_dim` (the reference images') and
+      `test_bits_per_dim` (means over the scored images, bits per dimension of
       the dequantised pixels), `scores` (OOD
       metrics of each score; defective test images are left out of the in-distribution set),
       `recommended` (`RECOMMENDED`), and with masks or `test/good/` + `test/<defect>/` folders
@@ -247,8 +266,8 @@ def score_run(run_dir: str | os.PathLike, data: str, ood: str | None = None, bac
     """
     model, config = load_model(run_dir)
     bg = load_model(background)[0] if background else None
-    options = dict(config.source_options, data_dir=config.data_dir)
-    options.update({k: v for k, v in dict(image_size=image_size, crop=crop, channels=channels).items() if v is not None})
+    geometry = {k: v for k, v in dict(image_size=image_size, crop=crop, channels=channels).items() if v is not None}
+    options = dict(config.source_options, data_dir=config.data_dir, **geometry)
     source = open_source(data, **options)
     if tuple(source.image_shape) != tuple(model.image_shape):
         raise InputError(f"--data {data}: images {source.image_shape} do not match the run's {tuple(model.image_shape)}")
@@ -262,8 +281,9 @@ def score_run(run_dir: str | os.PathLike, data: str, ood: str | None = None, bac
     n = max(len(labels) if labels is not None else 0, len(masks) if masks is not None else 0)
     if n > test.count:
         raise InputError(f"{n} masks for {test.count} test images")
+    reference_images, reference_kind = reference_split(config, source.splits["train"], **geometry)
     with source.reading():
-        reference = image_scores(model, source.splits["train"].subset(0, TRAIN_IMAGES), source.num_levels, seed=seed + 1)
+        reference = image_scores(model, reference_images, source.num_levels, seed=seed + 1)
         sets = [("in", image_scores(model, test, source.num_levels, bg, reference, seed))]
     if ood:
         ood_source = open_source(ood, **dict(options, test_fraction=ood_test_fraction or options["test_fraction"]))
@@ -279,6 +299,7 @@ def score_run(run_dir: str | os.PathLike, data: str, ood: str | None = None, bac
                                              bg, reference, seed)))
     columns = [c for c in SCORES if c in sets[0][1]]
     result = dict(run=str(run_dir), data=data, ood=ood, background=background,
+                  reference=dict(images=reference_images.count, kind=reference_kind),
                   train_bits_per_dim=float(np.mean(reference["bits_per_dim"])),
                   counts={name: len(s["nll"]) for name, s in sets}, orientation="higher = more anomalous",
                   recommended=RECOMMENDED)
