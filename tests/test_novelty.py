@@ -129,7 +129,8 @@ def test_cli_refuses_an_unknown_class_before_writing_anything(tmp_path):
 
 
 def test_novelty_metrics_equal_scikit_learn_on_scores_csv(tmp_path, capsys):
-    run(RunConfig(dataset="digits", classes="3", dequantize=True, out=str(tmp_path / "r"), **FAST))
+    run(RunConfig(dataset="digits", classes="3", dequantize=True, validation_split=0.25, out=str(tmp_path / "r"),
+                  **FAST))
     main(["score", str(tmp_path / "r"), "--data", "digits", "--novelty", "--out", str(tmp_path / "s")])
     printed = capsys.readouterr().out
     assert "(recommended)" in printed and "novelty_examples.png" in printed
@@ -145,10 +146,13 @@ def test_novelty_metrics_equal_scikit_learn_on_scores_csv(tmp_path, capsys):
                                                                        novel=int((labels != 3).sum()))
     assert m["recommended"] == "fisher_complexity_error" and "neg_log_marginal_smooth_max" in m["overall"]
     # the recommended score: Fisher's method over the p-values of complexity and abs_error_smooth_top1
-    # against the run's own training images (its class, the first 2000)
+    # against the run's held-out images (the last quarter of its class's training images)
     model, _ = load_model(tmp_path / "r")
     train = open_source("digits", classes="3").splits["train"]
-    reference = {**image_scores(model, train, 17, seed=1), **map_reductions(model, train)}
+    held_out = train.subset(train.count - int(train.count * 0.25))
+    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["reference"] == dict(images=held_out.count,
+                                                                                          kind="held_out")
+    reference = {**image_scores(model, held_out, 17, seed=1), **map_reductions(model, held_out)}
     test = {k: np.array([float(r[k]) for r in rows]) for k in ("complexity", "abs_error_smooth_top1")}
     want = -2 * (np.log(p_values(test["complexity"], reference["complexity"]))
                  + np.log(p_values(test["abs_error_smooth_top1"], reference["abs_error_smooth_top1"])))
