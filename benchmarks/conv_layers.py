@@ -67,7 +67,8 @@ def main():
     p.add_argument("--out", default=None, help="also write the Markdown here")
     args = p.parse_args()
 
-    rate = machine_flops("gpu" if tf.config.list_physical_devices("GPU") else "cpu")
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    rate = machine_flops(device.lower())
     model = compile_model(build_model("normal_diag", (args.size, args.size, 1), 1, "conv", latent_dim=100))
     x = np.random.default_rng(0).uniform(size=(args.batch_size * (args.repeats + 1), args.size, args.size, 1))
     x = x.astype(np.float32)
@@ -92,7 +93,6 @@ def main():
            layer_step_seconds(one_by_one, shape, args.batch_size, args.repeats),
            layer_flops(last) // int(np.prod(last.kernel_size)) * args.batch_size)
 
-    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     lines = [f"# Where a `conv` step's time goes, layer by layer ({args.size} x {args.size} grey, {device})", "",
              f"`python benchmarks/conv_layers.py {' '.join(sys.argv[1:])}` on {platform.machine()}, "
              f"{os.cpu_count()} cores, {rate / 1e9:.0f} GFLOP/s float32 matmul measured in the same run; "

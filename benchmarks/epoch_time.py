@@ -150,7 +150,6 @@ def layer_counts(model):
     encoder's and decoder's Keras layers (Dense and Conv2D FLOPs; see the module docstring)."""
     import numpy as np
 
-
     flops, activations = 0, int(np.prod(model.image_shape))
     for layer in model.encoder.layers + model.decoder.layers:
         activations += int(np.prod(layer.output_shape[1:]))
